@@ -1,0 +1,116 @@
+"""What every DICOMweb HTTP function shares: registration, errors, CORS and URLs.
+
+This package is the only code that imports ``azure.functions``. Handlers use the
+Functions HTTP streams model (FastAPI ``Request`` / ``StreamingResponse``), so
+bodies stream both ways. Annotations stay real objects (no postponed evaluation):
+the Functions worker reads them to pick the streams model.
+"""
+
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import azure.functions as func
+from azurefunctions.extensions.http.fastapi import Request, Response
+
+from dicomweb.config import Settings
+from dicomweb.errors import DicomWebError
+from dicomweb.service import Service, get_service
+
+log = logging.getLogger(__name__)
+
+DICOM_JSON = "application/dicom+json"
+Handler = Callable[[Request, Service], Awaitable[Response]]
+
+
+def _route_prefix() -> str:
+    """The ``extensions.http.routePrefix`` of host.json: the DICOMweb base path."""
+    host = json.loads((Path(__file__).resolve().parents[2] / "host.json").read_text())
+    return host.get("extensions", {}).get("http", {}).get("routePrefix", "api").strip("/")
+
+
+ROUTE_PREFIX = _route_prefix()
+
+
+def base_url(req: Request, settings: Settings) -> str:
+    """The public DICOMweb base URL: configured, else from X-Forwarded-*, else from the request.
+
+    Never from ``Host`` alone when a proxy says otherwise: some clients drop the port.
+    """
+    if settings.public_base_url:
+        return settings.public_base_url
+    proto = req.headers.get("x-forwarded-proto") or req.url.scheme
+    host = req.headers.get("x-forwarded-host") or req.headers.get("host") or req.url.netloc
+    prefix = f"/{ROUTE_PREFIX}" if ROUTE_PREFIX else ""
+    return f"{proto}://{host}{prefix}"
+
+
+def dicom_json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A DICOM JSON answer with exactly ``Content-Type: application/dicom+json`` (no charset)."""
+    response = Response(json.dumps(body).encode(), status_code=status, headers=headers)
+    response.headers["content-type"] = DICOM_JSON
+    return response
+
+
+def error_response(error: DicomWebError) -> Response:
+    """The one place a service error becomes an HTTP answer: status, ErrorComment, Warning header."""
+    body = {"00000902": {"vr": "LO", "Value": [error.message[:64]]}, "message": error.message}
+    warning = '299 dicomweb "' + error.message.replace('"', "'")[:200] + '"'
+    return dicom_json(body, error.status, {"warning": warning})
+
+
+def _cors_headers(origin: str | None, settings: Settings) -> dict[str, str]:
+    allowed = settings.cors_origins
+    if not origin or not allowed:
+        return {}
+    if "*" in allowed:
+        return {"access-control-allow-origin": "*", "access-control-expose-headers": "Content-Type, Warning, Location"}
+    if origin in allowed:
+        return {
+            "access-control-allow-origin": origin,
+            "vary": "Origin",
+            "access-control-expose-headers": "Content-Type, Warning, Location",
+        }
+    return {}
+
+
+def _preflight(req: Request, settings: Settings) -> Response:
+    headers = _cors_headers(req.headers.get("origin"), settings)
+    if headers:
+        headers.update({
+            "access-control-allow-methods": "GET, HEAD, POST, PUT, DELETE, OPTIONS",
+            "access-control-allow-headers": req.headers.get("access-control-request-headers")
+            or "accept, authorization, content-type",
+            "access-control-max-age": "86400",
+        })
+    return Response(status_code=204, headers=headers)
+
+
+def endpoint(
+    blueprint: func.Blueprint, name: str, route: str, methods: list[str]
+) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+    """Register ``handler(req, service)`` for ``route``: errors, CORS and preflights handled here."""
+
+    def register(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        @functools.wraps(handler)
+        async def function(req: Request) -> Response:
+            service = await get_service()
+            if req.method == "OPTIONS":
+                return _preflight(req, service.settings)
+            try:
+                response = await handler(req, service)
+            except DicomWebError as error:
+                response = error_response(error)
+            response.headers.update(_cors_headers(req.headers.get("origin"), service.settings))
+            return response
+
+        del function.__wrapped__  # the worker must see the one-argument signature
+        function.__annotations__ = {"req": Request, "return": Response}
+        blueprint.function_name(name)(
+            blueprint.route(route=route, methods=[*methods, "OPTIONS"], auth_level=func.AuthLevel.ANONYMOUS)(function)
+        )
+        return function
+
+    return register

@@ -1,0 +1,174 @@
+"""WADO-RS functions (PS3.18 §10.4): instances, metadata, frames and bulk data."""
+
+import json
+from typing import AsyncIterator
+
+import azure.functions as func
+from azurefunctions.extensions.http.fastapi import Request, Response, StreamingResponse
+
+from dicomweb import retrieve
+from dicomweb.api.http import DICOM_JSON, base_url, endpoint
+from dicomweb.dicom import media
+from dicomweb.dicom.dicomjson import resolve_bulk_uris
+from dicomweb.dicom.multipart import new_boundary, write_multipart
+from dicomweb.errors import NotAcceptable
+from dicomweb.service import Service
+from dicomweb.storage.blobs import instance_name
+from dicomweb.storage.index import Document
+
+blueprint = func.Blueprint()
+
+STUDY = "studies/{study}"
+SERIES = STUDY + "/series/{series}"
+INSTANCE = SERIES + "/instances/{instance}"
+
+
+def _uids(req: Request) -> tuple[str, str | None, str | None]:
+    params = req.path_params
+    return params["study"], params.get("series"), params.get("instance")
+
+
+def _multipart_type(payload: str, boundary: str) -> str:
+    return f'multipart/related; type="{payload}"; boundary={boundary}'
+
+
+@endpoint(blueprint, "retrieve_study", STUDY, ["GET"])
+async def retrieve_study(req: Request, service: Service) -> Response:
+    """All instances of a study."""
+    return await _instances(req, service)
+
+
+@endpoint(blueprint, "retrieve_series", SERIES, ["GET"])
+async def retrieve_series(req: Request, service: Service) -> Response:
+    """All instances of a series."""
+    return await _instances(req, service)
+
+
+@endpoint(blueprint, "retrieve_instance", INSTANCE, ["GET"])
+async def retrieve_instance(req: Request, service: Service) -> Response:
+    """One instance, multipart or single-part ``application/dicom``."""
+    return await _instances(req, service)
+
+
+async def _instances(req: Request, service: Service) -> Response:
+    study, series, instance = _uids(req)
+    docs = await retrieve.instance_documents(service, study, series, instance)
+    choice = media.negotiate_instance(
+        req.headers.get("accept"), {d["transferSyntaxUID"] for d in docs}, single_allowed=instance is not None
+    )
+    if not choice.multipart:
+        doc = docs[0]
+        return StreamingResponse(
+            service.blobs.stream(_blob(doc)),
+            media_type=f"{media.DICOM}; transfer-syntax={doc['transferSyntaxUID']}",
+            headers={"content-length": str(doc["size"])},
+        )
+
+    async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
+        for doc in docs:
+            headers = {"Content-Type": f"{media.DICOM}; transfer-syntax={doc['transferSyntaxUID']}",
+                       "Content-Length": str(doc["size"])}
+            yield headers, service.blobs.stream(_blob(doc))
+
+    boundary = new_boundary()
+    return StreamingResponse(write_multipart(parts(), boundary), media_type=_multipart_type(media.DICOM, boundary))
+
+
+def _blob(doc: Document) -> str:
+    return instance_name(doc["studyInstanceUID"], doc["seriesInstanceUID"], doc["sopInstanceUID"])
+
+
+@endpoint(blueprint, "study_metadata", STUDY + "/metadata", ["GET"])
+async def study_metadata(req: Request, service: Service) -> Response:
+    """Metadata of every instance of a study."""
+    return await _metadata(req, service)
+
+
+@endpoint(blueprint, "series_metadata", SERIES + "/metadata", ["GET"])
+async def series_metadata(req: Request, service: Service) -> Response:
+    """Metadata of every instance of a series."""
+    return await _metadata(req, service)
+
+
+@endpoint(blueprint, "instance_metadata", INSTANCE + "/metadata", ["GET"])
+async def instance_metadata(req: Request, service: Service) -> Response:
+    """Metadata of one instance."""
+    return await _metadata(req, service)
+
+
+async def _metadata(req: Request, service: Service) -> Response:
+    """A DICOM JSON array streamed instance by instance, BulkDataURIs made absolute."""
+    if not media.accepts_json(req.headers.get("accept")):
+        raise NotAcceptable(f"metadata is served as {DICOM_JSON}")
+    study, series, instance = _uids(req)
+    docs = await retrieve.instance_documents(service, study, series, instance)
+    base = base_url(req, service.settings)
+
+    async def body() -> AsyncIterator[bytes]:
+        separator = b"["
+        async for doc, sidecar in retrieve.metadata(service, docs):
+            url = f"{base}/studies/{doc['studyInstanceUID']}/series/{doc['seriesInstanceUID']}/instances/{doc['sopInstanceUID']}"
+            dataset = resolve_bulk_uris(sidecar["dataset"], retrieve.bulk_uri_maker(url))
+            yield separator + json.dumps(dataset).encode()
+            separator = b","
+        yield b"]"
+
+    return StreamingResponse(body(), media_type=DICOM_JSON)
+
+
+@endpoint(blueprint, "retrieve_frames", INSTANCE + "/frames/{frames}", ["GET"])
+async def retrieve_frames(req: Request, service: Service) -> Response:
+    """Frames by number, each from one ranged read of the stored file."""
+    study, series, instance = _uids(req)
+    assert series is not None and instance is not None
+    numbers = retrieve.parse_frame_list(req.path_params["frames"])
+    return await _frames(req, service, study, series, instance, numbers)
+
+
+async def _frames(
+    req: Request, service: Service, study: str, series: str, instance: str, numbers: list[int] | None
+) -> Response:
+    cached = await retrieve.frame_index(service, study, series, instance)
+    index = cached.frames
+    numbers = numbers if numbers is not None else list(range(1, len(index) + 1))
+    retrieve.check_frames(index, numbers)
+    choice = media.negotiate_frames(req.headers.get("accept"), index.transfer_syntax, single=len(numbers) == 1)
+    frames = retrieve.read_frames(service, study, series, instance, numbers)
+    if not choice.multipart:
+        data = b"".join([frame async for frame in frames])
+        return Response(data, media_type=f"{choice.media_type}; transfer-syntax={choice.transfer_syntax}")
+    part_headers = {"Content-Type": f"{choice.media_type}; transfer-syntax={choice.transfer_syntax}"}
+
+    async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
+        async for frame in frames:
+            yield part_headers, _once(frame)
+
+    boundary = new_boundary()
+    return StreamingResponse(write_multipart(parts(), boundary), media_type=_multipart_type(choice.media_type, boundary))
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+@endpoint(blueprint, "retrieve_bulkdata", INSTANCE + "/bulkdata/{path}", ["GET"])
+async def retrieve_bulkdata(req: Request, service: Service) -> Response:
+    """A bulk value named by the metadata's BulkDataURI; Pixel Data goes out frame by frame."""
+    study, series, instance = _uids(req)
+    assert series is not None and instance is not None
+    path = req.path_params["path"]
+    if retrieve.is_pixel_data(path):
+        return await _frames(req, service, study, series, instance, None)
+    multipart = media.negotiate_bulkdata(req.headers.get("accept"))
+    sidecar = await retrieve.load_sidecar(service, study, series, instance)
+    offset, length = retrieve.bulk_span(sidecar, path)
+    data, _ = await service.blobs.read_range(instance_name(study, series, instance), offset, length)
+    if not multipart:
+        return Response(data, media_type=media.OCTET_STREAM)
+    boundary = new_boundary()
+    body = b"".join([chunk async for chunk in write_multipart(_single(data), boundary)])
+    return Response(body, media_type=_multipart_type(media.OCTET_STREAM, boundary))
+
+
+async def _single(data: bytes) -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
+    yield {"Content-Type": media.OCTET_STREAM}, _once(data)

@@ -1,0 +1,87 @@
+"""Settings, read from environment variables in this one place.
+
+The same ``DICOMWEB_*`` names appear in ``local.settings.json.example`` and in the
+Bicep app settings; a test keeps the three in step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+MIB = 1024 * 1024
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service reads from its environment."""
+
+    storage_connection_string: str = ""
+    storage_account_url: str = ""
+    instance_container: str = "dicom-instances"
+    sidecar_container: str = "dicom-sidecars"
+    cosmos_connection_string: str = ""
+    cosmos_endpoint: str = ""
+    cosmos_database: str = "dicomweb"
+    cosmos_container: str = "index"
+    public_base_url: str = ""
+    cors_origins: tuple[str, ...] = field(default_factory=lambda: ("*",))
+    block_size: int = 8 * MIB
+    upload_concurrency: int = 4
+    max_header_bytes: int = 64 * MIB
+    frame_cache_mb: int = 64
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Build settings from ``env`` (default: ``os.environ``)."""
+        env = os.environ if env is None else env
+        origins = env.get("DICOMWEB_CORS_ORIGINS", "*")
+        return cls(
+            storage_connection_string=env.get("DICOMWEB_STORAGE_CONNECTION_STRING", ""),
+            storage_account_url=env.get("DICOMWEB_STORAGE_ACCOUNT_URL", ""),
+            instance_container=env.get("DICOMWEB_INSTANCE_CONTAINER", "") or cls.instance_container,
+            sidecar_container=env.get("DICOMWEB_SIDECAR_CONTAINER", "") or cls.sidecar_container,
+            cosmos_connection_string=env.get("DICOMWEB_COSMOS_CONNECTION_STRING", ""),
+            cosmos_endpoint=env.get("DICOMWEB_COSMOS_ENDPOINT", ""),
+            cosmos_database=env.get("DICOMWEB_COSMOS_DATABASE", "") or cls.cosmos_database,
+            cosmos_container=env.get("DICOMWEB_COSMOS_CONTAINER", "") or cls.cosmos_container,
+            public_base_url=env.get("DICOMWEB_PUBLIC_BASE_URL", "").rstrip("/"),
+            cors_origins=tuple(o.strip() for o in origins.split(",") if o.strip()),
+            block_size=_int(env, "DICOMWEB_BLOCK_SIZE_MB", 8) * MIB,
+            upload_concurrency=_int(env, "DICOMWEB_UPLOAD_CONCURRENCY", 4),
+            max_header_bytes=_int(env, "DICOMWEB_MAX_HEADER_MB", 64) * MIB,
+            frame_cache_mb=_int(env, "DICOMWEB_FRAME_CACHE_MB", 64),
+        )
+
+    @property
+    def has_storage(self) -> bool:
+        """True when Blob and Cosmos are configured (``serve`` starts emulators otherwise)."""
+        return bool(
+            (self.storage_connection_string or self.storage_account_url)
+            and (self.cosmos_connection_string or self.cosmos_endpoint)
+        )
+
+
+#: Names of every setting read above, for the parity test with local settings and Bicep.
+SETTING_NAMES = (
+    "DICOMWEB_STORAGE_CONNECTION_STRING",
+    "DICOMWEB_STORAGE_ACCOUNT_URL",
+    "DICOMWEB_INSTANCE_CONTAINER",
+    "DICOMWEB_SIDECAR_CONTAINER",
+    "DICOMWEB_COSMOS_CONNECTION_STRING",
+    "DICOMWEB_COSMOS_ENDPOINT",
+    "DICOMWEB_COSMOS_DATABASE",
+    "DICOMWEB_COSMOS_CONTAINER",
+    "DICOMWEB_PUBLIC_BASE_URL",
+    "DICOMWEB_CORS_ORIGINS",
+    "DICOMWEB_BLOCK_SIZE_MB",
+    "DICOMWEB_UPLOAD_CONCURRENCY",
+    "DICOMWEB_MAX_HEADER_MB",
+    "DICOMWEB_FRAME_CACHE_MB",
+)

@@ -1,0 +1,65 @@
+"""DICOM JSON (PS3.18 §F.2) for stored instances, with bulk data left in the file.
+
+Binary values (OB, OW, OD, OF, OL, OV, UN) become relative ``BulkDataURI`` s of the
+form ``bulkdata/<tag path>``; the byte range each one names in the stored file is
+recorded beside them so the bulkdata resource serves it with one ranged read. The
+API makes the URIs absolute per request, from the configured public base URL.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+
+BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+BULKDATA = "bulkdata/"
+PIXEL_DATA_KEY = "7FE00010"
+
+JsonDict = dict[str, Any]
+
+
+def dataset_to_json(dataset: Dataset, base: int) -> tuple[JsonDict, dict[str, tuple[int, int]]]:
+    """DICOM JSON of ``dataset`` and the stored (offset, length) of each bulk value by tag path.
+
+    ``base`` is the stored-file offset pydicom's ``value_tell`` positions count from.
+    """
+    bulk: dict[str, tuple[int, int]] = {}
+    return _convert(dataset, "", base, bulk), bulk
+
+
+def _convert(dataset: Dataset, prefix: str, base: int, bulk: dict[str, tuple[int, int]]) -> JsonDict:
+    out: JsonDict = {}
+    for tag in sorted(dataset.keys()):
+        if tag.element == 0:
+            continue
+        raw = dataset.get_item(tag)
+        element = dataset[tag]
+        key = f"{tag:08X}"
+        if element.VR == "SQ":
+            # pydicom parses a defined-length sequence from its own value bytes: positions inside
+            # count from that value; an undefined-length one is read in place.
+            inner = base + raw.value_tell if isinstance(raw, RawDataElement) else base
+            items = [_convert(item, f"{prefix}{key}.{i}.", inner, bulk) for i, item in enumerate(element.value)]
+            out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+        elif element.VR in BULK_VRS and isinstance(raw, RawDataElement) and raw.length:
+            path = prefix + key
+            bulk[path] = (base + raw.value_tell, raw.length)
+            out[key] = {"vr": element.VR, "BulkDataURI": BULKDATA + path}
+        else:
+            out[key] = element.to_json_dict(None, 0x7FFFFFFF)
+    return out
+
+
+def resolve_bulk_uris(dataset: JsonDict, make_uri: Callable[[str], str]) -> JsonDict:
+    """A copy of ``dataset`` whose relative BulkDataURIs went through ``make_uri``."""
+    out: JsonDict = {}
+    for key, element in dataset.items():
+        uri = element.get("BulkDataURI")
+        if uri is not None:
+            element = {**element, "BulkDataURI": make_uri(uri)}
+        elif element.get("vr") == "SQ" and "Value" in element:
+            element = {**element, "Value": [resolve_bulk_uris(item, make_uri) for item in element["Value"]]}
+        out[key] = element
+    return out

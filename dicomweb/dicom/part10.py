@@ -1,0 +1,351 @@
+"""Streaming Part 10 parser: reads a DICOM instance as its bytes arrive, in bounded memory.
+
+It buffers only the header (everything before Pixel Data), hands it to pydicom, and
+then walks the encapsulated fragments (PS3.5 §A.4) by their 8-byte item headers,
+skipping their payloads, so the frame offset record is ready when the last byte is.
+What comes out of :meth:`Part10Parser.feed` is the file to store: a sanitised
+128-byte preamble (as the Azure DICOM service does), ``DICM``, the File Meta
+Information (the client's, or one made from the dataset when it sent none), and the
+dataset bytes unchanged.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from dataclasses import dataclass
+from io import BytesIO
+
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+
+from dicomweb.dicom import frames
+from dicomweb.dicom.frames import Fragment, FrameIndex
+from dicomweb.dicom.syntax import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    is_encapsulated,
+)
+from dicomweb.errors import InvalidDataset
+
+PREAMBLE = b"\x00" * 128 + b"DICM"
+PIXEL_DATA = 0x7FE00010
+ITEM = 0xFFFEE000
+ITEM_DELIMITER = 0xFFFEE00D
+SEQUENCE_DELIMITER = 0xFFFEE0DD
+UNDEFINED = 0xFFFFFFFF
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+_VRS = _LONG_VRS | frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
+_HEAD_SNIFF = 8
+
+
+class _NeedMore(Exception):
+    """The buffered bytes end inside an element; wait for the next chunk."""
+
+
+@dataclass(frozen=True)
+class Header:
+    """What is known once the bytes before Pixel Data have arrived."""
+
+    dataset: Dataset
+    transfer_syntax: str
+    #: Stored-file offset of the first byte that pydicom's value_tell positions count from.
+    dataset_base: int
+    #: Pixel Data VR and stored-file offset of its value (None when the instance has no Pixel Data).
+    pixel_vr: str | None
+    pixel_value_offset: int | None
+    pixel_value_length: int | None
+
+
+def _element(buf: bytearray, pos: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
+    """(tag, VR, value length, header length) of the element at ``pos``."""
+    if len(buf) - pos < 8:
+        raise _NeedMore
+    group, elem = struct.unpack_from("<HH", buf, pos)
+    tag = group << 16 | elem
+    if group == 0xFFFE or implicit:
+        return tag, None, struct.unpack_from("<I", buf, pos + 4)[0], 8
+    vr = bytes(buf[pos + 4 : pos + 6])
+    if vr in _LONG_VRS:
+        if len(buf) - pos < 12:
+            raise _NeedMore
+        return tag, vr, struct.unpack_from("<I", buf, pos + 8)[0], 12
+    if vr not in _VRS:
+        raise InvalidDataset(f"unknown VR {vr!r} in element ({group:04X},{elem:04X})")
+    return tag, vr, struct.unpack_from("<H", buf, pos + 6)[0], 8
+
+
+def _skip_element(buf: bytearray, pos: int, implicit: bool) -> int:
+    """Position just after the element at ``pos``, walking undefined-length sequences."""
+    tag, vr, length, header = _element(buf, pos, implicit)
+    if length != UNDEFINED:
+        end = pos + header + length
+        if end > len(buf):
+            raise _NeedMore
+        return end
+    if tag >> 16 == 0xFFFE:
+        raise InvalidDataset(f"unexpected item tag {tag:08X} in dataset")
+    return _skip_sequence(buf, pos + header, implicit or vr == b"UN")
+
+
+def _skip_sequence(buf: bytearray, pos: int, implicit: bool) -> int:
+    while True:
+        tag, _, length, _ = _element(buf, pos, True)
+        if tag == SEQUENCE_DELIMITER:
+            return pos + 8
+        if tag != ITEM:
+            raise InvalidDataset(f"expected a sequence item, found tag {tag:08X}")
+        pos += 8
+        if length != UNDEFINED:
+            pos += length
+            continue
+        while True:
+            if len(buf) - pos < 8:
+                raise _NeedMore
+            if struct.unpack_from("<I", buf, pos)[0] == 0xE00DFFFE:
+                pos += 8
+                break
+            pos = _skip_element(buf, pos, implicit)
+
+
+def _read_meta(buf: bytearray, pos: int) -> tuple[int, str]:
+    """End of the File Meta Information group (always explicit VR LE) and its transfer syntax."""
+    syntax = ""
+    while len(buf) - pos >= 2 and struct.unpack_from("<H", buf, pos)[0] == 0x0002:
+        tag, _, length, header = _element(buf, pos, False)
+        end = pos + header + length
+        if end > len(buf):
+            raise _NeedMore
+        if tag == 0x00020010:
+            syntax = bytes(buf[pos + header : end]).decode("ascii", "replace").rstrip("\x00 ")
+        pos = end
+    if len(buf) - pos < 2:
+        raise _NeedMore
+    return pos, syntax
+
+
+class Part10Parser:
+    """Feed chunks in; get the stored file's bytes out and, at the end, its frame index."""
+
+    def __init__(self, max_header_bytes: int) -> None:
+        self._max_header = max_header_bytes
+        self._head = bytearray()
+        self._next_attempt = 256
+        self._scan_pos = -1
+        self._input = 0
+        self._shift = 0
+        self.header: Header | None = None
+        self._frames_total: int | None = None
+        # Encapsulated pixel data walk.
+        self._win = bytearray()
+        self._win_start = 0
+        self._item_pos = -1
+        self._bot: bytes | None = None
+        self._fragments: list[Fragment] = []
+        self._pixel_end: int | None = None
+
+    @property
+    def stored_size(self) -> int:
+        """Bytes of the stored file emitted so far."""
+        return self._input + self._shift
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Take the next chunk of the request; return the bytes to append to the stored file."""
+        self._input += len(chunk)
+        if self.header is None:
+            self._head += chunk
+            if len(self._head) < self._next_attempt:
+                return b""
+            self._next_attempt = len(self._head) * 2
+            out = self._try_header(final=False)
+            if self.header is None and len(self._head) > self._max_header:
+                raise InvalidDataset(
+                    f"the dataset header exceeds {self._max_header} bytes before Pixel Data"
+                )
+            return out
+        if self._item_pos >= 0 and self._pixel_end is None:
+            self._walk(chunk)
+        return chunk
+
+    def close(self) -> bytes:
+        """The request ended: return the last bytes to store; raise if the instance is incomplete."""
+        out = b""
+        if self.header is None:
+            out = self._try_header(final=True)
+        header = self.header
+        assert header is not None
+        if header.pixel_value_offset is not None:
+            if header.pixel_value_length is not None:
+                end = header.pixel_value_offset + header.pixel_value_length
+                if self.stored_size < end:
+                    raise InvalidDataset(f"truncated: Pixel Data needs {end} bytes, got {self.stored_size}")
+            elif self._pixel_end is None:
+                raise InvalidDataset("truncated: encapsulated Pixel Data has no Sequence Delimitation Item")
+        return out
+
+    def _try_header(self, final: bool) -> bytes:
+        buf = self._head
+        try:
+            if len(buf) < 132 and not final:
+                raise _NeedMore
+            meta_start = 132 if buf[128:132] == b"DICM" else 0
+            has_meta = buf[meta_start : meta_start + 2] == b"\x02\x00"
+            if has_meta:
+                dataset_start, syntax = _read_meta(buf, meta_start)
+                if not syntax:
+                    raise InvalidDataset("File Meta Information has no Transfer Syntax UID")
+            else:
+                dataset_start = meta_start
+                explicit = bytes(buf[dataset_start + 4 : dataset_start + 6]) in _VRS
+                syntax = EXPLICIT_VR_LITTLE_ENDIAN if explicit else IMPLICIT_VR_LITTLE_ENDIAN
+            if syntax in (DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN):
+                raise InvalidDataset(f"transfer syntax {syntax} is not supported for storage")
+            implicit = syntax == IMPLICIT_VR_LITTLE_ENDIAN
+            pos = max(self._scan_pos, dataset_start)
+            while pos < len(buf):
+                tag = struct.unpack_from("<I", buf, pos)[0] if len(buf) - pos >= 4 else None
+                if tag is not None and (tag >> 16 | (tag & 0xFFFF) << 16) == PIXEL_DATA:
+                    break
+                pos = _skip_element(buf, pos, implicit)
+                self._scan_pos = pos
+            if pos >= len(buf) and not final:
+                raise _NeedMore
+            pixel = _element(buf, pos, implicit) if pos < len(buf) else None
+        except _NeedMore:
+            if not final:
+                return b""
+            raise InvalidDataset("truncated: the body ends inside the dataset header") from None
+        return self._start(meta_start if has_meta else dataset_start, dataset_start, syntax, pos, pixel)
+
+    def _start(
+        self,
+        parse_start: int,
+        dataset_start: int,
+        syntax: str,
+        pixel_pos: int,
+        pixel: tuple[int, bytes | None, int, int] | None,
+    ) -> bytes:
+        buf = self._head
+        try:
+            dataset = pydicom.dcmread(BytesIO(bytes(buf[parse_start:pixel_pos])), force=True)
+        except Exception as exc:
+            raise InvalidDataset(f"not a DICOM dataset: {exc}") from exc
+        if parse_start == dataset_start:
+            meta = _make_meta(dataset, syntax)
+        else:
+            meta = bytes(buf[parse_start:dataset_start])
+        prefix = PREAMBLE + meta
+        self._shift = len(prefix) - dataset_start
+        base = len(PREAMBLE) if parse_start != dataset_start else len(prefix)
+        pixel_vr = value_offset = value_length = None
+        if pixel is not None:
+            _, vr, length, header_len = pixel
+            value_offset = pixel_pos + header_len + self._shift
+            pixel_vr = vr.decode() if vr else "OW"
+            if length == UNDEFINED:
+                if not is_encapsulated(syntax):
+                    raise InvalidDataset("undefined-length Pixel Data in a native transfer syntax")
+                pixel_vr = "OB"
+                self._item_pos = pixel_pos + header_len
+                self._win_start = self._item_pos
+            else:
+                if is_encapsulated(syntax):
+                    raise InvalidDataset(f"Pixel Data of {syntax} must be encapsulated")
+                value_length = length
+        self.header = Header(dataset, syntax, base, pixel_vr, value_offset, value_length)
+        rest = bytes(buf[dataset_start:])
+        self._head = bytearray()
+        if self._item_pos >= 0:
+            self._walk(rest[self._item_pos - dataset_start :])
+        return prefix + rest
+
+    def _walk(self, data: bytes) -> None:
+        """Advance over fragment item headers in ``data``, the input bytes that follow the last walked."""
+        win = self._win
+        win += data
+        while self._pixel_end is None:
+            rel = self._item_pos - self._win_start
+            avail = len(win) - rel
+            if avail < 8:
+                break
+            group, elem, length = struct.unpack_from("<HHI", win, rel)
+            tag = group << 16 | elem
+            if tag == SEQUENCE_DELIMITER:
+                self._pixel_end = self._item_pos + 8
+                break
+            if tag != ITEM:
+                raise InvalidDataset(f"unexpected tag {tag:08X} in encapsulated Pixel Data")
+            if self._bot is None:
+                if avail < 8 + length:
+                    break
+                self._bot = bytes(win[rel + 8 : rel + 8 + length])
+            else:
+                sniff = min(_HEAD_SNIFF, length)
+                if avail < 8 + sniff:
+                    break
+                head = bytes(win[rel + 8 : rel + 8 + sniff])
+                self._fragments.append(Fragment(self._item_pos + self._shift, length, head))
+            self._item_pos += 8 + length
+        drop = min(max(self._item_pos - self._win_start, 0), len(win))
+        del win[:drop]
+        self._win_start += drop
+
+    def frame_index(self, generation: str) -> FrameIndex | None:
+        """The frame offset record of a complete instance (None without Pixel Data)."""
+        header = self.header
+        if header is None or header.pixel_value_offset is None:
+            return None
+        ds = header.dataset
+        count = int(ds.get("NumberOfFrames", 1) or 1)
+        syntax = header.transfer_syntax
+        if header.pixel_value_length is not None:
+            return frames.native_index(
+                syntax, generation, header.pixel_value_offset, header.pixel_value_length, count, _frame_bytes(ds)
+            )
+        eot = ds.get("ExtendedOffsetTable")
+        if eot is not None and ds.get("ExtendedOffsetTableLengths") is not None:
+            return frames.eot_index(
+                syntax, generation, _array("Q", eot), _array("Q", ds.ExtendedOffsetTableLengths),
+                self._fragments, count,
+            )
+        if self._bot:
+            return frames.bot_index(syntax, generation, _array("I", self._bot), self._fragments, count)
+        return frames.empty_bot_index(syntax, generation, self._fragments, count)
+
+
+def _array(code: str, data: bytes) -> array:
+    values = array(code)
+    values.frombytes(data[: len(data) // values.itemsize * values.itemsize])
+    return values
+
+
+def _frame_bytes(ds: Dataset) -> int:
+    """Bytes of one native frame (PS3.5 §8.1.1); YBR_FULL_422 stores two samples per pixel."""
+    try:
+        samples = int(ds.SamplesPerPixel)
+        if ds.get("PhotometricInterpretation") == "YBR_FULL_422":
+            samples = 2
+        return int(ds.Rows) * int(ds.Columns) * samples * int(ds.BitsAllocated) // 8
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise InvalidDataset(f"native Pixel Data without a usable image pixel description: {exc}") from exc
+
+
+def _make_meta(dataset: Dataset, syntax: str) -> bytes:
+    """File Meta Information for a dataset that came without one (PS3.10 §7.1)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = dataset.get("SOPClassUID", "")
+    meta.MediaStorageSOPInstanceUID = dataset.get("SOPInstanceUID", "")
+    meta.TransferSyntaxUID = syntax
+    meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+    out = DicomBytesIO()
+    out.is_little_endian = True
+    out.is_implicit_VR = False
+    try:
+        write_file_meta_info(out, meta, enforce_standard=True)
+    except (ValueError, AttributeError) as exc:
+        raise InvalidDataset(f"cannot make File Meta Information: {exc}") from exc
+    return out.getvalue()

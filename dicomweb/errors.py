@@ -1,0 +1,82 @@
+"""One exception base for every DICOMweb failure.
+
+Each subclass carries the HTTP status it maps to and, for STOW, the DICOM failure
+reason (PS3.18 §10.5.3, Table 10.5.3-1 and the Azure DICOM service's reason codes).
+The API layer turns any :class:`DicomWebError` into a response in one place.
+"""
+
+from __future__ import annotations
+
+# Failure reasons (0008,1197) used in FailedSOPSequence.
+REASON_PROCESSING_FAILURE = 0x0110  # 272
+REASON_VALIDATION_FAILED = 0xA900  # 43264
+REASON_STUDY_MISMATCH = 0xA901  # 43265
+REASON_DUPLICATE = 0xB00E  # 45070
+
+
+class DicomWebError(Exception):
+    """Base of all service errors: an HTTP status, a message and an optional failure reason."""
+
+    status: int = 500
+    reason: int = REASON_PROCESSING_FAILURE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(DicomWebError):
+    """The request itself is malformed (PS3.18 §8.2: 400)."""
+
+    status = 400
+    reason = REASON_VALIDATION_FAILED
+
+
+class InvalidDataset(BadRequest):
+    """A STOW part is not a valid DICOM instance (reason 43264)."""
+
+
+class StudyMismatch(BadRequest):
+    """A STOW part belongs to another study than the one in the URL (reason 43265)."""
+
+    status = 409
+    reason = REASON_STUDY_MISMATCH
+
+
+class Duplicate(DicomWebError):
+    """The SOP instance is already stored (reason 45070)."""
+
+    status = 409
+    reason = REASON_DUPLICATE
+
+
+class NotFound(DicomWebError):
+    """The study, series, instance, frame or bulk data does not exist."""
+
+    status = 404
+
+
+class NotAcceptable(DicomWebError):
+    """No representation the client accepts can be produced (PS3.18 §8.3.3.1: 406)."""
+
+    status = 406
+
+
+class UnsupportedMediaType(DicomWebError):
+    """The request body has a media type the resource does not take."""
+
+    status = 415
+    reason = REASON_VALIDATION_FAILED
+
+
+class Archived(DicomWebError):
+    """The bytes sit in the Archive tier and must be rehydrated before they can be read."""
+
+    status = 409
+
+
+class StorageFailure(DicomWebError):
+    """Blob Storage or Cosmos DB failed in a way the client cannot fix."""
+
+    status = 503
+    reason = REASON_PROCESSING_FAILURE

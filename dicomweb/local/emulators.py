@@ -1,0 +1,105 @@
+"""Starts the local stand-ins for Azure: Azurite (Blob) and a Cosmos DB protocol server.
+
+Both come from the committed ``package.json`` (pinned versions, ``npm ci``). Azurite
+keeps blobs in a folder, so data survives restarts; the Cosmos server keeps its data
+in memory only, which is why ``serve`` reindexes from Blob on start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE_BIN = ROOT / "node_modules" / ".bin"
+
+#: Azurite's fixed development account (public, documented by Microsoft).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+#: Any key works with the local Cosmos server; this is the emulator's well-known one.
+COSMOS_KEY = "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, name: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{name} did not listen on port {port} within {timeout} s")
+
+
+@dataclass
+class Emulators:
+    """Azurite and the Cosmos server as child processes; :meth:`stop` ends both."""
+
+    data_dir: Path
+    blob_port: int = 0
+    cosmos_port: int = 0
+    _processes: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self) -> dict[str, str]:
+        """Start both servers; return the settings that point the service at them."""
+        node = shutil.which("node")
+        if node is None or not (NODE_BIN / "azurite-blob").exists():
+            raise RuntimeError("Node.js and the npm packages are needed: run `npm ci` in the repository root")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.blob_port = self.blob_port or free_port()
+        self.cosmos_port = self.cosmos_port or free_port()
+        log = open(self.data_dir / "emulators.log", "ab")
+        azurite = subprocess.Popen(
+            [str(NODE_BIN / "azurite-blob"), "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
+             "--location", str(self.data_dir / "azurite"), "--skipApiVersionCheck", "--loose", "--silent"],
+            stdout=log, stderr=log, start_new_session=True,
+        )
+        self._processes.append(azurite)
+        cosmos = subprocess.Popen(
+            [node, str(Path(__file__).with_name("cosmos_server.js")), str(self.cosmos_port)],
+            stdout=log, stderr=log, start_new_session=True, cwd=ROOT,
+        )
+        self._processes.append(cosmos)
+        try:
+            _wait_for_port(self.blob_port, azurite, "Azurite")
+            _wait_for_port(self.cosmos_port, cosmos, "cosmosdb-server")
+        except RuntimeError:
+            self.stop()
+            raise
+        return self.settings()
+
+    def settings(self) -> dict[str, str]:
+        """Environment settings for the running servers."""
+        return {
+            "DICOMWEB_STORAGE_CONNECTION_STRING": (
+                f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+                f"BlobEndpoint=http://127.0.0.1:{self.blob_port}/{AZURITE_ACCOUNT};"
+            ),
+            "DICOMWEB_COSMOS_CONNECTION_STRING": f"AccountEndpoint=https://127.0.0.1:{self.cosmos_port}/;AccountKey={COSMOS_KEY};",
+        }
+
+    def stop(self) -> None:
+        """Terminate what :meth:`start` started."""
+        for process in self._processes:
+            if process.poll() is None:
+                os.killpg(process.pid, 15)
+        for process in self._processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, 9)
+        self._processes.clear()

@@ -1,0 +1,68 @@
+"""Rebuilds the Cosmos index from Blob, the system of record.
+
+For every committed instance blob: take its metadata sidecar, or derive the sidecars
+again from the file itself (one streaming pass) when they are missing or belong to
+another generation; then upsert its index documents. Sidecars whose instance blob
+is gone are deleted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from dicomweb import records
+from dicomweb.dicom.part10 import Part10Parser
+from dicomweb.errors import NotFound
+from dicomweb.service import Service
+from dicomweb.storage.blobs import sidecar_name
+
+
+@dataclass
+class ReindexReport:
+    """What a reindex did."""
+
+    indexed: int = 0
+    rebuilt: int = 0
+    removed_sidecars: int = 0
+
+
+async def derive_sidecars(service: Service, name: str, generation: str) -> records.JsonDict:
+    """Parse a stored instance blob again and rewrite both sidecars."""
+    parser = Part10Parser(service.settings.max_header_bytes)
+    async for chunk in service.blobs.stream(name):
+        parser.feed(chunk)
+    parser.close()
+    header = parser.header
+    assert header is not None
+    frame_index = parser.frame_index(generation)
+    sidecar = records.make_sidecar(header, generation, parser.stored_size,
+                                   len(frame_index) if frame_index is not None else None)
+    study, series, instance = records.uids(sidecar)
+    await service.blobs.put_sidecar(sidecar_name(study, series, instance, "json"), json.dumps(sidecar).encode())
+    if frame_index is not None:
+        await service.blobs.put_sidecar(sidecar_name(study, series, instance, "frames"), frame_index.to_bytes())
+    return sidecar
+
+
+async def reindex(service: Service) -> ReindexReport:
+    """Upsert index documents for every stored instance; drop orphan sidecars."""
+    report = ReindexReport()
+    async for name, generation in service.blobs.list_instances():
+        stem = name.removesuffix(".dcm")
+        try:
+            sidecar = json.loads(await service.blobs.get_sidecar(stem + ".json"))
+        except NotFound:
+            sidecar = None
+        if sidecar is None or sidecar.get("generation") != generation:
+            sidecar = await derive_sidecars(service, name, generation)
+            report.rebuilt += 1
+        for document in records.documents(sidecar):
+            await service.index.upsert(document)
+        report.indexed += 1
+    async for sidecar in service.blobs.list_metadata_sidecars():
+        stem = sidecar.removesuffix(".json")
+        if not await service.blobs.exists(stem + ".dcm"):
+            await service.blobs.delete(None, [sidecar, stem + ".frames"])
+            report.removed_sidecars += 1
+    return report

@@ -1,0 +1,145 @@
+"""WADO-RS use cases (PS3.18 §10.4): instances, metadata, frames and bulk data.
+
+Frames never touch the whole file: the frame offset record (a sidecar, cached per
+process) gives each frame's byte range, and neighbouring frames asked for together
+are fetched with one ranged read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import AsyncIterator, Sequence
+
+from dicomweb.dicom.dicomjson import BULKDATA, PIXEL_DATA_KEY, JsonDict
+from dicomweb.dicom.frames import FrameIndex, join_fragments
+from dicomweb.errors import BadRequest, NotFound
+from dicomweb.service import CachedIndex, Service
+from dicomweb.storage.blobs import StaleBlob, instance_name, sidecar_name
+from dicomweb.storage.index import Document
+
+#: Adjacent frames are read together while the combined read stays below this size.
+MAX_COALESCED_READ = 4 * 1024 * 1024
+#: Sidecars fetched at once for series and study metadata.
+METADATA_FETCH_CONCURRENCY = 16
+
+
+def parse_frame_list(text: str) -> list[int]:
+    """``1,5,9`` → [1, 5, 9] (PS3.18 §10.4.1.1.4); 400 for anything else."""
+    numbers = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item.isdigit() or int(item) < 1:
+            raise BadRequest(f"frame list {text!r} must be positive integers separated by commas")
+        numbers.append(int(item))
+    return numbers
+
+
+async def instance_documents(service: Service, study: str, series: str | None = None,
+                             instance: str | None = None) -> list[Document]:
+    """Index documents of the addressed instances; 404 when there are none."""
+    if instance is not None:
+        doc = await service.index.find(study, "instance", instance)
+        docs = [doc] if doc is not None and doc["seriesInstanceUID"] == series else []
+    else:
+        docs = await service.index.instances(study, series)
+    if not docs:
+        raise NotFound("no such " + ("instance" if instance else "series" if series else "study"))
+    return docs
+
+
+async def load_sidecar(service: Service, study: str, series: str, instance: str) -> JsonDict:
+    """The metadata sidecar of one instance."""
+    data = await service.blobs.get_sidecar(sidecar_name(study, series, instance, "json"))
+    return json.loads(data)
+
+
+async def metadata(service: Service, docs: Sequence[Document]) -> AsyncIterator[tuple[Document, JsonDict]]:
+    """Sidecars of ``docs`` in order, fetched a bounded number at a time."""
+    window = METADATA_FETCH_CONCURRENCY
+    for start in range(0, len(docs), window):
+        batch = docs[start : start + window]
+        sidecars = await asyncio.gather(
+            *(load_sidecar(service, d["studyInstanceUID"], d["seriesInstanceUID"], d["sopInstanceUID"]) for d in batch)
+        )
+        for doc, sidecar in zip(batch, sidecars):
+            yield doc, sidecar
+
+
+async def frame_index(service: Service, study: str, series: str, instance: str) -> CachedIndex:
+    """The frame offset record of an instance, from the process cache or its sidecar."""
+    name = instance_name(study, series, instance)
+    cached = service.frame_indexes.get(name)
+    if cached is None:
+        try:
+            data = await service.blobs.get_sidecar(sidecar_name(study, series, instance, "frames"))
+        except NotFound:
+            raise NotFound("no such instance with pixel data") from None
+        cached = CachedIndex(FrameIndex.from_bytes(data))
+        service.frame_indexes.put(name, cached)
+    return cached
+
+
+def check_frames(index: FrameIndex, numbers: Sequence[int]) -> None:
+    """404 for a frame beyond NumberOfFrames (PS3.18 §10.4.1.1.4)."""
+    beyond = [n for n in numbers if n > len(index)]
+    if beyond:
+        raise NotFound(f"frame {beyond[0]} is beyond the instance's {len(index)} frames")
+
+
+def _runs(index: FrameIndex, numbers: Sequence[int]) -> list[list[int]]:
+    """Group requested frames, in request order, into runs that lie back to back in the file."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs:
+            run = runs[-1]
+            start, _ = index.span(run[0])
+            end = sum(index.span(run[-1]))
+            offset, length = index.span(number)
+            if offset == end and offset + length - start <= MAX_COALESCED_READ:
+                run.append(number)
+                continue
+        runs.append([number])
+    return runs
+
+
+async def read_frames(service: Service, study: str, series: str, instance: str,
+                      numbers: Sequence[int]) -> AsyncIterator[bytes]:
+    """Each requested frame's bytes, in order; one ranged read per run of neighbouring frames."""
+    name = instance_name(study, series, instance)
+    for run in _runs((await frame_index(service, study, series, instance)).frames, numbers):
+        for attempt in (0, 1):
+            cached = await frame_index(service, study, series, instance)
+            index = cached.frames
+            start, _ = index.span(run[0])
+            end = sum(index.span(run[-1]))
+            try:
+                data, etag = await service.blobs.read_range(name, start, end - start, cached.etag)
+            except (StaleBlob, NotFound):
+                service.frame_indexes.drop(name)
+                if attempt:
+                    raise NotFound("no such instance") from None
+                continue
+            cached.etag = etag
+            break
+        for number in run:
+            offset, length = index.span(number)
+            yield join_fragments(data[offset - start : offset - start + length], index.fragments[number - 1])
+
+
+def bulk_span(sidecar: JsonDict, path: str) -> tuple[int, int]:
+    """Byte range of the bulk value at ``path`` (as in the metadata's BulkDataURI)."""
+    span = sidecar["bulk"].get(path)
+    if span is None:
+        raise NotFound(f"no bulk data at {path}")
+    return span[0], span[1]
+
+
+def is_pixel_data(path: str) -> bool:
+    """Whether a bulkdata path names Pixel Data (served frame by frame)."""
+    return path == PIXEL_DATA_KEY
+
+
+def bulk_uri_maker(instance_url: str):  # noqa: ANN201 - a small closure
+    """Turns the sidecar's relative ``bulkdata/<path>`` URIs into absolute ones under ``instance_url``."""
+    return lambda relative: f"{instance_url}/{relative}" if relative.startswith(BULKDATA) else relative

@@ -1,0 +1,106 @@
+"""The process-wide composition root: settings, storage adapters and caches.
+
+Azure Functions keeps a worker process warm between invocations, so the clients and
+the frame-index cache are built once per process, on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from dicomweb.config import Settings
+from dicomweb.dicom.frames import FrameIndex
+from dicomweb.storage.blobs import BlobStore
+from dicomweb.storage.clients import blob_store, index_store
+from dicomweb.storage.index import IndexStore
+
+
+@dataclass
+class CachedIndex:
+    """A frame offset record and the etag of the instance blob it was derived from."""
+
+    frames: FrameIndex
+    etag: str | None = None
+
+
+class FrameIndexCache:
+    """LRU of frame offset records, bounded by their encoded size."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max = max_bytes
+        self._size = 0
+        self._items: OrderedDict[str, tuple[CachedIndex, int]] = OrderedDict()
+
+    def get(self, name: str) -> CachedIndex | None:
+        """The cached record of instance blob ``name``, marking it recently used."""
+        item = self._items.get(name)
+        if item is None:
+            return None
+        self._items.move_to_end(name)
+        return item[0]
+
+    def put(self, name: str, entry: CachedIndex) -> None:
+        """Cache ``entry``, evicting the least recently used records beyond the budget."""
+        self.drop(name)
+        cost = len(entry.frames) * 16 + 256
+        self._items[name] = (entry, cost)
+        self._size += cost
+        while self._size > self._max and len(self._items) > 1:
+            _, (_, evicted) = self._items.popitem(last=False)
+            self._size -= evicted
+
+    def drop(self, name: str) -> None:
+        """Forget ``name`` (its blob changed or vanished)."""
+        item = self._items.pop(name, None)
+        if item is not None:
+            self._size -= item[1]
+
+
+@dataclass
+class Service:
+    """Everything a request handler needs."""
+
+    settings: Settings
+    blobs: BlobStore
+    index: IndexStore
+    frame_indexes: FrameIndexCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.frame_indexes = FrameIndexCache(self.settings.frame_cache_mb * 1024 * 1024)
+
+    @classmethod
+    async def create(cls, settings: Settings) -> "Service":
+        """Connect to Blob and Cosmos and make sure containers exist."""
+        service = cls(settings, blob_store(settings), index_store(settings))
+        await service.blobs.ensure_containers()
+        await service.index.ensure()
+        return service
+
+    async def close(self) -> None:
+        """Release the storage clients."""
+        await self.blobs.close()
+        await self.index.close()
+
+
+_service: Service | None = None
+_lock = asyncio.Lock()
+
+
+async def get_service() -> Service:
+    """The process's service, created from the environment on first use."""
+    global _service
+    if _service is None:
+        async with _lock:
+            if _service is None:
+                _service = await Service.create(Settings.from_env())
+    return _service
+
+
+async def reset_service() -> None:
+    """Close the process's service so the next request builds it anew (tests, shutdown)."""
+    global _service
+    if _service is not None:
+        await _service.close()
+        _service = None

@@ -1,0 +1,33 @@
+"""Builds the Azure SDK clients: connection strings locally, managed identity in Azure."""
+
+from __future__ import annotations
+
+from azure.cosmos.aio import CosmosClient
+from azure.identity.aio import DefaultAzureCredential
+from azure.storage.blob.aio import BlobServiceClient
+
+from dicomweb.config import Settings
+from dicomweb.storage.blobs import BlobStore
+from dicomweb.storage.index import IndexStore
+
+
+def blob_store(settings: Settings, credential: object | None = None) -> BlobStore:
+    """Blob adapter from a connection string, else account URL + ``credential`` (default: managed identity)."""
+    if settings.storage_connection_string:
+        service = BlobServiceClient.from_connection_string(settings.storage_connection_string)
+    elif settings.storage_account_url:
+        service = BlobServiceClient(settings.storage_account_url, credential=credential or DefaultAzureCredential())
+    else:
+        raise ValueError("set DICOMWEB_STORAGE_CONNECTION_STRING or DICOMWEB_STORAGE_ACCOUNT_URL")
+    return BlobStore(service, settings.instance_container, settings.sidecar_container)
+
+
+def index_store(settings: Settings, credential: object | None = None) -> IndexStore:
+    """Cosmos adapter from a connection string, else endpoint + ``credential`` (default: managed identity)."""
+    if settings.cosmos_connection_string:
+        client = CosmosClient.from_connection_string(settings.cosmos_connection_string)
+    elif settings.cosmos_endpoint:
+        client = CosmosClient(settings.cosmos_endpoint, credential=credential or DefaultAzureCredential())
+    else:
+        raise ValueError("set DICOMWEB_COSMOS_CONNECTION_STRING or DICOMWEB_COSMOS_ENDPOINT")
+    return IndexStore(client, settings.cosmos_database, settings.cosmos_container)

@@ -1,0 +1,9 @@
+"""Azure Functions entry point (Python v2 model): registers one blueprint per DICOMweb area."""
+
+import azure.functions as func
+
+from dicomweb.api import retrieve, stow
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+app.register_blueprint(stow.blueprint)
+app.register_blueprint(retrieve.blueprint)
