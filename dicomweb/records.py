@@ -66,6 +66,9 @@ def documents(sidecar: JsonDict) -> list[Document]:
         "numberOfFrames": sidecar["numberOfFrames"],
         "size": sidecar["size"],
         "generation": sidecar["generation"],
-        "attributes": {**level_json(dataset, "instance"), AVAILABLE_TRANSFER_SYNTAX: dataset[AVAILABLE_TRANSFER_SYNTAX]},
+        "attributes": {
+            **study_doc["attributes"], **series_doc["attributes"], **level_json(dataset, "instance"),
+            AVAILABLE_TRANSFER_SYNTAX: dataset[AVAILABLE_TRANSFER_SYNTAX],
+        },
     }
     return [study_doc, series_doc, instance_doc]

@@ -1,0 +1,224 @@
+"""STOW-RS against the running service, Azurite and the Cosmos server."""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from tests.conftest import Server, blob_names, blob_service
+from tests.wsi_factory import SlideFile, make_slide
+
+INSTANCES = "dicom-instances"
+SIDECARS = "dicom-sidecars"
+FAILED, REFERENCED, REASON = "00081198", "00081199", "00081197"
+
+
+def _multipart(files: list[bytes], boundary: str, quoted: bool = True) -> tuple[bytes, str]:
+    body = b"".join(
+        b"\r\n--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + data for data in files
+    ) + b"\r\n--" + boundary.encode() + b"--\r\n"
+    shown = f'"{boundary}"' if quoted else boundary
+    return body, f'multipart/related; type="application/dicom"; boundary={shown}'
+
+
+def _chunked(data: bytes, size: int = 65536) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def _reasons(body: dict) -> list[int]:
+    return [item[REASON]["Value"][0] for item in body.get(FAILED, {}).get("Value", [])]
+
+
+def _stored_anything(server: Server, study: str) -> bool:
+    if blob_names(server.env, INSTANCES, study) or blob_names(server.env, SIDECARS, study):
+        return True
+    return httpx.get(f"{server.base_url}/studies/{study}/metadata").status_code != 404
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory: pytest.TempPathFactory) -> list[SlideFile]:
+    return make_slide(tmp_path_factory.mktemp("stow-slide"))
+
+
+def test_single_part_stow_answers_dicom_json(http: httpx.Client, server: Server, slide: list[SlideFile]) -> None:
+    volume = slide[0]
+    response = http.post("/studies", content=volume.path.read_bytes(), headers={"content-type": "application/dicom"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/dicom+json"
+    body = response.json()
+    item = body[REFERENCED]["Value"][0]
+    assert item["00081155"]["Value"] == [volume.sop_uid]
+    assert item["00081150"]["Value"] == ["1.2.840.10008.5.1.4.1.1.77.1.6"]
+    assert item["00081190"]["Value"] == [
+        f"{server.base_url}/studies/{volume.study_uid}/series/{volume.series_uid}/instances/{volume.sop_uid}"
+    ]
+    assert body["00081190"]["Value"] == [f"{server.base_url}/studies/{volume.study_uid}"]
+    stored = blob_service(server.env).get_blob_client(
+        INSTANCES, f"{volume.study_uid}/{volume.series_uid}/{volume.sop_uid}.dcm").download_blob().readall()
+    assert stored == volume.path.read_bytes()
+
+
+@pytest.mark.parametrize("quoted", [True, False], ids=["quoted", "unquoted"])
+def test_multipart_chunked_stow_of_a_whole_slide(http: httpx.Client, server: Server, tmp_path: Path,
+                                                   quoted: bool) -> None:
+    files = make_slide(tmp_path)
+    body, content_type = _multipart([f.path.read_bytes() for f in files], "b-" + uuid.uuid4().hex, quoted)
+    response = http.post(f"/studies/{files[0].study_uid}", content=_chunked(body), headers={"content-type": content_type})
+    assert response.status_code == 200, response.text
+    assert {i["00081155"]["Value"][0] for i in response.json()[REFERENCED]["Value"]} == {f.sop_uid for f in files}
+    assert len(blob_names(server.env, INSTANCES, files[0].study_uid)) == len(files)
+
+
+def test_dataset_without_preamble_is_stored_as_part10(http: httpx.Client, server: Server, tmp_path: Path) -> None:
+    volume = make_slide(tmp_path, levels=1, associated=False)[0]
+    ds = pydicom.dcmread(volume.path)
+    bare = io.BytesIO()
+    pydicom.dcmwrite(bare, ds, enforce_file_format=False)
+    raw = bare.getvalue()
+    assert raw[128:132] != b"DICM"
+    response = http.post("/studies", content=raw, headers={"content-type": "application/dicom"})
+    assert response.status_code == 200, response.text
+    stored = blob_service(server.env).get_blob_client(
+        INSTANCES, f"{volume.study_uid}/{volume.series_uid}/{volume.sop_uid}.dcm").download_blob().readall()
+    assert stored[:132] == b"\x00" * 128 + b"DICM"
+    assert pydicom.dcmread(io.BytesIO(stored)).SOPInstanceUID == volume.sop_uid
+
+
+def test_study_mismatch_is_refused_and_nothing_stored(http: httpx.Client, server: Server, tmp_path: Path) -> None:
+    volume = make_slide(tmp_path, levels=1, associated=False)[0]
+    other = generate_uid()
+    body, content_type = _multipart([volume.path.read_bytes()], "mismatch")
+    response = http.post(f"/studies/{other}", content=body, headers={"content-type": content_type})
+    assert response.status_code == 409
+    assert _reasons(response.json()) == [43265]
+    assert not _stored_anything(server, volume.study_uid)
+
+
+def test_duplicate_is_refused_and_the_stored_instance_untouched(http: httpx.Client, server: Server,
+                                                                 tmp_path: Path) -> None:
+    volume = make_slide(tmp_path, levels=1, associated=False)[0]
+    data = volume.path.read_bytes()
+    assert http.post("/studies", content=data, headers={"content-type": "application/dicom"}).status_code == 200
+    blob = blob_service(server.env).get_blob_client(
+        INSTANCES, f"{volume.study_uid}/{volume.series_uid}/{volume.sop_uid}.dcm")
+    etag = blob.get_blob_properties().etag
+    again = http.post("/studies", content=data, headers={"content-type": "application/dicom"})
+    assert again.status_code == 409
+    assert _reasons(again.json()) == [45070]
+    assert blob.get_blob_properties().etag == etag
+    assert http.get(f"/studies/{volume.study_uid}/series/{volume.series_uid}/instances/{volume.sop_uid}/frames/1",
+                    headers={"accept": "*/*"}).status_code == 200
+
+
+def test_partial_success_answers_202(http: httpx.Client, server: Server, tmp_path: Path) -> None:
+    volume = make_slide(tmp_path, levels=1, associated=False)[0]
+    body, content_type = _multipart([volume.path.read_bytes(), b"\x00" * 300 + b"not dicom"], "mixed")
+    response = http.post("/studies", content=body, headers={"content-type": content_type})
+    assert response.status_code == 202
+    assert _reasons(response.json()) == [43264]
+    assert len(response.json()[REFERENCED]["Value"]) == 1
+    assert "warning" in response.headers
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda ds: delattr(ds, "SOPInstanceUID"),
+        lambda ds: setattr(ds, "SeriesInstanceUID", "1.2.03.4"),
+        lambda ds: delattr(ds, "PatientID"),
+    ],
+    ids=["missing-sop-instance", "invalid-uid", "missing-patient-id"],
+)
+def test_invalid_dataset_is_refused(http: httpx.Client, server: Server, tmp_path: Path, mutate) -> None:  # noqa: ANN001
+    volume = make_slide(tmp_path, levels=1, associated=False)[0]
+    ds = pydicom.dcmread(volume.path)
+    mutate(ds)
+    out = io.BytesIO()
+    ds.save_as(out)
+    response = http.post("/studies", content=out.getvalue(), headers={"content-type": "application/dicom"})
+    assert response.status_code == 409
+    assert _reasons(response.json()) == [43264]
+    assert not _stored_anything(server, volume.study_uid)
+
+
+def test_truncated_body_is_refused(http: httpx.Client, server: Server, tmp_path: Path) -> None:
+    volume = make_slide(tmp_path, levels=1, associated=False)[0]
+    data = volume.path.read_bytes()
+    response = http.post("/studies", content=data[: len(data) - 1000], headers={"content-type": "application/dicom"})
+    assert response.status_code == 409
+    assert _reasons(response.json()) == [43264]
+    assert not _stored_anything(server, volume.study_uid)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [("text/plain", 415), ('multipart/related; type="application/json"; boundary=x', 415),
+     ("multipart/related; type=\"application/dicom\"", 400)],
+)
+def test_wrong_content_type(http: httpx.Client, content_type: str, status: int) -> None:
+    response = http.post("/studies", content=b"--x\r\n\r\nabc\r\n--x--", headers={"content-type": content_type})
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/dicom+json"
+
+
+def test_invalid_study_uid_in_url(http: httpx.Client) -> None:
+    response = http.post("/studies/1.2.abc", content=b"", headers={"content-type": "application/dicom"})
+    assert response.status_code == 400
+
+
+def test_interrupted_upload_leaves_nothing(server: Server, tmp_path: Path) -> None:
+    volume = make_slide(tmp_path, levels=1, associated=False, base_size=(2048, 2048))[0]
+    data = volume.path.read_bytes()
+    host, port = server.base_url.split("//")[1].split("/")[0].split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            f"POST /v1/studies HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/dicom\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n".encode() + data[: len(data) // 2]
+        )
+        time.sleep(0.5)
+    time.sleep(1.0)
+    assert not _stored_anything(server, volume.study_uid)
+
+
+def test_storage_failure_mid_upload_leaves_nothing(isolated_server: Server, tmp_path: Path) -> None:
+    volume = make_slide(tmp_path, levels=1, associated=False, base_size=(2048, 2048))[0]
+    data = volume.path.read_bytes()
+    container = isolated_server.env["DICOMWEB_INSTANCE_CONTAINER"]
+    blobs = blob_service(isolated_server.env)
+    with httpx.Client(base_url=isolated_server.base_url, timeout=60) as client:
+        assert client.options("/studies").status_code == 204  # the service is up and made its containers
+
+        def body() -> Iterator[bytes]:
+            yield data[:65536]
+            blobs.delete_container(container)
+            time.sleep(0.2)
+            yield from _chunked(data[65536:])
+
+        response = client.post("/studies", content=body(), headers={"content-type": "application/dicom"})
+        assert response.status_code == 409, response.text
+        assert _reasons(response.json()) == [272]
+        assert blob_names(isolated_server.env, isolated_server.env["DICOMWEB_SIDECAR_CONTAINER"], "") == []
+        assert client.get(f"/studies/{volume.study_uid}/metadata").status_code == 404
+
+
+def test_cors_preflight_and_headers(http: httpx.Client) -> None:
+    preflight = http.options("/studies/1.2.3/series/4.5/instances/6.7/frames/1", headers={
+        "origin": "http://viewer.example", "access-control-request-method": "GET",
+        "access-control-request-headers": "accept, authorization"})
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert "accept" in preflight.headers["access-control-allow-headers"]
+    assert "authorization" in preflight.headers["access-control-allow-headers"]
+    assert int(preflight.headers["access-control-max-age"]) > 0
+    answer = http.get("/studies/1.2.3/metadata", headers={"origin": "http://viewer.example"})
+    assert answer.headers["access-control-allow-origin"] == "*"

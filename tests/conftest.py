@@ -1,0 +1,113 @@
+"""Shared fixtures: real Azurite and Cosmos-protocol servers, and the service as ``dicomweb serve`` runs it.
+
+The emulators start once per session; the service runs as a child process, exactly
+as the README's first command starts it, pointed at them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+from azure.storage.blob import BlobServiceClient
+
+from dicomweb.local.emulators import Emulators, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Server:
+    """A running ``dicomweb serve`` process."""
+
+    base_url: str
+    env: dict[str, str]
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def start_server(settings: dict[str, str], data_dir: Path, **extra: str) -> Server:
+    """Start ``python -m dicomweb serve`` with ``settings`` (plus ``extra``) and wait until it answers."""
+    port = free_port()
+    env = {**os.environ, **settings, **extra}
+    env.pop("DICOMWEB_PUBLIC_BASE_URL", None)
+    log = open(data_dir / f"serve-{port}.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dicomweb", "serve", "--port", str(port), "--data", str(data_dir)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError((data_dir / f"serve-{port}.log").read_text())
+        try:
+            httpx.options(base + "/studies", timeout=1)
+            return Server(base, env, process)
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("dicomweb serve did not start")
+
+
+@pytest.fixture(scope="session")
+def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Azurite and the Cosmos DB protocol server, started once for the session."""
+    stack = Emulators(tmp_path_factory.mktemp("emulators"))
+    settings = stack.start()
+    yield settings
+    stack.stop()
+
+
+@pytest.fixture(scope="session")
+def server(emulators: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The service, served like ``dicomweb serve`` does, against the session's emulators."""
+    running = start_server(emulators, tmp_path_factory.mktemp("serve"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def isolated_server(emulators: dict[str, str], tmp_path: Path) -> Iterator[Server]:
+    """A service of its own (own containers and database), for tests that break its storage."""
+    suffix = uuid.uuid4().hex[:8]
+    running = start_server(
+        emulators, tmp_path,
+        DICOMWEB_INSTANCE_CONTAINER=f"inst-{suffix}", DICOMWEB_SIDECAR_CONTAINER=f"side-{suffix}",
+        DICOMWEB_COSMOS_DATABASE=f"db-{suffix}",
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def http(server: Server) -> Iterator[httpx.Client]:
+    """An HTTP client rooted at the service's DICOMweb base URL."""
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        yield client
+
+
+def blob_service(settings: dict[str, str]) -> BlobServiceClient:
+    """A synchronous Blob client on the emulator, for looking behind the service."""
+    return BlobServiceClient.from_connection_string(settings["DICOMWEB_STORAGE_CONNECTION_STRING"])
+
+
+def blob_names(settings: dict[str, str], container: str, prefix: str) -> list[str]:
+    """Committed blob names under ``prefix``."""
+    client = blob_service(settings).get_container_client(container)
+    return [b.name for b in client.list_blobs(name_starts_with=prefix)]

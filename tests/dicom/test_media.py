@@ -1,0 +1,78 @@
+"""Accept negotiation: every form the pathology clients send (shared/notes/what-clients-need.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dicomweb.dicom.media import Choice, accepts_json, negotiate_bulkdata, negotiate_frames, negotiate_instance
+from dicomweb.errors import NotAcceptable
+
+JPEG = "1.2.840.10008.1.2.4.50"
+J2K = "1.2.840.10008.1.2.4.90"
+ELE = "1.2.840.10008.1.2.1"
+SLIM = (
+    'multipart/related; type="image/jls"; transfer-syntax=1.2.840.10008.1.2.4.80, '
+    'multipart/related; type="image/jp2"; transfer-syntax=1.2.840.10008.1.2.4.90, '
+    'multipart/related; type="application/octet-stream"; transfer-syntax=*, '
+    'multipart/related; type="image/jpeg"; transfer-syntax=1.2.840.10008.1.2.4.50'
+)
+
+
+@pytest.mark.parametrize(
+    ("accept", "stored", "single", "expected"),
+    [
+        (None, JPEG, True, Choice(True, "image/jpeg", JPEG)),
+        ("*/*", JPEG, False, Choice(True, "image/jpeg", JPEG)),
+        ('multipart/related; type="*/*"', J2K, False, Choice(True, "image/jp2", J2K)),
+        ('multipart/related; type="application/octet-stream"; transfer-syntax=*', JPEG, False,
+         Choice(True, "application/octet-stream", JPEG)),
+        ('multipart/related; type="application/octet-stream"', ELE, False, Choice(True, "application/octet-stream", ELE)),
+        ('multipart/related; type="image/jpeg"', JPEG, False, Choice(True, "image/jpeg", JPEG)),
+        (f'multipart/related; type="image/jpeg"; transfer-syntax={JPEG}', JPEG, False, Choice(True, "image/jpeg", JPEG)),
+        ('multipart/related; type="image/jp2"', J2K, False, Choice(True, "image/jp2", J2K)),
+        (SLIM, JPEG, True, Choice(True, "application/octet-stream", JPEG)),
+        (SLIM, J2K, True, Choice(True, "image/jp2", J2K)),
+        ("application/octet-stream; transfer-syntax=*", JPEG, True, Choice(False, "application/octet-stream", JPEG)),
+        ("image/jpeg", JPEG, True, Choice(False, "image/jpeg", JPEG)),
+        ("image/jpeg, multipart/related; type=\"image/jpeg\"", JPEG, False, Choice(True, "image/jpeg", JPEG)),
+    ],
+)
+def test_frames(accept: str | None, stored: str, single: bool, expected: Choice) -> None:
+    assert negotiate_frames(accept, stored, single) == expected
+
+
+@pytest.mark.parametrize(
+    ("accept", "stored", "single"),
+    [
+        ('multipart/related; type="image/jpeg"', J2K, False),  # no transcoding to JPEG
+        ('multipart/related; type="application/octet-stream"', JPEG, False),  # would need decoding
+        (f'multipart/related; type="image/jp2"; transfer-syntax={J2K}', ELE, False),  # wsidicom probes: 406
+        ("image/jpeg", JPEG, False),  # single part needs a single frame
+        ("text/html", JPEG, True),
+    ],
+)
+def test_frames_not_acceptable(accept: str, stored: str, single: bool) -> None:
+    with pytest.raises(NotAcceptable):
+        negotiate_frames(accept, stored, single)
+
+
+def test_instances() -> None:
+    assert negotiate_instance('multipart/related; type="application/dicom"', {ELE}, False) == Choice(True, "application/dicom", ELE)
+    assert negotiate_instance('multipart/related; type="application/dicom"; transfer-syntax=*', {JPEG, ELE}, False).transfer_syntax == "*"
+    assert negotiate_instance("application/dicom; transfer-syntax=*", {JPEG}, True) == Choice(False, "application/dicom", "*")
+    assert negotiate_instance("*/*", {JPEG}, True).multipart
+    with pytest.raises(NotAcceptable):
+        negotiate_instance('multipart/related; type="application/dicom"', {JPEG}, False)
+    with pytest.raises(NotAcceptable):
+        negotiate_instance("application/dicom; transfer-syntax=*", {JPEG}, False)
+
+
+def test_bulkdata_and_json() -> None:
+    assert negotiate_bulkdata('multipart/related; type="application/octet-stream"') is True
+    assert negotiate_bulkdata("application/octet-stream") is False
+    assert negotiate_bulkdata(None) is True
+    with pytest.raises(NotAcceptable):
+        negotiate_bulkdata("image/png")
+    assert accepts_json("application/dicom+json, application/json")
+    assert accepts_json(None)
+    assert not accepts_json("application/xml")

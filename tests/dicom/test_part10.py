@@ -1,0 +1,180 @@
+"""The streaming Part 10 parser against files pydicom writes, fed in awkward chunk sizes."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+
+from dicomweb.dicom.dicomjson import dataset_to_json
+from dicomweb.dicom.frames import join_fragments
+from dicomweb.dicom.part10 import Part10Parser
+from dicomweb.errors import InvalidDataset
+
+FRAMES = 6
+
+
+def _jpeg(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def _dataset(layout: str, syntax: str = JPEGBaseline8Bit, undefined_sequences: bool = False) -> tuple[Dataset, list[bytes]]:
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID = "P1"
+    ds.Rows = ds.Columns = 32
+    ds.SamplesPerPixel = 3
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PlanarConfiguration = 0
+    ds.NumberOfFrames = FRAMES
+    path = Dataset()
+    path.OpticalPathIdentifier = "1"
+    path.ICCProfile = bytes(range(256)) * 3
+    inner = Dataset()
+    inner.CodeValue = "A"
+    path.IlluminationColorCodeSequence = Sequence([inner])
+    ds.OpticalPathSequence = Sequence([path])
+    if undefined_sequences:
+        ds.OpticalPathSequence.is_undefined_length = True
+        path.is_undefined_length_sequence_item = True
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = syntax
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta = meta
+    if layout == "native":
+        ds.PhotometricInterpretation = "RGB"
+        pixels = np.random.default_rng(3).integers(0, 255, (FRAMES, 32, 32, 3), dtype=np.uint8)
+        ds.PixelData = pixels.tobytes()
+        return ds, [pixels[i].tobytes() for i in range(FRAMES)]
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    frames = [_jpeg(i) for i in range(FRAMES)]
+    if layout == "eot":
+        ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(frames)
+    else:
+        bot = layout in ("bot", "bot-multi")
+        per_frame = 3 if layout.endswith("multi") else 1
+        ds.PixelData = encapsulate(frames, fragments_per_frame=per_frame, has_bot=bot)
+    ds["PixelData"].VR = "OB"
+    return ds, frames
+
+
+def _encode(ds: Dataset, part10: bool) -> bytes:
+    out = io.BytesIO()
+    if part10:
+        ds.save_as(out, enforce_file_format=True)
+    else:
+        pydicom.dcmwrite(out, ds, implicit_vr=ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian,
+                         little_endian=True)
+    return out.getvalue()
+
+
+def _parse(data: bytes, seed: int = 1) -> tuple[Part10Parser, bytes]:
+    parser = Part10Parser(1 << 20)
+    stored = bytearray()
+    sizes = random.Random(seed)
+    pos = 0
+    while pos < len(data):
+        step = sizes.choice([1, 7, 131, 4096, 9000])
+        stored += parser.feed(data[pos : pos + step])
+        pos += step
+    stored += parser.close()
+    return parser, bytes(stored)
+
+
+@pytest.mark.parametrize("layout", ["bot", "eot", "empty", "bot-multi", "empty-multi", "native"])
+@pytest.mark.parametrize("part10", [True, False], ids=["part10", "bare-dataset"])
+def test_frames_match_pydicom(layout: str, part10: bool) -> None:
+    syntax = ExplicitVRLittleEndian if layout == "native" else JPEGBaseline8Bit
+    ds, frames = _dataset(layout, syntax)
+    parser, stored = _parse(_encode(ds, part10))
+    index = parser.frame_index("g1")
+    assert index is not None and len(index) == FRAMES
+    served = [join_fragments(stored[o : o + n], index.fragments[i]) for i, (o, n) in
+              enumerate(index.span(k) for k in range(1, FRAMES + 1))]
+    again = pydicom.dcmread(io.BytesIO(stored))
+    if layout == "native":
+        assert served == frames
+    else:
+        offsets = (again.ExtendedOffsetTable, again.ExtendedOffsetTableLengths) if layout == "eot" else None
+        assert served == list(generate_frames(again.PixelData, number_of_frames=FRAMES, extended_offsets=offsets))
+        assert [f.rstrip(b"\x00") for f in served] == [f.rstrip(b"\x00") for f in frames]
+    assert stored[128:132] == b"DICM" and stored[:128] == b"\x00" * 128
+    assert again.SOPInstanceUID == ds.SOPInstanceUID
+    assert again.file_meta.TransferSyntaxUID == syntax
+
+
+@pytest.mark.parametrize("undefined", [False, True], ids=["defined-length", "undefined-length"])
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian], ids=["explicit", "implicit"])
+def test_bulk_ranges_point_at_values(undefined: bool, syntax: str) -> None:
+    ds, _ = _dataset("native", syntax, undefined_sequences=undefined)
+    parser, stored = _parse(_encode(ds, True))
+    assert parser.header is not None
+    dataset, bulk = dataset_to_json(parser.header.dataset, parser.header.dataset_base)
+    offset, length = bulk["00480105.0.00282000"]
+    assert stored[offset : offset + length] == bytes(range(256)) * 3
+    path = dataset["00480105"]["Value"][0]
+    assert path["00282000"] == {"vr": "OB", "BulkDataURI": "bulkdata/00480105.0.00282000"}
+    assert path["00480108"]["Value"][0]["00080100"]["Value"] == ["A"]
+
+
+def test_preamble_is_sanitised() -> None:
+    ds, _ = _dataset("bot")
+    data = bytearray(_encode(ds, True))
+    data[:128] = b"MZ" + b"\x90" * 126
+    _, stored = _parse(bytes(data))
+    assert stored[:128] == b"\x00" * 128 and stored[128:] == bytes(data[128:])
+
+
+def test_truncated_pixel_data_is_rejected() -> None:
+    ds, _ = _dataset("bot")
+    data = _encode(ds, True)
+    with pytest.raises(InvalidDataset, match="truncated"):
+        _parse(data[:-100])
+
+
+def test_truncated_native_pixel_data_is_rejected() -> None:
+    ds, _ = _dataset("native", ExplicitVRLittleEndian)
+    with pytest.raises(InvalidDataset, match="truncated"):
+        _parse(_encode(ds, True)[:-10])
+
+
+def test_not_dicom_is_rejected() -> None:
+    with pytest.raises(InvalidDataset):
+        _parse(b"this is not a DICOM file at all, just some text that goes on " * 20)
+
+
+def test_header_larger_than_the_limit_is_rejected() -> None:
+    ds, _ = _dataset("bot")
+    ds.add_new(0x00091010, "LO", "x")
+    ds.ImageComments = "x" * 9000
+    parser = Part10Parser(4096)
+    with pytest.raises(InvalidDataset, match="exceeds"):
+        for start in range(0, 20000, 1000):
+            parser.feed(_encode(ds, True)[start : start + 1000])
+
+
+def test_bot_pointing_between_fragments_is_rejected() -> None:
+    ds, _ = _dataset("bot")
+    data = bytearray(_encode(ds, True))
+    bot_at = data.find(b"\xfe\xff\x00\xe0", data.find(b"\xe0\x7f\x10\x00")) + 8
+    data[bot_at + 4 : bot_at + 8] = (3).to_bytes(4, "little")
+    parser, _ = _parse(bytes(data))
+    with pytest.raises(InvalidDataset, match="does not point at a fragment"):
+        parser.frame_index("g")
