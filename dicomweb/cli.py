@@ -43,6 +43,7 @@ def serve(host: str, port: int, data_dir: Path) -> None:
         base = f"http://{host}:{port}" + (f"/{ROUTE_PREFIX}" if ROUTE_PREFIX else "")
         os.environ.setdefault("DICOMWEB_PUBLIC_BASE_URL", base)
         asyncio.run(_reindex_if_empty(Settings.from_env()))
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         import function_app
 
         print(f"DICOMweb base URL: {base}", flush=True)

@@ -35,7 +35,9 @@ class Settings:
     block_size: int = 8 * MIB
     upload_concurrency: int = 4
     max_header_bytes: int = 64 * MIB
-    frame_cache_mb: int = 64
+    frame_index_cache_mb: int = 64
+    frame_cache_mb: int = 128
+    frame_cache_seconds: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -56,7 +58,9 @@ class Settings:
             block_size=_int(env, "DICOMWEB_BLOCK_SIZE_MB", 8) * MIB,
             upload_concurrency=_int(env, "DICOMWEB_UPLOAD_CONCURRENCY", 4),
             max_header_bytes=_int(env, "DICOMWEB_MAX_HEADER_MB", 64) * MIB,
-            frame_cache_mb=_int(env, "DICOMWEB_FRAME_CACHE_MB", 64),
+            frame_index_cache_mb=_int(env, "DICOMWEB_FRAME_INDEX_CACHE_MB", 64),
+            frame_cache_mb=_int(env, "DICOMWEB_FRAME_CACHE_MB", 128),
+            frame_cache_seconds=_int(env, "DICOMWEB_FRAME_CACHE_SECONDS", 30),
         )
 
     @property
@@ -83,5 +87,7 @@ SETTING_NAMES = (
     "DICOMWEB_BLOCK_SIZE_MB",
     "DICOMWEB_UPLOAD_CONCURRENCY",
     "DICOMWEB_MAX_HEADER_MB",
+    "DICOMWEB_FRAME_INDEX_CACHE_MB",
     "DICOMWEB_FRAME_CACHE_MB",
+    "DICOMWEB_FRAME_CACHE_SECONDS",
 )

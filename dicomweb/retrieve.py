@@ -8,18 +8,22 @@ are fetched with one ranged read.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 from dicomweb.dicom.dicomjson import BULKDATA, PIXEL_DATA_KEY, JsonDict
 from dicomweb.dicom.frames import FrameIndex, join_fragments
-from dicomweb.errors import BadRequest, NotFound
+from dicomweb.errors import BadRequest, NotFound, StorageFailure
+from dicomweb.framecache import FrameCache, Key
 from dicomweb.service import CachedIndex, Service
 from dicomweb.storage.blobs import StaleBlob, instance_name, sidecar_name
 from dicomweb.storage.index import Document
 
 #: Adjacent frames are read together while the combined read stays below this size.
 MAX_COALESCED_READ = 4 * 1024 * 1024
+#: Read-ahead widens a read of uncached neighbours up to this size.
+MAX_READ_AHEAD = 1024 * 1024
 #: Sidecars fetched at once for series and study metadata.
 METADATA_FETCH_CONCURRENCY = 16
 
@@ -105,26 +109,94 @@ def _runs(index: FrameIndex, numbers: Sequence[int]) -> list[list[int]]:
 
 async def read_frames(service: Service, study: str, series: str, instance: str,
                       numbers: Sequence[int]) -> AsyncIterator[bytes]:
-    """Each requested frame's bytes, in order; one ranged read per run of neighbouring frames."""
-    name = instance_name(study, series, instance)
-    for run in _runs((await frame_index(service, study, series, instance)).frames, numbers):
+    """Each requested frame's bytes, in order; at most one ranged read per run of neighbouring frames."""
+    index = (await frame_index(service, study, series, instance)).frames
+    for run in _runs(index, numbers):
         for attempt in (0, 1):
-            cached = await frame_index(service, study, series, instance)
-            index = cached.frames
-            start, _ = index.span(run[0])
-            end = sum(index.span(run[-1]))
             try:
-                data, etag = await service.blobs.read_range(name, start, end - start, cached.etag)
+                frames = await _run_frames(service, study, series, instance, run)
+                break
             except (StaleBlob, NotFound):
-                service.frame_indexes.drop(name)
+                service.frame_indexes.drop(instance_name(study, series, instance))
                 if attempt:
                     raise NotFound("no such instance") from None
-                continue
-            cached.etag = etag
-            break
-        for number in run:
-            offset, length = index.span(number)
-            yield join_fragments(data[offset - start : offset - start + length], index.fragments[number - 1])
+        for data in frames:
+            yield data
+
+
+async def _run_frames(service: Service, study: str, series: str, instance: str, run: list[int]) -> list[bytes]:
+    """The frames of ``run`` from the frame cache, from reads in flight, or from one new ranged read."""
+    name = instance_name(study, series, instance)
+    cached = await frame_index(service, study, series, instance)
+    generation = cached.frames.generation
+    cache = service.frames
+    found: dict[int, bytes] = {}
+    waiting: dict[int, asyncio.Future[bytes]] = {}
+    for number in run:
+        data = cache.get((name, generation, number))
+        if data is not None:
+            found[number] = data
+        elif (future := cache.pending((name, generation, number))) is not None:
+            waiting[number] = future
+    missing = [n for n in run if n not in found and n not in waiting]
+    if missing:
+        found.update(await _read_window(service, name, cached, missing[0], missing[-1]))
+    for number, future in waiting.items():
+        try:
+            found[number] = await asyncio.shield(future)
+        except (StaleBlob, NotFound, StorageFailure):
+            found.update(await _read_window(service, name, cached, number, number, read_ahead=False))
+    return [found[n] for n in run]
+
+
+async def _read_window(service: Service, name: str, cached: CachedIndex, first: int, last: int,
+                       read_ahead: bool = True) -> dict[int, bytes]:
+    """Read frames ``first..last`` (widened by read-ahead over uncached neighbours) with one ranged read."""
+    index, cache = cached.frames, service.frames
+    key = functools.partial(_key, name, index.generation)
+    low, high = first, last
+    if read_ahead:
+        want_low, want_high = cache.window(name, first, last, len(index))
+        size = sum(index.span(last)) - index.span(first)[0]
+        while low > want_low and _joins(index, low - 1, low) and _free(cache, key(low - 1)):
+            size += index.span(low - 1)[1]
+            if size > MAX_READ_AHEAD:
+                break
+            low -= 1
+        while high < want_high and _joins(index, high, high + 1) and _free(cache, key(high + 1)):
+            size += index.span(high + 1)[1]
+            if size > MAX_READ_AHEAD:
+                break
+            high += 1
+    futures = cache.begin([key(n) for n in range(low, high + 1)])
+    start = index.span(low)[0]
+    end = sum(index.span(high))
+    try:
+        data, etag = await service.blobs.read_range(name, start, end - start, cached.etag)
+    except BaseException as error:
+        cache.fail(futures, error)
+        raise
+    cached.etag = etag
+    frames = {}
+    for number in range(low, high + 1):
+        offset, length = index.span(number)
+        frames[number] = join_fragments(data[offset - start : offset - start + length], index.fragments[number - 1])
+    cache.finish(futures, {key(n): frames[n] for n in frames})
+    return frames
+
+
+def _key(name: str, generation: str, number: int) -> Key:
+    return name, generation, number
+
+
+def _joins(index: FrameIndex, before: int, after: int) -> bool:
+    """Whether frame ``after`` starts where frame ``before`` ends in the file."""
+    return sum(index.span(before)) == index.span(after)[0]
+
+
+def _free(cache: FrameCache, key: Key) -> bool:
+    """Whether a frame is neither cached nor being read (so read-ahead should fetch it)."""
+    return cache.get(key) is None and cache.pending(key) is None
 
 
 def bulk_span(sidecar: JsonDict, path: str) -> tuple[int, int]:
@@ -140,6 +212,6 @@ def is_pixel_data(path: str) -> bool:
     return path == PIXEL_DATA_KEY
 
 
-def bulk_uri_maker(instance_url: str):  # noqa: ANN201 - a small closure
+def bulk_uri_maker(instance_url: str) -> Callable[[str], str]:
     """Turns the sidecar's relative ``bulkdata/<path>`` URIs into absolute ones under ``instance_url``."""
     return lambda relative: f"{instance_url}/{relative}" if relative.startswith(BULKDATA) else relative

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from dicomweb.config import Settings
 from dicomweb.dicom.frames import FrameIndex
+from dicomweb.framecache import FrameCache
 from dicomweb.storage.blobs import BlobStore
 from dicomweb.storage.clients import blob_store, index_store
 from dicomweb.storage.index import IndexStore
@@ -66,9 +67,11 @@ class Service:
     blobs: BlobStore
     index: IndexStore
     frame_indexes: FrameIndexCache = field(init=False)
+    frames: FrameCache = field(init=False)
 
     def __post_init__(self) -> None:
-        self.frame_indexes = FrameIndexCache(self.settings.frame_cache_mb * 1024 * 1024)
+        self.frame_indexes = FrameIndexCache(self.settings.frame_index_cache_mb * 1024 * 1024)
+        self.frames = FrameCache(self.settings.frame_cache_mb * 1024 * 1024, self.settings.frame_cache_seconds)
 
     @classmethod
     async def create(cls, settings: Settings) -> "Service":

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
+import pydicom
 import pytest
 from azure.storage.blob import BlobServiceClient
+from pydicom.encaps import generate_frames
 
 from dicomweb.local.emulators import Emulators, free_port
 
@@ -111,3 +113,36 @@ def blob_names(settings: dict[str, str], container: str, prefix: str) -> list[st
     """Committed blob names under ``prefix``."""
     client = blob_service(settings).get_container_client(container)
     return [b.name for b in client.list_blobs(name_starts_with=prefix)]
+
+
+def source_frames(path: Path) -> list[bytes]:
+    """Frames as pydicom extracts them from a file: the reference every served frame must equal."""
+    dataset = pydicom.dcmread(path)
+    count = int(dataset.get("NumberOfFrames", 1))
+    if not dataset.file_meta.TransferSyntaxUID.is_encapsulated:
+        size = len(dataset.PixelData) // count
+        return [dataset.PixelData[i * size : (i + 1) * size] for i in range(count)]
+    extended = None
+    if "ExtendedOffsetTable" in dataset:
+        extended = (dataset.ExtendedOffsetTable, dataset.ExtendedOffsetTableLengths)
+    return list(generate_frames(dataset.PixelData, number_of_frames=count, extended_offsets=extended))
+
+
+def parse_multipart(response: httpx.Response) -> list[tuple[dict[str, str], bytes]]:
+    """(headers, body) of each part of a multipart/related answer, parsed independently of the service."""
+    content_type = response.headers["content-type"]
+    assert content_type.startswith("multipart/related"), content_type
+    boundary = next(p.split("=", 1)[1].strip('"') for p in content_type.split(";") if p.strip().startswith("boundary="))
+    body = response.content
+    delimiter = b"--" + boundary.encode()
+    assert body.rstrip(b"\r\n").endswith(delimiter + b"--"), "multipart body must end with the close delimiter"
+    parts = []
+    for chunk in body.split(delimiter)[1:-1]:
+        assert chunk.startswith(b"\r\n") and chunk.endswith(b"\r\n")
+        head, _, payload = chunk[2:-2].partition(b"\r\n\r\n")
+        headers = {}
+        for line in head.decode().split("\r\n"):
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        parts.append((headers, payload))
+    return parts

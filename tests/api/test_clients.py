@@ -1,0 +1,89 @@
+"""Third-party DICOMweb clients against the running service: dicomweb-client and wsidicom."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from dicomweb_client import DICOMwebClient
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
+from wsidicom import WsiDicom, WsiDicomWebClient
+
+from tests.conftest import Server, source_frames
+from tests.wsi_factory import SlideFile, make_slide
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> DICOMwebClient:
+    return DICOMwebClient(server.base_url)
+
+
+def _stow(client: DICOMwebClient, files: list[SlideFile]) -> None:
+    """dicomweb-client's STOW: multipart, chunked above 1 MB, datasets sent without preamble."""
+    response = client.store_instances([pydicom.dcmread(f.path) for f in files])
+    stored = {item.ReferencedSOPInstanceUID for item in response.ReferencedSOPSequence}
+    assert stored == {f.sop_uid for f in files}
+    assert "FailedSOPSequence" not in response
+
+
+@pytest.mark.parametrize("syntax", [JPEGBaseline8Bit, ExplicitVRLittleEndian], ids=["jpeg", "native"])
+def test_dicomweb_client_round_trip(client: DICOMwebClient, tmp_path: Path, syntax: str) -> None:
+    files = make_slide(tmp_path, transfer_syntax=syntax, levels=2, base_size=(700, 500))
+    _stow(client, files)
+    volume = files[0]
+    (metadata,) = client.retrieve_instance_metadata(volume.study_uid, volume.series_uid, volume.sop_uid)
+    dataset = pydicom.Dataset.from_json(metadata)
+    assert dataset.SOPInstanceUID == volume.sop_uid
+    assert dataset.NumberOfFrames == volume.number_of_frames
+    numbers = list(range(1, volume.number_of_frames + 1))
+    frames = client.retrieve_instance_frames(volume.study_uid, volume.series_uid, volume.sop_uid, numbers)
+    assert frames == source_frames(volume.path)
+    instance = client.retrieve_instance(volume.study_uid, volume.series_uid, volume.sop_uid,
+                                        media_types=(("application/dicom", "*"),))
+    assert instance.SOPInstanceUID == volume.sop_uid
+    assert instance.PixelData == pydicom.dcmread(volume.path).PixelData
+    series = client.retrieve_series_metadata(volume.study_uid, volume.series_uid)
+    assert {item["00080018"]["Value"][0] for item in series} == {f.sop_uid for f in files}
+
+
+def test_dicomweb_client_frames_as_jpeg(client: DICOMwebClient, tmp_path: Path) -> None:
+    files = make_slide(tmp_path, levels=1, base_size=(512, 512), associated=False)
+    _stow(client, files)
+    volume = files[0]
+    frames = client.retrieve_instance_frames(volume.study_uid, volume.series_uid, volume.sop_uid, [2, 1],
+                                             media_types=(("image/jpeg", JPEGBaseline8Bit),))
+    expected = source_frames(volume.path)
+    assert frames == [expected[1], expected[0]]
+
+
+def test_dicomweb_client_sees_a_duplicate(client: DICOMwebClient, tmp_path: Path) -> None:
+    files = make_slide(tmp_path, levels=1, base_size=(256, 256), associated=False)
+    _stow(client, files)
+    with pytest.raises(Exception) as failure:
+        client.store_instances([pydicom.dcmread(files[0].path)])
+    assert "409" in str(failure.value)
+
+
+@pytest.mark.parametrize("syntax", [JPEGBaseline8Bit, ExplicitVRLittleEndian], ids=["jpeg", "native"])
+def test_wsidicom_opens_the_slide_over_dicomweb(client: DICOMwebClient, server: Server, tmp_path: Path,
+                                                syntax: str) -> None:
+    files = make_slide(tmp_path / "slide", transfer_syntax=syntax, levels=3, base_size=(1000, 800))
+    _stow(client, files)
+    local = WsiDicom.open(tmp_path / "slide")
+    remote = WsiDicom.open_web(WsiDicomWebClient(DICOMwebClient(server.base_url)), files[0].study_uid,
+                               files[0].series_uid)
+    with local, remote:
+        assert len(remote.levels) == len(local.levels) == 3
+        assert remote.label is not None and remote.overview is not None
+        for level in range(len(local.levels)):
+            size = local.levels[level].size
+            region = (min(300, size.width), min(300, size.height))
+            want = np.asarray(local.read_region((0, 0), level, region))
+            got = np.asarray(remote.read_region((0, 0), level, region))
+            assert np.array_equal(got, want), f"level {level} differs"
+            corner = (max(size.width - 200, 0), max(size.height - 150, 0))
+            assert np.array_equal(np.asarray(remote.read_region(corner, level, (200, 150))),
+                                  np.asarray(local.read_region(corner, level, (200, 150))))
+        assert np.array_equal(np.asarray(remote.read_label()), np.asarray(local.read_label()))

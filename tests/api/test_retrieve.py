@@ -1,0 +1,275 @@
+"""WADO-RS against the running service: frames of every pixel-data layout, metadata, bulk data, instances."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+)
+
+from tests.conftest import Server, parse_multipart, source_frames
+from tests.wsi_factory import SlideFile, make_slide
+
+SLIM_ACCEPT = (
+    'multipart/related; type="image/jls"; transfer-syntax=1.2.840.10008.1.2.4.80, '
+    'multipart/related; type="image/jp2"; transfer-syntax=1.2.840.10008.1.2.4.90, '
+    'multipart/related; type="application/octet-stream"; transfer-syntax=*, '
+    'multipart/related; type="image/jpeg"; transfer-syntax=1.2.840.10008.1.2.4.50'
+)
+
+#: (name, transfer syntax, offset table, fragments per frame)
+VARIANTS = [
+    ("jpeg-bot", JPEGBaseline8Bit, "bot", 1),
+    ("jpeg-eot", JPEGBaseline8Bit, "eot", 1),
+    ("jpeg-empty-bot", JPEGBaseline8Bit, "empty", 1),
+    ("jpeg-3-fragments", JPEGBaseline8Bit, "bot", 3),
+    ("j2k-lossless-bot", JPEG2000Lossless, "bot", 1),
+    ("j2k-empty-bot", JPEG2000, "empty", 1),
+    ("native", ExplicitVRLittleEndian, "native", 1),
+]
+
+
+@dataclass
+class Stored:
+    """A slide stored through the service, with the frames pydicom reads from its files."""
+
+    files: list[SlideFile]
+    frames: dict[str, list[bytes]]
+
+    def url(self, server: Server, file: SlideFile) -> str:
+        return f"{server.base_url}/studies/{file.study_uid}/series/{file.series_uid}/instances/{file.sop_uid}"
+
+
+def _store(server: Server, files: list[SlideFile]) -> Stored:
+    for file in files:
+        response = httpx.post(f"{server.base_url}/studies", content=file.path.read_bytes(),
+                              headers={"content-type": "application/dicom"}, timeout=60)
+        assert response.status_code == 200, response.text
+    return Stored(files, {f.sop_uid: source_frames(f.path) for f in files})
+
+
+@pytest.fixture(scope="module")
+def variants(server: Server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Stored]:
+    stored = {}
+    for name, syntax, table, fragments in VARIANTS:
+        files = make_slide(tmp_path_factory.mktemp(name), transfer_syntax=syntax, offset_table=table,
+                           fragments_per_frame=fragments, levels=2, base_size=(600, 400), associated=False)
+        stored[name] = _store(server, files)
+    return stored
+
+
+@pytest.fixture(scope="module")
+def slide(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Stored:
+    return _store(server, make_slide(tmp_path_factory.mktemp("retrieve-slide")))
+
+
+@pytest.mark.parametrize("variant", [v[0] for v in VARIANTS])
+def test_every_frame_of_every_layout_is_byte_exact(server: Server, variants: dict[str, Stored], variant: str) -> None:
+    stored = variants[variant]
+    for file in stored.files:
+        expected = stored.frames[file.sop_uid]
+        numbers = ",".join(str(n) for n in range(1, len(expected) + 1))
+        response = httpx.get(f"{stored.url(server, file)}/frames/{numbers}",
+                             headers={"accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'})
+        assert response.status_code == 200, response.text
+        parts = parse_multipart(response)
+        assert [body for _, body in parts] == expected
+        assert {h["content-type"] for h, _ in parts} == {
+            f"application/octet-stream; transfer-syntax={ExplicitVRLittleEndian if variant == 'native' else file.transfer_syntax}"
+        }
+
+
+@pytest.mark.parametrize("accept", [
+    None,
+    "*/*",
+    'multipart/related; type="*/*"',
+    'multipart/related; type="application/octet-stream"; transfer-syntax=*',
+    'multipart/related; type="image/jpeg"',
+    'multipart/related; type="image/jpeg"; transfer-syntax=1.2.840.10008.1.2.4.50',
+    SLIM_ACCEPT,
+    'multipart/related; type="image/jp2"; transfer-syntax=1.2.840.10008.1.2.4.90, '
+    'multipart/related; type="image/jpeg"; transfer-syntax=1.2.840.10008.1.2.4.50',
+], ids=["none", "star", "type-star", "octet-any", "jpeg", "jpeg-syntax", "slim", "jp2-then-jpeg"])
+def test_jpeg_frames_in_every_accept_form(server: Server, slide: Stored, accept: str | None) -> None:
+    file = slide.files[0]
+    response = httpx.get(f"{slide.url(server, file)}/frames/1,3,2", headers={"accept": accept} if accept else {})
+    assert response.status_code == 200, response.text
+    parts = parse_multipart(response)
+    frames = slide.frames[file.sop_uid]
+    assert [body for _, body in parts] == [frames[0], frames[2], frames[1]]
+    for _, body in parts:
+        assert Image.open(io.BytesIO(body)).size == (256, 256)
+
+
+@pytest.mark.parametrize("accept,media", [
+    ("image/jpeg", "image/jpeg"),
+    ("application/octet-stream; transfer-syntax=*", "application/octet-stream"),
+])
+def test_single_part_frame(server: Server, slide: Stored, accept: str, media: str) -> None:
+    file = slide.files[0]
+    response = httpx.get(f"{slide.url(server, file)}/frames/4", headers={"accept": accept})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].split(";")[0] == media
+    assert response.content == slide.frames[file.sop_uid][3]
+
+
+def test_jp2_frames_served_as_jp2(server: Server, variants: dict[str, Stored]) -> None:
+    stored = variants["j2k-lossless-bot"]
+    file = stored.files[0]
+    response = httpx.get(f"{stored.url(server, file)}/frames/2",
+                         headers={"accept": 'multipart/related; type="image/jp2"; transfer-syntax=1.2.840.10008.1.2.4.90'})
+    assert response.status_code == 200
+    (headers, body), = parse_multipart(response)
+    assert headers["content-type"] == "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90"
+    assert body == stored.frames[file.sop_uid][1]
+
+
+@pytest.mark.parametrize("accept", [
+    'multipart/related; type="image/jp2"',
+    'multipart/related; type="image/jpeg"; transfer-syntax=1.2.840.10008.1.2.4.70',
+    'multipart/related; type="application/octet-stream"',
+    "image/png",
+])
+def test_frames_that_would_need_transcoding_are_not_acceptable(server: Server, slide: Stored, accept: str) -> None:
+    response = httpx.get(f"{slide.url(server, slide.files[0])}/frames/1", headers={"accept": accept})
+    assert response.status_code == 406
+    assert response.headers["content-type"] == "application/dicom+json"
+
+
+def test_native_frames_as_jpeg_are_not_acceptable(server: Server, variants: dict[str, Stored]) -> None:
+    stored = variants["native"]
+    response = httpx.get(f"{stored.url(server, stored.files[0])}/frames/1",
+                         headers={"accept": 'multipart/related; type="image/jpeg"'})
+    assert response.status_code == 406
+
+
+@pytest.mark.parametrize("frames", ["0", "1,,2", "a", "1-3", "-1"])
+def test_malformed_frame_list(server: Server, slide: Stored, frames: str) -> None:
+    response = httpx.get(f"{slide.url(server, slide.files[0])}/frames/{frames}")
+    assert response.status_code == 400
+    assert response.json()["00000902"]["Value"]
+
+
+def test_frame_beyond_the_instance_and_unknown_uids(server: Server, slide: Stored) -> None:
+    file = slide.files[0]
+    count = len(slide.frames[file.sop_uid])
+    assert httpx.get(f"{slide.url(server, file)}/frames/{count + 1}").status_code == 404
+    assert httpx.get(f"{slide.url(server, file)}/frames/1,{count + 1}").status_code == 404
+    unknown = f"{server.base_url}/studies/{file.study_uid}/series/{file.series_uid}/instances/1.2.3.4"
+    assert httpx.get(unknown + "/frames/1").status_code == 404
+    assert httpx.get(unknown + "/metadata").status_code == 404
+    assert httpx.get(f"{server.base_url}/studies/1.2.3.4/series/{file.series_uid}/instances/{file.sop_uid}/frames/1"
+                     ).status_code == 404
+    assert httpx.get(f"{server.base_url}/studies/1.2.3.4/metadata").status_code == 404
+
+
+def test_metadata_at_every_level(server: Server, slide: Stored) -> None:
+    file = slide.files[0]
+    study = httpx.get(f"{server.base_url}/studies/{file.study_uid}/metadata")
+    series = httpx.get(f"{server.base_url}/studies/{file.study_uid}/series/{file.series_uid}/metadata")
+    instance = httpx.get(f"{slide.url(server, file)}/metadata", headers={"accept": "application/dicom+json"})
+    for response in (study, series, instance):
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/dicom+json"
+    assert {d["00080018"]["Value"][0] for d in study.json()} == {f.sop_uid for f in slide.files}
+    assert {d["00080018"]["Value"][0] for d in series.json()} == {f.sop_uid for f in slide.files}
+    (dataset,) = instance.json()
+    source = pydicom.dcmread(file.path, stop_before_pixels=True)
+    assert dataset["00080008"]["Value"] == list(file.image_type)
+    assert dataset["00480006"]["Value"] == [source.TotalPixelMatrixColumns]
+    assert dataset["00280008"]["Value"] == [int(source.NumberOfFrames)]
+    assert dataset["00209311"]["Value"] == ["TILED_FULL"]
+    assert dataset["7FE00010"]["BulkDataURI"] == f"{slide.url(server, file)}/bulkdata/7FE00010"
+    assert "InlineBinary" not in str(dataset)
+
+
+def test_metadata_is_not_offered_as_anything_but_json(server: Server, slide: Stored) -> None:
+    response = httpx.get(f"{slide.url(server, slide.files[0])}/metadata", headers={"accept": "application/dicom"})
+    assert response.status_code == 406
+
+
+@pytest.mark.parametrize("accept", ['multipart/related; type="application/octet-stream"', "application/octet-stream"])
+def test_icc_profile_from_its_absolute_bulk_data_uri(server: Server, slide: Stored, accept: str) -> None:
+    file = slide.files[0]
+    (dataset,) = httpx.get(f"{slide.url(server, file)}/metadata").json()
+    uri = dataset["00480105"]["Value"][0]["00282000"]["BulkDataURI"]
+    assert uri.startswith(server.base_url + "/studies/")
+    response = httpx.get(uri, headers={"accept": accept})
+    assert response.status_code == 200
+    body = parse_multipart(response)[0][1] if accept.startswith("multipart") else response.content
+    assert body == pydicom.dcmread(file.path).OpticalPathSequence[0].ICCProfile
+
+
+def test_pixel_data_bulk_data_is_every_frame(server: Server, slide: Stored) -> None:
+    file = slide.files[1]
+    response = httpx.get(f"{slide.url(server, file)}/bulkdata/7FE00010")
+    assert response.status_code == 200
+    assert [body for _, body in parse_multipart(response)] == slide.frames[file.sop_uid]
+
+
+def test_unknown_bulk_data_path(server: Server, slide: Stored) -> None:
+    assert httpx.get(f"{slide.url(server, slide.files[0])}/bulkdata/00091010").status_code == 404
+
+
+@pytest.mark.parametrize("accept", ["application/dicom; transfer-syntax=*", "application/dicom"])
+def test_single_part_instance_is_the_stored_file(server: Server, slide: Stored, accept: str) -> None:
+    file = slide.files[0]
+    response = httpx.get(slide.url(server, file), headers={"accept": accept})
+    if accept.endswith("*"):
+        assert response.status_code == 200
+        assert response.headers["content-type"] == f"application/dicom; transfer-syntax={file.transfer_syntax}"
+        assert response.content == file.path.read_bytes()
+    else:
+        assert response.status_code == 406, "the default syntax (explicit VR LE) would need transcoding"
+
+
+def test_series_and_study_retrieve_stream_every_instance(server: Server, slide: Stored) -> None:
+    file = slide.files[0]
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+    for url in (f"{server.base_url}/studies/{file.study_uid}",
+                f"{server.base_url}/studies/{file.study_uid}/series/{file.series_uid}"):
+        response = httpx.get(url, headers={"accept": accept}, timeout=60)
+        assert response.status_code == 200
+        bodies = {pydicom.dcmread(io.BytesIO(body)).SOPInstanceUID: body for _, body in parse_multipart(response)}
+        assert bodies == {f.sop_uid: f.path.read_bytes() for f in slide.files}
+
+
+def test_instances_need_transcoding_answer_406(server: Server, slide: Stored) -> None:
+    response = httpx.get(f"{server.base_url}/studies/{slide.files[0].study_uid}",
+                         headers={"accept": 'multipart/related; type="application/dicom"'})
+    assert response.status_code == 406
+
+
+def test_native_instance_in_the_default_syntax(server: Server, variants: dict[str, Stored]) -> None:
+    stored = variants["native"]
+    file = stored.files[0]
+    response = httpx.get(stored.url(server, file), headers={"accept": 'multipart/related; type="application/dicom"'})
+    assert response.status_code == 200
+    ((headers, body),) = parse_multipart(response)
+    assert body == Path(file.path).read_bytes()
+
+
+def test_cors_preflight_and_exposed_headers(server: Server, slide: Stored) -> None:
+    url = f"{slide.url(server, slide.files[0])}/frames/1"
+    preflight = httpx.options(url, headers={
+        "origin": "https://slim.example", "access-control-request-method": "GET",
+        "access-control-request-headers": "accept, authorization",
+    })
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    allowed = preflight.headers["access-control-allow-headers"].lower()
+    assert "accept" in allowed and "authorization" in allowed
+    assert int(preflight.headers["access-control-max-age"]) > 0
+    response = httpx.get(url, headers={"origin": "https://slim.example", "accept": SLIM_ACCEPT})
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == "*"
