@@ -1,0 +1,370 @@
+"""Whole-slide test data made with real libraries: pydicom writes, Pillow / imagecodecs encode.
+
+A slide is one series of VL Whole Slide Microscopy Image instances (PS3.3 §A.32.8):
+a TILED_FULL pyramid (level 0 first) and the label, overview and thumbnail images,
+with textured pixels so compressed frames differ and have realistic sizes. Every
+pixel-data layout the service must index is available: JPEG baseline, JPEG 2000
+(lossless and lossy) and native; Basic Offset Table, Extended Offset Table, empty
+BOT, and frames split over several fragments.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+from PIL import Image, ImageCms
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, encapsulate_extended
+from pydicom.uid import (
+    JPEG2000,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    PYDICOM_IMPLEMENTATION_UID,
+    VLWholeSlideMicroscopyImageStorage,
+    generate_uid,
+)
+
+TILE = 256
+
+
+@dataclass(frozen=True)
+class SlideFile:
+    """One written instance and what the tests need to know about it."""
+
+    path: Path
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    image_type: tuple[str, ...]
+    transfer_syntax: str
+    number_of_frames: int
+    offset_table: str  # "bot" | "eot" | "empty" | "native"
+    fragments_per_frame: int
+
+
+def textured_tile(size: tuple[int, int], seed: int) -> np.ndarray:
+    """A deterministic RGB image (rows, columns, 3) with stripes, gradients and noise."""
+    columns, rows = size
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:columns].astype(np.float32)
+    phase = seed * 0.7
+    red = 150 + 70 * np.sin(x / (9 + seed % 5) + phase) * np.cos(y / 13)
+    green = 110 + 60 * np.cos((x + y) / (17 + seed % 7) + phase)
+    blue = 170 + 50 * np.sin(np.hypot(x - columns / 2, y - rows / 2) / 11 + phase)
+    image = np.stack([red, green, blue], axis=-1) + rng.normal(0, 12, (rows, columns, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _icc_profile() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def _encode(tile: np.ndarray, transfer_syntax: str) -> bytes:
+    """One frame in ``transfer_syntax``; native frames are the raw interleaved RGB bytes."""
+    if transfer_syntax == JPEGBaseline8Bit:
+        out = io.BytesIO()
+        Image.fromarray(tile).save(out, "JPEG", quality=85, subsampling=1)
+        return out.getvalue()
+    if transfer_syntax == JPEG2000Lossless:
+        return bytes(imagecodecs.jpeg2k_encode(tile, level=0, codecformat="j2k", reversible=True, mct=False))
+    if transfer_syntax == JPEG2000:
+        return bytes(imagecodecs.jpeg2k_encode(tile, level=40, codecformat="j2k", reversible=False, mct=False))
+    if transfer_syntax == ExplicitVRLittleEndian:
+        return tile.tobytes()
+    raise ValueError(f"unsupported transfer syntax {transfer_syntax}")
+
+
+def _photometric(transfer_syntax: str) -> str:
+    return "YBR_FULL_422" if transfer_syntax == JPEGBaseline8Bit else "RGB"
+
+
+def _tiles(image: np.ndarray, tile: int) -> list[np.ndarray]:
+    """Row-major tiles of ``image`` (TILED_FULL order), edge tiles padded with white."""
+    rows, columns = image.shape[:2]
+    grid_rows, grid_columns = math.ceil(rows / tile), math.ceil(columns / tile)
+    padded = np.full((grid_rows * tile, grid_columns * tile, 3), 255, np.uint8)
+    padded[:rows, :columns] = image
+    return [padded[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile].copy()
+            for r in range(grid_rows) for c in range(grid_columns)]
+
+
+def _pixel_data(frames: list[bytes], transfer_syntax: str, offset_table: str,
+                fragments_per_frame: int) -> tuple[bytes, dict[str, bytes]]:
+    """Pixel Data in the requested layout, and the extended offset table elements if any."""
+    if transfer_syntax == ExplicitVRLittleEndian:
+        return b"".join(frames), {}
+    if offset_table == "eot" and fragments_per_frame == 1:
+        data, offsets, lengths = encapsulate_extended(frames)
+        return data, {"ExtendedOffsetTable": offsets, "ExtendedOffsetTableLengths": lengths}
+    if offset_table == "eot":
+        raise ValueError("an extended offset table here has one fragment per frame")
+    return encapsulate(frames, fragments_per_frame=fragments_per_frame, has_bot=offset_table == "bot"), {}
+
+
+def _base_dataset(study_uid: str, series_uid: str, frame_of_reference: str, patient_id: str,
+                  patient_name: str) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = VLWholeSlideMicroscopyImageStorage
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = frame_of_reference
+    ds.PatientID = patient_id
+    ds.PatientName = patient_name
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "F"
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20260101"
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = "101500"
+    ds.AcquisitionDateTime = "20260101101500"
+    ds.AccessionNumber = "ACC-" + patient_id
+    ds.StudyID = "S1"
+    ds.ReferringPhysicianName = "Ref^Doctor"
+    ds.Modality = "SM"
+    ds.SeriesNumber = 1
+    ds.Manufacturer = "dicomweb tests"
+    ds.ManufacturerModelName = "wsi_factory"
+    ds.DeviceSerialNumber = "1"
+    ds.SoftwareVersions = "1"
+    ds.PositionReferenceIndicator = "SLIDE_CORNER"
+    ds.VolumetricProperties = "VOLUME"
+    ds.SpecimenLabelInImage = "NO"
+    ds.BurnedInAnnotation = "NO"
+    ds.FocusMethod = "AUTO"
+    ds.ExtendedDepthOfField = "NO"
+    ds.ContainerIdentifier = "SLIDE-" + patient_id
+    ds.IssuerOfTheContainerIdentifierSequence = []
+    container_type = Dataset()
+    container_type.CodeValue, container_type.CodingSchemeDesignator = "433466003", "SCT"
+    container_type.CodeMeaning = "Microscope slide"
+    ds.ContainerTypeCodeSequence = [container_type]
+    specimen = Dataset()
+    specimen.SpecimenIdentifier = "SPECIMEN-" + patient_id
+    specimen.SpecimenUID = generate_uid(entropy_srcs=[study_uid, "specimen"])
+    specimen.IssuerOfTheSpecimenIdentifierSequence = []
+    specimen.SpecimenPreparationSequence = []
+    ds.SpecimenDescriptionSequence = [specimen]
+    ds.AcquisitionContextSequence = []
+    ds.DimensionOrganizationSequence = [Dataset()]
+    ds.DimensionOrganizationSequence[0].DimensionOrganizationUID = generate_uid(entropy_srcs=[series_uid, "dim"])
+    ds.DimensionOrganizationType = "TILED_FULL"
+    ds.ImageOrientationSlide = [0, -1, 0, -1, 0, 0]
+    ds.SamplesPerPixel = 3
+    ds.PlanarConfiguration = 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    return ds
+
+
+def _optical_path(with_icc_profile: bool) -> Dataset:
+    path = Dataset()
+    path.OpticalPathIdentifier = "1"
+    illumination = Dataset()
+    illumination.CodeValue, illumination.CodingSchemeDesignator = "111744", "DCM"
+    illumination.CodeMeaning = "Brightfield illumination"
+    path.IlluminationTypeCodeSequence = [illumination]
+    color = Dataset()
+    color.CodeValue, color.CodingSchemeDesignator, color.CodeMeaning = "414298005", "SCT", "Full Spectrum"
+    path.IlluminationColorCodeSequence = [color]
+    if with_icc_profile:
+        path.ICCProfile = _icc_profile()
+        path.ColorSpace = "SRGB"
+    return path
+
+
+def _image_attributes(ds: Dataset, size: tuple[int, int], tile: tuple[int, int], frames: int,
+                      spacing_mm: float, image_type: tuple[str, ...], with_icc_profile: bool) -> None:
+    """Attributes of one image: its matrix, tiling, pixel spacing and optical path."""
+    width, height = size
+    ds.ImageType = list(image_type)
+    ds.Rows, ds.Columns = tile[1], tile[0]
+    ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = width, height
+    ds.TotalPixelMatrixFocalPlanes = 1
+    ds.NumberOfFocalPlanes = 1
+    ds.NumberOfOpticalPaths = 1
+    ds.NumberOfFrames = frames
+    origin = Dataset()
+    origin.XOffsetInSlideCoordinateSystem = 20.0
+    origin.YOffsetInSlideCoordinateSystem = 40.0
+    ds.TotalPixelMatrixOriginSequence = [origin]
+    ds.ImagedVolumeWidth = width * spacing_mm
+    ds.ImagedVolumeHeight = height * spacing_mm
+    ds.ImagedVolumeDepth = 0.001
+    measures = Dataset()
+    measures.PixelSpacing = [spacing_mm, spacing_mm]
+    measures.SliceThickness = 0.001
+    measures.SpacingBetweenSlices = 0.001
+    frame_type = Dataset()
+    frame_type.FrameType = list(image_type)
+    optical = Dataset()
+    optical.OpticalPathIdentifier = "1"
+    shared = Dataset()
+    shared.PixelMeasuresSequence = [measures]
+    shared.WholeSlideMicroscopyImageFrameTypeSequence = [frame_type]
+    shared.OpticalPathIdentificationSequence = [optical]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    ds.OpticalPathSequence = [_optical_path(with_icc_profile)]
+
+
+def _write(ds: Dataset, path: Path, transfer_syntax: str) -> None:
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _instance(directory: Path, base: Dataset, number: int, image: np.ndarray, tile: int, spacing_mm: float,
+              image_type: tuple[str, ...], transfer_syntax: str, offset_table: str, fragments: int,
+              with_icc_profile: bool) -> SlideFile:
+    ds = base.copy()
+    ds.SOPInstanceUID = generate_uid()
+    ds.InstanceNumber = number
+    tiles = _tiles(image, tile)
+    encoded = [_encode(t, transfer_syntax) for t in tiles]
+    _image_attributes(ds, (image.shape[1], image.shape[0]), (tile, tile), len(tiles), spacing_mm, image_type,
+                      with_icc_profile)
+    ds.PhotometricInterpretation = _photometric(transfer_syntax)
+    if transfer_syntax == JPEGBaseline8Bit:
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
+        ds.LossyImageCompressionRatio = 10.0
+    elif transfer_syntax == JPEG2000:
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = "ISO_15444_1"
+        ds.LossyImageCompressionRatio = 10.0
+    else:
+        ds.LossyImageCompression = "00"
+    pixel_data, extended = _pixel_data(encoded, transfer_syntax, offset_table, fragments)
+    for keyword, value in extended.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = pixel_data
+    if transfer_syntax != ExplicitVRLittleEndian:
+        ds["PixelData"].VR = "OB"
+    path = directory / f"{number:02d}-{image_type[2].lower()}.dcm"
+    _write(ds, path, transfer_syntax)
+    return SlideFile(path, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, image_type,
+                     transfer_syntax, len(tiles), offset_table, fragments)
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
+
+
+def make_slide(directory: Path, *, transfer_syntax: str = JPEGBaseline8Bit, offset_table: str = "bot",
+               fragments_per_frame: int = 1, levels: int = 3, base_size: tuple[int, int] = (1024, 768),
+               tile_size: int = TILE, associated: bool = True, study_uid: str | None = None,
+               patient_id: str = "P-1", patient_name: str = "Doe^Jane",
+               with_icc_profile: bool = True) -> list[SlideFile]:
+    """Write one slide (pyramid levels first, then label, overview, thumbnail) into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if transfer_syntax == ExplicitVRLittleEndian:
+        offset_table, fragments_per_frame = "native", 1
+    study_uid = study_uid or generate_uid()
+    base = _base_dataset(study_uid, generate_uid(), generate_uid(), patient_id, patient_name)
+    width, height = base_size
+    image = textured_tile((width, height), seed=int(study_uid.replace(".", "")[-6:]) % 997)
+    spacing = 0.00025
+    files = []
+    for level in range(levels):
+        size = (math.ceil(width / 2**level), math.ceil(height / 2**level))
+        level_image = image if level == 0 else _resize(image, size)
+        image_type = ("ORIGINAL", "PRIMARY", "VOLUME", "NONE") if level == 0 else (
+            "DERIVED", "PRIMARY", "VOLUME", "RESAMPLED")
+        files.append(_instance(directory, base, level + 1, level_image, tile_size, spacing * 2**level, image_type,
+                               transfer_syntax, offset_table, fragments_per_frame, with_icc_profile))
+    if associated:
+        label = textured_tile((200, 120), seed=11)
+        overview = textured_tile((240, 160), seed=12)
+        thumbnail = _resize(image, (max(width // 8, 1), max(height // 8, 1)))
+        for number, (picture, kind) in enumerate(
+            ((label, ("ORIGINAL", "PRIMARY", "LABEL", "NONE")), (overview, ("ORIGINAL", "PRIMARY", "OVERVIEW", "NONE")),
+             (thumbnail, ("DERIVED", "PRIMARY", "THUMBNAIL", "RESAMPLED"))), start=levels + 1):
+            tile = max(picture.shape[0], picture.shape[1])
+            files.append(_instance(directory, base, number, picture, tile, spacing * width / picture.shape[1],
+                                   kind, transfer_syntax, offset_table, fragments_per_frame, with_icc_profile))
+    return files
+
+
+def _jpeg_pool(count: int, quality: int) -> list[bytes]:
+    tiles = []
+    for seed in range(count):
+        out = io.BytesIO()
+        Image.fromarray(textured_tile((TILE, TILE), seed)).save(out, "JPEG", quality=quality, subsampling=1)
+        tiles.append(out.getvalue())
+    return tiles
+
+
+def _padded(jpeg: bytes, number: int, size: int) -> bytes:
+    """``jpeg`` grown to ``size`` bytes (even) with COM segments after SOI, naming the frame."""
+    size += size % 2
+    filler = max(size - len(jpeg), 0)
+    segments = []
+    label = f"frame {number} ".encode()
+    while filler > 0:
+        payload = min(max(filler - 4, 0), 65533)
+        body = (label * (payload // len(label) + 1))[:payload]
+        segments.append(b"\xff\xfe" + struct.pack(">H", payload + 2) + body)
+        filler -= payload + 4
+    frame = jpeg[:2] + b"".join(segments) + jpeg[2:]
+    return frame + b"\x00" * (len(frame) % 2)
+
+
+def make_large_instance(path: Path, *, frames: int = 20000, frame_bytes: int = 54000,
+                        transfer_syntax: str = JPEGBaseline8Bit, study_uid: str | None = None) -> SlideFile:
+    """Stream a big tiled JPEG instance to ``path`` without holding its frames in memory.
+
+    Frames come from a pool of real JPEG tiles, each grown to ``frame_bytes`` with a
+    comment segment naming its number, so every frame is a distinct valid JPEG.
+    """
+    if transfer_syntax != JPEGBaseline8Bit:
+        raise ValueError("large instances are JPEG baseline")
+    short_side = next(c for c in range(math.isqrt(frames), 0, -1) if frames % c == 0)
+    # A full rectangle of tiles when the frame count allows a sensible one (20,000 = 160 × 125).
+    columns = frames // short_side if frames // short_side <= 4 * short_side else math.ceil(math.sqrt(frames))
+    rows = math.ceil(frames / columns)
+    study_uid = study_uid or generate_uid()
+    ds = _base_dataset(study_uid, generate_uid(), generate_uid(), "P-LARGE", "Large^Slide")
+    ds.SOPInstanceUID = generate_uid()
+    ds.InstanceNumber = 1
+    image_type = ("ORIGINAL", "PRIMARY", "VOLUME", "NONE")
+    _image_attributes(ds, (columns * TILE, rows * TILE), (TILE, TILE), frames, 0.00025, image_type, True)
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionMethod = "ISO_10918_1"
+    header = io.BytesIO()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.save_as(header, enforce_file_format=True)
+    pool = _jpeg_pool(64, quality=50 if frame_bytes < 30000 else 85)
+    if max(map(len, pool)) + 8 > frame_bytes:
+        raise ValueError(f"frame_bytes {frame_bytes} is below the size of a real JPEG tile")
+    item_size = frame_bytes + frame_bytes % 2 + 8
+    with_bot = frames * item_size < 2**32
+    with path.open("wb") as out:
+        out.write(header.getvalue())
+        out.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF))
+        if with_bot:
+            out.write(struct.pack("<HHI", 0xFFFE, 0xE000, 4 * frames))
+            out.write(struct.pack(f"<{frames}I", *(i * item_size for i in range(frames))))
+        else:
+            out.write(struct.pack("<HHI", 0xFFFE, 0xE000, 0))
+        for number in range(1, frames + 1):
+            frame = _padded(pool[number % len(pool)], number, frame_bytes)
+            assert len(frame) + 8 == item_size or not with_bot
+            out.write(struct.pack("<HHI", 0xFFFE, 0xE000, len(frame)))
+            out.write(frame)
+        out.write(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    return SlideFile(path, study_uid, ds.SeriesInstanceUID, ds.SOPInstanceUID, image_type, transfer_syntax, frames,
+                     "bot" if with_bot else "empty", 1)
