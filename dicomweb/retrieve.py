@@ -13,7 +13,7 @@ import json
 from typing import AsyncIterator, Callable, Sequence
 
 from dicomweb.dicom.dicomjson import BULKDATA, PIXEL_DATA_KEY, JsonDict
-from dicomweb.dicom.frames import FrameIndex, join_fragments
+from dicomweb.dicom.frames import ITEM_HEADER, FrameIndex, join_fragments
 from dicomweb.errors import BadRequest, NotFound, StorageFailure
 from dicomweb.framecache import FrameCache, Key
 from dicomweb.service import CachedIndex, Service
@@ -100,7 +100,7 @@ def _runs(index: FrameIndex, numbers: Sequence[int]) -> list[list[int]]:
             start, _ = index.span(run[0])
             end = sum(index.span(run[-1]))
             offset, length = index.span(number)
-            if offset == end and offset + length - start <= MAX_COALESCED_READ:
+            if 0 <= offset - end <= ITEM_HEADER and offset + length - start <= MAX_COALESCED_READ:
                 run.append(number)
                 continue
         runs.append([number])
@@ -190,8 +190,8 @@ def _key(name: str, generation: str, number: int) -> Key:
 
 
 def _joins(index: FrameIndex, before: int, after: int) -> bool:
-    """Whether frame ``after`` starts where frame ``before`` ends in the file."""
-    return sum(index.span(before)) == index.span(after)[0]
+    """Whether frame ``after`` follows frame ``before`` in the file (at most an item header between them)."""
+    return 0 <= index.span(after)[0] - sum(index.span(before)) <= ITEM_HEADER
 
 
 def _free(cache: FrameCache, key: Key) -> bool:

@@ -10,7 +10,7 @@ from dicomweb import retrieve
 from dicomweb.api.http import DICOM_JSON, base_url, endpoint
 from dicomweb.dicom import media
 from dicomweb.dicom.dicomjson import resolve_bulk_uris
-from dicomweb.dicom.multipart import new_boundary, write_multipart
+from dicomweb.dicom.multipart import multipart_body, new_boundary, write_multipart
 from dicomweb.errors import NotAcceptable
 from dicomweb.service import Service
 from dicomweb.storage.blobs import instance_name
@@ -21,6 +21,8 @@ blueprint = func.Blueprint()
 STUDY = "studies/{study}"
 SERIES = STUDY + "/series/{series}"
 INSTANCE = SERIES + "/instances/{instance}"
+#: Frame answers up to this size go out in one piece (one write, a Content-Length); larger ones stream.
+WHOLE_ANSWER_BYTES = 8 * 1024 * 1024
 
 
 def _uids(req: Request) -> tuple[str, str | None, str | None]:
@@ -134,16 +136,19 @@ async def _frames(
     retrieve.check_frames(index, numbers)
     choice = media.negotiate_frames(req.headers.get("accept"), index.transfer_syntax, single=len(numbers) == 1)
     frames = retrieve.read_frames(service, study, series, instance, numbers)
+    media_type = f"{choice.media_type}; transfer-syntax={choice.transfer_syntax}"
     if not choice.multipart:
-        data = b"".join([frame async for frame in frames])
-        return Response(data, media_type=f"{choice.media_type}; transfer-syntax={choice.transfer_syntax}")
-    part_headers = {"Content-Type": f"{choice.media_type}; transfer-syntax={choice.transfer_syntax}"}
+        return Response(b"".join([frame async for frame in frames]), media_type=media_type)
+    part_headers = {"Content-Type": media_type}
+    boundary = new_boundary()
+    if sum(index.span(n)[1] for n in numbers) <= WHOLE_ANSWER_BYTES:
+        body = multipart_body([(part_headers, frame) async for frame in frames], boundary)
+        return Response(body, media_type=_multipart_type(choice.media_type, boundary))
 
     async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
         async for frame in frames:
             yield part_headers, _once(frame)
 
-    boundary = new_boundary()
     return StreamingResponse(write_multipart(parts(), boundary), media_type=_multipart_type(choice.media_type, boundary))
 
 
@@ -166,9 +171,5 @@ async def retrieve_bulkdata(req: Request, service: Service) -> Response:
     if not multipart:
         return Response(data, media_type=media.OCTET_STREAM)
     boundary = new_boundary()
-    body = b"".join([chunk async for chunk in write_multipart(_single(data), boundary)])
+    body = multipart_body([({"Content-Type": media.OCTET_STREAM}, data)], boundary)
     return Response(body, media_type=_multipart_type(media.OCTET_STREAM, boundary))
-
-
-async def _single(data: bytes) -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
-    yield {"Content-Type": media.OCTET_STREAM}, _once(data)

@@ -7,7 +7,7 @@ plus a boundary's worth of bytes; the writer frames parts as their bytes are pro
 from __future__ import annotations
 
 import secrets
-from typing import AsyncIterable, AsyncIterator
+from typing import AsyncIterable, AsyncIterator, Iterable
 
 from dicomweb.errors import BadRequest
 
@@ -167,3 +167,14 @@ async def write_multipart(
             yield chunk
         yield b"\r\n"
     yield f"--{boundary}--\r\n".encode()
+
+
+def multipart_body(parts: Iterable[tuple[dict[str, str], bytes]], boundary: str) -> bytes:
+    """A whole multipart/related body in one piece, for answers small enough to send in one write."""
+    opener = f"--{boundary}\r\n".encode()
+    pieces = []
+    for headers, body in parts:
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        pieces += [opener, head.encode("latin-1"), b"\r\n", body, b"\r\n"]
+    pieces.append(f"--{boundary}--\r\n".encode())
+    return b"".join(pieces)

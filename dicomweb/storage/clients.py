@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from azure.core.pipeline.transport import AioHttpTransport
 from azure.cosmos.aio import CosmosClient
 from azure.identity.aio import DefaultAzureCredential
 from azure.storage.blob.aio import BlobServiceClient
@@ -11,12 +12,18 @@ from dicomweb.storage.blobs import BlobStore
 from dicomweb.storage.index import IndexStore
 
 
+def _transport() -> AioHttpTransport:
+    """aiohttp without environment proxy/netrc lookups: with them every blob call paid a thread hop."""
+    return AioHttpTransport(use_env_settings=False)
+
+
 def blob_store(settings: Settings, credential: object | None = None) -> BlobStore:
     """Blob adapter from a connection string, else account URL + ``credential`` (default: managed identity)."""
     if settings.storage_connection_string:
-        service = BlobServiceClient.from_connection_string(settings.storage_connection_string)
+        service = BlobServiceClient.from_connection_string(settings.storage_connection_string, transport=_transport())
     elif settings.storage_account_url:
-        service = BlobServiceClient(settings.storage_account_url, credential=credential or DefaultAzureCredential())
+        service = BlobServiceClient(settings.storage_account_url, credential=credential or DefaultAzureCredential(),
+                                    transport=_transport())
     else:
         raise ValueError("set DICOMWEB_STORAGE_CONNECTION_STRING or DICOMWEB_STORAGE_ACCOUNT_URL")
     return BlobStore(service, settings.instance_container, settings.sidecar_container)

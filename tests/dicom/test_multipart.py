@@ -7,7 +7,7 @@ from typing import AsyncIterator
 
 import pytest
 
-from dicomweb.dicom.multipart import MultipartReader, parse_media_type, split_list, write_multipart
+from dicomweb.dicom.multipart import MultipartReader, multipart_body, parse_media_type, split_list, write_multipart
 from dicomweb.errors import BadRequest
 
 
@@ -40,6 +40,19 @@ def test_round_trip(size: int) -> None:
     parsed = asyncio.run(run())
     assert [p for _, p in parsed] == PAYLOADS
     assert parsed[0][0] == {"content-type": "application/dicom; n=0"}
+
+
+def test_whole_body_equals_the_streamed_one() -> None:
+    async def parts():  # type: ignore[no-untyped-def]
+        for payload in PAYLOADS:
+            yield {"Content-Type": "image/jpeg"}, _chunks(payload, 7)
+
+    async def streamed() -> bytes:
+        return b"".join([c async for c in write_multipart(parts(), "xyz")])
+
+    whole = multipart_body([({"Content-Type": "image/jpeg"}, p) for p in PAYLOADS], "xyz")
+    assert whole == asyncio.run(streamed())
+    assert [p for _, p in asyncio.run(_read_all(whole, "xyz", 64))] == PAYLOADS
 
 
 def test_preamble_and_unread_parts_are_skipped() -> None:
