@@ -36,7 +36,7 @@ class Settings:
     upload_concurrency: int = 4
     max_header_bytes: int = 64 * MIB
     frame_index_cache_mb: int = 64
-    frame_cache_mb: int = 128
+    frame_cache_mb: int = 64
     frame_cache_seconds: int = 30
 
     @classmethod
@@ -59,7 +59,7 @@ class Settings:
             upload_concurrency=_int(env, "DICOMWEB_UPLOAD_CONCURRENCY", 4),
             max_header_bytes=_int(env, "DICOMWEB_MAX_HEADER_MB", 64) * MIB,
             frame_index_cache_mb=_int(env, "DICOMWEB_FRAME_INDEX_CACHE_MB", 64),
-            frame_cache_mb=_int(env, "DICOMWEB_FRAME_CACHE_MB", 128),
+            frame_cache_mb=_int(env, "DICOMWEB_FRAME_CACHE_MB", 64),
             frame_cache_seconds=_int(env, "DICOMWEB_FRAME_CACHE_SECONDS", 30),
         )
 

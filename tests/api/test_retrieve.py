@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from pydicom.uid import (
 )
 
 from tests.conftest import Server, parse_multipart, source_frames
-from tests.wsi_factory import SlideFile, make_slide
+from tests.wsi_factory import SlideFile, make_large_instance, make_slide
 
 SLIM_ACCEPT = (
     'multipart/related; type="image/jls"; transfer-syntax=1.2.840.10008.1.2.4.80, '
@@ -273,3 +274,30 @@ def test_cors_preflight_and_exposed_headers(server: Server, slide: Stored) -> No
     response = httpx.get(url, headers={"origin": "https://slim.example", "accept": SLIM_ACCEPT})
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == "*"
+
+
+def test_concurrent_viewer_bursts_get_their_own_frames(server: Server, tmp_path: Path) -> None:
+    """Read-ahead and shared in-flight reads must never hand a request another frame's bytes."""
+    large = make_large_instance(tmp_path / "burst.dcm", frames=600, frame_bytes=12000)
+    response = httpx.post(f"{server.base_url}/studies", content=large.path.read_bytes(),
+                          headers={"content-type": "application/dicom"}, timeout=60)
+    assert response.status_code == 200
+    expected = source_frames(large.path)
+    columns = pydicom.dcmread(large.path, stop_before_pixels=True).TotalPixelMatrixColumns // 256
+    url = f"{server.base_url}/studies/{large.study_uid}/series/{large.series_uid}/instances/{large.sop_uid}/frames/"
+    bursts = [[1 + (row + r) * columns + column + c for r in range(4) for c in range(6)]
+              for row, column in ((0, 0), (0, 6), (5, 3), (10, 10), (4, 0))]
+
+    async def fetch(client: httpx.AsyncClient, number: int) -> tuple[int, bytes]:
+        answer = await client.get(url + str(number), headers={"accept": SLIM_ACCEPT})
+        assert answer.status_code == 200
+        return number, parse_multipart(answer)[0][1]
+
+    async def run() -> list[tuple[int, bytes]]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*(fetch(client, n) for burst in bursts for n in burst))
+
+    results = asyncio.run(run())
+    assert len(results) == 5 * 24
+    for number, body in results:
+        assert body == expected[number - 1], f"frame {number}"
