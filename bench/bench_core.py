@@ -113,20 +113,16 @@ async def run_clients(jobs: list[list[list[int]]], fetch: Callable[[int], Awaita
     """Each client runs its bursts one after another; a burst's frames go ``VIEWER_CONNECTIONS`` at a time."""
     latencies: list[float] = []
 
-    async def timed(number: int) -> None:
-        started = time.perf_counter()
-        await fetch(number)
-        latencies.append(time.perf_counter() - started)
+    async def timed(number: int, slots: asyncio.Semaphore) -> None:
+        async with slots:
+            started = time.perf_counter()
+            await fetch(number)
+            latencies.append(time.perf_counter() - started)
 
     async def client(bursts: list[list[int]]) -> None:
+        slots = asyncio.Semaphore(VIEWER_CONNECTIONS)
         for burst in bursts:
-            slots = asyncio.Semaphore(VIEWER_CONNECTIONS)
-
-            async def one(number: int) -> None:
-                async with slots:
-                    await timed(number)
-
-            await asyncio.gather(*(one(n) for n in burst))
+            await asyncio.gather(*(timed(n, slots) for n in burst))
 
     started = time.perf_counter()
     await asyncio.gather(*(client(bursts) for bursts in jobs))

@@ -23,10 +23,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended
 from pydicom.uid import (
     JPEG2000,
+    PYDICOM_IMPLEMENTATION_UID,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
-    PYDICOM_IMPLEMENTATION_UID,
     VLWholeSlideMicroscopyImageStorage,
     generate_uid,
 )

@@ -12,8 +12,8 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.uid import (
-    ExplicitVRLittleEndian,
     JPEG2000,
+    ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
 )
