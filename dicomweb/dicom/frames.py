@@ -25,7 +25,7 @@ _HEADER = struct.Struct("<4sHHIHH")
 _FRAME_STARTS = (b"\xff\xd8", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fragment:
     """One encapsulated fragment: file offset of its item header and its payload length."""
 
