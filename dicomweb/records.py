@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from dicomweb.dicom.dicomjson import BULKDATA, PIXEL_DATA_KEY, JsonDict, dataset_to_json
-from dicomweb.dicom.levels import level_json
+from dicomweb.dicom.attributes import level_attributes, match_fields
 from dicomweb.dicom.part10 import Header
 from dicomweb.storage.index import Document, document_id
 
@@ -46,19 +46,22 @@ def uids(sidecar: JsonDict) -> tuple[str, str, str]:
 
 
 def documents(sidecar: JsonDict) -> list[Document]:
-    """Study, series and instance index documents for one stored instance."""
+    """Study, series and instance index documents for one stored instance.
+
+    Study and series documents get their counts and ModalitiesInStudy from
+    :mod:`dicomweb.indexing`, which recomputes them from the index.
+    """
     dataset = sidecar["dataset"]
     study, series, instance = uids(sidecar)
-    common = {"studyInstanceUID": study}
-    study_doc = {**common, "id": document_id("study", study), "type": "study",
-                 "attributes": level_json(dataset, "study")}
-    series_doc = {**common, "id": document_id("series", series), "type": "series", "seriesInstanceUID": series,
-                  "attributes": level_json(dataset, "series")}
-    instance_doc = {
-        **common,
-        "id": document_id("instance", instance),
-        "type": "instance",
-        "seriesInstanceUID": series,
+    docs = []
+    for level, uid in (("study", study), ("series", series), ("instance", instance)):
+        values, words = match_fields(dataset, level)
+        doc: Document = {"id": document_id(level, uid), "type": level, "studyInstanceUID": study,
+                         "m": values, "w": words, "attributes": level_attributes(dataset, level)}
+        if level != "study":
+            doc["seriesInstanceUID"] = series
+        docs.append(doc)
+    docs[2].update({
         "sopInstanceUID": instance,
         "sopClassUID": _value(dataset, "00080016"),
         "instanceNumber": _value(dataset, "00200013"),
@@ -66,9 +69,5 @@ def documents(sidecar: JsonDict) -> list[Document]:
         "numberOfFrames": sidecar["numberOfFrames"],
         "size": sidecar["size"],
         "generation": sidecar["generation"],
-        "attributes": {
-            **study_doc["attributes"], **series_doc["attributes"], **level_json(dataset, "instance"),
-            AVAILABLE_TRANSFER_SYNTAX: dataset[AVAILABLE_TRANSFER_SYNTAX],
-        },
-    }
-    return [study_doc, series_doc, instance_doc]
+    })
+    return docs

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from dicomweb import records
 from dicomweb.dicom.part10 import Part10Parser
 from dicomweb.errors import NotFound
+from dicomweb.indexing import refresh
 from dicomweb.service import Service
 from dicomweb.storage.blobs import sidecar_name
 
@@ -48,6 +49,7 @@ async def derive_sidecars(service: Service, name: str, generation: str) -> recor
 async def reindex(service: Service) -> ReindexReport:
     """Upsert index documents for every stored instance; drop orphan sidecars."""
     report = ReindexReport()
+    summaries: dict[tuple[str, str], tuple[records.JsonDict, records.JsonDict]] = {}
     async for name, generation in service.blobs.list_instances():
         stem = name.removesuffix(".dcm")
         try:
@@ -57,9 +59,12 @@ async def reindex(service: Service) -> ReindexReport:
         if sidecar is None or sidecar.get("generation") != generation:
             sidecar = await derive_sidecars(service, name, generation)
             report.rebuilt += 1
-        for document in records.documents(sidecar):
-            await service.index.upsert(document)
+        study_doc, series_doc, instance_doc = records.documents(sidecar)
+        await service.index.upsert(instance_doc)
+        summaries[instance_doc["studyInstanceUID"], instance_doc["seriesInstanceUID"]] = series_doc, study_doc
         report.indexed += 1
+    for (study, series), (series_doc, study_doc) in summaries.items():
+        await refresh(service, study, series, series_doc, study_doc)
     async for sidecar in service.blobs.list_metadata_sidecars():
         stem = sidecar.removesuffix(".json")
         if not await service.blobs.exists(stem + ".dcm"):

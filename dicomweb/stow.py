@@ -25,6 +25,7 @@ from dicomweb import records
 from dicomweb.dicom.part10 import Part10Parser
 from dicomweb.dicom.syntax import is_valid_uid
 from dicomweb.errors import DicomWebError, Duplicate, InvalidDataset, StorageFailure, StudyMismatch
+from dicomweb.indexing import index_instance
 from dicomweb.service import Service
 from dicomweb.storage.blobs import BlockUpload, instance_name, sidecar_name
 
@@ -95,7 +96,7 @@ async def store_instance(service: Service, chunks: AsyncIterable[bytes], expecte
         await service.blobs.put_sidecar(sidecar_name(study, series, instance, "json"), json.dumps(sidecar).encode())
         if frame_index is not None:
             await service.blobs.put_sidecar(sidecar_name(study, series, instance, "frames"), frame_index.to_bytes())
-        await _index(service, sidecar)
+        await index_instance(service, sidecar)
         return Outcome(sop_class, instance, study, series)
     except asyncio.CancelledError:
         await _undo(service, upload, name, ids, committed)
@@ -129,17 +130,6 @@ async def _begin(
         raise Duplicate(f"SOP instance {instance} is already stored")
     settings = service.settings
     return ids, name, service.blobs.upload(name, settings.block_size, settings.upload_concurrency)
-
-
-async def _index(service: Service, sidecar: records.JsonDict) -> None:
-    study_doc, series_doc, instance_doc = records.documents(sidecar)
-    await service.index.create(instance_doc)
-    try:
-        await service.index.upsert(series_doc)
-        await service.index.upsert(study_doc)
-    except DicomWebError:
-        await service.index.delete(instance_doc["studyInstanceUID"], "instance", instance_doc["sopInstanceUID"])
-        raise
 
 
 async def _undo(

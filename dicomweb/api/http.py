@@ -54,11 +54,15 @@ def dicom_json(body: object, status: int = 200, headers: dict[str, str] | None =
     return response
 
 
+def warning_header(message: str) -> str:
+    """An HTTP Warning header value (RFC 7234 §5.5, code 299) for ``message``."""
+    return '299 dicomweb "' + message.replace('"', "'")[:1000] + '"'
+
+
 def error_response(error: DicomWebError) -> Response:
     """The one place a service error becomes an HTTP answer: status, ErrorComment, Warning header."""
     body = {"00000902": {"vr": "LO", "Value": [error.message[:64]]}, "message": error.message}
-    warning = '299 dicomweb "' + error.message.replace('"', "'")[:200] + '"'
-    return dicom_json(body, error.status, {"warning": warning})
+    return dicom_json(body, error.status, {"warning": warning_header(error.message)})
 
 
 def _cors_headers(origin: str | None, settings: Settings) -> dict[str, str]:

@@ -1,57 +1,70 @@
-"""QIDO-RS (PS3.18 §10.6), the part the slide viewers need to open a study.
-
-``GET /studies/{study}/instances`` with exact and UID-list matching on the indexed
-attributes, which is what wsidicom's first query sends. The rest of QIDO-RS
-(wildcards, ranges, fuzzy names, the other resources, paging) builds on this.
-"""
+"""QIDO-RS functions (PS3.18 §10.6): the six search resources."""
 
 from urllib.parse import parse_qsl
 
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
-from pydicom.datadict import tag_for_keyword
 
-from dicomweb.api.http import dicom_json, endpoint
-from dicomweb.errors import BadRequest
+from dicomweb import qido
+from dicomweb.api.http import base_url, dicom_json, endpoint, warning_header
+from dicomweb.dicom import media
+from dicomweb.dicom.query import parse_query
+from dicomweb.dicom.syntax import is_valid_uid
+from dicomweb.errors import BadRequest, NotAcceptable
 from dicomweb.service import Service
 
 blueprint = func.Blueprint()
 
-#: Parameters that shape the answer rather than filter it.
-_CONTROL = {"includefield", "limit", "offset", "fuzzymatching"}
+_SCOPE = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}
 
 
-def _key(name: str) -> str:
-    """A query key (keyword or 8-digit tag) as a DICOM JSON key."""
-    if len(name) == 8 and all(c in "0123456789abcdefABCDEF" for c in name):
-        return name.upper()
-    tag = tag_for_keyword(name)
-    if tag is None:
-        raise BadRequest(f"unknown query parameter {name!r}")
-    return f"{tag:08X}"
+async def _search(req: Request, service: Service, level: str) -> Response:
+    if not media.accepts_json(req.headers.get("accept")):
+        raise NotAcceptable("search results are served as application/dicom+json")
+    scope = {}
+    for param, keyword in _SCOPE.items():
+        uid = req.path_params.get(param)
+        if uid is not None:
+            if not is_valid_uid(uid):
+                raise BadRequest(f"{keyword} {uid!r} in the path is not a valid UID")
+            scope[keyword] = uid
+    query = parse_query(parse_qsl(req.url.query, keep_blank_values=True), level, scope)
+    matches = await qido.search(service, query, scope, base_url(req, service.settings))
+    headers = {"warning": warning_header("; ".join(query.warnings))} if query.warnings else None
+    return dicom_json(matches, headers=headers)
 
 
-def parse_filters(query: str) -> dict[str, set[str]]:
-    """Filters by DICOM JSON key; comma lists and repeated keys are OR-ed (PS3.18 §8.3.4.1)."""
-    filters: dict[str, set[str]] = {}
-    for name, value in parse_qsl(query, keep_blank_values=True):
-        if name.lower() in _CONTROL:
-            continue
-        filters.setdefault(_key(name), set()).update(v for v in value.split(",") if v)
-    return filters
+@endpoint(blueprint, "search_studies", "studies", ["GET"])
+async def search_studies(req: Request, service: Service) -> Response:
+    """Studies."""
+    return await _search(req, service, "study")
 
 
-def _matches(attributes: dict, filters: dict[str, set[str]]) -> bool:
-    for key, wanted in filters.items():
-        values = attributes.get(key, {}).get("Value") or []
-        if wanted and not any(str(v) in wanted for v in values):
-            return False
-    return True
+@endpoint(blueprint, "search_series", "series", ["GET"])
+async def search_series(req: Request, service: Service) -> Response:
+    """Series of any study."""
+    return await _search(req, service, "series")
+
+
+@endpoint(blueprint, "search_instances", "instances", ["GET"])
+async def search_instances(req: Request, service: Service) -> Response:
+    """Instances of any study."""
+    return await _search(req, service, "instance")
+
+
+@endpoint(blueprint, "search_study_series", "studies/{study}/series", ["GET"])
+async def search_study_series(req: Request, service: Service) -> Response:
+    """Series of one study."""
+    return await _search(req, service, "series")
 
 
 @endpoint(blueprint, "search_study_instances", "studies/{study}/instances", ["GET"])
 async def search_study_instances(req: Request, service: Service) -> Response:
-    """Instances of one study that match every filter."""
-    filters = parse_filters(req.url.query)
-    docs = await service.index.instances(req.path_params["study"])
-    return dicom_json([d["attributes"] for d in docs if _matches(d["attributes"], filters)])
+    """Instances of one study."""
+    return await _search(req, service, "instance")
+
+
+@endpoint(blueprint, "search_series_instances", "studies/{study}/series/{series}/instances", ["GET"])
+async def search_series_instances(req: Request, service: Service) -> Response:
+    """Instances of one series."""
+    return await _search(req, service, "instance")

@@ -3,7 +3,7 @@
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
-from dicomweb.api.http import base_url, dicom_json, endpoint
+from dicomweb.api.http import base_url, dicom_json, endpoint, warning_header
 from dicomweb.dicom.multipart import MultipartReader, parse_media_type
 from dicomweb.dicom.syntax import is_valid_uid
 from dicomweb.errors import BadRequest, UnsupportedMediaType
@@ -75,7 +75,7 @@ def _answer(outcomes: list[Outcome], base: str) -> Response:
     headers = {}
     if failed:
         messages = "; ".join(f"{o.sop_instance or 'unknown instance'}: {o.error.message}" for o in failed)  # type: ignore[union-attr]
-        headers["warning"] = '299 dicomweb "' + messages.replace('"', "'")[:1000] + '"'
+        headers["warning"] = warning_header(messages)
     return dicom_json(body, status, headers)
 
 

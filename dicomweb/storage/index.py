@@ -10,16 +10,26 @@ both punish it).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
+from azure.core import MatchConditions
 from azure.cosmos import PartitionKey
 from azure.cosmos.aio import ContainerProxy, CosmosClient
-from azure.cosmos.exceptions import CosmosHttpResponseError, CosmosResourceExistsError
+from azure.cosmos.exceptions import (
+    CosmosAccessConditionFailedError,
+    CosmosHttpResponseError,
+    CosmosResourceExistsError,
+)
 
+from dicomweb.dicom.query import Filter
 from dicomweb.errors import Duplicate, StorageFailure
 
 PARTITION_KEY = "/studyInstanceUID"
 Document = dict[str, Any]
+
+
+class Conflict(Exception):
+    """A conditional write lost a race (the document changed or appeared): read again and retry."""
 
 
 def document_id(level: str, uid: str) -> str:
@@ -107,7 +117,110 @@ class IndexStore:
             if exc.status_code != 404:
                 raise StorageFailure(f"Cosmos DB failed to delete: {exc.status_code}") from exc
 
+    async def search(self, level: str, filters: Sequence[Filter], limit: int, offset: int) -> list[Document]:
+        """Documents of ``level`` matching every filter, in a stable order, ``offset`` skipped.
+
+        Paging goes through the SDK's continuation tokens, never OFFSET; a filter on one
+        StudyInstanceUID keeps the query inside that study's partition.
+        """
+        sql, params, study = build_search(level, filters)
+        kwargs: dict[str, Any] = {"partition_key": study} if study is not None else {}
+        found: list[Document] = []
+        skipped = 0
+        try:
+            pages = self.container.query_items(
+                sql, parameters=params, max_item_count=min(offset + limit, 1000), **kwargs
+            ).by_page()
+            async for page in pages:
+                async for doc in page:
+                    if skipped < offset:
+                        skipped += 1
+                        continue
+                    found.append(doc)
+                    if len(found) == limit:
+                        return found
+        except CosmosHttpResponseError as exc:
+            raise StorageFailure(f"Cosmos DB query failed: {exc.status_code}") from exc
+        return found
+
+    async def replace(self, document: Document) -> None:
+        """Write back a document read with :meth:`find`, only if nobody changed it since (else Conflict)."""
+        body = {k: v for k, v in document.items() if not k.startswith("_")}
+        try:
+            await self.container.replace_item(
+                document["id"], body, etag=document["_etag"], match_condition=MatchConditions.IfNotModified
+            )
+        except CosmosAccessConditionFailedError as exc:
+            raise Conflict(document["id"]) from exc
+        except CosmosHttpResponseError as exc:
+            raise StorageFailure(f"Cosmos DB failed to index: {exc.status_code}") from exc
+
+    async def insert(self, document: Document) -> None:
+        """Create a document that another writer may create at the same moment (then Conflict)."""
+        try:
+            await self.container.create_item(document)
+        except CosmosResourceExistsError as exc:
+            raise Conflict(document["id"]) from exc
+        except CosmosHttpResponseError as exc:
+            raise StorageFailure(f"Cosmos DB failed to index: {exc.status_code}") from exc
+
+    async def count_instances(self, study: str, series: str) -> int:
+        """Instances of one series."""
+        docs = await self._query(
+            "SELECT VALUE COUNT(1) FROM c WHERE c.studyInstanceUID = @study AND c.type = 'instance'"
+            " AND c.seriesInstanceUID = @series",
+            {"@study": study, "@series": series},
+            study,
+        )
+        return int(docs[0]) if docs else 0
+
+    async def series_of(self, study: str) -> list[Document]:
+        """Series documents of a study."""
+        return await self._query(
+            "SELECT * FROM c WHERE c.studyInstanceUID = @study AND c.type = 'series'", {"@study": study}, study
+        )
+
     async def count(self) -> int:
         """Number of documents (``serve`` reindexes an empty index over existing blobs)."""
         docs = await self._query("SELECT VALUE COUNT(1) FROM c", {}, None)
         return int(docs[0]) if docs else 0
+
+
+def build_search(level: str, filters: Sequence[Filter]) -> tuple[str, list[dict[str, Any]], str | None]:
+    """Cosmos SQL, its parameters, and the one partition it needs (if any) for a QIDO search.
+
+    Every condition reads the indexed ``m`` (values) and ``w`` (name words) arrays.
+    """
+    params: list[dict[str, Any]] = [{"name": "@type", "value": level}]
+    where = ["c.type = @type"]
+    study: str | None = None
+
+    def param(value: Any) -> str:
+        name = f"@p{len(params)}"
+        params.append({"name": name, "value": value})
+        return name
+
+    for item in filters:
+        field = f"c.m.{item.attribute.keyword}"
+        if item.attribute.keyword == "StudyInstanceUID" and item.op == "in":
+            where.append(f"c.studyInstanceUID IN ({', '.join(param(v) for v in item.values)})")
+            if len(item.values) == 1:
+                study = item.values[0]
+        elif item.op == "in":
+            where.append(f"EXISTS(SELECT VALUE v FROM v IN {field} WHERE v IN ({', '.join(param(v) for v in item.values)}))")
+        elif item.op == "prefix":
+            where.append(f"EXISTS(SELECT VALUE v FROM v IN {field} WHERE STARTSWITH(v, {param(item.values[0])}))")
+        elif item.op == "wildcard":
+            where.append(f"EXISTS(SELECT VALUE v FROM v IN {field} WHERE RegexMatch(v, {param(item.values[0])}))")
+        elif item.op == "range":
+            low, high = item.values
+            bounds = ([f"v >= {param(low)}"] if low is not None else []) + (
+                [f"v <= {param(high)}"] if high is not None else [])
+            where.append(f"EXISTS(SELECT VALUE v FROM v IN {field} WHERE {' AND '.join(bounds)})")
+        elif item.op == "words":
+            words = f"c.w.{item.attribute.keyword}"
+            for word in item.values:
+                where.append(f"EXISTS(SELECT VALUE w FROM w IN {words} WHERE STARTSWITH(w, {param(word)}))")
+        else:
+            raise ValueError(f"unknown filter {item.op}")
+    return f"SELECT * FROM c WHERE {' AND '.join(where)} ORDER BY c.id", params, study

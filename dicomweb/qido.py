@@ -1,0 +1,78 @@
+"""QIDO-RS use case (PS3.18 §10.6): search the index and shape the matches as DICOM JSON.
+
+Each match returns the default attributes of its level (PS3.18 §10.6.3.3, plus the
+pathology attributes of :mod:`dicomweb.dicom.attributes`), the ones asked for with
+``includefield`` (or every stored one for ``all``), and the computed ones: RetrieveURL,
+InstanceAvailability, ModalitiesInStudy and the related-series/instance counts.
+Searches not limited to one study also return the study's defaults, and instance
+searches not limited to one series the series' (PS3.18 §10.6.3.3.2-3).
+"""
+
+from __future__ import annotations
+
+from pydicom.datadict import tag_for_keyword
+
+from dicomweb.dicom.attributes import BY_KEYWORD, CATALOG, LEVELS
+from dicomweb.dicom.dicomjson import JsonDict
+from dicomweb.dicom.query import Query
+from dicomweb.service import Service
+from dicomweb.storage.index import Document
+
+RETRIEVE_URL = "00081190"
+
+
+def _defaults(query: Query, scope: dict[str, str]) -> set[str]:
+    depth = LEVELS.index(query.level)
+    levels = {query.level}
+    if "StudyInstanceUID" not in scope:
+        levels |= set(LEVELS[:depth])
+    elif "SeriesInstanceUID" not in scope and depth == 2:
+        levels.add("series")
+    keywords = {a.keyword for a in CATALOG if a.default and a.level in levels}
+    keywords |= {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"} & {
+        a.keyword for a in CATALOG if LEVELS.index(a.level) <= depth}
+    return keywords
+
+
+def _tag(keyword: str) -> str | None:
+    attribute = BY_KEYWORD.get(keyword)
+    if attribute is not None:
+        return attribute.tag
+    tag = tag_for_keyword(keyword)
+    if tag is not None:
+        return f"{tag:08X}"
+    return keyword if len(keyword) == 8 else None
+
+
+def _computed(doc: Document, base: str) -> JsonDict:
+    """The attributes the service derives rather than reads from the instance."""
+    study = doc["studyInstanceUID"]
+    out: JsonDict = {"00080056": {"vr": "CS", "Value": ["ONLINE"]}}
+    if doc["type"] == "study":
+        url = f"{base}/studies/{study}"
+        modalities = doc.get("m", {}).get("ModalitiesInStudy", [])
+        out["00080061"] = {"vr": "CS", "Value": modalities} if modalities else {"vr": "CS"}
+        out["00201206"] = {"vr": "IS", "Value": [doc.get("numberOfSeries", 0)]}
+        out["00201208"] = {"vr": "IS", "Value": [doc.get("numberOfInstances", 0)]}
+    elif doc["type"] == "series":
+        url = f"{base}/studies/{study}/series/{doc['seriesInstanceUID']}"
+        out["00201209"] = {"vr": "IS", "Value": [doc.get("numberOfInstances", 0)]}
+    else:
+        url = f"{base}/studies/{study}/series/{doc['seriesInstanceUID']}/instances/{doc['sopInstanceUID']}"
+    out[RETRIEVE_URL] = {"vr": "UR", "Value": [url]}
+    return out
+
+
+def render(doc: Document, query: Query, scope: dict[str, str], base: str) -> JsonDict:
+    """One match as DICOM JSON with the attributes the query returns."""
+    available = {**doc["attributes"], **_computed(doc, base)}
+    if query.include_all:
+        return dict(sorted(available.items()))
+    wanted = {_tag(k) for k in _defaults(query, scope) | query.include} | {RETRIEVE_URL}
+    return {tag: available[tag] for tag in sorted(wanted - {None}) if tag in available}  # type: ignore[operator]
+
+
+async def search(service: Service, query: Query, scope: dict[str, str], base: str) -> list[JsonDict]:
+    """The matches of ``query`` (already holding the path's UIDs as filters), rendered."""
+    docs = await service.index.search(query.level, query.filters, query.limit, query.offset)
+    return [render(doc, query, scope, base) for doc in docs]
