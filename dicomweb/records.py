@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dicomweb.dicom.dicomjson import BULKDATA, PIXEL_DATA_KEY, JsonDict, dataset_to_json
 from dicomweb.dicom.attributes import level_attributes, match_fields
+from dicomweb.dicom.dicomjson import BULKDATA, PIXEL_DATA_KEY, JsonDict, dataset_to_json
 from dicomweb.dicom.part10 import Header
 from dicomweb.storage.index import Document, document_id
 

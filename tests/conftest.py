@@ -84,15 +84,17 @@ def server(emulators: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
     running.stop()
 
 
+def fresh_settings(emulators: dict[str, str]) -> dict[str, str]:
+    """The emulators' settings with containers and a database of their own."""
+    suffix = uuid.uuid4().hex[:8]
+    return {**emulators, "DICOMWEB_INSTANCE_CONTAINER": f"inst-{suffix}",
+            "DICOMWEB_SIDECAR_CONTAINER": f"side-{suffix}", "DICOMWEB_COSMOS_DATABASE": f"db-{suffix}"}
+
+
 @pytest.fixture
 def isolated_server(emulators: dict[str, str], tmp_path: Path) -> Iterator[Server]:
     """A service of its own (own containers and database), for tests that break its storage."""
-    suffix = uuid.uuid4().hex[:8]
-    running = start_server(
-        emulators, tmp_path,
-        DICOMWEB_INSTANCE_CONTAINER=f"inst-{suffix}", DICOMWEB_SIDECAR_CONTAINER=f"side-{suffix}",
-        DICOMWEB_COSMOS_DATABASE=f"db-{suffix}",
-    )
+    running = start_server(fresh_settings(emulators), tmp_path)
     yield running
     running.stop()
 

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -15,18 +14,12 @@ import psutil
 import pytest
 
 from dicomweb.local.emulators import free_port
-from tests.conftest import ROOT, start_server
+from tests.conftest import ROOT, fresh_settings, start_server
 from tests.wsi_factory import make_slide
 
 
-def _settings(emulators: dict[str, str]) -> dict[str, str]:
-    suffix = uuid.uuid4().hex[:8]
-    return {**emulators, "DICOMWEB_INSTANCE_CONTAINER": f"inst-{suffix}",
-            "DICOMWEB_SIDECAR_CONTAINER": f"side-{suffix}", "DICOMWEB_COSMOS_DATABASE": f"db-{suffix}"}
-
-
 def test_reindex_command(emulators: dict[str, str], tmp_path: Path) -> None:
-    settings = _settings(emulators)
+    settings = fresh_settings(emulators)
     files = make_slide(tmp_path / "slide", levels=1, base_size=(300, 300), associated=False)
     server = start_server(settings, tmp_path)
     try:

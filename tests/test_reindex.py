@@ -7,19 +7,13 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import blob_names, blob_service, source_frames, start_server
+from tests.conftest import blob_names, blob_service, fresh_settings, source_frames, start_server
 from tests.wsi_factory import make_slide
-
-
-def _settings(emulators: dict[str, str]) -> dict[str, str]:
-    suffix = uuid.uuid4().hex[:8]
-    return {**emulators, "DICOMWEB_INSTANCE_CONTAINER": f"inst-{suffix}",
-            "DICOMWEB_SIDECAR_CONTAINER": f"side-{suffix}", "DICOMWEB_COSMOS_DATABASE": f"db-{suffix}"}
 
 
 def test_serve_reindexes_an_empty_index_and_reindex_repairs_sidecars(emulators: dict[str, str],
                                                                       tmp_path: Path) -> None:
-    settings = _settings(emulators)
+    settings = fresh_settings(emulators)
     files = make_slide(tmp_path / "slide", levels=2, base_size=(600, 400))
     first = start_server(settings, tmp_path)
     try:

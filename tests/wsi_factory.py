@@ -368,3 +368,27 @@ def make_large_instance(path: Path, *, frames: int = 20000, frame_bytes: int = 5
         out.write(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
     return SlideFile(path, study_uid, ds.SeriesInstanceUID, ds.SOPInstanceUID, image_type, transfer_syntax, frames,
                      "bot" if with_bot else "empty", 1)
+
+
+def make_image(path: Path, *, modality: str, study_uid: str, series_uid: str, patient_id: str, patient_name: str,
+               study_date: str = "20260101", study_time: str = "101500", instance_number: int = 1) -> SlideFile:
+    """A small single-frame radiology image (CT/MR/...): the non-pathology part of a test corpus."""
+    ds = Dataset()
+    ds.SOPClassUID = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}.get(
+        modality, "1.2.840.10008.5.1.4.1.1.7")
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.PatientID, ds.PatientName = patient_id, patient_name
+    ds.PatientBirthDate, ds.PatientSex = "19800101", "M"
+    ds.StudyDate = ds.SeriesDate = study_date
+    ds.StudyTime = ds.SeriesTime = study_time
+    ds.AccessionNumber, ds.StudyID, ds.ReferringPhysicianName = f"ACC-{patient_id}-{study_date}", "S2", "Other^Doctor"
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = modality, 2, instance_number
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.Rows = ds.Columns = 32
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = (textured_tile((32, 32), instance_number)[:, :, 0].astype(np.uint16) * 16).tobytes()
+    _write(ds, path, ExplicitVRLittleEndian)
+    return SlideFile(path, study_uid, series_uid, ds.SOPInstanceUID, tuple(ds.ImageType), ExplicitVRLittleEndian,
+                     1, "native", 1)

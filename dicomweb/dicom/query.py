@@ -180,9 +180,18 @@ def _bound(attribute: Attribute, text: str, upper: bool) -> str | None:
         except ValueError:
             raise BadRequest(f"{attribute.keyword}={text!r} is not a valid date") from None
         return text
-    if attribute.kind == "time":
-        return normalise_time(text, upper)
-    return normalise_datetime(text, upper)
+    value = normalise_time(text, upper) if attribute.kind == "time" else normalise_datetime(text, upper)
+    time = value[-13:]
+    valid_date = True
+    if attribute.kind == "datetime":
+        given = text[:8].split("+")[0]
+        try:
+            datetime.strptime(given, {4: "%Y", 6: "%Y%m", 8: "%Y%m%d"}[len(given)])
+        except (KeyError, ValueError):
+            valid_date = False
+    if not valid_date or int(time[:2]) > 23 or int(time[2:4]) > 59 or int(time[4:6]) > 60:
+        raise BadRequest(f"{attribute.keyword}={text!r} is not a valid {attribute.kind.upper()} value")
+    return value
 
 
 def _range(attribute: Attribute, value: str) -> Filter:
