@@ -2,9 +2,10 @@
 
 import azure.functions as func
 
-from dicomweb.api import qido, retrieve, stow
+from dicomweb.api import manage, qido, retrieve, stow
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 app.register_blueprint(stow.blueprint)
 app.register_blueprint(retrieve.blueprint)
 app.register_blueprint(qido.blueprint)
+app.register_blueprint(manage.blueprint)

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             await service.close()
         print(f"indexed {report.indexed} instances, rebuilt {report.rebuilt} sidecars, "
-              f"removed {report.removed_sidecars} orphan sidecars")
+              f"finished {report.deleted} interrupted deletions, removed {report.removed_sidecars} orphan sidecars")
 
     asyncio.run(run())
     return 0

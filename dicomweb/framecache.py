@@ -94,6 +94,11 @@ class FrameCache:
         while self._size > self._max:
             self._evict(next(iter(self._items)))
 
+    def drop_instance(self, name: str) -> None:
+        """Forget every cached frame of instance blob ``name`` (deleted or replaced here)."""
+        for key in [k for k in self._items if k[0] == name]:
+            self._evict(key)
+
     def window(self, name: str, first: int, last: int, count: int) -> tuple[int, int]:
         """Frames to read for a request of ``first..last`` of an instance with ``count`` frames.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Awaitable, Callable
 
-from dicomweb import records
+from dicomweb import changefeed, records
 from dicomweb.errors import DicomWebError, StorageFailure
 from dicomweb.service import Service
 from dicomweb.storage.index import Conflict, Document
@@ -24,18 +24,24 @@ Summarise = Callable[[Document], Awaitable[Document | None]]
 
 
 async def index_instance(service: Service, sidecar: records.JsonDict, replace: bool = False) -> None:
-    """Index a stored instance (``replace``: it may already be indexed) and refresh its summaries."""
+    """Index a stored instance, refresh its summaries and record the change.
+
+    ``replace``: the instance may already be indexed (PUT); the change is an update then.
+    """
     study_doc, series_doc, instance_doc = records.documents(sidecar)
+    study, series, sop = records.uids(sidecar)
+    existed = replace and await service.index.find(study, "instance", sop) is not None
     if replace:
         await service.index.upsert(instance_doc)
     else:
         await service.index.create(instance_doc)
     try:
-        await refresh(service, instance_doc["studyInstanceUID"], instance_doc["seriesInstanceUID"],
-                      series_doc, study_doc)
+        await refresh(service, study, series, series_doc, study_doc)
+        await changefeed.record(service, "update" if existed else "create", study, series, sop)
     except DicomWebError:
         if not replace:
-            await service.index.delete(instance_doc["studyInstanceUID"], "instance", instance_doc["sopInstanceUID"])
+            await service.index.delete(study, "instance", sop)
+            await refresh(service, study, series)
         raise
 
 

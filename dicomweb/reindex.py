@@ -2,8 +2,9 @@
 
 For every committed instance blob: take its metadata sidecar, or derive the sidecars
 again from the file itself (one streaming pass) when they are missing or belong to
-another generation; then upsert its index documents. Sidecars whose instance blob
-is gone are deleted.
+another generation; then upsert its index documents. Instances marked as being
+deleted are deleted to the end (the cleanup path of an interrupted DELETE). Sidecars
+whose instance blob is gone are deleted.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from dicomweb import records
+from dicomweb import changefeed, records
+from dicomweb.delete import delete_instance
 from dicomweb.dicom.part10 import Part10Parser
 from dicomweb.errors import NotFound
 from dicomweb.indexing import refresh
 from dicomweb.service import Service
-from dicomweb.storage.blobs import sidecar_name
+from dicomweb.storage.blobs import DELETING, GENERATION, sidecar_name
 
 
 @dataclass
@@ -26,6 +28,7 @@ class ReindexReport:
     indexed: int = 0
     rebuilt: int = 0
     removed_sidecars: int = 0
+    deleted: int = 0
 
 
 async def derive_sidecars(service: Service, name: str, generation: str) -> records.JsonDict:
@@ -49,9 +52,16 @@ async def derive_sidecars(service: Service, name: str, generation: str) -> recor
 async def reindex(service: Service) -> ReindexReport:
     """Upsert index documents for every stored instance; drop orphan sidecars."""
     report = ReindexReport()
-    summaries: dict[tuple[str, str], tuple[records.JsonDict, records.JsonDict]] = {}
-    async for name, generation in service.blobs.list_instances():
+    summaries: dict[tuple[str, str], tuple[records.JsonDict | None, records.JsonDict | None]] = {}
+    async for name, metadata in service.blobs.list_instances():
         stem = name.removesuffix(".dcm")
+        study, series, sop = stem.split("/")
+        if metadata.get(DELETING):
+            await delete_instance(service, study, series, sop, record=False)
+            summaries.setdefault((study, series), (None, None))
+            report.deleted += 1
+            continue
+        generation = metadata.get(GENERATION, "")
         try:
             sidecar = json.loads(await service.blobs.get_sidecar(stem + ".json"))
         except NotFound:
@@ -60,8 +70,11 @@ async def reindex(service: Service) -> ReindexReport:
             sidecar = await derive_sidecars(service, name, generation)
             report.rebuilt += 1
         study_doc, series_doc, instance_doc = records.documents(sidecar)
+        known = await service.index.find(study, "instance", sop) is not None
         await service.index.upsert(instance_doc)
-        summaries[instance_doc["studyInstanceUID"], instance_doc["seriesInstanceUID"]] = series_doc, study_doc
+        if not known:
+            await changefeed.record(service, "create", study, series, sop)
+        summaries[study, series] = series_doc, study_doc
         report.indexed += 1
     for (study, series), (series_doc, study_doc) in summaries.items():
         await refresh(service, study, series, series_doc, study_doc)

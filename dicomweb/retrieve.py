@@ -22,6 +22,8 @@ from dicomweb.storage.index import Document
 
 #: Adjacent frames are read together while the combined read stays below this size.
 MAX_COALESCED_READ = 4 * 1024 * 1024
+#: Reads of an instance that changed under us (re-reading its frame offset record in between).
+REREAD_ATTEMPTS = 4
 #: Read-ahead widens a read of uncached neighbours up to this size.
 MAX_READ_AHEAD = 1024 * 1024
 #: Sidecars fetched at once for series and study metadata.
@@ -112,14 +114,20 @@ async def read_frames(service: Service, study: str, series: str, instance: str,
     """Each requested frame's bytes, in order; at most one ranged read per run of neighbouring frames."""
     index = (await frame_index(service, study, series, instance)).frames
     for run in _runs(index, numbers):
-        for attempt in (0, 1):
+        for attempt in range(REREAD_ATTEMPTS):
             try:
                 frames = await _run_frames(service, study, series, instance, run)
                 break
-            except (StaleBlob, NotFound):
+            except NotFound:
                 service.frame_indexes.drop(instance_name(study, series, instance))
                 if attempt:
                     raise NotFound("no such instance") from None
+            except StaleBlob:
+                # Replaced since its frame offset record was read, or its new record is still being written.
+                service.frame_indexes.drop(instance_name(study, series, instance))
+                if attempt == REREAD_ATTEMPTS - 1:
+                    raise StorageFailure("the instance is being replaced; try again") from None
+                await asyncio.sleep(0.05 * attempt)
         for data in frames:
             yield data
 
@@ -172,7 +180,7 @@ async def _read_window(service: Service, name: str, cached: CachedIndex, first: 
     start = index.span(low)[0]
     end = sum(index.span(high))
     try:
-        data, etag = await service.blobs.read_range(name, start, end - start, cached.etag)
+        data, etag = await service.blobs.read_range(name, start, end - start, cached.etag, index.generation)
     except BaseException as error:
         cache.fail(futures, error)
         raise

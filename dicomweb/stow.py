@@ -27,7 +27,7 @@ from dicomweb.dicom.syntax import is_valid_uid
 from dicomweb.errors import DicomWebError, Duplicate, InvalidDataset, StorageFailure, StudyMismatch
 from dicomweb.indexing import index_instance
 from dicomweb.service import Service
-from dicomweb.storage.blobs import BlockUpload, instance_name, sidecar_name
+from dicomweb.storage.blobs import GENERATION, BlockUpload, instance_name, sidecar_name
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,13 @@ def validate(dataset: Dataset, expected_study: str | None) -> tuple[str, str, st
     return study, series, instance, sop_class
 
 
-async def store_instance(service: Service, chunks: AsyncIterable[bytes], expected_study: str | None) -> Outcome:
-    """Store one instance read from ``chunks``; never raises for bad input or storage failures."""
+async def store_instance(service: Service, chunks: AsyncIterable[bytes], expected_study: str | None,
+                         replace: bool = False) -> Outcome:
+    """Store one instance read from ``chunks``; never raises for bad input or storage failures.
+
+    ``replace`` (PUT) overwrites a stored instance of the same SOP Instance UID; without
+    it a stored one makes the instance a duplicate (reason 45070).
+    """
     settings = service.settings
     parser = Part10Parser(settings.max_header_bytes)
     upload: BlockUpload | None = None
@@ -76,18 +81,21 @@ async def store_instance(service: Service, chunks: AsyncIterable[bytes], expecte
         async for chunk in chunks:
             out = parser.feed(chunk)
             if upload is None and parser.header is not None:
-                ids, name, upload = await _begin(service, parser, expected_study)
+                ids, name, upload = await _begin(service, parser, expected_study, replace)
             if out:
                 assert upload is not None
                 await upload.write(out)
         out = parser.close()
         if upload is None:
-            ids, name, upload = await _begin(service, parser, expected_study)
+            ids, name, upload = await _begin(service, parser, expected_study, replace)
         await upload.write(out)
         frame_index = parser.frame_index(generation)
         study, series, instance, sop_class = ids
-        await upload.commit({"generation": generation})
+        await upload.commit({GENERATION: generation}, overwrite=replace)
         committed = True
+        if replace:
+            service.frame_indexes.drop(name)
+            service.frames.drop_instance(name)
         header = parser.header
         assert header is not None
         sidecar = records.make_sidecar(
@@ -96,16 +104,17 @@ async def store_instance(service: Service, chunks: AsyncIterable[bytes], expecte
         await service.blobs.put_sidecar(sidecar_name(study, series, instance, "json"), json.dumps(sidecar).encode())
         if frame_index is not None:
             await service.blobs.put_sidecar(sidecar_name(study, series, instance, "frames"), frame_index.to_bytes())
-        await index_instance(service, sidecar)
+        await index_instance(service, sidecar, replace)
         return Outcome(sop_class, instance, study, series)
     except asyncio.CancelledError:
-        await _undo(service, upload, name, ids, committed)
+        await _undo(service, upload, name, ids, committed and not replace)
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a FailedSOPSequence item
         error = exc if isinstance(exc, DicomWebError) else StorageFailure(f"processing failed: {exc}")
         if not isinstance(exc, DicomWebError):
             log.exception("STOW failed")
-        await _undo(service, upload, name, ids, committed)
+        # A replacement's old bytes are gone once committed: keep the new ones; reindex repairs the rest.
+        await _undo(service, upload, name, ids, committed and not replace)
         dataset = parser.header.dataset if parser.header is not None else Dataset()
         return Outcome(
             _text(dataset, "SOPClassUID"), _text(dataset, "SOPInstanceUID"),
@@ -119,14 +128,16 @@ def _text(dataset: Dataset, keyword: str) -> str | None:
 
 
 async def _begin(
-    service: Service, parser: Part10Parser, expected_study: str | None
+    service: Service, parser: Part10Parser, expected_study: str | None, replace: bool
 ) -> tuple[tuple[str, str, str, str], str, BlockUpload]:
     """Validate the header and refuse a known duplicate before any byte is staged."""
     assert parser.header is not None
     ids = validate(parser.header.dataset, expected_study)
     study, series, instance, _ = ids
     name = instance_name(study, series, instance)
-    if await service.index.find(study, "instance", instance) is not None or await service.blobs.exists(name):
+    if not replace and (
+        await service.index.find(study, "instance", instance) is not None or await service.blobs.exists(name)
+    ):
         raise Duplicate(f"SOP instance {instance} is already stored")
     settings = service.settings
     return ids, name, service.blobs.upload(name, settings.block_size, settings.upload_concurrency)

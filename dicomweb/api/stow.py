@@ -17,20 +17,36 @@ DICOM = "application/dicom"
 
 @endpoint(blueprint, "stow_studies", "studies", ["POST"])
 async def store(req: Request, service: Service) -> Response:
-    """Store instances of any study."""
-    return await _store(req, service, None)
+    """Store instances of any study; a stored SOP Instance UID is refused (reason 45070)."""
+    return await _store(req, service, None, replace=False)
 
 
 @endpoint(blueprint, "stow_study", "studies/{study}", ["POST"])
 async def store_in_study(req: Request, service: Service) -> Response:
     """Store instances that must all belong to the study in the URL (else reason 43265)."""
+    return await _store(req, service, _study(req), replace=False)
+
+
+@endpoint(blueprint, "upsert_studies", "studies", ["PUT"])
+async def upsert(req: Request, service: Service) -> Response:
+    """Store instances of any study, replacing stored ones with the same SOP Instance UID."""
+    return await _store(req, service, None, replace=True)
+
+
+@endpoint(blueprint, "upsert_study", "studies/{study}", ["PUT"])
+async def upsert_in_study(req: Request, service: Service) -> Response:
+    """Store or replace instances of the study in the URL."""
+    return await _store(req, service, _study(req), replace=True)
+
+
+def _study(req: Request) -> str:
     study = req.path_params["study"]
     if not is_valid_uid(study):
         raise BadRequest(f"study UID {study!r} is not a valid UID")
-    return await _store(req, service, study)
+    return study
 
 
-async def _store(req: Request, service: Service, study: str | None) -> Response:
+async def _store(req: Request, service: Service, study: str | None, replace: bool) -> Response:
     media, params = parse_media_type(req.headers.get("content-type", ""))
     outcomes: list[Outcome] = []
     if media == "multipart/related":
@@ -40,12 +56,12 @@ async def _store(req: Request, service: Service, study: str | None) -> Response:
         reader = MultipartReader(req.stream(), params.get("boundary", ""))
         while (part := await reader.next_part()) is not None:
             if part.content_type in (DICOM, ""):
-                outcomes.append(await store_instance(service, part, study))
+                outcomes.append(await store_instance(service, part, study, replace))
             else:
                 error = UnsupportedMediaType(f"a part of type {part.content_type} is not supported; send {DICOM}")
                 outcomes.append(Outcome(None, None, error=error))
     elif media == DICOM:
-        outcomes.append(await store_instance(service, req.stream(), study))
+        outcomes.append(await store_instance(service, req.stream(), study, replace))
     else:
         raise UnsupportedMediaType(f"send multipart/related; type=\"{DICOM}\" or {DICOM}, not {media or 'nothing'}")
     if not outcomes:

@@ -16,6 +16,7 @@ from typing import AsyncIterator
 from urllib.parse import quote
 
 import aiohttp
+from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
     HttpResponseError,
@@ -27,6 +28,11 @@ from azure.storage.blob import BlobBlock, ContainerSasPermissions, generate_cont
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
 
 from dicomweb.errors import Archived, Duplicate, NotFound, StorageFailure
+
+
+GENERATION = "generation"
+GENERATION_HEADER = "x-ms-meta-generation"
+DELETING = "deleting"
 
 
 class StaleBlob(Exception):
@@ -107,16 +113,22 @@ class BlockUpload:
         finally:
             self._slots.release()
 
-    async def commit(self, metadata: dict[str, str], tags: dict[str, str] | None = None) -> str:
-        """Stage the rest, wait for every block, commit; fail with Duplicate if the blob exists."""
+    async def commit(self, metadata: dict[str, str], tags: dict[str, str] | None = None,
+                     overwrite: bool = False) -> str:
+        """Stage the rest, wait for every block, commit as one blob.
+
+        Without ``overwrite`` the commit fails with Duplicate if the blob exists; with it,
+        the new blob replaces the old one atomically.
+        """
         if self._pending_size:
             await self._flush()
         await asyncio.gather(*list(self._tasks))
         if self._error is not None:
             raise _failure(self._error, self._blob.blob_name) if isinstance(self._error, AzureError) else self._error
+        condition = {} if overwrite else {"if_none_match": "*"}
         try:
             result = await self._blob.commit_block_list(
-                [BlobBlock(block_id=i) for i in self._ids], metadata=metadata, tags=tags, if_none_match="*"
+                [BlobBlock(block_id=i) for i in self._ids], metadata=metadata, tags=tags, **condition
             )
         except ResourceExistsError as exc:
             raise Duplicate("the instance is already stored") from exc
@@ -176,8 +188,8 @@ class RangeReader:
             )
         return self._session
 
-    async def read(self, name: str, offset: int, length: int, etag: str | None) -> tuple[bytes, str]:
-        """Bytes ``offset .. offset+length`` of blob ``name`` and its etag; one retry on transient failures."""
+    async def read(self, name: str, offset: int, length: int, etag: str | None) -> tuple[bytes, str, str]:
+        """Bytes ``offset .. offset+length`` of blob ``name``, its etag and generation; retries transient failures."""
         headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
         if etag:
             headers["If-Match"] = etag
@@ -187,7 +199,8 @@ class RangeReader:
             try:
                 async with self._client().get(f"{url}?{await self._token(renew=renewed)}", headers=headers) as response:
                     if response.status in (200, 206):
-                        return await response.read(), response.headers.get("ETag", "")
+                        headers = response.headers
+                        return await response.read(), headers.get("ETag", ""), headers.get(GENERATION_HEADER, "")
                     code = response.headers.get("x-ms-error-code", "")
                     status = response.status
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -257,9 +270,17 @@ class BlobStore:
         except AzureError as exc:
             raise _failure(exc, name) from exc
 
-    async def read_range(self, name: str, offset: int, length: int, etag: str | None = None) -> tuple[bytes, str]:
-        """One ranged read of an instance blob; ``etag`` makes it fail with StaleBlob if the blob changed."""
-        return await self._ranges.read(name, offset, length, etag)
+    async def read_range(self, name: str, offset: int, length: int, etag: str | None = None,
+                         generation: str | None = None) -> tuple[bytes, str]:
+        """One ranged read of an instance blob and its etag.
+
+        Fails with StaleBlob if the blob changed since ``etag``, or is not of
+        ``generation`` (a replacement whose sidecars are not written yet).
+        """
+        data, new_etag, found = await self._ranges.read(name, offset, length, etag)
+        if generation is not None and found and found != generation:
+            raise StaleBlob(name)
+        return data, new_etag
 
     async def stream(self, name: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         """The bytes of an instance blob, chunk by chunk."""
@@ -290,13 +311,30 @@ class BlobStore:
         except AzureError as exc:
             raise _failure(exc, name) from exc
 
-    async def list_instances(self) -> AsyncIterator[tuple[str, str]]:
-        """(name, generation) of every committed instance blob."""
+    async def list_instances(self) -> AsyncIterator[tuple[str, dict[str, str]]]:
+        """(name, metadata) of every committed instance blob: its generation, and ``deleting`` if marked."""
         try:
             async for blob in self.instances.list_blobs(include=["metadata"]):
-                yield blob.name, (blob.metadata or {}).get("generation", "")
+                yield blob.name, dict(blob.metadata or {})
         except AzureError as exc:
             raise _failure(exc, "instance listing") from exc
+
+    async def mark_deleting(self, name: str) -> bool:
+        """Record in the blob itself that it is being deleted (False if it is already gone).
+
+        Blob is the system of record: a deletion that dies half way is finished by the
+        cleanup in ``reindex`` instead of being indexed again.
+        """
+        blob = self.instances.get_blob_client(name)
+        try:
+            properties = await blob.get_blob_properties()
+            await blob.set_blob_metadata({**properties.metadata, DELETING: "1"}, etag=properties.etag,
+                                         match_condition=MatchConditions.IfNotModified)
+        except ResourceNotFoundError:
+            return False
+        except AzureError as exc:
+            raise _failure(exc, name) from exc
+        return True
 
     async def list_metadata_sidecars(self) -> AsyncIterator[str]:
         """Names of every metadata sidecar: one per stored instance."""

@@ -10,6 +10,8 @@ both punish it).
 
 from __future__ import annotations
 
+import asyncio
+import random
 from typing import Any, Sequence
 
 from azure.core import MatchConditions
@@ -25,6 +27,11 @@ from dicomweb.dicom.query import Filter
 from dicomweb.errors import Duplicate, StorageFailure
 
 PARTITION_KEY = "/studyInstanceUID"
+#: The partition of the change feed and its sequence counter (not a UID, so never a study's).
+CHANGEFEED = "changefeed"
+SEQUENCE_ATTEMPTS = 50
+#: Every document has the match fields: the local Cosmos server fails a search that reads below a missing one.
+NO_MATCH_FIELDS: dict[str, Any] = {"m": {}, "w": {}}
 Document = dict[str, Any]
 
 
@@ -124,7 +131,13 @@ class IndexStore:
         StudyInstanceUID keeps the query inside that study's partition.
         """
         sql, params, study = build_search(level, filters)
-        kwargs: dict[str, Any] = {"partition_key": study} if study is not None else {}
+        return await self._page(sql, {p["name"]: p["value"] for p in params}, study, offset, limit)
+
+    async def _page(self, sql: str, parameters: dict[str, Any], partition: str | None, offset: int,
+                    limit: int) -> list[Document]:
+        """Results ``offset .. offset+limit`` of a query, read page by page with continuation tokens."""
+        params = [{"name": name, "value": value} for name, value in parameters.items()]
+        kwargs: dict[str, Any] = {"partition_key": partition} if partition is not None else {}
         found: list[Document] = []
         skipped = 0
         try:
@@ -179,6 +192,62 @@ class IndexStore:
         return await self._query(
             "SELECT * FROM c WHERE c.studyInstanceUID = @study AND c.type = 'series'", {"@study": study}, study
         )
+
+    async def next_sequence(self) -> int:
+        """The next change-feed sequence number: a counter document bumped with optimistic concurrency."""
+        for attempt in range(SEQUENCE_ATTEMPTS):
+            current = await self.find(CHANGEFEED, "counter", "sequence")
+            value = (current or {}).get("value", 0) + 1
+            doc = {"id": document_id("counter", "sequence"), "type": "counter", "studyInstanceUID": CHANGEFEED,
+                   "value": value, **NO_MATCH_FIELDS}
+            try:
+                if current is None:
+                    await self.insert(doc)
+                else:
+                    await self.replace({**doc, "_etag": current["_etag"]})
+                return value
+            except Conflict:
+                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+        raise StorageFailure("the change feed is too busy; try again")
+
+    async def add_change(self, entry: Document) -> None:
+        """Append a change-feed entry (``sequence`` set by :meth:`next_sequence`)."""
+        await self.insert({**entry, "id": document_id("change", f"{entry['sequence']:016d}"), "type": "change",
+                           "studyInstanceUID": CHANGEFEED, **NO_MATCH_FIELDS})
+
+    async def changes(self, start: str | None, end: str | None, offset: int, limit: int) -> list[Document]:
+        """Change-feed entries in sequence order within [start, end), ``offset`` skipped."""
+        where = ["c.studyInstanceUID = @partition", "c.type = 'change'"]
+        params: dict[str, Any] = {"@partition": CHANGEFEED}
+        if start:
+            where.append("c.timestamp >= @start")
+            params["@start"] = start
+        if end:
+            where.append("c.timestamp < @end")
+            params["@end"] = end
+        sql = f"SELECT * FROM c WHERE {' AND '.join(where)} ORDER BY c.sequence"
+        return await self._page(sql, params, CHANGEFEED, offset, limit)
+
+    async def latest_change(self) -> Document | None:
+        """The newest change-feed entry."""
+        docs = await self._query(
+            "SELECT TOP 1 * FROM c WHERE c.studyInstanceUID = @partition AND c.type = 'change'"
+            " ORDER BY c.sequence DESC", {"@partition": CHANGEFEED}, CHANGEFEED)
+        return docs[0] if docs else None
+
+    async def last_changes(self, sops: Sequence[str]) -> dict[str, Document]:
+        """The newest change-feed entry of each SOP instance in ``sops``."""
+        if not sops:
+            return {}
+        names = {f"@s{i}": sop for i, sop in enumerate(sorted(set(sops)))}
+        docs = await self._query(
+            "SELECT c.sop, c.sequence, c.action FROM c WHERE c.studyInstanceUID = @partition AND c.type = 'change'"
+            f" AND c.sop IN ({', '.join(names)})", {"@partition": CHANGEFEED, **names}, CHANGEFEED)
+        latest: dict[str, Document] = {}
+        for doc in docs:
+            if doc["sop"] not in latest or doc["sequence"] > latest[doc["sop"]]["sequence"]:
+                latest[doc["sop"]] = doc
+        return latest
 
     async def count(self) -> int:
         """Number of documents (``serve`` reindexes an empty index over existing blobs)."""

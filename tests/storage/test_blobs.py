@@ -43,7 +43,7 @@ def test_block_upload_commits_every_block_in_order(emulators: dict[str, str]) ->
         sizes = [block.size for block in committed]
         assert len(sizes) > 1 and sum(sizes) == len(data)
         assert all(1024 * 1024 <= size < 1024 * 1024 + 300_000 for size in sizes[:-1])
-        assert [name async for name in store.list_instances()] == [("a/b/c.dcm", "g1")]
+        assert [name async for name in store.list_instances()] == [("a/b/c.dcm", {"generation": "g1"})]
 
     _run(emulators, scenario)
 

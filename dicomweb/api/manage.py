@@ -1,0 +1,78 @@
+"""DELETE of studies, series and instances, and the change feed (as the Azure DICOM service offers them)."""
+
+import azure.functions as func
+from azurefunctions.extensions.http.fastapi import Request, Response
+
+from dicomweb import changefeed, delete
+from dicomweb.api.http import base_url, dicom_json, endpoint
+from dicomweb.dicom.syntax import is_valid_uid
+from dicomweb.errors import BadRequest
+from dicomweb.service import Service
+
+blueprint = func.Blueprint()
+
+
+def _uids(req: Request) -> list[str | None]:
+    uids = [req.path_params.get(name) for name in ("study", "series", "instance")]
+    for uid in uids:
+        if uid is not None and not is_valid_uid(uid):
+            raise BadRequest(f"{uid!r} in the path is not a valid UID")
+    return uids
+
+
+@endpoint(blueprint, "delete_study", "studies/{study}", ["DELETE"])
+async def delete_study(req: Request, service: Service) -> Response:
+    """Delete every instance of a study."""
+    study, _, _ = _uids(req)
+    await delete.delete(service, study)  # type: ignore[arg-type]
+    return Response(status_code=204)
+
+
+@endpoint(blueprint, "delete_series", "studies/{study}/series/{series}", ["DELETE"])
+async def delete_series(req: Request, service: Service) -> Response:
+    """Delete every instance of a series."""
+    study, series, _ = _uids(req)
+    await delete.delete(service, study, series)  # type: ignore[arg-type]
+    return Response(status_code=204)
+
+
+@endpoint(blueprint, "delete_instance", "studies/{study}/series/{series}/instances/{instance}", ["DELETE"])
+async def delete_instance(req: Request, service: Service) -> Response:
+    """Delete one instance."""
+    study, series, instance = _uids(req)
+    await delete.delete(service, study, series, instance)  # type: ignore[arg-type]
+    return Response(status_code=204)
+
+
+def _count(req: Request, name: str, default: int, maximum: int | None = None) -> int:
+    raw = req.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or (maximum is not None and not 1 <= int(raw) <= maximum):
+        raise BadRequest(f"{name} must be an integer" + (f" from 1 to {maximum}" if maximum else " of 0 or more"))
+    return int(raw)
+
+
+@endpoint(blueprint, "changefeed", "changefeed", ["GET"])
+async def read_changefeed(req: Request, service: Service) -> Response:
+    """Changes in order: ``startTime``, ``endTime`` (ISO 8601), ``offset``, ``limit``, ``includeMetadata``."""
+    start = changefeed.parse_time("startTime", req.query_params.get("startTime"))
+    end = changefeed.parse_time("endTime", req.query_params.get("endTime"))
+    offset = _count(req, "offset", 0)
+    limit = _count(req, "limit", changefeed.DEFAULT_LIMIT, changefeed.MAX_LIMIT)
+    include = req.query_params.get("includeMetadata", "true").lower()
+    if include not in ("true", "false"):
+        raise BadRequest("includeMetadata must be true or false")
+    entries = await service.index.changes(start, end, offset, limit)
+    return dicom_json(await changefeed.render(service, entries, include == "true", base_url(req, service.settings)))
+
+
+@endpoint(blueprint, "changefeed_latest", "changefeed/latest", ["GET"])
+async def latest_change(req: Request, service: Service) -> Response:
+    """The newest change (an empty object when nothing has changed yet)."""
+    entry = await service.index.latest_change()
+    if entry is None:
+        return dicom_json({})
+    include = req.query_params.get("includeMetadata", "true").lower() == "true"
+    (item,) = await changefeed.render(service, [entry], include, base_url(req, service.settings))
+    return dicom_json(item)
