@@ -186,7 +186,6 @@ def _image_attributes(ds: Dataset, size: tuple[int, int], tile: tuple[int, int],
     ds.Rows, ds.Columns = tile[1], tile[0]
     ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = width, height
     ds.TotalPixelMatrixFocalPlanes = 1
-    ds.NumberOfFocalPlanes = 1
     ds.NumberOfOpticalPaths = 1
     ds.NumberOfFrames = frames
     origin = Dataset()

@@ -1,0 +1,187 @@
+"""DELETE, PUT upsert and the change feed against the running service."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pydicom
+import pytest
+
+from tests.conftest import ROOT, Server, blob_names, blob_service, fresh_settings, source_frames, start_server
+from tests.wsi_factory import SlideFile, make_slide
+
+INSTANCES, SIDECARS = "dicom-instances", "dicom-sidecars"
+
+
+@pytest.fixture(scope="module")
+def own_server(emulators: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A service with an index and change feed of its own."""
+    server = start_server(fresh_settings(emulators), tmp_path_factory.mktemp("manage"))
+    yield server
+    server.stop()
+
+
+def _store(server: Server, files: list[SlideFile], method: str = "POST") -> httpx.Response:
+    boundary = "manage-boundary"
+    body = b"".join(b"\r\n--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + f.path.read_bytes()
+                    for f in files) + b"\r\n--" + boundary.encode() + b"--\r\n"
+    return httpx.request(method, f"{server.base_url}/studies", content=body, timeout=60, headers={
+        "content-type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+
+
+def _blobs(server: Server, study: str) -> list[str]:
+    container, sidecars = (server.env.get("DICOMWEB_INSTANCE_CONTAINER", INSTANCES),
+                           server.env.get("DICOMWEB_SIDECAR_CONTAINER", SIDECARS))
+    return blob_names(server.env, container, study) + blob_names(server.env, sidecars, study)
+
+
+def _search(server: Server, path: str) -> list[dict]:
+    response = httpx.get(f"{server.base_url}/{path}")
+    assert response.status_code == 200
+    return response.json()
+
+
+def test_delete_instance_series_and_study(own_server: Server, tmp_path: Path) -> None:
+    files = make_slide(tmp_path / "a", levels=2, base_size=(600, 400))
+    sibling = make_slide(tmp_path / "b", levels=1, base_size=(300, 300), associated=False)
+    assert _store(own_server, files).status_code == 200
+    assert _store(own_server, sibling).status_code == 200
+    study, series = files[0].study_uid, files[0].series_uid
+    base = f"{own_server.base_url}/studies/{study}"
+    label = files[2]
+    assert httpx.delete(f"{base}/series/{series}/instances/{label.sop_uid}").status_code == 204
+    assert httpx.get(f"{base}/series/{series}/instances/{label.sop_uid}/metadata").status_code == 404
+    assert httpx.delete(f"{base}/series/{series}/instances/{label.sop_uid}").status_code == 404
+    (summary,) = _search(own_server, f"studies?StudyInstanceUID={study}")
+    assert summary["00201208"]["Value"] == [len(files) - 1]
+    assert len(_blobs(own_server, study)) == 3 * (len(files) - 1)  # .dcm, .json and .frames each
+    assert httpx.delete(f"{base}/series/{series}").status_code == 204
+    assert _search(own_server, f"studies?StudyInstanceUID={study}") == []
+    assert _blobs(own_server, study) == []
+    assert httpx.get(f"{base}/series/{series}/instances/{files[0].sop_uid}/frames/1").status_code == 404
+    assert httpx.delete(base).status_code == 404
+    kept = sibling[0]
+    frame = httpx.get(f"{own_server.base_url}/studies/{kept.study_uid}/series/{kept.series_uid}/instances/"
+                      f"{kept.sop_uid}/frames/1", headers={"accept": "image/jpeg"})
+    assert frame.content == source_frames(kept.path)[0], "siblings are untouched"
+
+
+def test_a_deleted_study_can_be_stored_again(own_server: Server, tmp_path: Path) -> None:
+    files = make_slide(tmp_path, levels=1, base_size=(300, 300))
+    assert _store(own_server, files).status_code == 200
+    volume = files[0]
+    url = f"{own_server.base_url}/studies/{volume.study_uid}/series/{volume.series_uid}/instances/{volume.sop_uid}"
+    assert httpx.get(f"{url}/frames/1", headers={"accept": "image/jpeg"}).status_code == 200
+    assert httpx.delete(f"{own_server.base_url}/studies/{volume.study_uid}").status_code == 204
+    assert httpx.get(f"{url}/frames/1", headers={"accept": "image/jpeg"}).status_code == 404, "no frame from a cache"
+    assert _store(own_server, files).status_code == 200
+    assert httpx.get(f"{url}/frames/1", headers={"accept": "image/jpeg"}).content == source_frames(volume.path)[0]
+
+
+def test_put_replaces_while_post_refuses(own_server: Server, tmp_path: Path) -> None:
+    files = make_slide(tmp_path / "old", levels=1, base_size=(512, 512), associated=False)
+    volume = files[0]
+    assert _store(own_server, files).status_code == 200
+    url = f"{own_server.base_url}/studies/{volume.study_uid}/series/{volume.series_uid}/instances/{volume.sop_uid}"
+    old_frame = httpx.get(f"{url}/frames/1", headers={"accept": "image/jpeg"}).content
+    changed = pydicom.dcmread(volume.path)
+    changed.ContainerIdentifier = "SLIDE-REPLACED"
+    changed.PixelData = pydicom.encaps.encapsulate([f[::-1] for f in source_frames(volume.path)])
+    replacement = tmp_path / "new.dcm"
+    changed.save_as(replacement, enforce_file_format=True)
+    new = SlideFile(replacement, volume.study_uid, volume.series_uid, volume.sop_uid, volume.image_type,
+                    volume.transfer_syntax, volume.number_of_frames, "bot", 1)
+    refused = _store(own_server, [new])
+    assert refused.status_code == 409
+    assert refused.json()["00081198"]["Value"][0]["00081197"]["Value"] == [45070]
+    assert httpx.get(f"{url}/frames/1", headers={"accept": "image/jpeg"}).content == old_frame
+    assert _store(own_server, [new], method="PUT").status_code == 200
+    assert httpx.get(f"{url}/frames/1", headers={"accept": "image/jpeg"}).content == source_frames(replacement)[0]
+    (metadata,) = httpx.get(f"{url}/metadata").json()
+    assert metadata["00400512"]["Value"] == ["SLIDE-REPLACED"]
+    (found,) = _search(own_server, f"instances?ContainerIdentifier=SLIDE-REPLACED")
+    assert found["00080018"]["Value"] == [volume.sop_uid]
+    stored = blob_service(own_server.env).get_blob_client(
+        own_server.env["DICOMWEB_INSTANCE_CONTAINER"], f"{volume.study_uid}/{volume.series_uid}/{volume.sop_uid}.dcm")
+    assert pydicom.dcmread(io.BytesIO(stored.download_blob().readall())).ContainerIdentifier == "SLIDE-REPLACED"
+
+
+def test_change_feed_records_create_update_delete_in_order(own_server: Server, tmp_path: Path) -> None:
+    before = httpx.get(f"{own_server.base_url}/changefeed/latest").json()
+    start = before.get("Sequence", 0)
+    files = make_slide(tmp_path, levels=1, base_size=(300, 300), associated=False)
+    volume = files[0]
+    assert _store(own_server, files).status_code == 200
+    assert _store(own_server, files, method="PUT").status_code == 200
+
+    def mine() -> list[tuple[str, str]]:
+        feed = httpx.get(f"{own_server.base_url}/changefeed?offset={start}&limit=200").json()
+        return [(e["Action"], e["State"]) for e in feed if e["SopInstanceUid"] == volume.sop_uid]
+
+    assert mine() == [("create", "replaced"), ("update", "current")]
+    assert httpx.delete(f"{own_server.base_url}/studies/{volume.study_uid}").status_code == 204
+    assert mine() == [("create", "deleted"), ("update", "deleted"), ("delete", "deleted")]
+    feed = httpx.get(f"{own_server.base_url}/changefeed?offset={start}&limit=200").json()
+    sequences = [e["Sequence"] for e in feed]
+    assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+    assert sequences[0] == start + 1
+    latest = httpx.get(f"{own_server.base_url}/changefeed/latest").json()
+    assert latest["Sequence"] == sequences[-1] and latest["Action"] == "delete"
+
+
+def test_change_feed_metadata_time_window_and_paging(own_server: Server, tmp_path: Path) -> None:
+    files = make_slide(tmp_path, levels=1, base_size=(300, 300), associated=False)
+    latest = httpx.get(f"{own_server.base_url}/changefeed/latest").json()
+    assert _store(own_server, files).status_code == 200
+    after = latest["Timestamp"].replace("+00:00", "Z")
+    newer = httpx.get(f"{own_server.base_url}/changefeed", params={"startTime": after}).json()
+    assert newer[0]["Sequence"] == latest["Sequence"]
+    (entry,) = [e for e in newer if e["SopInstanceUid"] == files[0].sop_uid]
+    assert entry["State"] == "current"
+    assert entry["Metadata"]["00080018"]["Value"] == [files[0].sop_uid]
+    bare = httpx.get(f"{own_server.base_url}/changefeed", params={"startTime": after, "includeMetadata": "false"})
+    assert all("Metadata" not in e for e in bare.json())
+    everything = httpx.get(f"{own_server.base_url}/changefeed?limit=200").json()
+    paged = []
+    for offset in range(0, len(everything), 3):
+        paged += httpx.get(f"{own_server.base_url}/changefeed?offset={offset}&limit=3").json()
+    assert [e["Sequence"] for e in paged] == [e["Sequence"] for e in everything]
+    for bad in ("startTime=yesterday", "limit=0", "limit=201", "offset=-1", "includeMetadata=maybe"):
+        response = httpx.get(f"{own_server.base_url}/changefeed?{bad}")
+        assert response.status_code == 400, bad
+        assert bad.split("=")[0] in response.json()["message"]
+
+
+def test_an_interrupted_delete_is_finished_by_reindex(emulators: dict[str, str], tmp_path: Path) -> None:
+    settings = fresh_settings(emulators)
+    server = start_server(settings, tmp_path)
+    files = make_slide(tmp_path / "slide", levels=1, base_size=(300, 300), associated=False)
+    volume = files[0]
+    try:
+        assert _store(server, files).status_code == 200
+    finally:
+        server.stop()
+    # What a DELETE does first, before dying: mark the instance blob (Blob is the system of record).
+    blob = blob_service(settings).get_blob_client(
+        settings["DICOMWEB_INSTANCE_CONTAINER"], f"{volume.study_uid}/{volume.series_uid}/{volume.sop_uid}.dcm")
+    blob.set_blob_metadata({**blob.get_blob_properties().metadata, "deleting": "1"})
+    done = subprocess.run([sys.executable, "-m", "dicomweb", "reindex"], cwd=ROOT, env=server.env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "finished 1 interrupted deletions" in done.stdout
+    assert _blobs(server, volume.study_uid) == []
+    server = start_server(settings, tmp_path)
+    try:
+        assert httpx.get(f"{server.base_url}/studies/{volume.study_uid}/metadata").status_code == 404
+        assert _search(server, f"studies?StudyInstanceUID={volume.study_uid}") == []
+    finally:
+        server.stop()
+
+
+def test_delete_with_invalid_uid(own_server: Server) -> None:
+    assert httpx.delete(f"{own_server.base_url}/studies/1.2.abc").status_code == 400
