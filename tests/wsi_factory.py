@@ -73,16 +73,18 @@ def _encode(tile: np.ndarray, transfer_syntax: str) -> bytes:
         Image.fromarray(tile).save(out, "JPEG", quality=85, subsampling=1)
         return out.getvalue()
     if transfer_syntax == JPEG2000Lossless:
-        return bytes(imagecodecs.jpeg2k_encode(tile, level=0, codecformat="j2k", reversible=True, mct=False))
+        return bytes(imagecodecs.jpeg2k_encode(tile, level=0, codecformat="j2k", reversible=True, mct=True))
     if transfer_syntax == JPEG2000:
-        return bytes(imagecodecs.jpeg2k_encode(tile, level=40, codecformat="j2k", reversible=False, mct=False))
+        return bytes(imagecodecs.jpeg2k_encode(tile, level=38, codecformat="j2k", reversible=False, mct=True))
     if transfer_syntax == ExplicitVRLittleEndian:
         return tile.tobytes()
     raise ValueError(f"unsupported transfer syntax {transfer_syntax}")
 
 
 def _photometric(transfer_syntax: str) -> str:
-    return "YBR_FULL_422" if transfer_syntax == JPEGBaseline8Bit else "RGB"
+    """What scanners declare: JPEG in YCbCr 4:2:2, JPEG 2000 with its reversible or irreversible colour transform."""
+    return {JPEGBaseline8Bit: "YBR_FULL_422", JPEG2000Lossless: "YBR_RCT", JPEG2000: "YBR_ICT"}.get(
+        transfer_syntax, "RGB")
 
 
 def _tiles(image: np.ndarray, tile: int) -> list[np.ndarray]:
@@ -106,6 +108,16 @@ def _pixel_data(frames: list[bytes], transfer_syntax: str, offset_table: str,
     if offset_table == "eot":
         raise ValueError("an extended offset table here has one fragment per frame")
     return encapsulate(frames, fragments_per_frame=fragments_per_frame, has_bot=offset_table == "bot"), {}
+
+
+def _layout(transfer_syntax: str, offset_table: str, fragments_per_frame: int) -> str:
+    """The offset table a slide really gets: native pixel data has none, so "bot" means "native" there."""
+    native = transfer_syntax == ExplicitVRLittleEndian
+    if native and offset_table in ("bot", "native") and fragments_per_frame == 1:
+        return "native"
+    if not native and offset_table in ("bot", "eot", "empty") and fragments_per_frame >= 1:
+        return offset_table
+    raise ValueError(f"no {offset_table!r} layout with {fragments_per_frame} fragment(s) for {transfer_syntax}")
 
 
 def _base_dataset(study_uid: str, series_uid: str, frame_of_reference: str, patient_id: str,
@@ -211,12 +223,17 @@ def _image_attributes(ds: Dataset, size: tuple[int, int], tile: tuple[int, int],
     ds.OpticalPathSequence = [_optical_path(with_icc_profile)]
 
 
-def _write(ds: Dataset, path: Path, transfer_syntax: str) -> None:
+def _add_file_meta(ds: Dataset, transfer_syntax: str) -> None:
+    """The Part 10 file meta group, so files carry a preamble and their transfer syntax."""
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = transfer_syntax
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+
+
+def _write(ds: Dataset, path: Path, transfer_syntax: str) -> None:
+    _add_file_meta(ds, transfer_syntax)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
 
@@ -232,6 +249,8 @@ def _instance(directory: Path, base: Dataset, number: int, image: np.ndarray, ti
     _image_attributes(ds, (image.shape[1], image.shape[0]), (tile, tile), len(tiles), spacing_mm, image_type,
                       with_icc_profile)
     ds.PhotometricInterpretation = _photometric(transfer_syntax)
+    if image_type[2] == "LABEL":
+        ds.SpecimenLabelInImage = ds.BurnedInAnnotation = "YES"
     if transfer_syntax == JPEGBaseline8Bit:
         ds.LossyImageCompression = "01"
         ds.LossyImageCompressionMethod = "ISO_10918_1"
@@ -264,9 +283,8 @@ def make_slide(directory: Path, *, transfer_syntax: str = JPEGBaseline8Bit, offs
                patient_id: str = "P-1", patient_name: str = "Doe^Jane",
                with_icc_profile: bool = True) -> list[SlideFile]:
     """Write one slide (pyramid levels first, then label, overview, thumbnail) into ``directory``."""
+    offset_table = _layout(transfer_syntax, offset_table, fragments_per_frame)
     directory.mkdir(parents=True, exist_ok=True)
-    if transfer_syntax == ExplicitVRLittleEndian:
-        offset_table, fragments_per_frame = "native", 1
     study_uid = study_uid or generate_uid()
     base = _base_dataset(study_uid, generate_uid(), generate_uid(), patient_id, patient_name)
     width, height = base_size
@@ -303,18 +321,32 @@ def _jpeg_pool(count: int, quality: int) -> list[bytes]:
 
 
 def _padded(jpeg: bytes, number: int, size: int) -> bytes:
-    """``jpeg`` grown to ``size`` bytes (even) with COM segments after SOI, naming the frame."""
-    size += size % 2
-    filler = max(size - len(jpeg), 0)
-    segments = []
+    """``jpeg`` grown to exactly ``size`` bytes with COM segments after SOI that name the frame.
+
+    The filler is spread evenly over as few segments as the 64 KiB segment limit allows,
+    so no segment is ever shorter than its 4-byte marker and length.
+    """
+    filler = size - len(jpeg)
+    if filler < 4:
+        raise ValueError(f"a {len(jpeg)}-byte JPEG cannot be grown to {size} bytes")
+    count = math.ceil(filler / (4 + 65533))
     label = f"frame {number} ".encode()
-    while filler > 0:
-        payload = min(max(filler - 4, 0), 65533)
+    segments = []
+    for index in range(count):
+        payload = filler // count + (index < filler % count) - 4
         body = (label * (payload // len(label) + 1))[:payload]
         segments.append(b"\xff\xfe" + struct.pack(">H", payload + 2) + body)
-        filler -= payload + 4
-    frame = jpeg[:2] + b"".join(segments) + jpeg[2:]
-    return frame + b"\x00" * (len(frame) % 2)
+    return jpeg[:2] + b"".join(segments) + jpeg[2:]
+
+
+def _grid(frames: int) -> tuple[int, int]:
+    """(columns, rows) of tiles with columns × rows == frames, as square as the count allows.
+
+    TILED_FULL requires exactly one frame per tile, so the grid is the most square
+    factorisation (20,000 frames: 160 × 125), never a rounded-up square.
+    """
+    rows = next(r for r in range(math.isqrt(frames), 0, -1) if frames % r == 0)
+    return frames // rows, rows
 
 
 def make_large_instance(path: Path, *, frames: int = 20000, frame_bytes: int = 54000,
@@ -326,10 +358,7 @@ def make_large_instance(path: Path, *, frames: int = 20000, frame_bytes: int = 5
     """
     if transfer_syntax != JPEGBaseline8Bit:
         raise ValueError("large instances are JPEG baseline")
-    short_side = next(c for c in range(math.isqrt(frames), 0, -1) if frames % c == 0)
-    # A full rectangle of tiles when the frame count allows a sensible one (20,000 = 160 × 125).
-    columns = frames // short_side if frames // short_side <= 4 * short_side else math.ceil(math.sqrt(frames))
-    rows = math.ceil(frames / columns)
+    columns, rows = _grid(frames)
     study_uid = study_uid or generate_uid()
     ds = _base_dataset(study_uid, generate_uid(), generate_uid(), "P-LARGE", "Large^Slide")
     ds.SOPInstanceUID = generate_uid()
@@ -339,31 +368,25 @@ def make_large_instance(path: Path, *, frames: int = 20000, frame_bytes: int = 5
     ds.PhotometricInterpretation = "YBR_FULL_422"
     ds.LossyImageCompression = "01"
     ds.LossyImageCompressionMethod = "ISO_10918_1"
+    _add_file_meta(ds, transfer_syntax)
     header = io.BytesIO()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = transfer_syntax
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.save_as(header, enforce_file_format=True)
     pool = _jpeg_pool(64, quality=50 if frame_bytes < 30000 else 85)
-    if max(map(len, pool)) + 8 > frame_bytes:
+    frame_size = frame_bytes + frame_bytes % 2
+    if max(map(len, pool)) + 4 > frame_size:
         raise ValueError(f"frame_bytes {frame_bytes} is below the size of a real JPEG tile")
-    item_size = frame_bytes + frame_bytes % 2 + 8
+    item_size = frame_size + 8
     with_bot = frames * item_size < 2**32
     with path.open("wb") as out:
         out.write(header.getvalue())
         out.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF))
         if with_bot:
-            out.write(struct.pack("<HHI", 0xFFFE, 0xE000, 4 * frames))
-            out.write(struct.pack(f"<{frames}I", *(i * item_size for i in range(frames))))
+            out.write(struct.pack(f"<HHI{frames}I", 0xFFFE, 0xE000, 4 * frames, *range(0, frames * item_size, item_size)))
         else:
             out.write(struct.pack("<HHI", 0xFFFE, 0xE000, 0))
         for number in range(1, frames + 1):
-            frame = _padded(pool[number % len(pool)], number, frame_bytes)
-            assert len(frame) + 8 == item_size or not with_bot
-            out.write(struct.pack("<HHI", 0xFFFE, 0xE000, len(frame)))
-            out.write(frame)
+            out.write(struct.pack("<HHI", 0xFFFE, 0xE000, frame_size))
+            out.write(_padded(pool[number % len(pool)], number, frame_size))
         out.write(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
     return SlideFile(path, study_uid, ds.SeriesInstanceUID, ds.SOPInstanceUID, image_type, transfer_syntax, frames,
                      "bot" if with_bot else "empty", 1)
@@ -381,7 +404,7 @@ def make_image(path: Path, *, modality: str, study_uid: str, series_uid: str, pa
     ds.PatientBirthDate, ds.PatientSex = "19800101", "M"
     ds.StudyDate = ds.SeriesDate = study_date
     ds.StudyTime = ds.SeriesTime = study_time
-    ds.AccessionNumber, ds.StudyID, ds.ReferringPhysicianName = f"ACC-{patient_id}-{study_date}", "S2", "Other^Doctor"
+    ds.AccessionNumber, ds.StudyID, ds.ReferringPhysicianName = f"ACC-{patient_id}"[:16], "S2", "Other^Doctor"
     ds.Modality, ds.SeriesNumber, ds.InstanceNumber = modality, 2, instance_number
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.Rows = ds.Columns = 32

@@ -2,7 +2,10 @@
 
 One container, partitioned by ``/studyInstanceUID`` so a study's documents live
 together (a study is far below the 20 GB logical-partition limit) and retrieval of
-a study or series is a single-partition query. Document ids are ``<level>:<uid>``.
+a study or series is a single-partition query; searches across studies fan out over
+the physical partitions, which Cosmos adds as the index grows. Document ids are
+``<level>:<uid>``. Searches read only the indexed ``m`` (normalised values) and ``w``
+(person-name words) fields; the returned DICOM JSON (``attributes``) is not indexed.
 Queries always carry the partition-key equality when they name a partition, page
 with continuation tokens, and never use OFFSET (the local server and the cost model
 both punish it).
@@ -11,7 +14,9 @@ both punish it).
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+from pathlib import Path
 from typing import Any, Sequence
 
 from azure.core import MatchConditions
@@ -27,6 +32,8 @@ from dicomweb.dicom.query import Filter
 from dicomweb.errors import Duplicate, StorageFailure
 
 PARTITION_KEY = "/studyInstanceUID"
+#: What Cosmos indexes: the match fields and keys, never the returned attributes (the Bicep deploys the same file).
+INDEXING_POLICY: dict[str, Any] = json.loads((Path(__file__).with_name("indexing-policy.json")).read_text())
 #: The partition of the change feed and its sequence counter (not a UID, so never a study's).
 CHANGEFEED = "changefeed"
 SEQUENCE_ATTEMPTS = 50
@@ -64,7 +71,7 @@ class IndexStore:
         try:
             database = await self._client.create_database_if_not_exists(self._database_name)
             self._container = await database.create_container_if_not_exists(
-                self._container_name, partition_key=PartitionKey(path=PARTITION_KEY)
+                self._container_name, partition_key=PartitionKey(path=PARTITION_KEY), indexing_policy=INDEXING_POLICY
             )
         except CosmosHttpResponseError as exc:
             raise StorageFailure(f"Cosmos DB failed to open the index: {exc.status_code}") from exc
