@@ -2,7 +2,7 @@
 
 Each match returns the default attributes of its level (PS3.18 §10.6.3.3, plus the
 pathology attributes of :mod:`dicomweb.dicom.attributes`), the ones asked for with
-``includefield`` (or every stored one for ``all``), and the computed ones: RetrieveURL,
+``includefield`` (or every one the document holds for ``all``), and the computed ones: RetrieveURL,
 InstanceAvailability, ModalitiesInStudy and the related-series/instance counts.
 Searches not limited to one study also return the study's defaults, and instance
 searches not limited to one series the series' (PS3.18 §10.6.3.3.2-3).

@@ -13,6 +13,7 @@ for person names, the upper-cased name words under ``w``.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,9 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from dicomweb.dicom.dicomjson import JsonDict
 
 LEVELS = ("study", "series", "instance")
+#: Largest DICOM JSON of one attribute an instance document holds beyond the catalog's, and of all of them.
+MAX_ELEMENT_BYTES = 16 * 1024
+MAX_INSTANCE_EXTRA_BYTES = 128 * 1024
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ def _catalog(level: str, rows: str) -> list[Attribute]:
 
 CATALOG: tuple[Attribute, ...] = tuple(
     _catalog("study", """
-        SpecificCharacterSet - extra
+        SpecificCharacterSet -
         StudyDate date
         StudyTime time
         AccessionNumber string
@@ -217,12 +221,34 @@ def match_fields(dataset: JsonDict, level: str) -> tuple[dict[str, list[Any]], d
     return values, words
 
 
+def _has_bulk(element: JsonDict) -> bool:
+    if "BulkDataURI" in element:
+        return True
+    return element.get("vr") == "SQ" and any(
+        _has_bulk(child) for item in element.get("Value", []) for child in item.values())
+
+
 def level_attributes(dataset: JsonDict, level: str) -> JsonDict:
-    """The stored (not computed) attributes a ``level`` document returns, as DICOM JSON."""
+    """The stored (not computed) attributes a ``level`` document returns, as DICOM JSON.
+
+    Study and series documents hold the catalog's attributes of their level. Instance
+    documents also hold every other top-level attribute whose DICOM JSON is small and
+    carries no bulk data, so ``includefield`` can name any of them (PS3.18 §8.3.4.3);
+    large ones (per-frame functional groups of a sparse slide) are read from the metadata.
+    """
     out = {}
     for attribute in at_level(level):
         if attribute.computed or attribute.keyword in NESTED:
             continue
         if attribute.tag in dataset:
             out[attribute.tag] = dataset[attribute.tag]
+    if level == "instance":
+        budget = MAX_INSTANCE_EXTRA_BYTES
+        for tag, element in dataset.items():
+            if tag in out or _has_bulk(element):
+                continue
+            size = len(json.dumps(element))
+            if size <= MAX_ELEMENT_BYTES and size <= budget:
+                out[tag] = element
+                budget -= size
     return dict(sorted(out.items()))

@@ -204,8 +204,12 @@ def test_instance_defaults_and_includefield(qido_server: Server, corpus: Corpus)
                          "&includefield=ImagedVolumeWidth").json()
     assert extra["00100010"]["Value"] == [{"Alphabetic": "Smith^John"}]
     assert extra["00080020"]["Value"] == ["20260110"]
+    assert extra["00480001"]["Value"] == [pytest.approx(float(pydicom.dcmread(volume.path).ImagedVolumeWidth))]
     (everything,) = httpx.get(f"{url}?SOPInstanceUID={volume.sop_uid}&includefield=all").json()
     assert set(item) <= set(everything) and "00400560" in everything and "00100010" in everything
+    assert "52009229" in everything, "SharedFunctionalGroupsSequence (PixelSpacing) is small enough to return"
+    assert "00480105" not in everything, "OpticalPathSequence carries the ICC profile as bulk data: metadata only"
+    assert "7FE00010" not in everything
 
 
 def test_paging_returns_every_match_exactly_once(qido_server: Server, corpus: Corpus) -> None:
