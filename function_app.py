@@ -2,10 +2,11 @@
 
 import azure.functions as func
 
-from dicomweb.api import manage, qido, retrieve, stow
+from dicomweb.api import manage, qido, retrieve, stow, uploads
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 app.register_blueprint(stow.blueprint)
 app.register_blueprint(retrieve.blueprint)
 app.register_blueprint(qido.blueprint)
 app.register_blueprint(manage.blueprint)
+app.register_blueprint(uploads.blueprint)

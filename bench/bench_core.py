@@ -213,7 +213,8 @@ def main() -> None:
         work = Path(tmp)
         emulators = Emulators(work / "emulators")
         settings = emulators.start()
-        server = start_server(settings, work)
+        # STOW of a whole 1 GB instance: the body limit raised as FUNCTIONS_REQUEST_BODY_SIZE_LIMIT allows on Flex.
+        server = start_server(settings, work, DICOMWEB_MAX_REQUEST_MB="8192")
         try:
             small = make_large_instance(work / "small.dcm", frames=max(args.frames // 5, 1), frame_bytes=args.frame_bytes)
             stow(server, small)

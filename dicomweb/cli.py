@@ -1,4 +1,4 @@
-"""The ``dicomweb`` command: ``serve`` (local host with emulators) and ``reindex``."""
+"""The ``dicomweb`` command: ``serve`` (local host with emulators), ``reindex`` and ``upload``."""
 
 from __future__ import annotations
 
@@ -62,10 +62,26 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--port", type=int, default=8080)
     serve_cmd.add_argument("--data", type=Path, default=Path(".local"), help="emulator data folder")
     commands.add_parser("reindex", help="rebuild the Cosmos index from Blob")
+    upload_cmd = commands.add_parser("upload", help="store DICOM files and folders in a DICOMweb service")
+    upload_cmd.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
+    upload_cmd.add_argument("--url", required=True, help="DICOMweb base URL, e.g. http://127.0.0.1:8080/v1")
+    upload_cmd.add_argument("--token", help="bearer token for the service")
+    upload_cmd.add_argument("--parallel", type=int, default=4, help="instances at once (default 4)")
+    upload_cmd.add_argument("--blocks", type=int, default=16, help="blocks in flight (default 16)")
+    upload_cmd.add_argument("--stow-max-mb", type=int, default=64,
+                            help="larger instances go through upload sessions (default 64)")
+    upload_cmd.add_argument("--state", type=Path, help="resume file (default ~/.cache/dicomweb/uploads.json)")
+    upload_cmd.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                            help="progress bar (default: when stderr is a terminal)")
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(args.host, args.port, args.data)
         return 0
+    if args.command == "upload":
+        from dicomweb import uploader
+
+        return uploader.main(args.paths, args.url, args.token, args.parallel, args.blocks, args.stow_max_mb,
+                             args.state, args.progress)
     from dicomweb.reindex import reindex
     from dicomweb.service import Service
 

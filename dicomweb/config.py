@@ -26,6 +26,7 @@ class Settings:
     storage_account_url: str = ""
     instance_container: str = "dicom-instances"
     sidecar_container: str = "dicom-sidecars"
+    staging_container: str = "dicom-staging"
     cosmos_connection_string: str = ""
     cosmos_endpoint: str = ""
     cosmos_database: str = "dicomweb"
@@ -38,6 +39,10 @@ class Settings:
     frame_index_cache_mb: int = 64
     frame_cache_mb: int = 64
     frame_cache_seconds: int = 30
+    max_request_bytes: int = 100 * MIB
+    upload_sas_seconds: int = 900
+    upload_session_seconds: int = 86400
+    commit_wait_seconds: int = 200
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -49,6 +54,7 @@ class Settings:
             storage_account_url=env.get("DICOMWEB_STORAGE_ACCOUNT_URL", ""),
             instance_container=env.get("DICOMWEB_INSTANCE_CONTAINER", "") or cls.instance_container,
             sidecar_container=env.get("DICOMWEB_SIDECAR_CONTAINER", "") or cls.sidecar_container,
+            staging_container=env.get("DICOMWEB_STAGING_CONTAINER", "") or cls.staging_container,
             cosmos_connection_string=env.get("DICOMWEB_COSMOS_CONNECTION_STRING", ""),
             cosmos_endpoint=env.get("DICOMWEB_COSMOS_ENDPOINT", ""),
             cosmos_database=env.get("DICOMWEB_COSMOS_DATABASE", "") or cls.cosmos_database,
@@ -61,6 +67,10 @@ class Settings:
             frame_index_cache_mb=_int(env, "DICOMWEB_FRAME_INDEX_CACHE_MB", 64),
             frame_cache_mb=_int(env, "DICOMWEB_FRAME_CACHE_MB", 64),
             frame_cache_seconds=_int(env, "DICOMWEB_FRAME_CACHE_SECONDS", 30),
+            max_request_bytes=_int(env, "DICOMWEB_MAX_REQUEST_MB", 100) * MIB,
+            upload_sas_seconds=_int(env, "DICOMWEB_UPLOAD_SAS_SECONDS", 900),
+            upload_session_seconds=_int(env, "DICOMWEB_UPLOAD_SESSION_SECONDS", 86400),
+            commit_wait_seconds=_int(env, "DICOMWEB_COMMIT_WAIT_SECONDS", 200),
         )
 
     @property
@@ -78,6 +88,7 @@ SETTING_NAMES = (
     "DICOMWEB_STORAGE_ACCOUNT_URL",
     "DICOMWEB_INSTANCE_CONTAINER",
     "DICOMWEB_SIDECAR_CONTAINER",
+    "DICOMWEB_STAGING_CONTAINER",
     "DICOMWEB_COSMOS_CONNECTION_STRING",
     "DICOMWEB_COSMOS_ENDPOINT",
     "DICOMWEB_COSMOS_DATABASE",
@@ -90,4 +101,8 @@ SETTING_NAMES = (
     "DICOMWEB_FRAME_INDEX_CACHE_MB",
     "DICOMWEB_FRAME_CACHE_MB",
     "DICOMWEB_FRAME_CACHE_SECONDS",
+    "DICOMWEB_MAX_REQUEST_MB",
+    "DICOMWEB_UPLOAD_SAS_SECONDS",
+    "DICOMWEB_UPLOAD_SESSION_SECONDS",
+    "DICOMWEB_COMMIT_WAIT_SECONDS",
 )

@@ -69,6 +69,19 @@ class UnsupportedMediaType(DicomWebError):
     reason = REASON_VALIDATION_FAILED
 
 
+class PayloadTooLarge(DicomWebError):
+    """A request body beyond the configured limit (large instances go through upload sessions)."""
+
+    status = 413
+    reason = REASON_VALIDATION_FAILED
+
+
+class StateConflict(DicomWebError):
+    """The resource is not in a state that allows the request (an upload missing blocks, or still ingesting)."""
+
+    status = 409
+
+
 class Archived(DicomWebError):
     """The bytes sit in the Archive tier and must be rehydrated before they can be read."""
 

@@ -68,6 +68,8 @@ class Service:
     index: IndexStore
     frame_indexes: FrameIndexCache = field(init=False)
     frames: FrameCache = field(init=False)
+    #: Upload ingests running in this worker, by session id (they outlive the request that started them).
+    tasks: dict[str, asyncio.Task] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.frame_indexes = FrameIndexCache(self.settings.frame_index_cache_mb * 1024 * 1024)

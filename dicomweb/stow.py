@@ -22,9 +22,10 @@ from typing import AsyncIterable
 from pydicom.dataset import Dataset
 
 from dicomweb import records
+from dicomweb.dicom.dicomjson import JsonDict
 from dicomweb.dicom.part10 import Part10Parser
 from dicomweb.dicom.syntax import is_valid_uid
-from dicomweb.errors import DicomWebError, Duplicate, InvalidDataset, StorageFailure, StudyMismatch
+from dicomweb.errors import DicomWebError, Duplicate, InvalidDataset, PayloadTooLarge, StorageFailure, StudyMismatch
 from dicomweb.indexing import index_instance
 from dicomweb.service import Service
 from dicomweb.storage.blobs import GENERATION, BlockUpload, instance_name, sidecar_name
@@ -64,11 +65,13 @@ def validate(dataset: Dataset, expected_study: str | None) -> tuple[str, str, st
 
 
 async def store_instance(service: Service, chunks: AsyncIterable[bytes], expected_study: str | None,
-                         replace: bool = False) -> Outcome:
+                         replace: bool = False, generation: str | None = None) -> Outcome:
     """Store one instance read from ``chunks``; never raises for bad input or storage failures.
 
     ``replace`` (PUT) overwrites a stored instance of the same SOP Instance UID; without
-    it a stored one makes the instance a duplicate (reason 45070).
+    it a stored one makes the instance a duplicate (reason 45070). ``generation`` names
+    this copy of the instance (an upload session brings its own). Only a request body
+    beyond the size limit (413) and cancellation escape, after the undo.
     """
     settings = service.settings
     parser = Part10Parser(settings.max_header_bytes)
@@ -76,7 +79,7 @@ async def store_instance(service: Service, chunks: AsyncIterable[bytes], expecte
     name = None
     ids: tuple[str, str, str, str] | None = None
     committed = False
-    generation = uuid.uuid4().hex
+    generation = generation or uuid.uuid4().hex
     try:
         async for chunk in chunks:
             out = parser.feed(chunk)
@@ -106,7 +109,7 @@ async def store_instance(service: Service, chunks: AsyncIterable[bytes], expecte
             await service.blobs.put_sidecar(sidecar_name(study, series, instance, "frames"), frame_index.to_bytes())
         await index_instance(service, sidecar, replace)
         return Outcome(sop_class, instance, study, series)
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, PayloadTooLarge):
         await _undo(service, upload, name, ids, committed and not replace)
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a FailedSOPSequence item
@@ -120,6 +123,39 @@ async def store_instance(service: Service, chunks: AsyncIterable[bytes], expecte
             _text(dataset, "SOPClassUID"), _text(dataset, "SOPInstanceUID"),
             _text(dataset, "StudyInstanceUID"), _text(dataset, "SeriesInstanceUID"), error,
         )
+
+
+def response(outcomes: list[Outcome], base: str) -> tuple[int, JsonDict, str | None]:
+    """The STOW response (PS3.18 §10.5.3): status (200 all stored, 202 some, 409 none), dataset, warning text."""
+    stored = [o for o in outcomes if o.error is None]
+    failed = [o for o in outcomes if o.error is not None]
+    body: JsonDict = {}
+    studies = {o.study for o in stored}
+    if len(studies) == 1:
+        body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{studies.pop()}"]}
+    if stored:
+        body["00081199"] = {"vr": "SQ", "Value": [
+            {**_reference(o), "00081190": {"vr": "UR", "Value": [
+                f"{base}/studies/{o.study}/series/{o.series}/instances/{o.sop_instance}"]}}
+            for o in stored
+        ]}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": [
+            {**_reference(o), "00081197": {"vr": "US", "Value": [o.error.reason]}} for o in failed  # type: ignore[union-attr]
+        ]}
+    status = 200 if not failed else 202 if stored else 409
+    warning = "; ".join(f"{o.sop_instance or 'unknown instance'}: {o.error.message}"  # type: ignore[union-attr]
+                        for o in failed) or None
+    return status, body, warning
+
+
+def _reference(outcome: Outcome) -> JsonDict:
+    item = {}
+    if outcome.sop_class:
+        item["00081150"] = {"vr": "UI", "Value": [outcome.sop_class]}
+    if outcome.sop_instance:
+        item["00081155"] = {"vr": "UI", "Value": [outcome.sop_instance]}
+    return item
 
 
 def _text(dataset: Dataset, keyword: str) -> str | None:

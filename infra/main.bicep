@@ -17,10 +17,14 @@ param corsOrigins string = '*'
 @description('Public DICOMweb base URL when a proxy or custom domain fronts the app; empty: taken from each request.')
 param publicBaseUrl string = ''
 
+@description('Largest STOW-RS request body in MB; larger instances go through upload sessions.')
+param maxRequestMB int = 100
+
 var suffix = uniqueString(resourceGroup().id, name)
 // Defaults of dicomweb/config.py.
 var instanceContainer = 'dicom-instances'
 var sidecarContainer = 'dicom-sidecars'
+var stagingContainer = 'dicom-staging'
 var cosmosDatabase = 'dicomweb'
 var cosmosContainer = 'index'
 // Flex Consumption deploys the app package from this container.
@@ -63,6 +67,14 @@ resource instances 'Microsoft.Storage/storageAccounts/blobServices/containers@20
 resource sidecars 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
   parent: blobService
   name: sidecarContainer
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource staging 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: stagingContainer
   properties: {
     publicAccess: 'None'
   }
@@ -187,6 +199,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'DICOMWEB_STORAGE_ACCOUNT_URL', value: storage.properties.primaryEndpoints.blob }
         { name: 'DICOMWEB_INSTANCE_CONTAINER', value: instances.name }
         { name: 'DICOMWEB_SIDECAR_CONTAINER', value: sidecars.name }
+        { name: 'DICOMWEB_STAGING_CONTAINER', value: staging.name }
         { name: 'DICOMWEB_COSMOS_CONNECTION_STRING', value: '' }
         { name: 'DICOMWEB_COSMOS_ENDPOINT', value: cosmos.properties.documentEndpoint }
         { name: 'DICOMWEB_COSMOS_DATABASE', value: database.name }
@@ -199,6 +212,12 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'DICOMWEB_FRAME_INDEX_CACHE_MB', value: '64' }
         { name: 'DICOMWEB_FRAME_CACHE_MB', value: '64' }
         { name: 'DICOMWEB_FRAME_CACHE_SECONDS', value: '30' }
+        { name: 'DICOMWEB_MAX_REQUEST_MB', value: string(maxRequestMB) }
+        // The host's own cap sits just above ours, so oversized STOW requests get our 413, not its 500.
+        { name: 'FUNCTIONS_REQUEST_BODY_SIZE_LIMIT', value: string((maxRequestMB + 1) * 1048576) }
+        { name: 'DICOMWEB_UPLOAD_SAS_SECONDS', value: '900' }
+        { name: 'DICOMWEB_UPLOAD_SESSION_SECONDS', value: '86400' }
+        { name: 'DICOMWEB_COMMIT_WAIT_SECONDS', value: '200' }
       ]
     }
   }
@@ -207,6 +226,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
 output DICOMWEB_STORAGE_ACCOUNT_URL string = storage.properties.primaryEndpoints.blob
 output DICOMWEB_INSTANCE_CONTAINER string = instances.name
 output DICOMWEB_SIDECAR_CONTAINER string = sidecars.name
+output DICOMWEB_STAGING_CONTAINER string = staging.name
 output DICOMWEB_COSMOS_ENDPOINT string = cosmos.properties.documentEndpoint
 output DICOMWEB_COSMOS_DATABASE string = database.name
 output DICOMWEB_COSMOS_CONTAINER string = indexContainer.name

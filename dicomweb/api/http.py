@@ -107,6 +107,9 @@ def endpoint(
                 response = await handler(req, service)
             except DicomWebError as error:
                 response = error_response(error)
+            except Exception:  # noqa: BLE001 - a bug still answers in DICOM JSON, and is logged
+                log.exception("%s failed", name)
+                response = error_response(DicomWebError("internal error; the service log has the details"))
             response.headers.update(_cors_headers(req.headers.get("origin"), service.settings))
             return response
 

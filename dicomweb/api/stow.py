@@ -1,14 +1,17 @@
 """STOW-RS functions (PS3.18 §10.5): ``POST /studies`` and ``POST /studies/{study}``."""
 
+from typing import AsyncIterator
+
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
 from dicomweb.api.http import base_url, dicom_json, endpoint, warning_header
+from dicomweb.config import MIB
 from dicomweb.dicom.multipart import MultipartReader, parse_media_type
 from dicomweb.dicom.syntax import is_valid_uid
-from dicomweb.errors import BadRequest, UnsupportedMediaType
+from dicomweb.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from dicomweb.service import Service
-from dicomweb.stow import Outcome, store_instance
+from dicomweb.stow import Outcome, response, store_instance
 
 blueprint = func.Blueprint()
 
@@ -46,6 +49,31 @@ def _study(req: Request) -> str:
     return study
 
 
+def _limited(req: Request, service: Service) -> AsyncIterator[bytes]:
+    """The request body, refused with 413 beyond the configured limit (declared or counted as it streams).
+
+    Functions hosts cap request bodies (100 MB by default) and time out after 230 s, so
+    large instances travel straight to Blob through upload sessions instead.
+    """
+    limit = service.settings.max_request_bytes
+    too_large = PayloadTooLarge(
+        f"the request body exceeds the {limit // MIB} MB limit of STOW-RS; store large instances through "
+        f"upload sessions: POST {base_url(req, service.settings)}/uploads")
+    declared = req.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+
+    async def body() -> AsyncIterator[bytes]:
+        received = 0
+        async for chunk in req.stream():
+            received += len(chunk)
+            if received > limit:
+                raise too_large
+            yield chunk
+
+    return body()
+
+
 async def _store(req: Request, service: Service, study: str | None, replace: bool) -> Response:
     media, params = parse_media_type(req.headers.get("content-type", ""))
     outcomes: list[Outcome] = []
@@ -53,7 +81,7 @@ async def _store(req: Request, service: Service, study: str | None, replace: boo
         declared = parse_media_type(params.get("type", DICOM))[0]
         if declared != DICOM:
             raise UnsupportedMediaType(f'multipart type "{declared}" is not supported; send type="{DICOM}"')
-        reader = MultipartReader(req.stream(), params.get("boundary", ""))
+        reader = MultipartReader(_limited(req, service), params.get("boundary", ""))
         while (part := await reader.next_part()) is not None:
             if part.content_type in (DICOM, ""):
                 outcomes.append(await store_instance(service, part, study, replace))
@@ -61,7 +89,7 @@ async def _store(req: Request, service: Service, study: str | None, replace: boo
                 error = UnsupportedMediaType(f"a part of type {part.content_type} is not supported; send {DICOM}")
                 outcomes.append(Outcome(None, None, error=error))
     elif media == DICOM:
-        outcomes.append(await store_instance(service, req.stream(), study, replace))
+        outcomes.append(await store_instance(service, _limited(req, service), study, replace))
     else:
         raise UnsupportedMediaType(f"send multipart/related; type=\"{DICOM}\" or {DICOM}, not {media or 'nothing'}")
     if not outcomes:
@@ -70,35 +98,5 @@ async def _store(req: Request, service: Service, study: str | None, replace: boo
 
 
 def _answer(outcomes: list[Outcome], base: str) -> Response:
-    """The STOW response dataset (PS3.18 §10.5.3): 200 all stored, 202 some, 409 none."""
-    stored = [o for o in outcomes if o.error is None]
-    failed = [o for o in outcomes if o.error is not None]
-    body: dict = {}
-    studies = {o.study for o in stored}
-    if len(studies) == 1:
-        body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{studies.pop()}"]}
-    if stored:
-        body["00081199"] = {"vr": "SQ", "Value": [
-            {**_reference(o), "00081190": {"vr": "UR", "Value": [
-                f"{base}/studies/{o.study}/series/{o.series}/instances/{o.sop_instance}"]}}
-            for o in stored
-        ]}
-    if failed:
-        body["00081198"] = {"vr": "SQ", "Value": [
-            {**_reference(o), "00081197": {"vr": "US", "Value": [o.error.reason]}} for o in failed  # type: ignore[union-attr]
-        ]}
-    status = 200 if not failed else 202 if stored else 409
-    headers = {}
-    if failed:
-        messages = "; ".join(f"{o.sop_instance or 'unknown instance'}: {o.error.message}" for o in failed)  # type: ignore[union-attr]
-        headers["warning"] = warning_header(messages)
-    return dicom_json(body, status, headers)
-
-
-def _reference(outcome: Outcome) -> dict:
-    item = {}
-    if outcome.sop_class:
-        item["00081150"] = {"vr": "UI", "Value": [outcome.sop_class]}
-    if outcome.sop_instance:
-        item["00081155"] = {"vr": "UI", "Value": [outcome.sop_instance]}
-    return item
+    status, body, warning = response(outcomes, base)
+    return dicom_json(body, status, {"warning": warning_header(warning)} if warning else None)

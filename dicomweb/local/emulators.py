@@ -65,7 +65,8 @@ class Emulators:
         log = open(self.data_dir / "emulators.log", "ab")
         azurite = subprocess.Popen(
             [str(NODE_BIN / "azurite-blob"), "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
-             "--location", str(self.data_dir / "azurite"), "--skipApiVersionCheck", "--loose", "--silent"],
+             "--location", str(self.data_dir / "azurite"), "--skipApiVersionCheck", "--loose", "--silent",
+             "--disableTelemetry"],
             stdout=log, stderr=log, start_new_session=True,
         )
         self._processes.append(azurite)

@@ -4,6 +4,8 @@ Blob is the system of record. Per instance it holds three blobs named from the U
 the Part 10 file (``<study>/<series>/<instance>.dcm`` in the instance container) and,
 in the sidecar container, the metadata (``.json``) and the frame offset record
 (``.frames``). Everything the Cosmos index holds can be rebuilt from the sidecars.
+The staging container holds upload sessions: the data blobs clients write through a
+write-only SAS, and the sessions' small JSON records.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.storage.blob import BlobBlock, ContainerSasPermissions, generate_container_sas
+from azure.storage.blob import (
+    BlobBlock,
+    BlobSasPermissions,
+    ContainerSasPermissions,
+    UserDelegationKey,
+    generate_blob_sas,
+    generate_container_sas,
+)
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
 
 from dicomweb.errors import Archived, Duplicate, NotFound, StorageFailure
@@ -145,40 +154,63 @@ class BlockUpload:
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
+class SasSigner:
+    """Short-lived SAS tokens: account-key signed where the client holds the key (Azurite, connection
+    strings), user-delegation signed under a managed identity (the delegation key is reused while valid)."""
+
+    KEY_LIFETIME = timedelta(hours=6)
+
+    def __init__(self, service: BlobServiceClient) -> None:
+        self._service = service
+        self._delegation: UserDelegationKey | None = None
+        self._delegation_until = datetime.min.replace(tzinfo=timezone.utc)
+
+    async def _signing(self, expiry: datetime) -> dict[str, object]:
+        key = getattr(self._service.credential, "account_key", None)
+        if key:
+            return {"account_key": key}
+        now = datetime.now(timezone.utc)
+        if self._delegation is None or expiry > self._delegation_until:
+            until = max(expiry, now + self.KEY_LIFETIME)
+            self._delegation = await self._service.get_user_delegation_key(now - timedelta(minutes=5), until)
+            self._delegation_until = until
+        return {"user_delegation_key": self._delegation}
+
+    async def container(self, container: str, expiry: datetime) -> str:
+        """Read-only SAS for every blob of ``container``."""
+        return generate_container_sas(
+            self._service.account_name or "", container, permission=ContainerSasPermissions(read=True),
+            expiry=expiry, start=datetime.now(timezone.utc) - timedelta(minutes=5), **await self._signing(expiry))
+
+    async def write_blob(self, container: str, name: str, expiry: datetime) -> str:
+        """Write-only SAS for exactly one blob: stage blocks and commit them, nothing else."""
+        return generate_blob_sas(
+            self._service.account_name or "", container, name, permission=BlobSasPermissions(write=True),
+            expiry=expiry, start=datetime.now(timezone.utc) - timedelta(minutes=5), **await self._signing(expiry))
+
+
 class RangeReader:
-    """Ranged reads of instance blobs with a read-only container SAS over a plain aiohttp session.
+    """Ranged reads of blobs with a read-only container SAS over a plain aiohttp session.
 
     Frame reads are the hot path: the SDK pipeline (policies, tracing, deserialisers)
     cost about a millisecond of CPU per read, several times the rest of a frame
-    request. The SAS comes from the SDK: an account-key SAS where the client holds
-    the key (Azurite, connection strings), a user-delegation SAS under a managed
-    identity. It is renewed well before it expires, and once more on a 403.
+    request. Each container's SAS is renewed well before it expires, and once more on a 403.
     """
 
     SAS_LIFETIME = timedelta(hours=1)
 
-    def __init__(self, service: BlobServiceClient, container: ContainerClient) -> None:
-        self._service = service
-        self._container = container
-        self._sas = ""
-        self._renew_at = datetime.min.replace(tzinfo=timezone.utc)
+    def __init__(self, signer: SasSigner) -> None:
+        self._signer = signer
+        self._tokens: dict[str, tuple[str, datetime]] = {}
         self._session: aiohttp.ClientSession | None = None
 
-    async def _token(self, renew: bool = False) -> str:
+    async def _token(self, container: str, renew: bool = False) -> str:
         now = datetime.now(timezone.utc)
-        if renew or now >= self._renew_at:
-            expiry = now + self.SAS_LIFETIME
-            key = getattr(self._service.credential, "account_key", None)
-            common = {"account_name": self._service.account_name or "", "container_name": self._container.container_name,
-                      "permission": ContainerSasPermissions(read=True), "expiry": expiry,
-                      "start": now - timedelta(minutes=5)}
-            if key:
-                self._sas = generate_container_sas(account_key=key, **common)
-            else:
-                delegation = await self._service.get_user_delegation_key(now - timedelta(minutes=5), expiry)
-                self._sas = generate_container_sas(user_delegation_key=delegation, **common)
-            self._renew_at = now + self.SAS_LIFETIME / 2
-        return self._sas
+        token, renew_at = self._tokens.get(container, ("", now))
+        if renew or now >= renew_at:
+            token = await self._signer.container(container, now + self.SAS_LIFETIME)
+            self._tokens[container] = token, now + self.SAS_LIFETIME / 2
+        return token
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -188,16 +220,18 @@ class RangeReader:
             )
         return self._session
 
-    async def read(self, name: str, offset: int, length: int, etag: str | None) -> tuple[bytes, str, str]:
+    async def read(self, container: ContainerClient, name: str, offset: int, length: int,
+                   etag: str | None) -> tuple[bytes, str, str]:
         """Bytes ``offset .. offset+length`` of blob ``name``, its etag and generation; retries transient failures."""
         headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
         if etag:
             headers["If-Match"] = etag
-        url = f"{self._container.url}/{quote(name, safe='/')}"
+        url = f"{container.url}/{quote(name, safe='/')}"
         renewed = False
         for attempt in range(3):
             try:
-                async with self._client().get(f"{url}?{await self._token(renew=renewed)}", headers=headers) as response:
+                token = await self._token(container.container_name, renew=renewed)
+                async with self._client().get(f"{url}?{token}", headers=headers) as response:
                     if response.status in (200, 206):
                         headers = response.headers
                         return await response.read(), headers.get("ETag", ""), headers.get(GENERATION_HEADER, "")
@@ -232,15 +266,18 @@ class RangeReader:
 class BlobStore:
     """The instance and sidecar containers of one storage account."""
 
-    def __init__(self, service: BlobServiceClient, instance_container: str, sidecar_container: str) -> None:
+    def __init__(self, service: BlobServiceClient, instance_container: str, sidecar_container: str,
+                 staging_container: str) -> None:
         self._service = service
         self.instances: ContainerClient = service.get_container_client(instance_container)
         self.sidecars: ContainerClient = service.get_container_client(sidecar_container)
-        self._ranges = RangeReader(service, self.instances)
+        self.staging: ContainerClient = service.get_container_client(staging_container)
+        self.signer = SasSigner(service)
+        self._ranges = RangeReader(self.signer)
 
     async def ensure_containers(self) -> None:
         """Create the containers if they do not exist (idempotent)."""
-        for container in (self.instances, self.sidecars):
+        for container in (self.instances, self.sidecars, self.staging):
             try:
                 await container.create_container()
             except ResourceExistsError:
@@ -277,7 +314,7 @@ class BlobStore:
         Fails with StaleBlob if the blob changed since ``etag``, or is not of
         ``generation`` (a replacement whose sidecars are not written yet).
         """
-        data, new_etag, found = await self._ranges.read(name, offset, length, etag)
+        data, new_etag, found = await self._ranges.read(self.instances, name, offset, length, etag)
         if generation is not None and found and found != generation:
             raise StaleBlob(name)
         return data, new_etag
@@ -310,6 +347,16 @@ class BlobStore:
             return await self.instances.get_blob_client(name).exists()
         except AzureError as exc:
             raise _failure(exc, name) from exc
+
+    async def generation_of(self, name: str) -> str | None:
+        """The generation recorded on instance blob ``name`` (None when there is no such blob)."""
+        try:
+            properties = await self.instances.get_blob_client(name).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        except AzureError as exc:
+            raise _failure(exc, name) from exc
+        return (properties.metadata or {}).get(GENERATION, "")
 
     async def list_instances(self) -> AsyncIterator[tuple[str, dict[str, str]]]:
         """(name, metadata) of every committed instance blob: its generation, and ``deleting`` if marked."""
@@ -344,3 +391,94 @@ class BlobStore:
                     yield blob.name
         except AzureError as exc:
             raise _failure(exc, "sidecar listing") from exc
+
+    # Staging: upload sessions' data blobs (written by clients through a SAS) and session records.
+
+    async def staging_write_url(self, name: str, expiry: datetime) -> str:
+        """URL of staging blob ``name`` with a write-only SAS for it alone, valid until ``expiry``."""
+        sas = await self.signer.write_blob(self.staging.container_name, name, expiry)
+        return f"{self.staging.url}/{quote(name, safe='/')}?{sas}"
+
+    async def staged_blocks(self, name: str) -> tuple[dict[str, int], dict[str, int]]:
+        """(committed, uncommitted) blocks of staging blob ``name``: id → size; empty when none arrived."""
+        try:
+            committed, uncommitted = await self.staging.get_blob_client(name).get_block_list("all")
+        except ResourceNotFoundError:
+            return {}, {}
+        except AzureError as exc:
+            raise _failure(exc, name) from exc
+        return ({str(b.id): int(b.size) for b in committed or []}, {str(b.id): int(b.size) for b in uncommitted or []})
+
+    async def commit_staged(self, name: str, block_ids: list[str]) -> None:
+        """Commit the staged blocks of ``name`` in order, making it a readable blob."""
+        try:
+            await self.staging.get_blob_client(name).commit_block_list([BlobBlock(block_id=i) for i in block_ids])
+        except AzureError as exc:
+            raise _failure(exc, name) from exc
+
+    async def read_staged(self, name: str, size: int, chunk: int, ahead: int) -> AsyncIterator[bytes]:
+        """The bytes of committed staging blob ``name`` in order: ranged reads, ``ahead`` of them in flight."""
+        starts = list(range(0, size, chunk))
+        pending: list[asyncio.Task[tuple[bytes, str, str]]] = []
+        try:
+            for index in range(len(starts)):
+                while len(pending) < ahead and index + len(pending) < len(starts):
+                    start = starts[index + len(pending)]
+                    length = min(chunk, size - start)
+                    pending.append(asyncio.create_task(self._ranges.read(self.staging, name, start, length, None)))
+                data, _, _ = await pending.pop(0)
+                yield data
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def discard_staged(self, name: str) -> None:
+        """Delete staging blob ``name`` with its uncommitted blocks (an empty commit discards them first)."""
+        blob = self.staging.get_blob_client(name)
+        try:
+            try:
+                await blob.delete_blob()
+                return
+            except ResourceNotFoundError:
+                pass
+            await blob.commit_block_list([])
+            await blob.delete_blob()
+        except ResourceNotFoundError:
+            pass
+        except AzureError as exc:
+            raise _failure(exc, name) from exc
+
+    async def put_record(self, name: str, data: bytes, etag: str | None = None) -> str:
+        """Write a small staging record; with ``etag``, only if nobody changed it since (else StaleBlob)."""
+        condition = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+        try:
+            result = await self.staging.get_blob_client(name).upload_blob(data, overwrite=True, **condition)
+        except AzureError as exc:
+            raise _failure(exc, name) from exc
+        return str(result["etag"])
+
+    async def get_record(self, name: str) -> tuple[bytes, str]:
+        """A staging record and its etag."""
+        try:
+            downloader = await self.staging.download_blob(name)
+            return await downloader.readall(), str(downloader.properties.etag)
+        except AzureError as exc:
+            raise _failure(exc, name) from exc
+
+    async def list_records(self, prefix: str) -> AsyncIterator[str]:
+        """Names of the staging records under ``prefix``."""
+        try:
+            async for blob in self.staging.list_blobs(name_starts_with=prefix):
+                yield blob.name
+        except AzureError as exc:
+            raise _failure(exc, "staging listing") from exc
+
+    async def delete_record(self, name: str) -> None:
+        """Delete a staging record; a missing one is fine."""
+        try:
+            await self.staging.delete_blob(name)
+        except ResourceNotFoundError:
+            pass
+        except AzureError as exc:
+            raise _failure(exc, name) from exc

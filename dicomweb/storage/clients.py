@@ -26,7 +26,7 @@ def blob_store(settings: Settings, credential: object | None = None) -> BlobStor
                                     transport=_transport())
     else:
         raise ValueError("set DICOMWEB_STORAGE_CONNECTION_STRING or DICOMWEB_STORAGE_ACCOUNT_URL")
-    return BlobStore(service, settings.instance_container, settings.sidecar_container)
+    return BlobStore(service, settings.instance_container, settings.sidecar_container, settings.staging_container)
 
 
 def index_store(settings: Settings, credential: object | None = None) -> IndexStore:

@@ -17,13 +17,14 @@ def _run(emulators: dict[str, str], scenario) -> None:  # noqa: ANN001 - an asyn
     async def main() -> None:
         suffix = uuid.uuid4().hex[:8]
         client = BlobServiceClient.from_connection_string(emulators["DICOMWEB_STORAGE_CONNECTION_STRING"])
-        store = BlobStore(client, f"i-{suffix}", f"s-{suffix}")
+        store = BlobStore(client, f"i-{suffix}", f"s-{suffix}", f"t-{suffix}")
         await store.ensure_containers()
         try:
             await scenario(store)
         finally:
             await store.instances.delete_container()
             await store.sidecars.delete_container()
+            await store.staging.delete_container()
             await store.close()
 
     asyncio.run(main())

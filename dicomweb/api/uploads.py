@@ -1,0 +1,87 @@
+"""Upload-session functions: the direct-to-Blob path for instances beyond one request (see ``dicomweb.uploads``).
+
+``POST /uploads`` {"size": N, "studyInstanceUID": optional} → 201 with the block plan and a
+write-only SAS URL; ``GET /uploads/{id}`` → progress (and a fresh SAS) for resuming;
+``POST /uploads/{id}/commit`` → the STOW-RS answer, or 202 while the ingest goes on;
+``DELETE /uploads/{id}`` → 204. A timer removes expired sessions and their blocks.
+"""
+
+import json
+import logging
+
+import azure.functions as func
+from azurefunctions.extensions.http.fastapi import Request, Response
+
+from dicomweb import uploads
+from dicomweb.api.http import base_url, dicom_json, endpoint, warning_header
+from dicomweb.errors import BadRequest
+from dicomweb.service import Service, get_service
+
+blueprint = func.Blueprint()
+log = logging.getLogger(__name__)
+
+SESSION = "uploads/{id}"
+#: Expired sessions are looked for this often (NCRONTAB: second minute hour day month weekday).
+CLEANUP_SCHEDULE = "0 */15 * * * *"
+MAX_REQUEST_BYTES = 64 * 1024
+
+
+def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body).encode(), status_code=status, headers=headers, media_type="application/json")
+
+
+@endpoint(blueprint, "upload_create", "uploads", ["POST"])
+async def create(req: Request, service: Service) -> Response:
+    """Open a session for one instance of a declared size."""
+    raw = b""
+    async for chunk in req.stream():
+        raw += chunk
+        if len(raw) > MAX_REQUEST_BYTES:
+            raise BadRequest(f"an upload request is a small JSON object (at most {MAX_REQUEST_BYTES} bytes)")
+    try:
+        request = json.loads(raw or b"{}")
+    except ValueError:
+        raise BadRequest('send a JSON object: {"size": <bytes>, "studyInstanceUID": <optional UID>}') from None
+    if not isinstance(request, dict):
+        raise BadRequest('send a JSON object: {"size": <bytes>, "studyInstanceUID": <optional UID>}')
+    session = await uploads.create(service, request.get("size"), request.get("studyInstanceUID"))
+    base = base_url(req, service.settings)
+    description = await uploads.describe(service, session, base)
+    return _json(description, 201, {"location": description["statusUrl"]})
+
+
+@endpoint(blueprint, "upload_status", SESSION, ["GET"])
+async def status(req: Request, service: Service) -> Response:
+    """Which blocks arrived (and a fresh SAS), the ingest's progress, or its result."""
+    base = base_url(req, service.settings)
+    session = await uploads.status(service, req.path_params["id"], base)
+    return _json(await uploads.describe(service, session, base))
+
+
+@endpoint(blueprint, "upload_commit", SESSION + "/commit", ["POST"])
+async def commit(req: Request, service: Service) -> Response:
+    """Commit the blocks and ingest: the STOW-RS answer, or 202 with the status URL while it runs."""
+    base = base_url(req, service.settings)
+    session = await uploads.commit(service, req.path_params["id"], base)
+    if session.result is None:
+        description = await uploads.describe(service, session, base)
+        return _json(description, 202, {"location": description["statusUrl"], "retry-after": "5"})
+    result = session.result
+    return dicom_json(result["body"], result["status"],
+                      {"warning": warning_header(result["warning"])} if result["warning"] else None)
+
+
+@endpoint(blueprint, "upload_abort", SESSION, ["DELETE"])
+async def abort(req: Request, service: Service) -> Response:
+    """Drop the session and its staged blocks."""
+    await uploads.abort(service, req.path_params["id"])
+    return Response(status_code=204)
+
+
+@blueprint.function_name("upload_cleanup")
+@blueprint.timer_trigger(arg_name="timer", schedule=CLEANUP_SCHEDULE)
+async def cleanup(timer: func.TimerRequest) -> None:
+    """Remove expired sessions and their staged blocks."""
+    removed = await uploads.cleanup(await get_service())
+    if removed:
+        log.info("removed %d expired upload sessions", removed)

@@ -1,0 +1,306 @@
+"""``dicomweb upload``: store DICOM files and folders in a DICOMweb service at full speed.
+
+Small instances go by single-part STOW-RS; large ones (or any the service refuses with
+413) through upload sessions, their blocks put straight to Blob in parallel. Several
+instances travel at once. Transient failures (connection errors, 408/429/5xx) are
+retried with backoff; an interrupted session is resumed from a state file, sending only
+the blocks that have not arrived. Only HTTP is spoken: no Azure SDK, no credentials
+but an optional bearer token for the service itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, TextIO
+
+import aiohttp
+from tqdm import tqdm
+
+MIB = 1024 * 1024
+DUPLICATE = 45070
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+ATTEMPTS = 6
+STOW_CHUNK = MIB
+POLL_SECONDS = 2.0
+
+
+class UploadError(Exception):
+    """An instance could not be stored; the message says why."""
+
+
+@dataclass
+class Result:
+    """What happened to one file."""
+
+    path: Path
+    size: int
+    status: str  # stored | exists | failed | skipped
+    sop: str = ""
+    detail: str = ""
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("stored", "exists", "skipped")
+
+
+def find_files(paths: list[Path]) -> tuple[list[Path], list[Result]]:
+    """DICOM Part 10 files named or inside the folders named; the rest as skipped results."""
+    files, skipped = [], []
+    for path in paths:
+        candidates = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for candidate in candidates:
+            if not candidate.is_file():
+                skipped.append(Result(candidate, 0, "failed", detail="no such file"))
+                continue
+            with candidate.open("rb") as handle:
+                handle.seek(128)
+                magic = handle.read(4)
+            if magic == b"DICM":
+                files.append(candidate)
+            else:
+                skipped.append(Result(candidate, candidate.stat().st_size, "skipped", detail="not a DICOM Part 10 file"))
+    return files, skipped
+
+
+def _stow_outcome(status: int, body: Any) -> tuple[str, str, str]:
+    """(status, SOP Instance UID, detail) from a STOW-RS answer (PS3.18 §10.5.3)."""
+    body = body if isinstance(body, dict) else {}
+    stored = body.get("00081199", {}).get("Value", [])
+    failed = body.get("00081198", {}).get("Value", [])
+    if status == 200 and stored:
+        return "stored", stored[0].get("00081155", {}).get("Value", [""])[0], ""
+    if failed:
+        item = failed[0]
+        sop = item.get("00081155", {}).get("Value", [""])[0]
+        reason = item.get("00081197", {}).get("Value", [0])[0]
+        if reason == DUPLICATE:
+            return "exists", sop, "already stored"
+        return "failed", sop, f"failure reason {reason}"
+    message = body.get("message") or body.get("00000902", {}).get("Value", [""])[0]
+    raise UploadError(f"HTTP {status}: {message or 'unexpected answer'}")
+
+
+class Uploader:
+    """Uploads files to one DICOMweb service; :meth:`run` returns a result per file."""
+
+    def __init__(self, url: str, *, token: str | None = None, parallel: int = 4, block_concurrency: int = 16,
+                 stow_max_bytes: int = 64 * MIB, state_path: Path | None = None, progress: bool | None = None) -> None:
+        self._url = url.rstrip("/")
+        self._headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._instances = asyncio.Semaphore(parallel)
+        self._blocks = asyncio.Semaphore(block_concurrency)
+        self._stow_max = stow_max_bytes
+        self._state_path = state_path or Path.home() / ".cache" / "dicomweb" / "uploads.json"
+        self._progress_enabled = progress
+        self._bar: tqdm | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    # --- state of unfinished sessions, for resuming ----------------------------------------
+
+    def _key(self, path: Path) -> str:
+        stat = path.stat()
+        return f"{self._url}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+    def _state(self) -> dict[str, str]:
+        try:
+            return json.loads(self._state_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _remember(self, key: str, session_id: str | None) -> None:
+        state = self._state()
+        if session_id is None:
+            state.pop(key, None)
+        else:
+            state[key] = session_id
+        self._state_path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self._state_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(state, indent=1))
+        temporary.replace(self._state_path)
+
+    # --- HTTP ----------------------------------------------------------------------------------
+
+    async def _request(self, method: str, url: str, *, service: bool = True,
+                       body: Callable[[], Any] | None = None, headers: dict[str, str] | None = None,
+                       ok: tuple[int, ...] = ()) -> tuple[int, dict[str, str], bytes]:
+        """One request with retries of transient failures; ``body`` makes a fresh body per attempt."""
+        assert self._session is not None
+        all_headers = {**(self._headers if service else {}), **(headers or {})}
+        for attempt in range(ATTEMPTS):
+            try:
+                async with self._session.request(method, url, data=body() if body else None,
+                                                 headers=all_headers) as response:
+                    content = await response.read()
+                    if response.status not in RETRY_STATUSES or response.status in ok or attempt == ATTEMPTS - 1:
+                        return response.status, dict(response.headers), content
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                if attempt == ATTEMPTS - 1:
+                    raise UploadError(f"{method} {url.split('?')[0]} failed: {exc.__class__.__name__}") from exc
+            await asyncio.sleep(min(0.5 * 2 ** attempt, 8.0))
+        raise AssertionError("unreachable")
+
+    async def _json(self, method: str, url: str, payload: object | None = None) -> tuple[int, Any]:
+        body = (lambda: json.dumps(payload).encode()) if payload is not None else None
+        headers = {"content-type": "application/json"} if payload is not None else {}
+        status, _, content = await self._request(method, url, body=body, headers=headers)
+        try:
+            return status, json.loads(content) if content else None
+        except ValueError:
+            raise UploadError(f"HTTP {status}: {content[:200].decode('latin-1')}") from None
+
+    def _advance(self, count: int) -> None:
+        if self._bar is not None:
+            self._bar.update(count)
+
+    # --- one file ------------------------------------------------------------------------------
+
+    async def _file_chunks(self, path: Path, sent: list[int]) -> AsyncIterator[bytes]:
+        with path.open("rb") as handle:
+            while chunk := await asyncio.to_thread(handle.read, STOW_CHUNK):
+                sent[0] += len(chunk)
+                self._advance(len(chunk))
+                yield chunk
+
+    async def _stow(self, path: Path, size: int) -> tuple[str, str, str]:
+        sent = [0]
+
+        def body() -> AsyncIterator[bytes]:
+            self._advance(-sent[0])
+            sent[0] = 0
+            return self._file_chunks(path, sent)
+
+        status, _, content = await self._request(
+            "POST", f"{self._url}/studies", body=body,
+            headers={"content-type": "application/dicom", "content-length": str(size), "accept": "application/dicom+json"},
+            ok=(413,))
+        if status == 413:
+            self._advance(-sent[0])
+            raise _TooLarge
+        try:
+            answer = json.loads(content) if content else {}
+        except ValueError:
+            raise UploadError(f"HTTP {status}: {content[:200].decode('latin-1')}") from None
+        return _stow_outcome(status, answer)
+
+    async def _put_block(self, path: Path, session: dict, block: dict) -> None:
+        async with self._blocks:
+            data = await asyncio.to_thread(_pread, path, block["offset"], block["length"])
+            for _ in range(3):
+                status, _, content = await self._request(
+                    "PUT", f"{session['uploadUrl']}&comp=block&blockid={block['id']}", service=False,
+                    body=lambda: data, headers={"content-length": str(len(data))}, ok=(403,))
+                if status == 201:
+                    self._advance(len(data))
+                    return
+                if status != 403:
+                    raise UploadError(f"Blob Storage answered {status} to block {block['index']}: {content[:200]!r}")
+                # The write SAS expired: the session hands out a fresh one.
+                status, fresh = await self._json("GET", session["statusUrl"])
+                if status != 200 or fresh.get("status") != "open":
+                    raise UploadError(f"the upload session is no longer open (HTTP {status})")
+                session["uploadUrl"] = fresh["uploadUrl"]
+            raise UploadError(f"Blob Storage refused block {block['index']} with a fresh SAS")
+
+    async def _upload_session(self, path: Path, size: int) -> tuple[str, str, str]:
+        key = self._key(path)
+        session = None
+        known = self._state().get(key)
+        if known:
+            status, described = await self._json("GET", f"{self._url}/uploads/{known}")
+            if status == 200:
+                session = described
+        if session is None:
+            status, session = await self._json("POST", f"{self._url}/uploads", {"size": size})
+            if status != 201:
+                raise UploadError(f"HTTP {status}: {(session or {}).get('message', 'the session was refused')}")
+            self._remember(key, session["id"])
+        if session["status"] == "open":
+            missing = set(session["missing"])
+            self._advance(size - sum(b["length"] for b in session["blocks"] if b["index"] in missing))
+            await asyncio.gather(*(self._put_block(path, session, b) for b in session["blocks"] if b["index"] in missing))
+            status, _, content = await self._request("POST", session["commitUrl"], ok=(202,))
+            if status != 202:
+                self._remember(key, None)
+                return _stow_outcome(status, json.loads(content) if content else {})
+        else:
+            self._advance(size)
+        while True:
+            status, described = await self._json("GET", session["statusUrl"])
+            if status != 200:
+                raise UploadError(f"HTTP {status} while waiting for the ingest")
+            if described.get("result"):
+                self._remember(key, None)
+                return _stow_outcome(described["result"]["status"], described["result"]["body"])
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def _one(self, path: Path) -> Result:
+        async with self._instances:
+            size = path.stat().st_size
+            started = time.perf_counter()
+            try:
+                try:
+                    if size > self._stow_max:
+                        raise _TooLarge
+                    status, sop, detail = await self._stow(path, size)
+                except _TooLarge:
+                    status, sop, detail = await self._upload_session(path, size)
+            except (UploadError, OSError) as exc:
+                return Result(path, size, "failed", detail=str(exc), seconds=time.perf_counter() - started)
+            return Result(path, size, status, sop, detail, time.perf_counter() - started)
+
+    async def run(self, files: list[Path]) -> list[Result]:
+        """Upload ``files``; a result per file, in order."""
+        total = sum(path.stat().st_size for path in files)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=600)
+        self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                         disable=None if self._progress_enabled is None else not self._progress_enabled,
+                         desc="upload", dynamic_ncols=True)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout, trust_env=False,
+                                             connector=aiohttp.TCPConnector(limit=64)) as self._session:
+                return list(await asyncio.gather(*(self._one(path) for path in files)))
+        finally:
+            self._bar.close()
+            self._session = None
+
+
+class _TooLarge(Exception):
+    """The instance goes through an upload session instead of STOW-RS."""
+
+
+def _pread(path: Path, offset: int, length: int) -> bytes:
+    with path.open("rb") as handle:
+        return os.pread(handle.fileno(), length, offset)
+
+
+def report(results: list[Result], seconds: float, out: TextIO) -> None:
+    """The per-instance table and a summary line."""
+    print(f"{'status':<8} {'MB':>9} {'s':>7}  {'SOP Instance UID':<64}  file / detail", file=out)
+    for result in results:
+        detail = f"{result.path}" + (f": {result.detail}" if result.detail else "")
+        print(f"{result.status:<8} {result.size / 1e6:>9.1f} {result.seconds:>7.1f}  {result.sop:<64}  {detail}",
+              file=out)
+    counts = {s: sum(r.status == s for r in results) for s in ("stored", "exists", "failed", "skipped")}
+    moved = sum(r.size for r in results if r.status == "stored")
+    rate = moved / 1e6 / seconds if seconds > 0 else 0.0
+    print(f"{counts['stored']} stored, {counts['exists']} already stored, {counts['failed']} failed, "
+          f"{counts['skipped']} skipped; {moved / 1e6:.1f} MB in {seconds:.1f} s ({rate:.1f} MB/s)", file=out)
+
+
+def main(paths: list[Path], url: str, token: str | None, parallel: int, block_concurrency: int, stow_max_mb: int,
+         state: Path | None, progress: bool | None) -> int:
+    """Run an upload from the command line; exit code 1 when anything failed."""
+    files, results = find_files(paths)
+    started = time.perf_counter()
+    uploader = Uploader(url, token=token, parallel=parallel, block_concurrency=block_concurrency,
+                        stow_max_bytes=stow_max_mb * MIB, state_path=state, progress=progress)
+    results = asyncio.run(uploader.run(files)) + results
+    report(results, time.perf_counter() - started, sys.stdout)
+    return 0 if results and all(r.ok for r in results) else 1
