@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     upload_cmd.add_argument("--state", type=Path, help="resume file (default ~/.cache/dicomweb/uploads.json)")
     upload_cmd.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                             help="progress bar (default: when stderr is a terminal)")
+    upload_cmd.add_argument("--json", action="store_true", help="one JSON object per file instead of the table")
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(args.host, args.port, args.data)
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         from dicomweb import uploader
 
         return uploader.main(args.paths, args.url, args.token, args.parallel, args.blocks, args.stow_max_mb,
-                             args.state, args.progress)
+                             args.state, args.progress, args.json)
     from dicomweb.reindex import reindex
     from dicomweb.service import Service
 

@@ -11,6 +11,7 @@ but an optional bearer token for the service itself.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -44,6 +45,8 @@ class Result:
     sop: str = ""
     detail: str = ""
     seconds: float = 0.0
+    #: Of ``seconds``, the time from the commit of an upload session to its result (the service's ingest pass).
+    ingest_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -208,7 +211,7 @@ class Uploader:
                 session["uploadUrl"] = fresh["uploadUrl"]
             raise UploadError(f"Blob Storage refused block {block['index']} with a fresh SAS")
 
-    async def _upload_session(self, path: Path, size: int) -> tuple[str, str, str]:
+    async def _upload_session(self, path: Path, size: int, timing: dict[str, float]) -> tuple[str, str, str]:
         key = self._key(path)
         session = None
         known = self._state().get(key)
@@ -225,6 +228,7 @@ class Uploader:
             missing = set(session["missing"])
             self._advance(size - sum(b["length"] for b in session["blocks"] if b["index"] in missing))
             await asyncio.gather(*(self._put_block(path, session, b) for b in session["blocks"] if b["index"] in missing))
+            timing["commit"] = time.perf_counter()
             status, _, content = await self._request("POST", session["commitUrl"], ok=(202,))
             if status != 202:
                 self._remember(key, None)
@@ -244,16 +248,18 @@ class Uploader:
         async with self._instances:
             size = path.stat().st_size
             started = time.perf_counter()
+            timing: dict[str, float] = {}
             try:
                 try:
                     if size > self._stow_max:
                         raise _TooLarge
                     status, sop, detail = await self._stow(path, size)
                 except _TooLarge:
-                    status, sop, detail = await self._upload_session(path, size)
+                    status, sop, detail = await self._upload_session(path, size, timing)
             except (UploadError, OSError) as exc:
                 return Result(path, size, "failed", detail=str(exc), seconds=time.perf_counter() - started)
-            return Result(path, size, status, sop, detail, time.perf_counter() - started)
+            ended = time.perf_counter()
+            return Result(path, size, status, sop, detail, ended - started, ended - timing.get("commit", ended))
 
     async def run(self, files: list[Path]) -> list[Result]:
         """Upload ``files``; a result per file, in order."""
@@ -280,13 +286,18 @@ def _pread(path: Path, offset: int, length: int) -> bytes:
         return os.pread(handle.fileno(), length, offset)
 
 
-def report(results: list[Result], seconds: float, out: TextIO) -> None:
-    """The per-instance table and a summary line."""
-    print(f"{'status':<8} {'MB':>9} {'s':>7}  {'SOP Instance UID':<64}  file / detail", file=out)
+def report(results: list[Result], seconds: float, out: TextIO, as_json: bool = False) -> None:
+    """The per-instance table and a summary line, or one JSON object per file."""
+    if as_json:
+        for result in results:
+            print(json.dumps({**dataclasses.asdict(result), "path": str(result.path)}), file=out)
+        return
+    print(f"{'status':<8} {'MB':>9} {'s':>7} {'ingest s':>8}  {'SOP Instance UID':<64}  file / detail", file=out)
     for result in results:
         detail = f"{result.path}" + (f": {result.detail}" if result.detail else "")
-        print(f"{result.status:<8} {result.size / 1e6:>9.1f} {result.seconds:>7.1f}  {result.sop:<64}  {detail}",
-              file=out)
+        ingest = f"{result.ingest_seconds:.1f}" if result.ingest_seconds else ""
+        print(f"{result.status:<8} {result.size / 1e6:>9.1f} {result.seconds:>7.1f} {ingest:>8}  {result.sop:<64}  "
+              f"{detail}", file=out)
     counts = {s: sum(r.status == s for r in results) for s in ("stored", "exists", "failed", "skipped")}
     moved = sum(r.size for r in results if r.status == "stored")
     rate = moved / 1e6 / seconds if seconds > 0 else 0.0
@@ -295,12 +306,12 @@ def report(results: list[Result], seconds: float, out: TextIO) -> None:
 
 
 def main(paths: list[Path], url: str, token: str | None, parallel: int, block_concurrency: int, stow_max_mb: int,
-         state: Path | None, progress: bool | None) -> int:
+         state: Path | None, progress: bool | None, as_json: bool = False) -> int:
     """Run an upload from the command line; exit code 1 when anything failed."""
     files, results = find_files(paths)
     started = time.perf_counter()
     uploader = Uploader(url, token=token, parallel=parallel, block_concurrency=block_concurrency,
                         stow_max_bytes=stow_max_mb * MIB, state_path=state, progress=progress)
     results = asyncio.run(uploader.run(files)) + results
-    report(results, time.perf_counter() - started, sys.stdout)
+    report(results, time.perf_counter() - started, sys.stdout, as_json)
     return 0 if results and all(r.ok for r in results) else 1

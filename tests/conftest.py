@@ -88,7 +88,8 @@ def fresh_settings(emulators: dict[str, str]) -> dict[str, str]:
     """The emulators' settings with containers and a database of their own."""
     suffix = uuid.uuid4().hex[:8]
     return {**emulators, "DICOMWEB_INSTANCE_CONTAINER": f"inst-{suffix}",
-            "DICOMWEB_SIDECAR_CONTAINER": f"side-{suffix}", "DICOMWEB_COSMOS_DATABASE": f"db-{suffix}"}
+            "DICOMWEB_SIDECAR_CONTAINER": f"side-{suffix}", "DICOMWEB_STAGING_CONTAINER": f"stage-{suffix}",
+            "DICOMWEB_COSMOS_DATABASE": f"db-{suffix}"}
 
 
 @pytest.fixture

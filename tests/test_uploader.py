@@ -1,0 +1,140 @@
+"""``dicomweb upload`` against the running service: STOW or sessions by size, resume, retries, output, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from aiohttp import web
+
+from dicomweb.uploader import Result, Uploader, find_files
+from tests.conftest import ROOT, Server
+from tests.wsi_factory import make_large_instance, make_slide
+
+
+def _upload(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dicomweb", "upload", *args, "--url", server.base_url],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def _results(run: subprocess.CompletedProcess[str]) -> dict[str, dict]:
+    """file name → its result, from ``--json`` output."""
+    return {Path(r["path"]).name: r for r in map(json.loads, run.stdout.splitlines())}
+
+
+def _table_row(output: str, name: str) -> list[str]:
+    (line,) = [line for line in output.splitlines() if f"/{name}" in line]
+    return line.split()
+
+
+def test_a_folder_goes_by_stow_and_sessions_and_a_rerun_finds_it_stored(server: Server, tmp_path: Path) -> None:
+    folder = tmp_path / "slide"
+    files = make_slide(folder, levels=2, base_size=(1200, 900))
+    large = make_large_instance(folder / "large.dcm", frames=120, frame_bytes=50000, study_uid=files[0].study_uid)
+    (folder / "README.txt").write_text("not DICOM")
+    state = tmp_path / "state.json"
+    run = _upload(server, str(folder), "--stow-max-mb", "2", "--state", str(state))
+    assert run.returncode == 0, run.stdout + run.stderr
+    header, *_, summary = run.stdout.splitlines()
+    assert header.split()[:2] == ["status", "MB"]
+    assert summary.startswith(f"{len(files) + 1} stored, 0 already stored, 0 failed, 1 skipped")
+    for file in files:
+        assert _table_row(run.stdout, file.path.name)[0] == "stored"
+    status, _, _, ingest, sop, *_ = _table_row(run.stdout, "large.dcm")
+    assert (status, sop) == ("stored", large.sop_uid) and float(ingest) > 0, "sessions report their ingest"
+    assert _table_row(run.stdout, "README.txt")[0] == "skipped"
+    assert json.loads(state.read_text()) == {}, "finished sessions leave nothing to resume"
+    frames = httpx.get(f"{server.base_url}/studies/{large.study_uid}/series/{large.series_uid}/instances/"
+                       f"{large.sop_uid}/frames/120", headers={"accept": "image/jpeg"})
+    assert frames.status_code == 200
+    again = _upload(server, str(folder), "--stow-max-mb", "2", "--state", str(state), "--json")
+    assert again.returncode == 0
+    assert {name: r["status"] for name, r in _results(again).items()} == {
+        **{f.path.name: "exists" for f in files}, "large.dcm": "exists", "README.txt": "skipped"}
+
+
+def test_a_failed_instance_makes_the_exit_code_non_zero(server: Server, tmp_path: Path) -> None:
+    good = make_slide(tmp_path / "good", levels=1, associated=False, base_size=(300, 300))[0]
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"\x00" * 128 + b"DICM" + os.urandom(5000))
+    run = _upload(server, str(good.path), str(broken), str(tmp_path / "missing.dcm"), "--state",
+                  str(tmp_path / "state.json"), "--json")
+    assert run.returncode == 1
+    results = _results(run)
+    assert results[good.path.name]["status"] == "stored"
+    assert results["broken.dcm"]["status"] == "failed" and "43264" in results["broken.dcm"]["detail"]
+    assert results["missing.dcm"]["status"] == "failed" and results["missing.dcm"]["detail"] == "no such file"
+
+
+def test_an_interrupted_session_is_resumed_with_only_the_missing_blocks(server: Server, tmp_path: Path) -> None:
+    large = make_large_instance(tmp_path / "large.dcm", frames=400, frame_bytes=50000)
+    original = large.path.read_bytes()
+    session = httpx.post(f"{server.base_url}/uploads", json={"size": len(original)}).json()
+    sent = session["blocks"][: len(session["blocks"]) // 2]
+    for block in sent:
+        response = httpx.put(f"{session['uploadUrl']}&comp=block&blockid={block['id']}",
+                             content=original[block["offset"] : block["offset"] + block["length"]])
+        assert response.status_code == 201
+    # The file changes inside a block that already arrived (a JPEG comment byte), keeping its size and mtime:
+    # a resumed upload that resent that block would store the change.
+    stat = large.path.stat()
+    at = original.index(b"frame 1 ")
+    assert at < sent[-1]["offset"] + sent[-1]["length"]
+    large.path.write_bytes(original[:at] + b"F" + original[at + 1 :])
+    os.utime(large.path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({f"{server.base_url}|{large.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}":
+                                 session["id"]}))
+    run = _upload(server, str(large.path), "--stow-max-mb", "1", "--state", str(state))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert httpx.get(session["statusUrl"]).json()["status"] == "stored", "the same session was finished"
+    stored = httpx.get(f"{server.base_url}/studies/{large.study_uid}/series/{large.series_uid}/instances/"
+                       f"{large.sop_uid}", headers={"accept": "application/dicom; transfer-syntax=*"}).content
+    assert hashlib.sha256(stored).digest() == hashlib.sha256(original).digest()
+
+
+def test_transient_failures_are_retried_with_the_whole_body(tmp_path: Path) -> None:
+    """A real HTTP server that answers STOW with 503 twice, then stores."""
+    instance = make_slide(tmp_path, levels=1, associated=False, base_size=(300, 300))[0]
+    bodies = []
+
+    async def flaky(request: web.Request) -> web.Response:
+        bodies.append(len(await request.read()))
+        if len(bodies) <= 2:
+            return web.Response(status=503)
+        return web.json_response({"00081199": {"vr": "SQ", "Value": [
+            {"00081155": {"vr": "UI", "Value": [instance.sop_uid]}}]}}, content_type="application/dicom+json")
+
+    async def scenario() -> list[Result]:
+        app = web.Application(client_max_size=2**30)
+        app.router.add_post("/v1/studies", flaky)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            uploader = Uploader(f"http://127.0.0.1:{port}/v1", progress=False, state_path=tmp_path / "state.json")
+            return await uploader.run([instance.path])
+        finally:
+            await runner.cleanup()
+
+    (result,) = asyncio.run(scenario())
+    assert (result.status, result.sop) == ("stored", instance.sop_uid)
+    assert bodies == [instance.path.stat().st_size] * 3
+
+
+def test_find_files_walks_folders_and_skips_what_is_not_part10(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    dicom = tmp_path / "a" / "b" / "x.dcm"
+    dicom.write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00")
+    (tmp_path / "a" / "notes.txt").write_text("hi")
+    files, others = find_files([tmp_path / "a"])
+    assert files == [dicom]
+    assert [(r.path.name, r.status) for r in others] == [("notes.txt", "skipped")]

@@ -1,0 +1,53 @@
+"""The upload-session use case in-process against Azurite: block plans and the cleanup of expired sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from dicomweb import uploads
+from dicomweb.config import MIB, Settings
+from dicomweb.errors import BadRequest, NotFound
+from dicomweb.service import Service
+from tests.conftest import fresh_settings
+
+
+def test_block_plans_stay_within_blob_limits() -> None:
+    assert uploads.plan_block_size(10, 8 * MIB) == 8 * MIB
+    assert uploads.plan_block_size(4 * 1024 * MIB, 8 * MIB) == 8 * MIB
+    huge = 1024 * 1024 * MIB  # 1 TiB: 8 MiB blocks would be 131,072 of them
+    size = uploads.plan_block_size(huge, 8 * MIB)
+    assert size % MIB == 0 and huge / size <= uploads.MAX_BLOCKS
+    assert uploads.wire_block_id(7) == "MDAwMDA3" and len({uploads.wire_block_id(i) for i in (0, 49_999)}) == 2
+
+
+def test_sessions_expire_and_cleanup_removes_them_with_their_blocks(emulators: dict[str, str]) -> None:
+    settings = Settings.from_env({**fresh_settings(emulators), "DICOMWEB_UPLOAD_SESSION_SECONDS": "2"})
+
+    async def scenario() -> None:
+        service = await Service.create(settings)
+        try:
+            with pytest.raises(BadRequest):
+                await uploads.create(service, -1, None)
+            expiring = await uploads.create(service, 100, None)
+            description = await uploads.describe(service, expiring, "http://dicomweb.test")
+            block = description["blocks"][0]
+            async with httpx.AsyncClient() as client:
+                put = await client.put(f"{description['uploadUrl']}&comp=block&blockid={block['id']}", content=b"1" * 100)
+            assert put.status_code == 201
+            assert (await service.blobs.staged_blocks(expiring.data))[1] == {uploads.block_id(0): 100}
+            time.sleep(2.5)
+            lasting = await uploads.create(service, 100, None)
+            with pytest.raises(NotFound):
+                await uploads.load(service, expiring.id)
+            assert await uploads.cleanup(service) == 1
+            assert await service.blobs.staged_blocks(expiring.data) == ({}, {})
+            assert [name async for name in service.blobs.list_records(uploads.SESSIONS)] == [lasting.record]
+            assert (await uploads.load(service, lasting.id)).status == uploads.OPEN
+        finally:
+            await service.close()
+
+    asyncio.run(scenario())
