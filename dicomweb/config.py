@@ -33,6 +33,8 @@ class Settings:
     cosmos_container: str = "index"
     public_base_url: str = ""
     cors_origins: tuple[str, ...] = field(default_factory=lambda: ("*",))
+    auth_issuer: str = ""
+    auth_audiences: tuple[str, ...] = ()
     block_size: int = 8 * MIB
     upload_concurrency: int = 4
     max_header_bytes: int = 64 * MIB
@@ -43,6 +45,7 @@ class Settings:
     upload_sas_seconds: int = 900
     upload_session_seconds: int = 86400
     commit_wait_seconds: int = 200
+    hot_pin_bytes: int = 256 * MIB
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -61,6 +64,8 @@ class Settings:
             cosmos_container=env.get("DICOMWEB_COSMOS_CONTAINER", "") or cls.cosmos_container,
             public_base_url=env.get("DICOMWEB_PUBLIC_BASE_URL", "").rstrip("/"),
             cors_origins=tuple(o.strip() for o in origins.split(",") if o.strip()),
+            auth_issuer=env.get("DICOMWEB_AUTH_ISSUER", "").strip(),
+            auth_audiences=tuple(a.strip() for a in env.get("DICOMWEB_AUTH_AUDIENCE", "").split(",") if a.strip()),
             block_size=_int(env, "DICOMWEB_BLOCK_SIZE_MB", 8) * MIB,
             upload_concurrency=_int(env, "DICOMWEB_UPLOAD_CONCURRENCY", 4),
             max_header_bytes=_int(env, "DICOMWEB_MAX_HEADER_MB", 64) * MIB,
@@ -71,6 +76,7 @@ class Settings:
             upload_sas_seconds=_int(env, "DICOMWEB_UPLOAD_SAS_SECONDS", 900),
             upload_session_seconds=_int(env, "DICOMWEB_UPLOAD_SESSION_SECONDS", 86400),
             commit_wait_seconds=_int(env, "DICOMWEB_COMMIT_WAIT_SECONDS", 200),
+            hot_pin_bytes=_int(env, "DICOMWEB_HOT_PIN_MB", 256) * MIB,
         )
 
     @property
@@ -95,6 +101,8 @@ SETTING_NAMES = (
     "DICOMWEB_COSMOS_CONTAINER",
     "DICOMWEB_PUBLIC_BASE_URL",
     "DICOMWEB_CORS_ORIGINS",
+    "DICOMWEB_AUTH_ISSUER",
+    "DICOMWEB_AUTH_AUDIENCE",
     "DICOMWEB_BLOCK_SIZE_MB",
     "DICOMWEB_UPLOAD_CONCURRENCY",
     "DICOMWEB_MAX_HEADER_MB",
@@ -105,4 +113,5 @@ SETTING_NAMES = (
     "DICOMWEB_UPLOAD_SAS_SECONDS",
     "DICOMWEB_UPLOAD_SESSION_SECONDS",
     "DICOMWEB_COMMIT_WAIT_SECONDS",
+    "DICOMWEB_HOT_PIN_MB",
 )

@@ -50,6 +50,12 @@ class Duplicate(DicomWebError):
     reason = REASON_DUPLICATE
 
 
+class Unauthorized(DicomWebError):
+    """No valid bearer token where the service requires one (RFC 6750 §3: 401 with WWW-Authenticate)."""
+
+    status = 401
+
+
 class NotFound(DicomWebError):
     """The study, series, instance, frame or bulk data does not exist."""
 

@@ -10,12 +10,18 @@ import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from dicomweb.auth import TokenValidator
 from dicomweb.config import Settings
 from dicomweb.dicom.frames import FrameIndex
 from dicomweb.framecache import FrameCache
 from dicomweb.storage.blobs import BlobStore
 from dicomweb.storage.clients import blob_store, index_store
 from dicomweb.storage.index import IndexStore
+
+
+#: Upload-session ingests one worker runs at once; the rest wait their turn, heartbeat going. One ingest
+#: already streams as fast as the worker's network allows, and the worker's memory stays that of one.
+INGESTS_PER_WORKER = 1
 
 
 @dataclass
@@ -70,8 +76,16 @@ class Service:
     frames: FrameCache = field(init=False)
     #: Upload ingests running in this worker, by session id (they outlive the request that started them).
     tasks: dict[str, asyncio.Task] = field(default_factory=dict)
+    #: Ingests that may run at once in this worker: each holds a few blocks of memory.
+    ingest_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(INGESTS_PER_WORKER))
+    #: Bearer-token checks, when an issuer is configured.
+    auth: TokenValidator | None = field(init=False)
 
     def __post_init__(self) -> None:
+        settings = self.settings
+        if settings.auth_issuer and not settings.auth_audiences:
+            raise ValueError("DICOMWEB_AUTH_AUDIENCE must name the accepted audiences when DICOMWEB_AUTH_ISSUER is set")
+        self.auth = TokenValidator(settings.auth_issuer, settings.auth_audiences) if settings.auth_issuer else None
         self.frame_indexes = FrameIndexCache(self.settings.frame_index_cache_mb * 1024 * 1024)
         self.frames = FrameCache(self.settings.frame_cache_mb * 1024 * 1024, self.settings.frame_cache_seconds)
 

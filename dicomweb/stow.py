@@ -28,11 +28,13 @@ from dicomweb.dicom.syntax import is_valid_uid
 from dicomweb.errors import DicomWebError, Duplicate, InvalidDataset, PayloadTooLarge, StorageFailure, StudyMismatch
 from dicomweb.indexing import index_instance
 from dicomweb.service import Service
-from dicomweb.storage.blobs import GENERATION, BlockUpload, instance_name, sidecar_name
+from dicomweb.storage.blobs import AUTO, GENERATION, HOT, TIER_TAG, BlockUpload, instance_name, sidecar_name
 
 log = logging.getLogger(__name__)
 
 REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+#: Image Type values (PS3.3 C.8.12.4.1.1, value 3) of the slide's associated images: always at hand.
+ASSOCIATED_IMAGES = frozenset({"LABEL", "OVERVIEW", "THUMBNAIL"})
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,18 @@ def validate(dataset: Dataset, expected_study: str | None) -> tuple[str, str, st
         raise StudyMismatch(f"StudyInstanceUID {values[0]} is not the study {expected_study} of the request")
     study, series, instance, sop_class = values
     return study, series, instance, sop_class
+
+
+def tier(dataset: Dataset, size: int, pin_bytes: int) -> str:
+    """The lifecycle class of an instance: labels, overviews, thumbnails and small levels stay hot.
+
+    A viewer opening a slide reads them first (the worklist thumbnail, the label, the
+    overview, the low-resolution levels); only the large levels can wait for cooler tiers.
+    """
+    image_type = [str(v).upper() for v in (dataset.get("ImageType") or [])]
+    if ASSOCIATED_IMAGES & set(image_type[2:3]) or size <= pin_bytes:
+        return HOT
+    return AUTO
 
 
 async def store_instance(service: Service, chunks: AsyncIterable[bytes], expected_study: str | None,
@@ -94,13 +108,14 @@ async def store_instance(service: Service, chunks: AsyncIterable[bytes], expecte
         await upload.write(out)
         frame_index = parser.frame_index(generation)
         study, series, instance, sop_class = ids
-        await upload.commit({GENERATION: generation}, overwrite=replace)
+        header = parser.header
+        assert header is not None
+        tags = {TIER_TAG: tier(header.dataset, parser.stored_size, settings.hot_pin_bytes)}
+        await upload.commit({GENERATION: generation}, tags, overwrite=replace)
         committed = True
         if replace:
             service.frame_indexes.drop(name)
             service.frames.drop_instance(name)
-        header = parser.header
-        assert header is not None
         sidecar = records.make_sidecar(
             header, generation, parser.stored_size, len(frame_index) if frame_index is not None else None
         )

@@ -48,7 +48,7 @@ HEARTBEAT_SECONDS = 15.0
 STALE_SECONDS = 90.0
 #: Ranged reads of the staged blob during the ingest pass: size and how many in flight.
 READ_CHUNK = 8 * MIB
-READ_AHEAD = 4
+READ_AHEAD = 3
 OPEN, INGESTING, STORED, FAILED = "open", "ingesting", "stored", "failed"
 
 
@@ -265,15 +265,30 @@ async def _staged_chunks(service: Service, session: Session) -> AsyncIterator[by
         yield chunk
 
 
+async def _slot(service: Service, session: Session) -> None:
+    """Wait for one of the worker's ingest slots, keeping the session's heartbeat going meanwhile."""
+    while True:
+        try:
+            await asyncio.wait_for(service.ingest_slots.acquire(), HEARTBEAT_SECONDS)
+            return
+        except asyncio.TimeoutError:
+            session.heartbeat = _text(_now())
+            await _save(service, session)
+
+
 async def _ingest(service: Service, session: Session, base: str) -> Session:
     """One streaming pass of the staged blob through the STOW path, then the result into the record."""
     try:
-        outcome = await store_instance(service, _staged_chunks(service, session), session.study,
-                                       generation=session.generation)
-        if isinstance(outcome.error, Duplicate) and await _ours(service, outcome, session):
-            # An earlier ingest of this very session stored the bytes and died before the end: finish it.
-            outcome = await store_instance(service, _staged_chunks(service, session), session.study, replace=True,
+        await _slot(service, session)
+        try:
+            outcome = await store_instance(service, _staged_chunks(service, session), session.study,
                                            generation=session.generation)
+            if isinstance(outcome.error, Duplicate) and await _ours(service, outcome, session):
+                # An earlier ingest of this very session stored the bytes and died before the end: finish it.
+                outcome = await store_instance(service, _staged_chunks(service, session), session.study,
+                                               replace=True, generation=session.generation)
+        finally:
+            service.ingest_slots.release()
     except Exception as exc:  # noqa: BLE001 - the record must say how the ingest ended
         log.exception("upload %s: ingest failed", session.id)
         outcome = Outcome(None, None, error=exc if isinstance(exc, DicomWebError) else

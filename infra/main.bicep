@@ -1,234 +1,198 @@
-// DICOMweb service for digital pathology: the Azure resources the code expects.
-// Minimal for now: role assignments, lifecycle rules and monitoring come with the deployment issue.
-// The app settings carry every DICOMWEB_* name the code reads (dicomweb/config.py SETTING_NAMES);
-// the service reaches Blob and Cosmos with its managed identity, so no setting holds a secret.
+// DICOMweb service for digital pathology: everything it runs on in Azure (azd: `azd up`).
+// A resource group holding the app identity, monitoring, the DICOM storage account with its
+// lifecycle policy, Cosmos DB for the search index, and the Flex Consumption Function App.
+// Outputs are named like the app settings they feed (dicomweb/config.py SETTING_NAMES).
 
-targetScope = 'resourceGroup'
+targetScope = 'subscription'
 
-@description('Base name for the resources (lower case letters, digits and hyphens).')
-param name string = 'dicomweb'
+@minLength(1)
+@maxLength(40)
+@description('Name of the environment (azd sets it): names and tags every resource.')
+param environmentName string
 
-@description('Azure region.')
-param location string = resourceGroup().location
+@minLength(1)
+@description('Azure region of every resource.')
+param location string
 
-@description('Origins allowed to call the API from a browser (comma-separated, * for any).')
+@description('Object id of a developer to grant Blob and Cosmos DB data access to (azd sets it; empty: none).')
+param principalId string = ''
+
+@description('Type of that principal.')
+@allowed([
+  'User'
+  'ServicePrincipal'
+  'Group'
+])
+param principalType string = 'User'
+
+@description('Origins allowed to call the API from a browser (comma-separated, * for any), e.g. the Slim site.')
 param corsOrigins string = '*'
 
 @description('Public DICOMweb base URL when a proxy or custom domain fronts the app; empty: taken from each request.')
 param publicBaseUrl string = ''
 
+@description('OpenID Connect issuer whose bearer tokens the API requires, e.g. https://login.microsoftonline.com/<tenant>/v2.0 (empty: no authentication).')
+param authIssuer string = ''
+
+@description('Accepted token audiences, comma-separated (the API app registration\'s client id or api:// URI).')
+param authAudience string = ''
+
 @description('Largest STOW-RS request body in MB; larger instances go through upload sessions.')
 param maxRequestMB int = 100
 
-var suffix = uniqueString(resourceGroup().id, name)
+@description('Memory of one Function App instance in MB.')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+@description('Most instances the Function App scales out to.')
+@minValue(1)
+@maxValue(1000)
+param maximumInstanceCount int = 40
+
+@description('Cosmos DB serverless (pay per request); false: provisioned autoscale throughput.')
+param cosmosServerless bool = true
+
+@description('Replication of the DICOM storage account.')
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_RAGRS'
+])
+param storageSku string = 'Standard_LRS'
+
+@description('Days without a read before an instance blob moves to Cool.')
+param coolAfterDays int = 30
+
+@description('Days without a read before an instance blob moves to Cold.')
+param coldAfterDays int = 90
+
+@description('Days without a read before an instance blob moves to Archive.')
+param archiveAfterDays int = 365
+
+@description('Instances at most this size in MB (and every label, overview and thumbnail) stay in the hot tier.')
+param hotPinMB int = 256
+
+var tags = {
+  'azd-env-name': environmentName
+}
+var suffix = toLower(uniqueString(subscription().id, environmentName, location))
 // Defaults of dicomweb/config.py.
 var instanceContainer = 'dicom-instances'
 var sidecarContainer = 'dicom-sidecars'
 var stagingContainer = 'dicom-staging'
 var cosmosDatabase = 'dicomweb'
 var cosmosContainer = 'index'
-// Flex Consumption deploys the app package from this container.
-var deploymentContainer = 'app-package'
 
-resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
-  name: '${name}-id-${suffix}'
+resource group 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: 'rg-${environmentName}'
   location: location
+  tags: tags
 }
 
-resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
-  name: take('dw${suffix}', 24)
-  location: location
-  sku: {
-    name: 'Standard_LRS'
-  }
-  kind: 'StorageV2'
-  properties: {
-    accessTier: 'Hot'
-    allowBlobPublicAccess: false
-    allowSharedKeyAccess: false
-    minimumTlsVersion: 'TLS1_2'
-    supportsHttpsTrafficOnly: true
+module identity 'modules/identity.bicep' = {
+  scope: group
+  name: 'identity'
+  params: {
+    name: 'id-dicomweb-${suffix}'
+    location: location
+    tags: tags
   }
 }
 
-resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
-  parent: storage
-  name: 'default'
-}
-
-resource instances 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
-  parent: blobService
-  name: instanceContainer
-  properties: {
-    publicAccess: 'None'
+module monitoring 'modules/monitoring.bicep' = {
+  scope: group
+  name: 'monitoring'
+  params: {
+    name: 'dicomweb-${suffix}'
+    location: location
+    tags: tags
+    identityPrincipalId: identity.outputs.principalId
   }
 }
 
-resource sidecars 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
-  parent: blobService
-  name: sidecarContainer
-  properties: {
-    publicAccess: 'None'
+module storage 'modules/storage.bicep' = {
+  scope: group
+  name: 'storage'
+  params: {
+    name: take('stdicom${suffix}', 24)
+    location: location
+    tags: tags
+    sku: storageSku
+    instanceContainer: instanceContainer
+    sidecarContainer: sidecarContainer
+    stagingContainer: stagingContainer
+    deploymentContainer: 'app-package'
+    coolAfterDays: coolAfterDays
+    coldAfterDays: coldAfterDays
+    archiveAfterDays: archiveAfterDays
+    identityPrincipalId: identity.outputs.principalId
+    principalId: principalId
+    principalType: principalType
   }
 }
 
-resource staging 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
-  parent: blobService
-  name: stagingContainer
-  properties: {
-    publicAccess: 'None'
+module cosmos 'modules/cosmos.bicep' = {
+  scope: group
+  name: 'cosmos'
+  params: {
+    name: 'cosmos-dicomweb-${suffix}'
+    location: location
+    tags: tags
+    databaseName: cosmosDatabase
+    containerName: cosmosContainer
+    serverless: cosmosServerless
+    identityPrincipalId: identity.outputs.principalId
+    principalId: principalId
   }
 }
 
-resource deployments 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
-  parent: blobService
-  name: deploymentContainer
-  properties: {
-    publicAccess: 'None'
+module app 'modules/functionapp.bicep' = {
+  scope: group
+  name: 'functionapp'
+  params: {
+    name: 'func-dicomweb-${suffix}'
+    location: location
+    tags: tags
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
+    storageAccountName: storage.outputs.name
+    storageBlobEndpoint: storage.outputs.blobEndpoint
+    deploymentContainer: storage.outputs.deploymentContainer
+    instanceContainer: storage.outputs.instanceContainer
+    sidecarContainer: storage.outputs.sidecarContainer
+    stagingContainer: storage.outputs.stagingContainer
+    cosmosEndpoint: cosmos.outputs.endpoint
+    cosmosDatabase: cosmos.outputs.databaseName
+    cosmosContainer: cosmos.outputs.containerName
+    appInsightsConnectionString: monitoring.outputs.connectionString
+    corsOrigins: corsOrigins
+    publicBaseUrl: publicBaseUrl
+    authIssuer: authIssuer
+    authAudience: authAudience
+    maxRequestMB: maxRequestMB
+    hotPinMB: hotPinMB
+    instanceMemoryMB: instanceMemoryMB
+    maximumInstanceCount: maximumInstanceCount
   }
 }
 
-resource cosmos 'Microsoft.DocumentDB/databaseAccounts@2024-05-15' = {
-  name: '${name}-cosmos-${suffix}'
-  location: location
-  kind: 'GlobalDocumentDB'
-  properties: {
-    databaseAccountOfferType: 'Standard'
-    disableLocalAuth: true
-    capabilities: [
-      {
-        name: 'EnableServerless'
-      }
-    ]
-    locations: [
-      {
-        locationName: location
-        failoverPriority: 0
-        isZoneRedundant: false
-      }
-    ]
-    consistencyPolicy: {
-      defaultConsistencyLevel: 'Session'
-    }
-  }
-}
-
-resource database 'Microsoft.DocumentDB/databaseAccounts/sqlDatabases@2024-05-15' = {
-  parent: cosmos
-  name: cosmosDatabase
-  properties: {
-    resource: {
-      id: cosmosDatabase
-    }
-  }
-}
-
-resource indexContainer 'Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers@2024-05-15' = {
-  parent: database
-  name: cosmosContainer
-  properties: {
-    resource: {
-      id: cosmosContainer
-      partitionKey: {
-        paths: [
-          '/studyInstanceUID'
-        ]
-        kind: 'Hash'
-      }
-      // The policy the code creates locally (dicomweb/storage/index.py), deployed as-is.
-      indexingPolicy: loadJsonContent('../dicomweb/storage/indexing-policy.json')
-    }
-  }
-}
-
-resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
-  name: '${name}-plan-${suffix}'
-  location: location
-  kind: 'functionapp'
-  sku: {
-    tier: 'FlexConsumption'
-    name: 'FC1'
-  }
-  properties: {
-    reserved: true
-  }
-}
-
-resource app 'Microsoft.Web/sites@2024-04-01' = {
-  name: '${name}-${suffix}'
-  location: location
-  kind: 'functionapp,linux'
-  identity: {
-    type: 'UserAssigned'
-    userAssignedIdentities: {
-      '${identity.id}': {}
-    }
-  }
-  properties: {
-    serverFarmId: plan.id
-    httpsOnly: true
-    functionAppConfig: {
-      deployment: {
-        storage: {
-          type: 'blobContainer'
-          value: '${storage.properties.primaryEndpoints.blob}${deployments.name}'
-          authentication: {
-            type: 'UserAssignedIdentity'
-            userAssignedIdentityResourceId: identity.id
-          }
-        }
-      }
-      runtime: {
-        name: 'python'
-        version: '3.11'
-      }
-      scaleAndConcurrency: {
-        instanceMemoryMB: 2048
-        maximumInstanceCount: 40
-      }
-    }
-    siteConfig: {
-      // CORS is answered by the app itself (DICOMWEB_CORS_ORIGINS), so platform CORS stays off.
-      appSettings: [
-        { name: 'AzureWebJobsStorage__accountName', value: storage.name }
-        { name: 'AzureWebJobsStorage__credential', value: 'managedidentity' }
-        { name: 'AzureWebJobsStorage__clientId', value: identity.properties.clientId }
-        { name: 'AZURE_CLIENT_ID', value: identity.properties.clientId }
-        { name: 'PYTHON_ENABLE_INIT_INDEXING', value: '1' }
-        { name: 'DICOMWEB_STORAGE_CONNECTION_STRING', value: '' }
-        { name: 'DICOMWEB_STORAGE_ACCOUNT_URL', value: storage.properties.primaryEndpoints.blob }
-        { name: 'DICOMWEB_INSTANCE_CONTAINER', value: instances.name }
-        { name: 'DICOMWEB_SIDECAR_CONTAINER', value: sidecars.name }
-        { name: 'DICOMWEB_STAGING_CONTAINER', value: staging.name }
-        { name: 'DICOMWEB_COSMOS_CONNECTION_STRING', value: '' }
-        { name: 'DICOMWEB_COSMOS_ENDPOINT', value: cosmos.properties.documentEndpoint }
-        { name: 'DICOMWEB_COSMOS_DATABASE', value: database.name }
-        { name: 'DICOMWEB_COSMOS_CONTAINER', value: indexContainer.name }
-        { name: 'DICOMWEB_PUBLIC_BASE_URL', value: publicBaseUrl }
-        { name: 'DICOMWEB_CORS_ORIGINS', value: corsOrigins }
-        { name: 'DICOMWEB_BLOCK_SIZE_MB', value: '8' }
-        { name: 'DICOMWEB_UPLOAD_CONCURRENCY', value: '4' }
-        { name: 'DICOMWEB_MAX_HEADER_MB', value: '64' }
-        { name: 'DICOMWEB_FRAME_INDEX_CACHE_MB', value: '64' }
-        { name: 'DICOMWEB_FRAME_CACHE_MB', value: '64' }
-        { name: 'DICOMWEB_FRAME_CACHE_SECONDS', value: '30' }
-        { name: 'DICOMWEB_MAX_REQUEST_MB', value: string(maxRequestMB) }
-        // The host's own cap sits just above ours, so oversized STOW requests get our 413, not its 500.
-        { name: 'FUNCTIONS_REQUEST_BODY_SIZE_LIMIT', value: string((maxRequestMB + 1) * 1048576) }
-        { name: 'DICOMWEB_UPLOAD_SAS_SECONDS', value: '900' }
-        { name: 'DICOMWEB_UPLOAD_SESSION_SECONDS', value: '86400' }
-        { name: 'DICOMWEB_COMMIT_WAIT_SECONDS', value: '200' }
-      ]
-    }
-  }
-}
-
-output DICOMWEB_STORAGE_ACCOUNT_URL string = storage.properties.primaryEndpoints.blob
-output DICOMWEB_INSTANCE_CONTAINER string = instances.name
-output DICOMWEB_SIDECAR_CONTAINER string = sidecars.name
-output DICOMWEB_STAGING_CONTAINER string = staging.name
-output DICOMWEB_COSMOS_ENDPOINT string = cosmos.properties.documentEndpoint
-output DICOMWEB_COSMOS_DATABASE string = database.name
-output DICOMWEB_COSMOS_CONTAINER string = indexContainer.name
-output AZURE_CLIENT_ID string = identity.properties.clientId
-output SERVICE_BASE_URL string = 'https://${app.properties.defaultHostName}/v1'
+output AZURE_LOCATION string = location
+output AZURE_RESOURCE_GROUP string = group.name
+output AZURE_CLIENT_ID string = identity.outputs.clientId
+output DICOMWEB_STORAGE_ACCOUNT_URL string = storage.outputs.blobEndpoint
+output DICOMWEB_INSTANCE_CONTAINER string = storage.outputs.instanceContainer
+output DICOMWEB_SIDECAR_CONTAINER string = storage.outputs.sidecarContainer
+output DICOMWEB_STAGING_CONTAINER string = storage.outputs.stagingContainer
+output DICOMWEB_COSMOS_ENDPOINT string = cosmos.outputs.endpoint
+output DICOMWEB_COSMOS_DATABASE string = cosmos.outputs.databaseName
+output DICOMWEB_COSMOS_CONTAINER string = cosmos.outputs.containerName
+output DICOMWEB_CORS_ORIGINS string = corsOrigins
+output DICOMWEB_AUTH_ISSUER string = authIssuer
+output DICOMWEB_AUTH_AUDIENCE string = authAudience
+output SERVICE_API_NAME string = app.outputs.name
+output SERVICE_API_URI string = 'https://${app.outputs.defaultHostName}/v1'

@@ -1,8 +1,8 @@
 """Settings (``dicomweb/config.py``): what the code reads, the files that provide it and the README, in step.
 
 Fast and offline: reads files only. ``dicomweb.config.SETTING_NAMES`` is the single list;
-``local.settings.json.example`` (local Functions host), ``infra/main.bicep`` (Azure app
-settings) and the README's configuration table must name exactly those settings.
+``local.settings.json.example`` (local Functions host) and the README's configuration table
+must name exactly those settings (``tests/test_infra.py`` holds the Bicep side).
 """
 
 from __future__ import annotations
@@ -22,26 +22,10 @@ from dicomweb.config import MIB, SETTING_NAMES, Settings
 ROOT = Path(__file__).resolve().parents[1]
 NAME = re.compile(r"\bDICOMWEB_[A-Z0-9_]+\b")
 LITERAL = re.compile(r"""(["'])(DICOMWEB_[A-Z0-9_]+)\1""")
-CONNECTION_STRINGS = {"DICOMWEB_STORAGE_CONNECTION_STRING", "DICOMWEB_COSMOS_CONNECTION_STRING"}
-ENDPOINTS = {"DICOMWEB_STORAGE_ACCOUNT_URL", "DICOMWEB_COSMOS_ENDPOINT"}
 
 
 def example_values() -> dict[str, str]:
     return json.loads((ROOT / "local.settings.json.example").read_text())["Values"]
-
-
-def bicep_text() -> str:
-    return (ROOT / "infra" / "main.bicep").read_text()
-
-
-def bicep_app_settings() -> dict[str, str]:
-    """``name`` → raw ``value`` expression of the Function App's ``appSettings`` entries."""
-    text = bicep_text()
-    start = text.index("appSettings: [")
-    block = text[start : text.index("\n      ]", start)]
-    entries = re.findall(r"name:\s*'([^']+)'\s*,?\s*value:\s*([^}\n]+?)\s*\}", block)
-    assert entries, "no appSettings entries found in infra/main.bicep"
-    return dict(entries)
 
 
 def readme() -> str:
@@ -57,7 +41,7 @@ def test_setting_names_are_unique_and_well_formed() -> None:
     assert all(NAME.fullmatch(name) for name in SETTING_NAMES)
 
 
-# (a) local settings and Bicep provide exactly the settings the code reads.
+# (a) local settings provide exactly the settings the code reads.
 
 
 def test_local_settings_example_has_every_setting_and_no_stale_one() -> None:
@@ -75,35 +59,6 @@ def test_local_settings_example_is_a_functions_settings_file() -> None:
     assert values["AzureWebJobsStorage"] == "UseDevelopmentStorage=true"
     assert values["PYTHON_ENABLE_INIT_INDEXING"] == "1"
     assert all(isinstance(v, str) for v in values.values()), "Functions settings values must be strings"
-
-
-def test_bicep_app_settings_have_every_setting_and_no_stale_one() -> None:
-    settings = bicep_app_settings()
-    configured = {name for name in settings if name.startswith("DICOMWEB_")}
-    assert configured == set(SETTING_NAMES), "missing: " + ", ".join(sorted(set(SETTING_NAMES) - configured))
-    assert set(NAME.findall(bicep_text())) <= set(SETTING_NAMES), "stale DICOMWEB_* names in infra/main.bicep"
-
-
-def test_bicep_app_settings_hold_no_secret_and_use_the_identity() -> None:
-    settings = bicep_app_settings()
-    for name in CONNECTION_STRINGS:
-        assert settings[name] == "''", f"{name} must stay empty in Azure (managed identity, no secrets)"
-    for name in ENDPOINTS:
-        assert ".properties." in settings[name], f"{name} must come from the resource's properties"
-    assert settings["AZURE_CLIENT_ID"] == "identity.properties.clientId"
-    assert settings["PYTHON_ENABLE_INIT_INDEXING"] == "'1'"
-    assert "FUNCTIONS_WORKER_RUNTIME" not in settings, "Flex Consumption sets the runtime in functionAppConfig"
-    assert not re.search(r"AccountKey|listKeys\(|SharedAccessSignature", bicep_text())
-    outputs = set(re.findall(r"^output\s+(\w+)\s", bicep_text(), re.MULTILINE))
-    assert ENDPOINTS <= outputs
-
-
-def test_bicep_literal_values_match_the_local_defaults() -> None:
-    values = example_values()
-    for name, raw in bicep_app_settings().items():
-        literal = re.fullmatch(r"'([^']*)'", raw)
-        if name in SETTING_NAMES and literal and name not in CONNECTION_STRINGS:
-            assert literal.group(1) == values[name], f"{name}: Bicep {raw} vs example {values[name]!r}"
 
 
 # (b) the package reads no setting that is not declared.
@@ -184,17 +139,3 @@ def test_ci_script_is_executable_bash() -> None:
     text = script.read_text()
     assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text
     subprocess.run(["bash", "-n", str(script)], check=True)
-
-
-# (f) the Cosmos indexing policy the code creates is the one the Bicep deploys.
-
-
-def test_bicep_deploys_the_indexing_policy_the_code_creates() -> None:
-    bicep = (ROOT / "infra" / "main.bicep").read_text()
-    assert "loadJsonContent('../dicomweb/storage/indexing-policy.json')" in bicep
-    policy = json.loads((ROOT / "dicomweb" / "storage" / "indexing-policy.json").read_text())
-    included = {p["path"] for p in policy["includedPaths"]}
-    source = (ROOT / "dicomweb" / "storage" / "index.py").read_text()
-    for field in re.findall(r"\bc\.(m|w|type|id|sequence|timestamp|sop|studyInstanceUID|seriesInstanceUID)\b", source):
-        assert f"/{field}/*" in included or f"/{field}/?" in included, field
-    assert {"path": "/*"} in policy["excludedPaths"], "returned attributes stay out of the index"

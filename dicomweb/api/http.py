@@ -16,12 +16,14 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
 from dicomweb.config import Settings
-from dicomweb.errors import DicomWebError
+from dicomweb.errors import DicomWebError, Unauthorized
 from dicomweb.service import Service, get_service
 
 log = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
+#: Response headers a browser client may read.
+EXPOSED = "Content-Type, Warning, Location, WWW-Authenticate, Retry-After"
 Handler = Callable[[Request, Service], Awaitable[Response]]
 
 
@@ -62,7 +64,10 @@ def warning_header(message: str) -> str:
 def error_response(error: DicomWebError) -> Response:
     """The one place a service error becomes an HTTP answer: status, ErrorComment, Warning header."""
     body = {"00000902": {"vr": "LO", "Value": [error.message[:64]]}, "message": error.message}
-    return dicom_json(body, error.status, {"warning": warning_header(error.message)})
+    headers = {"warning": warning_header(error.message)}
+    if isinstance(error, Unauthorized):
+        headers["www-authenticate"] = 'Bearer error="invalid_token"'
+    return dicom_json(body, error.status, headers)
 
 
 def _cors_headers(origin: str | None, settings: Settings) -> dict[str, str]:
@@ -70,12 +75,12 @@ def _cors_headers(origin: str | None, settings: Settings) -> dict[str, str]:
     if not origin or not allowed:
         return {}
     if "*" in allowed:
-        return {"access-control-allow-origin": "*", "access-control-expose-headers": "Content-Type, Warning, Location"}
+        return {"access-control-allow-origin": "*", "access-control-expose-headers": EXPOSED}
     if origin in allowed:
         return {
             "access-control-allow-origin": origin,
             "vary": "Origin",
-            "access-control-expose-headers": "Content-Type, Warning, Location",
+            "access-control-expose-headers": EXPOSED,
         }
     return {}
 
@@ -104,6 +109,8 @@ def endpoint(
             if req.method == "OPTIONS":
                 return _preflight(req, service.settings)
             try:
+                if service.auth is not None:
+                    await service.auth.validate(req.headers.get("authorization"))
                 response = await handler(req, service)
             except DicomWebError as error:
                 response = error_response(error)

@@ -264,15 +264,29 @@ class Part10Parser:
         return prefix + rest
 
     def _walk(self, data: bytes) -> None:
-        """Advance over fragment item headers in ``data``, the input bytes that follow the last walked."""
-        win = self._win
-        win += data
+        """Advance over fragment item headers in ``data``, the input bytes that follow the last walked.
+
+        Fragment payloads are skipped without being copied: only the bytes of an item
+        header (or the Basic Offset Table) that runs past the end of ``data`` are kept
+        for the next call, in ``_win``, which starts at input offset ``_win_start``.
+        """
+        carry, carry_start = self._win, self._win_start
+        data_start = carry_start + len(carry)
+        end = data_start + len(data)
+
+        def peek(pos: int, size: int) -> bytes | None:
+            if pos + size > end:
+                return None
+            if pos >= data_start:
+                return data[pos - data_start : pos - data_start + size]
+            head = bytes(carry[pos - carry_start :])
+            return (head + data[: size - len(head)])[:size]
+
         while self._pixel_end is None:
-            rel = self._item_pos - self._win_start
-            avail = len(win) - rel
-            if avail < 8:
+            header = peek(self._item_pos, 8)
+            if header is None:
                 break
-            group, elem, length = struct.unpack_from("<HHI", win, rel)
+            group, elem, length = struct.unpack("<HHI", header)
             tag = group << 16 | elem
             if tag == SEQUENCE_DELIMITER:
                 self._pixel_end = self._item_pos + 8
@@ -280,19 +294,23 @@ class Part10Parser:
             if tag != ITEM:
                 raise InvalidDataset(f"unexpected tag {tag:08X} in encapsulated Pixel Data")
             if self._bot is None:
-                if avail < 8 + length:
+                table = peek(self._item_pos + 8, length)
+                if table is None:
                     break
-                self._bot = bytes(win[rel + 8 : rel + 8 + length])
+                self._bot = table
             else:
-                sniff = min(_HEAD_SNIFF, length)
-                if avail < 8 + sniff:
+                head = peek(self._item_pos + 8, min(_HEAD_SNIFF, length))
+                if head is None:
                     break
-                head = bytes(win[rel + 8 : rel + 8 + sniff])
                 self._fragments.append(Fragment(self._item_pos + self._shift, length, head))
             self._item_pos += 8 + length
-        drop = min(max(self._item_pos - self._win_start, 0), len(win))
-        del win[:drop]
-        self._win_start += drop
+        keep = max(self._item_pos, carry_start)
+        if keep >= end:
+            self._win, self._win_start = bytearray(), end
+        elif keep >= data_start:
+            self._win, self._win_start = bytearray(data[keep - data_start :]), keep
+        else:
+            self._win, self._win_start = bytearray(carry[keep - carry_start :]) + data, keep
 
     def frame_index(self, generation: str) -> FrameIndex | None:
         """The frame offset record of a complete instance (None without Pixel Data)."""

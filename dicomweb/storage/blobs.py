@@ -40,6 +40,10 @@ from dicomweb.errors import Archived, Duplicate, NotFound, StorageFailure
 
 
 GENERATION = "generation"
+#: Blob index tag the lifecycle policy filters on: ``auto`` blobs move to cool, cold and archive as they
+#: go unread; ``hot`` ones (sidecars, labels, overviews, thumbnails, small pyramid levels) stay hot.
+TIER_TAG = "dicomweb_tier"
+HOT, AUTO = "hot", "auto"
 GENERATION_HEADER = "x-ms-meta-generation"
 DELETING = "deleting"
 
@@ -99,7 +103,7 @@ class BlockUpload:
             await self._flush()
 
     async def _flush(self) -> None:
-        block = b"".join(self._pending)
+        block = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         self._pending.clear()
         self._pending_size = 0
         await self._stage(block)
@@ -293,9 +297,9 @@ class BlobStore:
         return BlockUpload(self.instances.get_blob_client(name), block_size, concurrency)
 
     async def put_sidecar(self, name: str, data: bytes) -> None:
-        """Write (or overwrite) a sidecar in one request."""
+        """Write (or overwrite) a sidecar in one request, pinned to the hot tier (every frame request reads it)."""
         try:
-            await self.sidecars.upload_blob(name, data, overwrite=True)
+            await self.sidecars.upload_blob(name, data, overwrite=True, tags={TIER_TAG: HOT})
         except AzureError as exc:
             raise _failure(exc, name) from exc
 

@@ -14,7 +14,8 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from tests.conftest import Server, blob_names, blob_service
+from dicomweb.storage.blobs import AUTO, HOT, TIER_TAG
+from tests.conftest import Server, blob_names, blob_service, fresh_settings, start_server
 from tests.wsi_factory import SlideFile, make_slide
 
 INSTANCES = "dicom-instances"
@@ -218,3 +219,31 @@ def test_cors_preflight_and_headers(http: httpx.Client) -> None:
     assert int(preflight.headers["access-control-max-age"]) > 0
     answer = http.get("/studies/1.2.3/metadata", headers={"origin": "http://viewer.example"})
     assert answer.headers["access-control-allow-origin"] == "*"
+
+
+def test_instances_are_tagged_for_the_lifecycle_policy(emulators: dict[str, str], tmp_path: Path) -> None:
+    """Labels, overviews, thumbnails, small levels and sidecars stay hot; large levels may cool down."""
+    settings = fresh_settings(emulators)
+    server = start_server(settings, tmp_path, DICOMWEB_HOT_PIN_MB="1")
+    try:
+        files = make_slide(tmp_path / "slide", levels=2, base_size=(3000, 3000))
+        for file in files:
+            response = httpx.post(f"{server.base_url}/studies", content=file.path.read_bytes(),
+                                  headers={"content-type": "application/dicom"}, timeout=60)
+            assert response.status_code == 200, response.text
+        service = blob_service(settings)
+        instances = service.get_container_client(settings["DICOMWEB_INSTANCE_CONTAINER"])
+        sidecars = service.get_container_client(settings["DICOMWEB_SIDECAR_CONTAINER"])
+        tiers = {}
+        for file in files:
+            name = f"{file.study_uid}/{file.series_uid}/{file.sop_uid}"
+            tiers[file.path.name] = instances.get_blob_client(f"{name}.dcm").get_blob_tags()[TIER_TAG]
+            assert sidecars.get_blob_client(f"{name}.json").get_blob_tags() == {TIER_TAG: HOT}
+            assert sidecars.get_blob_client(f"{name}.frames").get_blob_tags() == {TIER_TAG: HOT}
+        large = files[0].path.stat().st_size > 1024 * 1024
+        assert large, "the base level must exceed the 1 MB pin limit of this test"
+        assert tiers == {files[0].path.name: AUTO, **{f.path.name: HOT for f in files[1:]}}
+        auto = list(instances.find_blobs_by_tags(f"{TIER_TAG} = '{AUTO}'"))
+        assert [b.name for b in auto] == [f"{files[0].study_uid}/{files[0].series_uid}/{files[0].sop_uid}.dcm"]
+    finally:
+        server.stop()
