@@ -97,7 +97,7 @@ def main() -> None:
                 started = time.perf_counter()
                 run = subprocess.run(
                     [sys.executable, "-m", "dicomweb", "upload", *map(str, paths), "--url", server.base_url, "--json",
-                     "--no-progress", "--parallel", "4", "--blocks", "16", "--state", str(work / "state.json")],
+                     "--no-progress", "--state", str(work / "state.json")],
                     capture_output=True, text=True, cwd=ROOT, check=False)
                 wall_s = time.perf_counter() - started
                 first_ms = first_frame_ms(server.base_url, large)

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     upload_cmd.add_argument("--url", required=True, help="DICOMweb base URL, e.g. http://127.0.0.1:8080/v1")
     upload_cmd.add_argument("--token", help="bearer token for the service")
     upload_cmd.add_argument("--parallel", type=int, default=4, help="instances at once (default 4)")
-    upload_cmd.add_argument("--blocks", type=int, default=16, help="blocks in flight (default 16)")
+    upload_cmd.add_argument("--blocks", type=int, default=32, help="blocks in flight (default 32)")
     upload_cmd.add_argument("--stow-max-mb", type=int, default=64,
                             help="larger instances go through upload sessions (default 64)")
     upload_cmd.add_argument("--state", type=Path, help="resume file (default ~/.cache/dicomweb/uploads.json)")

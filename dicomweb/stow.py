@@ -156,7 +156,8 @@ def response(outcomes: list[Outcome], base: str) -> tuple[int, JsonDict, str | N
         ]}
     if failed:
         body["00081198"] = {"vr": "SQ", "Value": [
-            {**_reference(o), "00081197": {"vr": "US", "Value": [o.error.reason]}} for o in failed  # type: ignore[union-attr]
+            {**_reference(o), "00081197": {"vr": "US", "Value": [o.error.reason]}}  # type: ignore[union-attr]
+            for o in failed
         ]}
     status = 200 if not failed else 202 if stored else 409
     warning = "; ".join(f"{o.sop_instance or 'unknown instance'}: {o.error.message}"  # type: ignore[union-attr]

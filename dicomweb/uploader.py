@@ -68,7 +68,8 @@ def find_files(paths: list[Path]) -> tuple[list[Path], list[Result]]:
             if magic == b"DICM":
                 files.append(candidate)
             else:
-                skipped.append(Result(candidate, candidate.stat().st_size, "skipped", detail="not a DICOM Part 10 file"))
+                skipped.append(Result(candidate, candidate.stat().st_size, "skipped",
+                                      detail="not a DICOM Part 10 file"))
     return files, skipped
 
 
@@ -93,7 +94,7 @@ def _stow_outcome(status: int, body: Any) -> tuple[str, str, str]:
 class Uploader:
     """Uploads files to one DICOMweb service; :meth:`run` returns a result per file."""
 
-    def __init__(self, url: str, *, token: str | None = None, parallel: int = 4, block_concurrency: int = 16,
+    def __init__(self, url: str, *, token: str | None = None, parallel: int = 4, block_concurrency: int = 32,
                  stow_max_bytes: int = 64 * MIB, state_path: Path | None = None, progress: bool | None = None) -> None:
         self._url = url.rstrip("/")
         self._headers = {"authorization": f"Bearer {token}"} if token else {}
@@ -181,7 +182,8 @@ class Uploader:
 
         status, _, content = await self._request(
             "POST", f"{self._url}/studies", body=body,
-            headers={"content-type": "application/dicom", "content-length": str(size), "accept": "application/dicom+json"},
+            headers={"content-type": "application/dicom", "content-length": str(size),
+                     "accept": "application/dicom+json"},
             ok=(413,))
         if status == 413:
             self._advance(-sent[0])
@@ -227,7 +229,8 @@ class Uploader:
         if session["status"] == "open":
             missing = set(session["missing"])
             self._advance(size - sum(b["length"] for b in session["blocks"] if b["index"] in missing))
-            await asyncio.gather(*(self._put_block(path, session, b) for b in session["blocks"] if b["index"] in missing))
+            await asyncio.gather(*(self._put_block(path, session, b) for b in session["blocks"]
+                                   if b["index"] in missing))
             timing["commit"] = time.perf_counter()
             status, _, content = await self._request("POST", session["commitUrl"], ok=(202,))
             if status != 202:

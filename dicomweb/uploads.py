@@ -214,8 +214,8 @@ async def commit(service: Service, session_id: str, base: str) -> Session:
             _start(service, session, base)
         except StaleBlob:
             session = await load(service, session_id)  # another request committed it first
-    elif session.stale(_now()):
-        _start(service, session, base)
+    else:
+        session = await _resume_if_stale(service, session, base)
     task = service.tasks.get(session.id)
     if task is None:
         return session
@@ -234,17 +234,22 @@ def _start(service: Service, session: Session, base: str) -> None:
     task.add_done_callback(lambda _: service.tasks.pop(session.id, None))
 
 
+async def _resume_if_stale(service: Service, session: Session, base: str) -> Session:
+    """Resume here an ingest whose worker stopped reporting; the heartbeat's etag check lets one worker win."""
+    if not session.stale(_now()):
+        return session
+    session.heartbeat = _text(_now())
+    try:
+        await _save(service, session)
+    except StaleBlob:
+        return await load(service, session.id)  # another worker resumed it first
+    _start(service, session, base)
+    return session
+
+
 async def status(service: Service, session_id: str, base: str) -> Session:
     """The session, resuming its ingest here when the worker that ran it stopped reporting."""
-    session = await load(service, session_id)
-    if session.stale(_now()):
-        session.heartbeat = _text(_now())
-        try:
-            await _save(service, session)
-            _start(service, session, base)
-        except StaleBlob:
-            session = await load(service, session_id)  # another worker resumed it first
-    return session
+    return await _resume_if_stale(service, await load(service, session_id), base)
 
 
 async def _staged_chunks(service: Service, session: Session) -> AsyncIterator[bytes]:
@@ -265,21 +270,25 @@ async def _staged_chunks(service: Service, session: Session) -> AsyncIterator[by
         yield chunk
 
 
-async def _slot(service: Service, session: Session) -> None:
-    """Wait for one of the worker's ingest slots, keeping the session's heartbeat going meanwhile."""
+async def _slot(service: Service, session: Session) -> bool:
+    """Wait for the worker's ingest slot, heartbeat going; False when another worker took the session over."""
     while True:
         try:
             await asyncio.wait_for(service.ingest_slots.acquire(), HEARTBEAT_SECONDS)
-            return
+            return True
         except asyncio.TimeoutError:
             session.heartbeat = _text(_now())
-            await _save(service, session)
+            try:
+                await _save(service, session)
+            except StaleBlob:
+                return False
 
 
 async def _ingest(service: Service, session: Session, base: str) -> Session:
     """One streaming pass of the staged blob through the STOW path, then the result into the record."""
     try:
-        await _slot(service, session)
+        if not await _slot(service, session):
+            return await load(service, session.id)
         try:
             outcome = await store_instance(service, _staged_chunks(service, session), session.study,
                                            generation=session.generation)

@@ -6,8 +6,10 @@ as the README's first command starts it, pointed at them.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
+import threading
 import sys
 import time
 import uuid
@@ -18,6 +20,7 @@ from typing import Iterator
 import httpx
 import pydicom
 import pytest
+from aiohttp import web
 from azure.storage.blob import BlobServiceClient
 from pydicom.encaps import generate_frames
 
@@ -65,6 +68,35 @@ def start_server(settings: dict[str, str], data_dir: Path, **extra: str) -> Serv
             time.sleep(0.1)
     process.kill()
     raise RuntimeError("dicomweb serve did not start")
+
+
+class ThreadedHttpServer:
+    """A small aiohttp app on localhost, served from a thread of its own (a stand-in the service calls)."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self._loop = asyncio.new_event_loop()
+        self._runner = web.AppRunner(app)
+        self.url = ""
+
+    def start(self) -> "ThreadedHttpServer":
+        ready = threading.Event()
+        threading.Thread(target=self._serve, args=(ready,), daemon=True).start()
+        assert ready.wait(10), "the local HTTP server did not start"
+        return self
+
+    def _serve(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        ready.set()
+        self._loop.run_forever()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from dicomweb.auth import TokenValidator
 from dicomweb.errors import Unauthorized
-from tests.conftest import ROOT, Server, fresh_settings, start_server
+from tests.conftest import ROOT, Server, ThreadedHttpServer, fresh_settings, start_server
 from tests.wsi_factory import make_slide
 
 AUDIENCE = "api://dicomweb"
@@ -33,31 +32,17 @@ class Provider:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.kid = uuid.uuid4().hex
-        self.issuer = ""
-        self._loop = asyncio.new_event_loop()
-        self._runner: web.AppRunner | None = None
-
-    def start(self) -> None:
-        ready = threading.Event()
-        threading.Thread(target=self._serve, args=(ready,), daemon=True).start()
-        assert ready.wait(10)
-
-    def _serve(self, ready: threading.Event) -> None:
-        asyncio.set_event_loop(self._loop)
         app = web.Application()
         app.router.add_get("/tenant/v2.0/.well-known/openid-configuration", self._discovery)
         app.router.add_get("/keys", self._keys)
-        self._runner = web.AppRunner(app)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.issuer = f"http://127.0.0.1:{port}/tenant/v2.0"
-        ready.set()
-        self._loop.run_forever()
+        self.server = ThreadedHttpServer(app)
+
+    @property
+    def issuer(self) -> str:
+        return f"{self.server.url}/tenant/v2.0"
 
     async def _discovery(self, _: web.Request) -> web.Response:
-        return web.json_response({"issuer": self.issuer, "jwks_uri": self.issuer.replace("/tenant/v2.0", "/keys")})
+        return web.json_response({"issuer": self.issuer, "jwks_uri": f"{self.server.url}/keys"})
 
     async def _keys(self, _: web.Request) -> web.Response:
         public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
@@ -71,18 +56,13 @@ class Provider:
         key = self.stranger if stranger else self.key
         return jwt.encode(claims, key, algorithm="RS256", headers={"kid": self.kid})
 
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-
 
 @pytest.fixture(scope="module")
 def provider() -> Iterator[Provider]:
     running = Provider()
-    running.start()
+    running.server.start()
     yield running
-    running.stop()
+    running.server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ _UNITS = (1, 60, 3600)
 
 
 def interval_seconds(schedule: str) -> int:
-    """Seconds between runs of an NCRONTAB ``*/N`` schedule (``*/N * * * * *``, ``0 */N * * * *``, ``0 0 */N * * *``)."""
+    """Seconds between runs of an NCRONTAB step schedule: ``*/N * * * * *``, ``0 */N * * * *`` or ``0 0 */N * * *``."""
     fields = schedule.split()
     if len(fields) == 6 and fields[3:] == ["*", "*", "*"]:
         for position, unit in enumerate(_UNITS):

@@ -10,11 +10,9 @@ keys, so what needs a SAS (frames, upload sessions) is left to the connection-st
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import ipaddress
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -30,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from dicomweb.local.emulators import NODE_BIN, _wait_for_port, free_port
-from tests.conftest import Server, start_server
+from tests.conftest import Server, ThreadedHttpServer, start_server
 from tests.wsi_factory import make_slide
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -65,25 +63,9 @@ class IdentityEndpoint:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, str]] = []
-        self.url = ""
-        self._loop = asyncio.new_event_loop()
-
-    def start(self) -> None:
-        ready = threading.Event()
-        threading.Thread(target=self._serve, args=(ready,), daemon=True).start()
-        assert ready.wait(10)
-
-    def _serve(self, ready: threading.Event) -> None:
-        asyncio.set_event_loop(self._loop)
         app = web.Application()
         app.router.add_get("/msi/token", self._token)
-        runner = web.AppRunner(app)
-        self._loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/msi/token"  # type: ignore[union-attr]
-        ready.set()
-        self._loop.run_forever()
+        self.server = ThreadedHttpServer(app)
 
     async def _token(self, request: web.Request) -> web.Response:
         if request.headers.get("X-IDENTITY-HEADER") != self.SECRET:
@@ -97,12 +79,10 @@ class IdentityEndpoint:
         return web.json_response({"access_token": token, "expires_on": str(now + 3600), "resource": resource,
                                   "token_type": "Bearer", "client_id": request.query.get("client_id", "")})
 
-    def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-
 
 @pytest.fixture(scope="module")
-def identity_server(emulators: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, IdentityEndpoint]]:
+def identity_server(emulators: dict[str, str],
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, IdentityEndpoint]]:
     work = tmp_path_factory.mktemp("identity")
     cert, key = _certificate(work)
     port = free_port()
@@ -111,14 +91,14 @@ def identity_server(emulators: dict[str, str], tmp_path_factory: pytest.TempPath
          str(work / "azurite"), "--oauth", "basic", "--cert", str(cert), "--key", str(key), "--skipApiVersionCheck",
          "--loose", "--silent", "--disableTelemetry"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = IdentityEndpoint()
-    endpoint.start()
+    endpoint.server.start()
     try:
         _wait_for_port(port, azurite, "Azurite (HTTPS, OAuth)")
         cosmos = emulators["DICOMWEB_COSMOS_CONNECTION_STRING"].split("AccountEndpoint=")[1].split(";")[0]
         settings = {
             "DICOMWEB_STORAGE_ACCOUNT_URL": f"https://127.0.0.1:{port}/devstoreaccount1",
             "DICOMWEB_COSMOS_ENDPOINT": cosmos, "DICOMWEB_COSMOS_DATABASE": f"db-{uuid.uuid4().hex[:8]}",
-            "IDENTITY_ENDPOINT": endpoint.url, "IDENTITY_HEADER": endpoint.SECRET, "AZURE_CLIENT_ID": CLIENT_ID,
+            "IDENTITY_ENDPOINT": f"{endpoint.server.url}/msi/token", "IDENTITY_HEADER": endpoint.SECRET, "AZURE_CLIENT_ID": CLIENT_ID,
             "SSL_CERT_FILE": str(cert),
         }
         server = start_server(settings, work)
@@ -126,7 +106,7 @@ def identity_server(emulators: dict[str, str], tmp_path_factory: pytest.TempPath
         yield server, endpoint
         server.stop()
     finally:
-        endpoint.stop()
+        endpoint.server.stop()
         azurite.terminate()
         azurite.wait(10)
 
