@@ -1,0 +1,128 @@
+"""The web viewer Slim is built on (dicom-microscopy-viewer + dicomweb-client) in headless Chromium.
+
+The page is served from another origin than the service, as Slim is, so every frame and
+bulk-data request with its quoted Accept header goes through a CORS preflight. The viewer
+reads the series metadata, fetches each ICC profile at the absolute BulkDataURI the
+metadata names, then requests tiles one frame per request with its own Accept list,
+decodes them in its workers and draws them. The test watches the wire and the screen.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from aiohttp import web
+from PIL import Image
+from playwright.sync_api import Browser, sync_playwright
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
+
+from tests.conftest import ROOT, Server, ThreadedHttpServer
+from tests.wsi_factory import make_slide
+
+VIEWER = ROOT / "node_modules" / "dicom-microscopy-viewer" / "dist" / "dynamic-import"
+CLIENT = ROOT / "node_modules" / "dicomweb-client" / "build"
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>slide</title>
+<style>html, body { margin: 0 } #viewport { width: 1024px; height: 768px }</style>
+<script src="/dicomweb-client/dicomweb-client.js"></script>
+<script src="/static/js/dicomMicroscopyViewer.min.js"></script>
+</head><body><div id="viewport"></div>
+<script type="module">
+const params = new URLSearchParams(location.search);
+window.viewerState = { status: "loading" };
+try {
+  const DMV = window.dicomMicroscopyViewer;
+  const client = new DICOMwebClient.api.DICOMwebClient({ url: params.get("url") });
+  const metadata = await client.retrieveSeriesMetadata({
+    studyInstanceUID: params.get("study"), seriesInstanceUID: params.get("series") });
+  const images = metadata.map((m) => new DMV.metadata.VLWholeSlideMicroscopyImage({ metadata: m }))
+    .filter((image) => ["VOLUME", "THUMBNAIL"].includes(image.ImageType[2]));
+  new DMV.viewer.VolumeImageViewer({ client, metadata: images }).render({ container: "viewport" });
+  window.viewerState = { status: "rendered", images: images.length };
+} catch (error) {
+  window.viewerState = { status: "error", message: String((error && error.stack) || error) };
+}
+</script></body></html>"""
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert found, "Chromium is needed for the viewer tests: `bash .ci/run` installs Debian's chromium"
+    return found
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[str]:
+    """The viewer page and its scripts, laid out as Slim serves them (the viewer's workers load from /static/js)."""
+    assert (VIEWER / "dicomMicroscopyViewer.min.js").exists(), "run `npm ci` for dicom-microscopy-viewer"
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text=PAGE, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    app.router.add_static("/static/js", VIEWER)
+    app.router.add_static("/dicomweb-client", CLIENT)
+    server = ThreadedHttpServer(app).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        running = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
+        yield running
+        running.close()
+
+
+@pytest.mark.parametrize("syntax", [JPEGBaseline8Bit, JPEG2000Lossless], ids=["jpeg", "jpeg2000"])
+def test_the_viewer_draws_the_slide_from_another_origin(server: Server, site: str, browser: Browser,
+                                                        tmp_path: Path, syntax: str) -> None:
+    files = make_slide(tmp_path, transfer_syntax=syntax, levels=3, base_size=(2000, 1500))
+    for file in files:
+        response = httpx.post(f"{server.base_url}/studies", content=file.path.read_bytes(),
+                              headers={"content-type": "application/dicom"}, timeout=60)
+        assert response.status_code == 200, response.text
+    origin = server.base_url.removesuffix("/v1")
+    page = browser.new_page(viewport={"width": 1024, "height": 768})
+    wire: list[tuple[str, int, str, str]] = []
+    problems: list[str] = []
+    page.on("response", lambda r: wire.append((r.request.method, r.status, r.url.removeprefix(server.base_url),
+                                               r.request.headers.get("accept", ""))) if r.url.startswith(origin) else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("requestfailed", lambda r: problems.append(f"{r.url}: {r.failure}"))
+    try:
+        page.goto(f"{site}/?url={server.base_url}&study={files[0].study_uid}&series={files[0].series_uid}")
+        deadline = time.monotonic() + 60
+        while sum("/frames/" in url and status == 200 for _, status, url, _ in wire) < 8:
+            assert time.monotonic() < deadline, f"too few frames drawn: {wire} {problems}"
+            page.wait_for_timeout(250)
+        page.wait_for_timeout(3000)
+        state = page.evaluate("window.viewerState")
+        shot = np.asarray(Image.open(io.BytesIO(page.screenshot(clip={"x": 0, "y": 0, "width": 1024,
+                                                                        "height": 768}))).convert("RGB"))
+    finally:
+        page.close()
+    assert state == {"status": "rendered", "images": 4}, state
+    assert not problems, problems
+    gets = [(status, url, accept) for method, status, url, accept in wire if method == "GET"]
+    assert all(status == 200 for status, _, _ in gets), gets
+    icc = [i for i, (_, url, _) in enumerate(gets) if "/bulkdata/" in url]
+    frames = [i for i, (_, url, _) in enumerate(gets) if "/frames/" in url]
+    assert icc and frames and max(icc) < min(frames), "the ICC profiles come before any tile"
+    # A quote makes Accept a non-safelisted header (Fetch §2.2.2): the browser sent each of these
+    # cross-origin requests only after the service answered its preflight.
+    assert site.split(":")[-1] != origin.split(":")[-1]
+    assert all('multipart/related; type="' in gets[i][2] for i in frames + icc)
+    # A drawn slide: the synthetic tissue texture fills the viewport in many colours.
+    assert shot.std() > 30 and len(np.unique(shot.reshape(-1, 3)[::97], axis=0)) > 500
