@@ -104,7 +104,7 @@ def test_put_replaces_while_post_refuses(own_server: Server, tmp_path: Path) -> 
     assert httpx.get(f"{url}/frames/1", headers={"accept": "image/jpeg"}).content == source_frames(replacement)[0]
     (metadata,) = httpx.get(f"{url}/metadata").json()
     assert metadata["00400512"]["Value"] == ["SLIDE-REPLACED"]
-    (found,) = _search(own_server, f"instances?ContainerIdentifier=SLIDE-REPLACED")
+    (found,) = _search(own_server, "instances?ContainerIdentifier=SLIDE-REPLACED")
     assert found["00080018"]["Value"] == [volume.sop_uid]
     stored = blob_service(own_server.env).get_blob_client(
         own_server.env["DICOMWEB_INSTANCE_CONTAINER"], f"{volume.study_uid}/{volume.series_uid}/{volume.sop_uid}.dcm")
