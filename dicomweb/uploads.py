@@ -114,6 +114,10 @@ class Session:
         offset = index * self.block_size
         return offset, min(self.block_size, self.size - offset)
 
+    def missing(self, uncommitted: dict[str, int]) -> list[int]:
+        """Planned blocks not (or not fully) among the staged ``uncommitted`` blocks (id → size)."""
+        return [i for i in range(self.block_count) if uncommitted.get(block_id(i)) != self.block(i)[1]]
+
     def expired(self, now: datetime) -> bool:
         return _parse(self.expires) <= now
 
@@ -148,17 +152,31 @@ async def load(service: Service, session_id: str) -> Session:
     if not session_id.isalnum():
         raise NotFound("no such upload session")
     try:
-        data, etag = await service.blobs.get_record(f"{SESSIONS}{session_id}.json")
+        session = await _read(service, f"{SESSIONS}{session_id}.json")
     except NotFound:
         raise NotFound("no such upload session") from None
-    session = Session(**json.loads(data), etag=etag)
     if session.expired(_now()) and session.status != INGESTING:
         raise NotFound("the upload session has expired")
     return session
 
 
+async def _read(service: Service, record: str) -> Session:
+    data, etag = await service.blobs.get_record(record)
+    return Session(**json.loads(data), etag=etag)
+
+
 async def _save(service: Service, session: Session) -> None:
     session.etag = await service.blobs.put_record(session.record, session.to_json(), session.etag)
+
+
+async def _beat(service: Service, session: Session) -> bool:
+    """Record that this worker is ingesting ``session`` now; False when another worker changed the record."""
+    session.heartbeat = _text(_now())
+    try:
+        await _save(service, session)
+    except StaleBlob:
+        return False
+    return True
 
 
 async def describe(service: Service, session: Session, base: str) -> JsonDict:
@@ -174,12 +192,12 @@ async def describe(service: Service, session: Session, base: str) -> JsonDict:
         out["uploadUrl"] = await service.blobs.staging_write_url(session.data, expiry)
         out["uploadUrlExpiresAt"] = _text(expiry)
         _, uncommitted = await service.blobs.staged_blocks(session.data)
-        received = [i for i in range(session.block_count) if uncommitted.get(block_id(i)) == session.block(i)[1]]
-        done = set(received)
+        missing = session.missing(uncommitted)
+        absent = set(missing)
         out["blocks"] = [{"index": i, "id": wire_block_id(i), "offset": session.block(i)[0],
                           "length": session.block(i)[1]} for i in range(session.block_count)]
-        out["received"] = received
-        out["missing"] = [i for i in range(session.block_count) if i not in done]
+        out["received"] = [i for i in range(session.block_count) if i not in absent]
+        out["missing"] = missing
     elif session.status == INGESTING:
         out["progress"] = session.progress
     if session.result is not None:
@@ -190,15 +208,15 @@ async def describe(service: Service, session: Session, base: str) -> JsonDict:
 async def _seal(service: Service, session: Session) -> None:
     """Commit the planned blocks (or accept a blob the client committed itself, as azcopy does)."""
     committed, uncommitted = await service.blobs.staged_blocks(session.data)
-    planned = [block_id(i) for i in range(session.block_count)]
-    if all(uncommitted.get(b) == session.block(i)[1] for i, b in enumerate(planned)):
-        await service.blobs.commit_staged(session.data, planned)
+    missing = session.missing(uncommitted)
+    if not missing:
+        await service.blobs.commit_staged(session.data, [block_id(i) for i in range(session.block_count)])
         return
-    if committed and sum(committed.values()) == session.size:
-        return
-    missing = [i for i, b in enumerate(planned) if uncommitted.get(b) != session.block(i)[1]]
     if committed:
-        raise StateConflict(f"the staged blob holds {sum(committed.values())} bytes, not the declared {session.size}")
+        held = sum(committed.values())
+        if held == session.size:
+            return
+        raise StateConflict(f"the staged blob holds {held} bytes, not the declared {session.size}")
     shown = ", ".join(map(str, missing[:20])) + (" …" if len(missing) > 20 else "")
     raise StateConflict(f"{len(missing)} of {session.block_count} blocks have not arrived: {shown}")
 
@@ -238,10 +256,7 @@ async def _resume_if_stale(service: Service, session: Session, base: str) -> Ses
     """Resume here an ingest whose worker stopped reporting; the heartbeat's etag check lets one worker win."""
     if not session.stale(_now()):
         return session
-    session.heartbeat = _text(_now())
-    try:
-        await _save(service, session)
-    except StaleBlob:
+    if not await _beat(service, session):
         return await load(service, session.id)  # another worker resumed it first
     _start(service, session, base)
     return session
@@ -261,10 +276,7 @@ async def _staged_chunks(service: Service, session: Session) -> AsyncIterator[by
         session.progress += len(chunk)
         if loop.time() - beat >= HEARTBEAT_SECONDS:
             beat = loop.time()
-            session.heartbeat = _text(_now())
-            try:
-                await _save(service, session)
-            except StaleBlob:
+            if not await _beat(service, session):
                 log.warning("upload %s: another worker took over the ingest", session.id)
                 session.etag = (await load(service, session.id)).etag
         yield chunk
@@ -277,10 +289,7 @@ async def _slot(service: Service, session: Session) -> bool:
             await asyncio.wait_for(service.ingest_slots.acquire(), HEARTBEAT_SECONDS)
             return True
         except asyncio.TimeoutError:
-            session.heartbeat = _text(_now())
-            try:
-                await _save(service, session)
-            except StaleBlob:
+            if not await _beat(service, session):
                 return False
 
 
@@ -339,10 +348,9 @@ async def cleanup(service: Service) -> int:
     removed = 0
     async for name in service.blobs.list_records(SESSIONS):
         try:
-            data, etag = await service.blobs.get_record(name)
+            session = await _read(service, name)
         except NotFound:
             continue
-        session = Session(**json.loads(data), etag=etag)
         if session.expired(now) and (session.status != INGESTING or session.stale(now)):
             await service.blobs.discard_staged(session.data)
             await service.blobs.delete_record(session.record)

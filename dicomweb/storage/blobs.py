@@ -347,10 +347,7 @@ class BlobStore:
 
     async def exists(self, name: str) -> bool:
         """Whether the instance blob ``name`` is committed."""
-        try:
-            return await self.instances.get_blob_client(name).exists()
-        except AzureError as exc:
-            raise _failure(exc, name) from exc
+        return await self.generation_of(name) is not None
 
     async def generation_of(self, name: str) -> str | None:
         """The generation recorded on instance blob ``name`` (None when there is no such blob)."""
