@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dicomweb.dicom.frames import FrameIndex  # noqa: E402
 from dicomweb.local.emulators import Emulators  # noqa: E402
-from tests.conftest import Server, start_server  # noqa: E402
+from tests.conftest import Server, instance_blob, start_server  # noqa: E402
 from tests.wsi_factory import SlideFile, make_large_instance  # noqa: E402
 
 SLIM_ACCEPT = 'multipart/related; type="image/jpeg"; transfer-syntax=1.2.840.10008.1.2.4.50'
@@ -164,7 +164,7 @@ async def frame_reads(server: Server, settings: dict[str, str], slide: SlideFile
                       quick: bool) -> dict[str, dict[str, Result]]:
     """Every scenario against the service and against raw ranged reads of the same bytes."""
     url = f"{server.base_url}/studies/{slide.study_uid}/series/{slide.series_uid}/instances/{slide.sop_uid}/frames/"
-    blob_name = f"{slide.study_uid}/{slide.series_uid}/{slide.sop_uid}.dcm"
+    blob_name = instance_blob(settings, slide.study_uid, slide.series_uid, slide.sop_uid)
     scale = 4 if quick else 1
     scenarios = plan(index, columns, random.Random(7), (400 // scale, 3200 // scale), (24 // scale, 16 // scale))
     results: dict[str, dict[str, Result]] = {}
@@ -233,7 +233,8 @@ def main() -> None:
             raw_s = (raw_before + raw_upload(settings, slide.path)) / 2
             rss_large = peak_rss_mb(server.process.pid)
             sidecar = BlobServiceClient.from_connection_string(settings["DICOMWEB_STORAGE_CONNECTION_STRING"]).get_blob_client(
-                "dicom-sidecars", f"{slide.study_uid}/{slide.series_uid}/{slide.sop_uid}.frames").download_blob().readall()
+                "dicom-sidecars", instance_blob(settings, slide.study_uid, slide.series_uid, slide.sop_uid)
+                .replace(".dcm", ".frames")).download_blob().readall()
             index = FrameIndex.from_bytes(sidecar)
             columns = math.ceil(math.sqrt(args.frames))
             reads = asyncio.run(frame_reads(server, settings, slide, index, columns, args.quick))

@@ -1,29 +1,45 @@
 """The change feed, as the Azure DICOM service offers it: every create, update and delete, in order.
 
-Entries live in their own partition of the index container with a sequence number
-from a counter document. An entry's State is worked out when it is read: ``current``
-for an instance's newest entry, ``replaced`` when a newer one exists, ``deleted``
-when the newest is a delete. Metadata comes from the instance's sidecar, for
-current entries only.
+Entries live in their own partition of the index container. A change takes its
+sequence number from a counter (an atomic increment: it never conflicts, so recording
+never fails a store) and writes its entry once the change is in place, so numbers
+can arrive out of order and a writer that dies leaves a hole. Readers therefore see
+only entries up to the *watermark*: the highest sequence below which every number is
+resolved. A hole is resolved from the instance claim that holds its sequence (a change
+whose worker died after making it: its entry is written for it), or, once it is older
+than ``DICOMWEB_CHANGEFEED_GAP_SECONDS``, by a *skip* that readers never see (a change
+that never happened); a late writer whose number was skipped takes a new one. A
+consumer that pages with "entries after the last sequence I saw" therefore gets every
+change exactly once, in order, and each page is a range read whatever its position.
+
+An entry's State is worked out when it is read: ``current`` for an instance's newest
+entry, ``replaced`` when a newer one exists, ``deleted`` when the newest is a delete.
+Metadata comes from the sidecar of the entry's generation, for current entries only.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from dicomweb.dicom.dicomjson import JsonDict, resolve_bulk_uris
 from dicomweb.errors import BadRequest, NotFound
 from dicomweb.service import Service
-from dicomweb.storage.blobs import sidecar_name
-from dicomweb.storage.index import Document
+from dicomweb.storage.blobs import Location
+from dicomweb.storage.index import SKIP, Conflict, Document, claim_partition, document_id
 
 ACTIONS = ("create", "update", "delete")
 DEFAULT_LIMIT, MAX_LIMIT = 100, 200
+#: Entries read at once while moving the watermark.
+SCAN = 500
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _text(moment: datetime) -> str:
+    return moment.isoformat(timespec="microseconds")
 
 
 def parse_time(name: str, value: str | None) -> str | None:
@@ -36,20 +52,100 @@ def parse_time(name: str, value: str | None) -> str | None:
         raise BadRequest(f"{name}={value!r} is not an ISO 8601 date and time") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return _text(moment.astimezone(timezone.utc))
 
 
-async def record(service: Service, action: str, study: str, series: str, sop: str) -> None:
-    """Append one entry."""
+def _entry(sequence: int, action: str, location: Location) -> Document:
+    return {"sequence": sequence, "timestamp": _text(_now()), "action": action, "study": location.study,
+            "series": location.series, "sop": location.sop, "generation": location.generation}
+
+
+async def record(service: Service, sequence: int, action: str, location: Location) -> int:
+    """Write the entry of change ``sequence``; the sequence it got (a new one if a reader skipped it meanwhile)."""
     assert action in ACTIONS
-    sequence = await service.index.next_sequence()
-    await service.index.add_change({"sequence": sequence, "timestamp": _now(), "action": action,
-                                    "study": study, "series": series, "sop": sop})
+    index = service.index
+    while True:
+        try:
+            await index.add_change(_entry(sequence, action, location))
+            return sequence
+        except Conflict:
+            found = await index.change(sequence)
+            if found is not None and found["action"] == action and found["generation"] == location.generation:
+                return sequence  # a reader resolved the hole from this change's claim already
+        # Skipped as a hole: take a new number, and let the claim name it so a reader can resolve it again.
+        old, sequence = sequence, await index.next_sequence()
+        if action != "delete":
+            try:
+                await index.patch(claim_partition(location.sop), document_id("claim", location.sop),
+                                  [{"op": "set", "path": "/sequence", "value": sequence}],
+                                  condition=f"FROM c WHERE c.sequence = {int(old)}")
+            except Conflict:
+                pass
+
+
+async def skip(service: Service, sequence: int) -> None:
+    """Mark ``sequence`` as a number whose change did not happen, so readers need not wait for it."""
+    try:
+        await service.index.add_change({"sequence": sequence, "timestamp": _text(_now()), "action": SKIP,
+                                        "study": "", "series": "", "sop": "", "generation": ""})
+    except Conflict:
+        pass
+
+
+async def _resolve(service: Service, sequence: int, following: Document) -> bool:
+    """Fill hole ``sequence`` if it can be decided now: from the claim holding it, or a skip once old enough."""
+    claim = await service.index.claim_of_change(sequence)
+    if claim is not None:
+        location = Location(claim["study"], claim["series"], claim["sop"], claim["generation"])
+        try:
+            await service.index.add_change(_entry(sequence, claim["action"], location))
+        except Conflict:
+            pass
+        return True
+    waited = _now() - datetime.fromisoformat(following["timestamp"])
+    if waited < timedelta(seconds=service.settings.changefeed_gap_seconds):
+        return False
+    await skip(service, sequence)
+    return True
+
+
+async def watermark(service: Service) -> int:
+    """Move the watermark over every resolved entry (resolving the holes it can) and return it."""
+    index = service.index
+    start = mark = await index.watermark()
+    while True:
+        batch = await index.changes_after(mark, SCAN)
+        for entry in batch:
+            while entry["sequence"] > mark + 1:
+                if not await _resolve(service, mark + 1, entry):
+                    break
+                mark += 1
+            if entry["sequence"] != mark + 1:
+                break
+            mark += 1
+        else:
+            if len(batch) == SCAN:
+                continue
+        break
+    if mark > start:
+        await index.raise_watermark(mark)
+    return mark
+
+
+async def changes(service: Service, after: int, start: str | None, end: str | None, limit: int) -> list[Document]:
+    """Visible entries with a sequence above ``after`` within [start, end), in order."""
+    return await service.index.visible_changes(after, await watermark(service), start, end, limit)
+
+
+async def latest(service: Service) -> Document | None:
+    """The newest visible entry."""
+    return await service.index.latest_visible(await watermark(service))
 
 
 async def _metadata(service: Service, entry: Document, base: str) -> JsonDict | None:
+    location = Location(entry["study"], entry["series"], entry["sop"], entry["generation"])
     try:
-        data = await service.blobs.get_sidecar(sidecar_name(entry["study"], entry["series"], entry["sop"], "json"))
+        data = await service.blobs.sidecars.get(location.sidecar("json"))
     except NotFound:
         return None
     url = f"{base}/studies/{entry['study']}/series/{entry['series']}/instances/{entry['sop']}"
@@ -58,12 +154,12 @@ async def _metadata(service: Service, entry: Document, base: str) -> JsonDict | 
 
 async def render(service: Service, entries: list[Document], include_metadata: bool, base: str) -> list[JsonDict]:
     """Entries in the Azure DICOM service's change-feed JSON."""
-    latest = await service.index.last_changes([e["sop"] for e in entries])
+    newest = await service.index.last_changes([e["sop"] for e in entries])
     out = []
     for entry in entries:
-        newest = latest.get(entry["sop"], entry)
-        state = "deleted" if newest["action"] == "delete" else (
-            "current" if newest["sequence"] == entry["sequence"] else "replaced")
+        last = newest.get(entry["sop"], entry)
+        state = "deleted" if last["action"] == "delete" else (
+            "current" if last["sequence"] == entry["sequence"] else "replaced")
         item: JsonDict = {
             "Sequence": entry["sequence"], "StudyInstanceUid": entry["study"], "SeriesInstanceUid": entry["series"],
             "SopInstanceUid": entry["sop"], "Action": entry["action"], "Timestamp": entry["timestamp"],

@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             await service.close()
         print(f"indexed {report.indexed} instances, rebuilt {report.rebuilt} sidecars, "
-              f"finished {report.deleted} interrupted deletions, removed {report.removed_sidecars} orphan sidecars")
+              f"finished {report.deleted} interrupted deletions, removed {report.removed_generations} older "
+              f"generations and {report.removed_sidecars} orphan sidecars")
 
     asyncio.run(run())
     return 0

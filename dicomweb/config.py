@@ -46,6 +46,7 @@ class Settings:
     upload_session_seconds: int = 86400
     commit_wait_seconds: int = 200
     hot_pin_bytes: int = 256 * MIB
+    changefeed_gap_seconds: int = 10
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -77,6 +78,7 @@ class Settings:
             upload_session_seconds=_int(env, "DICOMWEB_UPLOAD_SESSION_SECONDS", 86400),
             commit_wait_seconds=_int(env, "DICOMWEB_COMMIT_WAIT_SECONDS", 200),
             hot_pin_bytes=_int(env, "DICOMWEB_HOT_PIN_MB", 256) * MIB,
+            changefeed_gap_seconds=_int(env, "DICOMWEB_CHANGEFEED_GAP_SECONDS", 10),
         )
 
     @property
@@ -114,4 +116,5 @@ SETTING_NAMES = (
     "DICOMWEB_UPLOAD_SESSION_SECONDS",
     "DICOMWEB_COMMIT_WAIT_SECONDS",
     "DICOMWEB_HOT_PIN_MB",
+    "DICOMWEB_CHANGEFEED_GAP_SECONDS",
 )

@@ -1,9 +1,10 @@
 """DELETE of studies, series and instances, as the Azure DICOM service offers it.
 
-Order per instance: mark the instance blob as being deleted (in Blob, the system of
-record), remove its index document, record the change, then delete its sidecars and
-the blob. If the process dies half way, ``reindex`` finds the mark and finishes the
-deletion instead of indexing the instance again.
+Order per instance: take a change-feed sequence, mark the instance's file as being
+deleted (in Blob, the system of record, with that sequence), drop its claim and its
+index document (its summaries count down), record the change, then delete the
+generation's blobs. If the process dies half way, ``reindex`` finds the mark and
+finishes the deletion, recording it unless the feed already has it.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import asyncio
 
 from dicomweb import changefeed
-from dicomweb.indexing import refresh
+from dicomweb.indexing import DELETE, claimed, remove_generation, withdraw
 from dicomweb.retrieve import instance_documents
 from dicomweb.service import Service
-from dicomweb.storage.blobs import instance_name, sidecar_name
+from dicomweb.storage.blobs import Location
+from dicomweb.storage.index import Conflict, Document
 
 #: Instances deleted at once.
 DELETE_CONCURRENCY = 16
@@ -25,30 +27,38 @@ async def delete(service: Service, study: str, series: str | None = None, instan
     docs = await instance_documents(service, study, series, instance)
     slots = asyncio.Semaphore(DELETE_CONCURRENCY)
 
-    async def one(doc: dict) -> None:
+    async def one(doc: Document) -> None:
         async with slots:
-            await delete_instance(service, study, doc["seriesInstanceUID"], doc["sopInstanceUID"])
+            await delete_instance(service, Location(study, doc["seriesInstanceUID"], doc["sopInstanceUID"],
+                                                    doc["generation"]))
 
     await asyncio.gather(*(one(doc) for doc in docs))
-    for series_uid in sorted({doc["seriesInstanceUID"] for doc in docs}):
-        await refresh(service, study, series_uid)
     return len(docs)
 
 
-async def delete_instance(service: Service, study: str, series: str, sop: str, record: bool = True) -> None:
-    """Delete one instance in the crash-safe order; its summaries are refreshed by the caller."""
-    name = instance_name(study, series, sop)
-    await service.blobs.mark_deleting(name)
-    await service.index.delete(study, "instance", sop)
-    if record:
-        await changefeed.record(service, "delete", study, series, sop)
-    await finish(service, study, series, sop)
-
-
-async def finish(service: Service, study: str, series: str, sop: str) -> None:
-    """Remove an instance's blobs and forget what this process cached of it."""
-    name = instance_name(study, series, sop)
-    await service.blobs.delete(name, [sidecar_name(study, series, sop, "json"),
-                                      sidecar_name(study, series, sop, "frames")])
-    service.frame_indexes.drop(name)
-    service.frames.drop_instance(name)
+async def delete_instance(service: Service, location: Location, marked: int | None = None) -> None:
+    """Delete one generation in the crash-safe order; ``marked``: the sequence a deletion that died left on it."""
+    index = service.index
+    recorded = await index.change(marked) if marked is not None else None
+    if recorded is not None and (recorded["action"], recorded["generation"]) == (DELETE, location.generation):
+        sequence = recorded["sequence"]
+    else:
+        sequence = await index.next_sequence()
+        if marked is None:
+            await service.blobs.instances.mark_deleting(location, sequence)
+    doomed = {location}
+    while True:
+        claim = await index.claim(location.sop)
+        if claim is None or claim["sequence"] > sequence:
+            break  # gone already, or stored again by a later change, which stays
+        try:
+            await index.delete(claim["studyInstanceUID"], "claim", location.sop, etag=claim["_etag"])
+        except Conflict:
+            continue
+        doomed.add(claimed(claim))
+        break
+    for study in sorted({doomed_location.study for doomed_location in doomed}):
+        await withdraw(service, study, location.sop, sequence)
+    await changefeed.record(service, sequence, DELETE, location)
+    for doomed_location in sorted(doomed, key=lambda d: d.generation):
+        await remove_generation(service, doomed_location)

@@ -50,6 +50,11 @@ class Duplicate(DicomWebError):
     reason = REASON_DUPLICATE
 
 
+class StoredElsewhere(Duplicate):
+    """The SOP Instance UID is already stored under another study or series (reason 45070, as the Azure
+    DICOM service answers): one SOP Instance UID names one instance store-wide; PUT moves it."""
+
+
 class Unauthorized(DicomWebError):
     """No valid bearer token where the service requires one (RFC 6750 §3: 401 with WWW-Authenticate)."""
 

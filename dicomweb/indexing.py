@@ -1,93 +1,224 @@
-"""Index writes: instance documents, and the study and series summaries derived from them.
+"""Index writes: make a stored generation current, or withdraw an instance, and keep the summaries exact.
 
-A series document carries NumberOfSeriesRelatedInstances; a study document carries
-ModalitiesInStudy and the study's series and instance counts. They are recomputed
-from the index after every change (so repeating a refresh is harmless) and written
-with optimistic concurrency: a writer that loses a race reads again and recomputes,
-so concurrent STOWs into one study converge on the right numbers.
+Every change takes a change-feed sequence number first, then switches the instance's
+*claim* (one document per SOP Instance UID: where it lives, its generation, its last
+change), then projects the claim into the study partition (the instance document and
+the study and series summaries), removes the generation it displaced, and records the
+change. The sequence orders concurrent replacements of one instance: a claim is only
+ever switched to a later sequence, so the last change in the feed is the one the index
+holds ("last writer wins").
+
+Summaries (NumberOfSeriesRelatedInstances, NumberOfStudyRelated{Series,Instances},
+ModalitiesInStudy) are atomic increments (Cosmos patch ``incr``), applied by the one
+writer whose create or delete of the instance document succeeded, so each instance
+counts exactly once; increments never conflict, so no store waits for or retries
+against another. A series counts towards its study while its instance count is
+above zero; exactly one increment sees it become 1 and one sees it become 0.
 """
 
 from __future__ import annotations
 
-import copy
-from typing import Awaitable, Callable
+import logging
+from typing import Any
 
 from dicomweb import changefeed, records
-from dicomweb.errors import DicomWebError, StorageFailure
+from dicomweb.errors import Duplicate, StoredElsewhere
 from dicomweb.service import Service
-from dicomweb.storage.index import Conflict, Document
+from dicomweb.storage.blobs import Location
+from dicomweb.storage.index import NO_MATCH_FIELDS, Conflict, Document, claim_partition, document_id, patch_path
 
-#: Rounds of read, recompute and conditional write before a refresh gives up.
-MAX_ATTEMPTS = 8
+log = logging.getLogger(__name__)
 
-Summarise = Callable[[Document], Awaitable[Document | None]]
+CREATE, UPDATE, DELETE = "create", "update", "delete"
 
 
-async def index_instance(service: Service, sidecar: records.JsonDict, replace: bool = False) -> None:
-    """Index a stored instance, refresh its summaries and record the change.
+def _claim(location: Location, sequence: int, action: str) -> Document:
+    return {"id": document_id("claim", location.sop), "type": "claim", "studyInstanceUID": claim_partition(location.sop),
+            "sop": location.sop, "study": location.study, "series": location.series,
+            "generation": location.generation, "sequence": sequence, "action": action, **NO_MATCH_FIELDS}
 
-    ``replace``: the instance may already be indexed (PUT); the change is an update then.
+
+def claimed(claim: Document) -> Location:
+    """The generation a claim names."""
+    return Location(claim["study"], claim["series"], claim["sop"], claim["generation"])
+
+
+def refusal(claim: Document, study: str, series: str) -> Duplicate:
+    """Why a POST of a claimed SOP instance into ``study``/``series`` is refused (both reason 45070)."""
+    if (claim["study"], claim["series"]) == (study, series):
+        return Duplicate(f"SOP instance {claim['sop']} is already stored")
+    return StoredElsewhere(f"SOP instance {claim['sop']} is already stored in study {claim['study']}, "
+                           f"series {claim['series']}; PUT moves it")
+
+
+async def publish(service: Service, sidecar: records.JsonDict, replace: bool) -> bool:
+    """Make the generation ``sidecar`` describes the current one of its instance.
+
+    False when a concurrent replacement with a later sequence won (this generation is
+    then removed). Without ``replace`` a claimed SOP Instance UID is refused (45070).
     """
-    study_doc, series_doc, instance_doc = records.documents(sidecar)
-    study, series, sop = records.uids(sidecar)
-    existed = replace and await service.index.find(study, "instance", sop) is not None
-    if replace:
-        await service.index.upsert(instance_doc)
-    else:
-        await service.index.create(instance_doc)
-    try:
-        await refresh(service, study, series, series_doc, study_doc)
-        await changefeed.record(service, "update" if existed else "create", study, series, sop)
-    except DicomWebError:
-        if not replace:
-            await service.index.delete(study, "instance", sop)
-            await refresh(service, study, series)
-        raise
-
-
-async def refresh(service: Service, study: str, series: str, series_doc: Document | None = None,
-                  study_doc: Document | None = None) -> None:
-    """Recompute the series and study summaries; remove them when nothing is left under them.
-
-    ``series_doc`` / ``study_doc`` bring attributes from a newly stored instance;
-    without them the stored attributes stay.
-    """
-
-    async def series_summary(doc: Document) -> Document | None:
-        count = await service.index.count_instances(study, series)
-        return {**doc, "numberOfInstances": count} if count else None
-
-    async def study_summary(doc: Document) -> Document | None:
-        children = await service.index.series_of(study)
-        if not children:
-            return None
-        modalities = sorted({m for child in children for m in child.get("m", {}).get("Modality", [])})
-        return {**doc, "m": {**doc.get("m", {}), "ModalitiesInStudy": modalities},
-                "numberOfSeries": len(children),
-                "numberOfInstances": sum(child.get("numberOfInstances", 0) for child in children)}
-
-    await _update(service, study, "series", series, series_doc, series_summary)
-    await _update(service, study, "study", study, study_doc, study_summary)
-
-
-async def _update(service: Service, study: str, level: str, uid: str, fresh: Document | None,
-                  summarise: Summarise) -> None:
-    for _ in range(MAX_ATTEMPTS):
-        current = await service.index.find(study, level, uid)
-        base = copy.deepcopy(fresh if fresh is not None else current)
-        if base is None:
-            return
-        doc = await summarise(base)
+    location = records.location(sidecar)
+    index = service.index
+    sequence = await index.next_sequence()
+    displaced: Location | None = None
+    while True:
+        current = await index.claim(location.sop)
         try:
-            if doc is None:
-                if current is not None:
-                    await service.index.delete(study, level, uid)
-                return
             if current is None:
-                await service.index.insert(doc)
+                action = CREATE
+                await index.create(_claim(location, sequence, CREATE))
+            elif current["generation"] == location.generation:
+                # An earlier attempt of this very upload got this far before its worker stopped: finish it.
+                await changefeed.skip(service, sequence)
+                sequence, action = current["sequence"], current["action"]
+            elif not replace:
+                await changefeed.skip(service, sequence)
+                raise refusal(current, location.study, location.series)
+            elif current["sequence"] > sequence:
+                await changefeed.record(service, sequence, UPDATE, location)
+                await remove_generation(service, location)
+                return False
             else:
-                await service.index.replace({**doc, "_etag": current["_etag"]})
-            return
+                action = UPDATE
+                await index.replace({**_claim(location, sequence, UPDATE), "_etag": current["_etag"]})
+                displaced = claimed(current)
+            break
         except Conflict:
             continue
-    raise StorageFailure(f"the {level} summary of {uid} kept changing; try again")
+    await _project(service, sidecar, sequence, displaced)
+    if displaced is not None and displaced != location:
+        await remove_generation(service, displaced)
+    await changefeed.record(service, sequence, action, location)
+    return True
+
+
+async def _project(service: Service, sidecar: records.JsonDict, sequence: int, displaced: Location | None) -> None:
+    """Write the instance document of the claimed generation (unless a later change did) and count it."""
+    study_doc, series_doc, instance_doc = records.documents(sidecar)
+    instance_doc["sequence"] = sequence
+    index = service.index
+    study, sop = instance_doc["studyInstanceUID"], instance_doc["sopInstanceUID"]
+    while True:
+        existing = await index.find(study, "instance", sop)
+        if existing is not None and existing.get("sequence", 0) > sequence:
+            return
+        try:
+            if existing is None:
+                await index.create(instance_doc)
+            else:
+                await index.replace({**instance_doc, "_etag": existing["_etag"]})
+            break
+        except Conflict:
+            continue
+    if existing is None:
+        await _count(service, instance_doc, +1, series_doc, study_doc)
+    elif (existing["seriesInstanceUID"], existing.get("modality")) != (instance_doc["seriesInstanceUID"],
+                                                                       instance_doc.get("modality")):
+        await _count(service, existing, -1)
+        await _count(service, instance_doc, +1, series_doc, study_doc)
+    else:
+        await _refresh(service, series_doc, study_doc)
+    if displaced is not None and displaced.study != study:
+        await withdraw(service, displaced.study, sop, sequence)
+    claim = await index.claim(sop)
+    if claim is not None and claim["sequence"] != sequence and claim["study"] != study:
+        # A later replacement moved the instance to another study while this one projected: undo it here.
+        await withdraw(service, study, sop, claim["sequence"])
+
+
+async def withdraw(service: Service, study: str, sop: str, before: int) -> Document | None:
+    """Remove the instance document of ``sop`` from ``study`` if its change precedes ``before``; it, once removed."""
+    index = service.index
+    while True:
+        existing = await index.find(study, "instance", sop)
+        if existing is None or existing.get("sequence", 0) >= before:
+            return None
+        try:
+            if not await index.delete(study, "instance", sop, etag=existing["_etag"]):
+                return None
+        except Conflict:
+            continue
+        await _count(service, existing, -1)
+        return existing
+
+
+async def remove_generation(service: Service, location: Location) -> None:
+    """Delete one generation's blobs and forget what this process cached of it."""
+    await service.blobs.sidecars.delete(location.sidecars)
+    await service.blobs.instances.delete(location)
+    service.forget(location)
+
+
+def _attribute_ops(doc: Document) -> list[dict[str, Any]]:
+    return [{"op": "set", "path": f"/{key}", "value": doc[key]} for key in ("attributes", "m", "w")]
+
+
+async def _count(service: Service, instance: Document, delta: int, series_doc: Document | None = None,
+                 study_doc: Document | None = None) -> None:
+    """Add (``delta`` +1) or remove (-1) one instance from its series and study summaries."""
+    study, series, modality = instance["studyInstanceUID"], instance["seriesInstanceUID"], instance.get("modality")
+    series_ops = [{"op": "incr", "path": "/numberOfInstances", "value": delta}]
+    after = await _bump(service, study, "series", series, series_ops + (_attribute_ops(series_doc) if series_doc else []),
+                        {**series_doc, "numberOfInstances": 0} if series_doc else None)
+    study_ops = [{"op": "incr", "path": "/numberOfInstances", "value": delta}]
+    if after is not None and after["numberOfInstances"] == (1 if delta > 0 else 0):
+        study_ops.append({"op": "incr", "path": "/numberOfSeries", "value": delta})
+    if modality:
+        study_ops.append({"op": "incr", "path": patch_path("modalities", str(modality)), "value": delta})
+    await _bump(service, study, "study", study, study_ops + (_attribute_ops(study_doc) if study_doc else []),
+                {**study_doc, "numberOfInstances": 0, "numberOfSeries": 0, "modalities": {}} if study_doc else None)
+
+
+async def _refresh(service: Service, series_doc: Document, study_doc: Document) -> None:
+    """Take the attributes of a replaced instance into its series and study summaries."""
+    for doc in (series_doc, study_doc):
+        await _bump(service, doc["studyInstanceUID"], doc["type"], doc["id"].split(":", 1)[1], _attribute_ops(doc), None)
+
+
+async def _bump(service: Service, study: str, level: str, uid: str, ops: list[dict[str, Any]],
+                seed: Document | None) -> Document | None:
+    """Patch a summary, creating it from ``seed`` when missing; it afterwards (None: missing, no seed).
+
+    A summary left empty is deleted, conditionally on nobody having patched it since.
+    """
+    index = service.index
+    for _ in range(10):
+        try:
+            after = await index.patch(study, document_id(level, uid), ops)
+        except Conflict:
+            if seed is None:
+                return None
+            try:
+                await index.create(seed)
+            except Conflict:
+                pass
+            continue
+        if after.get("numberOfInstances", 1) == 0 and not after.get("numberOfSeries"):
+            try:
+                await index.delete(study, level, uid, etag=after["_etag"])
+            except Conflict:
+                pass
+        return after
+    log.warning("the %s summary of %s vanished repeatedly while being counted; reindex recounts it", level, uid)
+    return None
+
+
+async def recount(service: Service, study: str) -> None:
+    """Set a study's summaries to what its instance documents say (reindex: repairs counts a crash left off)."""
+    index = service.index
+    instances = await index.instances(study)
+    per_series: dict[str, int] = {}
+    modalities: dict[str, int] = {}
+    for doc in instances:
+        per_series[doc["seriesInstanceUID"]] = per_series.get(doc["seriesInstanceUID"], 0) + 1
+        if doc.get("modality"):
+            modalities[doc["modality"]] = modalities.get(doc["modality"], 0) + 1
+    for summary in await index.summaries(study):
+        if summary["type"] == "series":
+            counts: dict[str, Any] = {"numberOfInstances": per_series.get(summary["seriesInstanceUID"], 0)}
+        else:
+            counts = {"numberOfInstances": len(instances), "numberOfSeries": len(per_series),
+                      "modalities": modalities}
+        uid = summary["id"].split(":", 1)[1]
+        await _bump(service, study, summary["type"], uid,
+                    [{"op": "set", "path": f"/{key}", "value": value} for key, value in counts.items()], None)

@@ -50,7 +50,7 @@ def _computed(doc: Document, base: str) -> JsonDict:
     out: JsonDict = {"00080056": {"vr": "CS", "Value": ["ONLINE"]}}
     if doc["type"] == "study":
         url = f"{base}/studies/{study}"
-        modalities = doc.get("m", {}).get("ModalitiesInStudy", [])
+        modalities = sorted(m for m, count in doc.get("modalities", {}).items() if count > 0)
         out["00080061"] = {"vr": "CS", "Value": modalities} if modalities else {"vr": "CS"}
         out["00201206"] = {"vr": "IS", "Value": [doc.get("numberOfSeries", 0)]}
         out["00201208"] = {"vr": "IS", "Value": [doc.get("numberOfInstances", 0)]}

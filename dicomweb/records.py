@@ -11,6 +11,7 @@ from typing import Any
 from dicomweb.dicom.attributes import level_attributes, match_fields
 from dicomweb.dicom.dicomjson import BULKDATA, PIXEL_DATA_KEY, JsonDict, dataset_to_json
 from dicomweb.dicom.part10 import Header
+from dicomweb.storage.blobs import Location
 from dicomweb.storage.index import Document, document_id
 
 SIDECAR_VERSION = 1
@@ -48,8 +49,8 @@ def uids(sidecar: JsonDict) -> tuple[str, str, str]:
 def documents(sidecar: JsonDict) -> list[Document]:
     """Study, series and instance index documents for one stored instance.
 
-    Study and series documents get their counts and ModalitiesInStudy from
-    :mod:`dicomweb.indexing`, which recomputes them from the index.
+    Study and series documents get their counts and per-modality counts from
+    :mod:`dicomweb.indexing`, which keeps them with atomic increments.
     """
     dataset = sidecar["dataset"]
     study, series, instance = uids(sidecar)
@@ -69,5 +70,12 @@ def documents(sidecar: JsonDict) -> list[Document]:
         "numberOfFrames": sidecar["numberOfFrames"],
         "size": sidecar["size"],
         "generation": sidecar["generation"],
+        "modality": _value(dataset, "00080060"),
     })
     return docs
+
+
+def location(sidecar: JsonDict) -> Location:
+    """Where the generation a sidecar describes lives."""
+    study, series, instance = uids(sidecar)
+    return Location(study, series, instance, sidecar["generation"])

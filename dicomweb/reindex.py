@@ -1,10 +1,14 @@
 """Rebuilds the Cosmos index from Blob, the system of record.
 
-For every committed instance blob: take its metadata sidecar, or derive the sidecars
-again from the file itself (one streaming pass) when they are missing or belong to
-another generation; then upsert its index documents. Instances marked as being
-deleted are deleted to the end (the cleanup path of an interrupted DELETE). Sidecars
-whose instance blob is gone are deleted.
+Instance files are grouped by SOP Instance UID (an instance may have several
+generations after a replacement or a move that died half way). Generations marked as
+being deleted are deleted to the end, and the deletion recorded unless the change
+feed has it (the cleanup path of an interrupted DELETE). Of the rest, the newest
+generation is kept and every older one removed; the kept one gets its sidecars back
+when they are missing (one streaming pass over the file) and is published like a
+store: claim, instance document, summaries and a change-feed entry, unless the index
+already names it. Then every touched study's summaries are recounted from its
+instance documents, and sidecars whose file is gone are deleted.
 """
 
 from __future__ import annotations
@@ -12,13 +16,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from dicomweb import changefeed, records
+from dicomweb import records
 from dicomweb.delete import delete_instance
 from dicomweb.dicom.part10 import Part10Parser
 from dicomweb.errors import NotFound
-from dicomweb.indexing import refresh
+from dicomweb.indexing import publish, recount, remove_generation
 from dicomweb.service import Service
-from dicomweb.storage.blobs import DELETING, GENERATION, sidecar_name
+from dicomweb.storage.blobs import DELETING, Location
 
 
 @dataclass
@@ -29,58 +33,81 @@ class ReindexReport:
     rebuilt: int = 0
     removed_sidecars: int = 0
     deleted: int = 0
+    removed_generations: int = 0
 
 
-async def derive_sidecars(service: Service, name: str, generation: str) -> records.JsonDict:
-    """Parse a stored instance blob again and rewrite both sidecars."""
+async def derive_sidecars(service: Service, location: Location) -> records.JsonDict:
+    """Parse a stored file again and rewrite both sidecars of its generation."""
     parser = Part10Parser(service.settings.max_header_bytes)
-    async for chunk in service.blobs.stream(name):
+    async for chunk in service.blobs.instances.stream(location):
         parser.feed(chunk)
     parser.close()
     header = parser.header
     assert header is not None
-    frame_index = parser.frame_index(generation)
-    sidecar = records.make_sidecar(header, generation, parser.stored_size,
+    frame_index = parser.frame_index(location.generation)
+    sidecar = records.make_sidecar(header, location.generation, parser.stored_size,
                                    len(frame_index) if frame_index is not None else None)
-    study, series, instance = records.uids(sidecar)
-    await service.blobs.put_sidecar(sidecar_name(study, series, instance, "json"), json.dumps(sidecar).encode())
+    await service.blobs.sidecars.put(location.sidecar("json"), json.dumps(sidecar).encode())
     if frame_index is not None:
-        await service.blobs.put_sidecar(sidecar_name(study, series, instance, "frames"), frame_index.to_bytes())
+        await service.blobs.sidecars.put(location.sidecar("frames"), frame_index.to_bytes())
     return sidecar
 
 
+async def _sidecar(service: Service, location: Location, report: ReindexReport) -> records.JsonDict:
+    try:
+        sidecar = json.loads(await service.blobs.sidecars.get(location.sidecar("json")))
+        if records.location(sidecar) == location:
+            return sidecar
+    except NotFound:
+        pass
+    report.rebuilt += 1
+    return await derive_sidecars(service, location)
+
+
+async def _indexed(service: Service, location: Location) -> bool:
+    """Whether the claim and the instance document already name ``location``."""
+    claim = await service.index.claim(location.sop)
+    if claim is None or claim["generation"] != location.generation:
+        return False
+    doc = await service.index.find(location.study, "instance", location.sop)
+    return doc is not None and doc["generation"] == location.generation
+
+
+def _sequence(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
+
+
 async def reindex(service: Service) -> ReindexReport:
-    """Upsert index documents for every stored instance; drop orphan sidecars."""
+    """Make the index name the newest generation of every stored instance; drop the rest."""
     report = ReindexReport()
-    summaries: dict[tuple[str, str], tuple[records.JsonDict | None, records.JsonDict | None]] = {}
-    async for name, metadata in service.blobs.list_instances():
-        stem = name.removesuffix(".dcm")
-        study, series, sop = stem.split("/")
-        if metadata.get(DELETING):
-            await delete_instance(service, study, series, sop, record=False)
-            summaries.setdefault((study, series), (None, None))
-            report.deleted += 1
+    copies: dict[str, list[tuple[Location, dict[str, str]]]] = {}
+    async for location, metadata in service.blobs.instances.list():
+        copies.setdefault(location.sop, []).append((location, metadata))
+    studies: set[str] = set()
+    for found in copies.values():
+        live = []
+        for location, metadata in found:
+            studies.add(location.study)
+            if metadata.get(DELETING):
+                await delete_instance(service, location, marked=_sequence(metadata[DELETING]))
+                report.deleted += 1
+            else:
+                live.append(location)
+        if not live:
             continue
-        generation = metadata.get(GENERATION, "")
-        try:
-            sidecar = json.loads(await service.blobs.get_sidecar(stem + ".json"))
-        except NotFound:
-            sidecar = None
-        if sidecar is None or sidecar.get("generation") != generation:
-            sidecar = await derive_sidecars(service, name, generation)
-            report.rebuilt += 1
-        study_doc, series_doc, instance_doc = records.documents(sidecar)
-        known = await service.index.find(study, "instance", sop) is not None
-        await service.index.upsert(instance_doc)
-        if not known:
-            await changefeed.record(service, "create", study, series, sop)
-        summaries[study, series] = series_doc, study_doc
+        live.sort(key=lambda loc: loc.generation)
+        keep = live[-1]
+        for old in live[:-1]:
+            await remove_generation(service, old)
+            report.removed_generations += 1
+        sidecar = await _sidecar(service, keep, report)
+        if not await _indexed(service, keep):
+            await publish(service, sidecar, replace=True)
         report.indexed += 1
-    for (study, series), (series_doc, study_doc) in summaries.items():
-        await refresh(service, study, series, series_doc, study_doc)
-    async for sidecar in service.blobs.list_metadata_sidecars():
-        stem = sidecar.removesuffix(".json")
-        if not await service.blobs.exists(stem + ".dcm"):
-            await service.blobs.delete(None, [sidecar, stem + ".frames"])
+    for study in sorted(studies):
+        await recount(service, study)
+    async for location in service.blobs.sidecars.list():
+        if not await service.blobs.instances.exists(location):
+            await service.blobs.sidecars.delete(location.sidecars)
             report.removed_sidecars += 1
     return report

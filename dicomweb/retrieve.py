@@ -2,7 +2,9 @@
 
 Frames never touch the whole file: the frame offset record (a sidecar, cached per
 process) gives each frame's byte range, and neighbouring frames asked for together
-are fetched with one ranged read.
+are fetched with one ranged read. The index names each instance's current generation;
+a process that cached an older one finds its blobs gone once it is replaced, and
+looks the instance up again.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from dicomweb.dicom.frames import ITEM_HEADER, FrameIndex, join_fragments
 from dicomweb.errors import BadRequest, NotFound, StorageFailure
 from dicomweb.framecache import FrameCache, Key
 from dicomweb.service import CachedIndex, Service
-from dicomweb.storage.blobs import StaleBlob, instance_name, sidecar_name
+from dicomweb.storage.blobs import Location
 from dicomweb.storage.index import Document
 
 #: Adjacent frames are read together while the combined read stays below this size.
 MAX_COALESCED_READ = 4 * 1024 * 1024
-#: Reads of an instance that changed under us (re-reading its frame offset record in between).
-REREAD_ATTEMPTS = 4
+#: Reads of an instance replaced under us (looking its generation up again in between).
+REREAD_ATTEMPTS = 3
 #: Read-ahead widens a read of uncached neighbours up to this size.
 MAX_READ_AHEAD = 1024 * 1024
 #: Sidecars fetched at once for series and study metadata.
@@ -54,10 +56,14 @@ async def instance_documents(service: Service, study: str, series: str | None = 
     return docs
 
 
-async def load_sidecar(service: Service, study: str, series: str, instance: str) -> JsonDict:
-    """The metadata sidecar of one instance."""
-    data = await service.blobs.get_sidecar(sidecar_name(study, series, instance, "json"))
-    return json.loads(data)
+def location(doc: Document) -> Location:
+    """The current generation an instance document names."""
+    return Location(doc["studyInstanceUID"], doc["seriesInstanceUID"], doc["sopInstanceUID"], doc["generation"])
+
+
+async def load_sidecar(service: Service, doc: Document) -> JsonDict:
+    """The metadata sidecar of the generation an instance document names."""
+    return json.loads(await service.blobs.sidecars.get(location(doc).sidecar("json")))
 
 
 async def metadata(service: Service, docs: Sequence[Document]) -> AsyncIterator[tuple[Document, JsonDict]]:
@@ -65,24 +71,28 @@ async def metadata(service: Service, docs: Sequence[Document]) -> AsyncIterator[
     window = METADATA_FETCH_CONCURRENCY
     for start in range(0, len(docs), window):
         batch = docs[start : start + window]
-        sidecars = await asyncio.gather(
-            *(load_sidecar(service, d["studyInstanceUID"], d["seriesInstanceUID"], d["sopInstanceUID"]) for d in batch)
-        )
+        sidecars = await asyncio.gather(*(load_sidecar(service, d) for d in batch))
         for doc, sidecar in zip(batch, sidecars):
             yield doc, sidecar
 
 
+def _key(study: str, series: str, instance: str) -> str:
+    return f"{study}/{series}/{instance}"
+
+
 async def frame_index(service: Service, study: str, series: str, instance: str) -> CachedIndex:
-    """The frame offset record of an instance, from the process cache or its sidecar."""
-    name = instance_name(study, series, instance)
-    cached = service.frame_indexes.get(name)
+    """The frame offset record of an instance's current generation, from the process cache or its sidecar."""
+    key = _key(study, series, instance)
+    cached = service.frame_indexes.get(key)
     if cached is None:
+        (doc,) = await instance_documents(service, study, series, instance)
+        found = location(doc)
         try:
-            data = await service.blobs.get_sidecar(sidecar_name(study, series, instance, "frames"))
+            data = await service.blobs.sidecars.get(found.sidecar("frames"))
         except NotFound:
             raise NotFound("no such instance with pixel data") from None
-        cached = CachedIndex(FrameIndex.from_bytes(data))
-        service.frame_indexes.put(name, cached)
+        cached = CachedIndex(FrameIndex.from_bytes(data), found)
+        service.frame_indexes.put(key, cached)
     return cached
 
 
@@ -112,30 +122,25 @@ def _runs(index: FrameIndex, numbers: Sequence[int]) -> list[list[int]]:
 async def read_frames(service: Service, study: str, series: str, instance: str,
                       numbers: Sequence[int]) -> AsyncIterator[bytes]:
     """Each requested frame's bytes, in order; at most one ranged read per run of neighbouring frames."""
-    index = (await frame_index(service, study, series, instance)).frames
-    for run in _runs(index, numbers):
+    cached = await frame_index(service, study, series, instance)
+    for run in _runs(cached.frames, numbers):
         for attempt in range(REREAD_ATTEMPTS):
             try:
-                frames = await _run_frames(service, study, series, instance, run)
+                frames = await _run_frames(service, cached, run)
                 break
             except NotFound:
-                service.frame_indexes.drop(instance_name(study, series, instance))
-                if attempt:
-                    raise NotFound("no such instance") from None
-            except StaleBlob:
-                # Replaced since its frame offset record was read, or its new record is still being written.
-                service.frame_indexes.drop(instance_name(study, series, instance))
+                # Replaced (or deleted) since this process read its generation: look it up again.
+                service.frame_indexes.drop(_key(study, series, instance))
                 if attempt == REREAD_ATTEMPTS - 1:
-                    raise StorageFailure("the instance is being replaced; try again") from None
-                await asyncio.sleep(0.05 * attempt)
+                    raise NotFound("no such instance") from None
+                cached = await frame_index(service, study, series, instance)
         for data in frames:
             yield data
 
 
-async def _run_frames(service: Service, study: str, series: str, instance: str, run: list[int]) -> list[bytes]:
+async def _run_frames(service: Service, cached: CachedIndex, run: list[int]) -> list[bytes]:
     """The frames of ``run`` from the frame cache, from reads in flight, or from one new ranged read."""
-    name = instance_name(study, series, instance)
-    cached = await frame_index(service, study, series, instance)
+    name = cached.location.instance
     generation = cached.frames.generation
     cache = service.frames
     found: dict[int, bytes] = {}
@@ -148,20 +153,20 @@ async def _run_frames(service: Service, study: str, series: str, instance: str, 
             waiting[number] = future
     missing = [n for n in run if n not in found and n not in waiting]
     if missing:
-        found.update(await _read_window(service, name, cached, missing[0], missing[-1]))
+        found.update(await _read_window(service, cached, missing[0], missing[-1]))
     for number, future in waiting.items():
         try:
             found[number] = await asyncio.shield(future)
-        except (StaleBlob, NotFound, StorageFailure):
-            found.update(await _read_window(service, name, cached, number, number, read_ahead=False))
+        except (NotFound, StorageFailure):
+            found.update(await _read_window(service, cached, number, number, read_ahead=False))
     return [found[n] for n in run]
 
 
-async def _read_window(service: Service, name: str, cached: CachedIndex, first: int, last: int,
+async def _read_window(service: Service, cached: CachedIndex, first: int, last: int,
                        read_ahead: bool = True) -> dict[int, bytes]:
     """Read frames ``first..last`` (widened by read-ahead over uncached neighbours) with one ranged read."""
-    index, cache = cached.frames, service.frames
-    key = functools.partial(_key, name, index.generation)
+    index, cache, name = cached.frames, service.frames, cached.location.instance
+    key = functools.partial(_frame_key, name, index.generation)
     low, high = first, last
     if read_ahead:
         want_low, want_high = cache.window(name, first, last, len(index))
@@ -180,11 +185,10 @@ async def _read_window(service: Service, name: str, cached: CachedIndex, first: 
     start = index.span(low)[0]
     end = sum(index.span(high))
     try:
-        data, etag = await service.blobs.read_range(name, start, end - start, cached.etag, index.generation)
+        data = await service.blobs.instances.read_range(cached.location, start, end - start)
     except BaseException as error:
         cache.fail(futures, error)
         raise
-    cached.etag = etag
     frames = {}
     for number in range(low, high + 1):
         offset, length = index.span(number)
@@ -193,7 +197,7 @@ async def _read_window(service: Service, name: str, cached: CachedIndex, first: 
     return frames
 
 
-def _key(name: str, generation: str, number: int) -> Key:
+def _frame_key(name: str, generation: str, number: int) -> Key:
     return name, generation, number
 
 

@@ -14,7 +14,7 @@ from dicomweb.auth import TokenValidator
 from dicomweb.config import Settings
 from dicomweb.dicom.frames import FrameIndex
 from dicomweb.framecache import FrameCache
-from dicomweb.storage.blobs import BlobStore
+from dicomweb.storage.blobs import BlobStores, Location
 from dicomweb.storage.clients import blob_store, index_store
 from dicomweb.storage.index import IndexStore
 
@@ -26,10 +26,10 @@ INGESTS_PER_WORKER = 1
 
 @dataclass
 class CachedIndex:
-    """A frame offset record and the etag of the instance blob it was derived from."""
+    """A frame offset record and the generation it belongs to (the index's current one when it was read)."""
 
     frames: FrameIndex
-    etag: str | None = None
+    location: Location
 
 
 class FrameIndexCache:
@@ -70,7 +70,7 @@ class Service:
     """Everything a request handler needs."""
 
     settings: Settings
-    blobs: BlobStore
+    blobs: BlobStores
     index: IndexStore
     frame_indexes: FrameIndexCache = field(init=False)
     frames: FrameCache = field(init=False)
@@ -96,6 +96,11 @@ class Service:
         await service.blobs.ensure_containers()
         await service.index.ensure()
         return service
+
+    def forget(self, location: Location) -> None:
+        """Drop what this process cached of one generation (it was replaced or deleted here)."""
+        self.frame_indexes.drop(location.instance)
+        self.frames.drop_instance(location.instance)
 
     async def close(self) -> None:
         """Release the storage clients."""

@@ -1,13 +1,15 @@
 """STOW-RS use case (PS3.18 §10.5): stream instances into Blob, then index them.
 
 Per instance, in this order, so that a failure at any step leaves nothing behind:
-1. parse the header as bytes arrive, validate it, refuse known duplicates early;
+1. parse the header as bytes arrive, validate it, refuse a SOP Instance UID that is
+   already stored (POST) early;
 2. stage the bytes as blocks (bounded parallelism) while walking the fragments;
-3. commit the block list with ``If-None-Match: *`` (the atomic duplicate check);
-4. write the metadata and frame-offset sidecars;
-5. index study, series and instance in Cosmos.
-Any failure after step 3 deletes what this request wrote; before it, the
-uncommitted blocks never become a blob.
+3. commit the block list as a new generation (a blob name never used before);
+4. write the generation's metadata and frame-offset sidecars;
+5. make the generation current (:func:`dicomweb.indexing.publish`): the claim is the
+   atomic store-wide uniqueness check, then the index and the change feed follow.
+Any failure deletes the generation this request wrote; until step 3 the uncommitted
+blocks never become a blob. Nothing stored before is touched until step 5 displaces it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from dataclasses import dataclass
 from typing import AsyncIterable
 
@@ -25,10 +26,10 @@ from dicomweb import records
 from dicomweb.dicom.dicomjson import JsonDict
 from dicomweb.dicom.part10 import Part10Parser
 from dicomweb.dicom.syntax import is_valid_uid
-from dicomweb.errors import DicomWebError, Duplicate, InvalidDataset, PayloadTooLarge, StorageFailure, StudyMismatch
-from dicomweb.indexing import index_instance
+from dicomweb.errors import DicomWebError, InvalidDataset, PayloadTooLarge, StorageFailure, StudyMismatch
+from dicomweb.indexing import publish, refusal, remove_generation
 from dicomweb.service import Service
-from dicomweb.storage.blobs import AUTO, GENERATION, HOT, TIER_TAG, BlockUpload, instance_name, sidecar_name
+from dicomweb.storage.blobs import AUTO, HOT, TIER_TAG, BlockUpload, Location, new_generation
 
 log = logging.getLogger(__name__)
 
@@ -82,57 +83,52 @@ async def store_instance(service: Service, chunks: AsyncIterable[bytes], expecte
                          replace: bool = False, generation: str | None = None) -> Outcome:
     """Store one instance read from ``chunks``; never raises for bad input or storage failures.
 
-    ``replace`` (PUT) overwrites a stored instance of the same SOP Instance UID; without
-    it a stored one makes the instance a duplicate (reason 45070). ``generation`` names
-    this copy of the instance (an upload session brings its own). Only a request body
-    beyond the size limit (413) and cancellation escape, after the undo.
+    ``replace`` (PUT) makes it the current generation of its SOP Instance UID wherever
+    that is stored (moving it when study or series differ); without it a stored SOP
+    Instance UID is refused (reason 45070). ``generation`` names this copy (an upload
+    session brings its own). Only a request body beyond the size limit (413) and
+    cancellation escape, after the undo.
     """
     settings = service.settings
     parser = Part10Parser(settings.max_header_bytes)
     upload: BlockUpload | None = None
-    name = None
-    ids: tuple[str, str, str, str] | None = None
+    location: Location | None = None
     committed = False
-    generation = generation or uuid.uuid4().hex
+    generation = generation or new_generation()
     try:
         async for chunk in chunks:
             out = parser.feed(chunk)
             if upload is None and parser.header is not None:
-                ids, name, upload = await _begin(service, parser, expected_study, replace)
+                location, upload = await _begin(service, parser, expected_study, replace, generation)
             if out:
                 assert upload is not None
                 await upload.write(out)
         out = parser.close()
         if upload is None:
-            ids, name, upload = await _begin(service, parser, expected_study, replace)
+            location, upload = await _begin(service, parser, expected_study, replace, generation)
         await upload.write(out)
+        assert location is not None
         frame_index = parser.frame_index(generation)
-        study, series, instance, sop_class = ids
         header = parser.header
         assert header is not None
-        tags = {TIER_TAG: tier(header.dataset, parser.stored_size, settings.hot_pin_bytes)}
-        await upload.commit({GENERATION: generation}, tags, overwrite=replace)
+        await upload.commit({}, {TIER_TAG: tier(header.dataset, parser.stored_size, settings.hot_pin_bytes)})
         committed = True
-        if replace:
-            service.frame_indexes.drop(name)
-            service.frames.drop_instance(name)
         sidecar = records.make_sidecar(
             header, generation, parser.stored_size, len(frame_index) if frame_index is not None else None
         )
-        await service.blobs.put_sidecar(sidecar_name(study, series, instance, "json"), json.dumps(sidecar).encode())
+        await service.blobs.sidecars.put(location.sidecar("json"), json.dumps(sidecar).encode())
         if frame_index is not None:
-            await service.blobs.put_sidecar(sidecar_name(study, series, instance, "frames"), frame_index.to_bytes())
-        await index_instance(service, sidecar, replace)
-        return Outcome(sop_class, instance, study, series)
+            await service.blobs.sidecars.put(location.sidecar("frames"), frame_index.to_bytes())
+        await publish(service, sidecar, replace)
+        return Outcome(_text(header.dataset, "SOPClassUID"), location.sop, location.study, location.series)
     except (asyncio.CancelledError, PayloadTooLarge):
-        await _undo(service, upload, name, ids, committed and not replace)
+        await _undo(service, upload, location, committed)
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a FailedSOPSequence item
         error = exc if isinstance(exc, DicomWebError) else StorageFailure(f"processing failed: {exc}")
         if not isinstance(exc, DicomWebError):
             log.exception("STOW failed")
-        # A replacement's old bytes are gone once committed: keep the new ones; reindex repairs the rest.
-        await _undo(service, upload, name, ids, committed and not replace)
+        await _undo(service, upload, location, committed)
         dataset = parser.header.dataset if parser.header is not None else Dataset()
         return Outcome(
             _text(dataset, "SOPClassUID"), _text(dataset, "SOPInstanceUID"),
@@ -180,37 +176,26 @@ def _text(dataset: Dataset, keyword: str) -> str | None:
 
 
 async def _begin(
-    service: Service, parser: Part10Parser, expected_study: str | None, replace: bool
-) -> tuple[tuple[str, str, str, str], str, BlockUpload]:
-    """Validate the header and refuse a known duplicate before any byte is staged."""
+    service: Service, parser: Part10Parser, expected_study: str | None, replace: bool, generation: str
+) -> tuple[Location, BlockUpload]:
+    """Validate the header and refuse a stored SOP Instance UID (POST) before any byte is staged."""
     assert parser.header is not None
-    ids = validate(parser.header.dataset, expected_study)
-    study, series, instance, _ = ids
-    name = instance_name(study, series, instance)
-    if not replace and (
-        await service.index.find(study, "instance", instance) is not None or await service.blobs.exists(name)
-    ):
-        raise Duplicate(f"SOP instance {instance} is already stored")
+    study, series, sop, _ = validate(parser.header.dataset, expected_study)
+    if not replace and (claim := await service.index.claim(sop)) is not None and claim["generation"] != generation:
+        raise refusal(claim, study, series)
+    location = Location(study, series, sop, generation)
     settings = service.settings
-    return ids, name, service.blobs.upload(name, settings.block_size, settings.upload_concurrency)
+    return location, service.blobs.instances.upload(location, settings.block_size, settings.upload_concurrency)
 
 
-async def _undo(
-    service: Service,
-    upload: BlockUpload | None,
-    name: str | None,
-    ids: tuple[str, str, str, str] | None,
-    committed: bool,
-) -> None:
-    """Remove what this request wrote; never what was stored before it."""
+async def _undo(service: Service, upload: BlockUpload | None, location: Location | None, committed: bool) -> None:
+    """Remove the generation this request wrote; never anything stored before it."""
     try:
         if upload is not None and not committed:
             await upload.abort()
-        if committed and ids is not None:
-            study, series, instance, _ = ids
-            await service.blobs.delete(
-                name,
-                [sidecar_name(study, series, instance, "json"), sidecar_name(study, series, instance, "frames")],
-            )
+        if committed and location is not None:
+            claim = await service.index.claim(location.sop)
+            if claim is None or claim["generation"] != location.generation:
+                await remove_generation(service, location)
     except DicomWebError:
         log.exception("cleanup after a failed STOW failed; reindex will reconcile")

@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -25,6 +26,11 @@ from tqdm import tqdm
 
 MIB = 1024 * 1024
 DUPLICATE = 45070
+#: A processing failure (PS3.18 Table 10.5.3-1): transient on the service's side, so worth another try.
+PROCESSING_FAILURE = 272
+#: Tries of an instance whose store failed with a processing failure, and the first backoff (doubling).
+STORE_ATTEMPTS = 5
+STORE_BACKOFF = 1.0
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 ATTEMPTS = 6
 STOW_CHUNK = MIB
@@ -47,6 +53,8 @@ class Result:
     seconds: float = 0.0
     #: Of ``seconds``, the time from the commit of an upload session to its result (the service's ingest pass).
     ingest_seconds: float = 0.0
+    #: Times the instance was sent (more than 1 after processing failures the service reported as transient).
+    attempts: int = 1
 
     @property
     def ok(self) -> bool:
@@ -73,8 +81,17 @@ def find_files(paths: list[Path]) -> tuple[list[Path], list[Result]]:
     return files, skipped
 
 
+class _Transient(Exception):
+    """The service failed to process the instance in a way that may pass (reason 272): send it again."""
+
+    def __init__(self, sop: str, detail: str) -> None:
+        super().__init__(detail)
+        self.sop = sop
+        self.detail = detail
+
+
 def _stow_outcome(status: int, body: Any) -> tuple[str, str, str]:
-    """(status, SOP Instance UID, detail) from a STOW-RS answer (PS3.18 §10.5.3)."""
+    """(status, SOP Instance UID, detail) from a STOW-RS answer (PS3.18 §10.5.3); _Transient for reason 272."""
     body = body if isinstance(body, dict) else {}
     stored = body.get("00081199", {}).get("Value", [])
     failed = body.get("00081198", {}).get("Value", [])
@@ -86,6 +103,8 @@ def _stow_outcome(status: int, body: Any) -> tuple[str, str, str]:
         reason = item.get("00081197", {}).get("Value", [0])[0]
         if reason == DUPLICATE:
             return "exists", sop, "already stored"
+        if reason == PROCESSING_FAILURE:
+            raise _Transient(sop, f"failure reason {reason}")
         return "failed", sop, f"failure reason {reason}"
     message = body.get("message") or body.get("00000902", {}).get("Value", [""])[0]
     raise UploadError(f"HTTP {status}: {message or 'unexpected answer'}")
@@ -247,22 +266,37 @@ class Uploader:
                 return _stow_outcome(described["result"]["status"], described["result"]["body"])
             await asyncio.sleep(POLL_SECONDS)
 
+    async def _store(self, path: Path, size: int, timing: dict[str, float]) -> tuple[str, str, str]:
+        try:
+            if size > self._stow_max:
+                raise _TooLarge
+            return await self._stow(path, size)
+        except _TooLarge:
+            return await self._upload_session(path, size, timing)
+
     async def _one(self, path: Path) -> Result:
         async with self._instances:
             size = path.stat().st_size
             started = time.perf_counter()
             timing: dict[str, float] = {}
-            try:
+            attempt = 1
+            while True:
                 try:
-                    if size > self._stow_max:
-                        raise _TooLarge
-                    status, sop, detail = await self._stow(path, size)
-                except _TooLarge:
-                    status, sop, detail = await self._upload_session(path, size, timing)
-            except (UploadError, OSError) as exc:
-                return Result(path, size, "failed", detail=str(exc), seconds=time.perf_counter() - started)
+                    status, sop, detail = await self._store(path, size, timing)
+                    break
+                except _Transient as transient:
+                    if attempt == STORE_ATTEMPTS:
+                        status, sop, detail = "failed", transient.sop, f"{transient.detail} after {attempt} tries"
+                        break
+                    self._advance(-size)
+                    await asyncio.sleep(STORE_BACKOFF * 2 ** (attempt - 1) * random.uniform(0.5, 1.0))
+                    attempt += 1
+                except (UploadError, OSError) as exc:
+                    return Result(path, size, "failed", detail=str(exc), seconds=time.perf_counter() - started,
+                                  attempts=attempt)
             ended = time.perf_counter()
-            return Result(path, size, status, sop, detail, ended - started, ended - timing.get("commit", ended))
+            return Result(path, size, status, sop, detail, ended - started, ended - timing.get("commit", ended),
+                          attempt)
 
     async def run(self, files: list[Path]) -> list[Result]:
         """Upload ``files``; a result per file, in order."""
@@ -295,17 +329,20 @@ def report(results: list[Result], seconds: float, out: TextIO, as_json: bool = F
         for result in results:
             print(json.dumps({**dataclasses.asdict(result), "path": str(result.path)}), file=out)
         return
-    print(f"{'status':<8} {'MB':>9} {'s':>7} {'ingest s':>8}  {'SOP Instance UID':<64}  file / detail", file=out)
+    print(f"{'status':<8} {'MB':>9} {'s':>7} {'ingest s':>8} {'tries':>5}  {'SOP Instance UID':<64}  file / detail",
+          file=out)
     for result in results:
         detail = f"{result.path}" + (f": {result.detail}" if result.detail else "")
         ingest = f"{result.ingest_seconds:.1f}" if result.ingest_seconds else ""
-        print(f"{result.status:<8} {result.size / 1e6:>9.1f} {result.seconds:>7.1f} {ingest:>8}  {result.sop:<64}  "
-              f"{detail}", file=out)
+        print(f"{result.status:<8} {result.size / 1e6:>9.1f} {result.seconds:>7.1f} {ingest:>8} {result.attempts:>5}  "
+              f"{result.sop:<64}  {detail}", file=out)
     counts = {s: sum(r.status == s for r in results) for s in ("stored", "exists", "failed", "skipped")}
     moved = sum(r.size for r in results if r.status == "stored")
     rate = moved / 1e6 / seconds if seconds > 0 else 0.0
+    retried = sum(r.attempts > 1 for r in results)
     print(f"{counts['stored']} stored, {counts['exists']} already stored, {counts['failed']} failed, "
-          f"{counts['skipped']} skipped; {moved / 1e6:.1f} MB in {seconds:.1f} s ({rate:.1f} MB/s)", file=out)
+          f"{counts['skipped']} skipped, {retried} retried after a processing failure; "
+          f"{moved / 1e6:.1f} MB in {seconds:.1f} s ({rate:.1f} MB/s)", file=out)
 
 
 def main(paths: list[Path], url: str, token: str | None, parallel: int, block_concurrency: int, stow_max_mb: int,

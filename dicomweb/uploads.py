@@ -30,9 +30,9 @@ from typing import AsyncIterator
 from dicomweb.config import MIB
 from dicomweb.dicom.dicomjson import JsonDict
 from dicomweb.dicom.syntax import is_valid_uid
-from dicomweb.errors import BadRequest, DicomWebError, Duplicate, NotFound, StateConflict, StorageFailure
+from dicomweb.errors import BadRequest, DicomWebError, NotFound, StateConflict, StorageFailure
 from dicomweb.service import Service
-from dicomweb.storage.blobs import StaleBlob, instance_name
+from dicomweb.storage.blobs import StaleBlob, new_generation
 from dicomweb.stow import Outcome, response, store_instance
 
 log = logging.getLogger(__name__)
@@ -141,9 +141,9 @@ async def create(service: Service, size: object, study: object | None) -> Sessio
     session = Session(
         id=uuid.uuid4().hex, size=size, block_size=plan_block_size(size, settings.block_size), study=study,
         created=_text(now), expires=_text(now + timedelta(seconds=settings.upload_session_seconds)),
-        generation=uuid.uuid4().hex,
+        generation=new_generation(),
     )
-    session.etag = await service.blobs.put_record(session.record, session.to_json())
+    session.etag = await service.blobs.staging.put_record(session.record, session.to_json())
     return session
 
 
@@ -161,12 +161,12 @@ async def load(service: Service, session_id: str) -> Session:
 
 
 async def _read(service: Service, record: str) -> Session:
-    data, etag = await service.blobs.get_record(record)
+    data, etag = await service.blobs.staging.get_record(record)
     return Session(**json.loads(data), etag=etag)
 
 
 async def _save(service: Service, session: Session) -> None:
-    session.etag = await service.blobs.put_record(session.record, session.to_json(), session.etag)
+    session.etag = await service.blobs.staging.put_record(session.record, session.to_json(), session.etag)
 
 
 async def _beat(service: Service, session: Session) -> bool:
@@ -189,9 +189,9 @@ async def describe(service: Service, session: Session, base: str) -> JsonDict:
     }
     if session.status == OPEN:
         expiry = min(_now() + timedelta(seconds=service.settings.upload_sas_seconds), _parse(session.expires))
-        out["uploadUrl"] = await service.blobs.staging_write_url(session.data, expiry)
+        out["uploadUrl"] = await service.blobs.staging.write_url(session.data, expiry)
         out["uploadUrlExpiresAt"] = _text(expiry)
-        _, uncommitted = await service.blobs.staged_blocks(session.data)
+        _, uncommitted = await service.blobs.staging.blocks(session.data)
         missing = session.missing(uncommitted)
         absent = set(missing)
         out["blocks"] = [{"index": i, "id": wire_block_id(i), "offset": session.block(i)[0],
@@ -207,10 +207,10 @@ async def describe(service: Service, session: Session, base: str) -> JsonDict:
 
 async def _seal(service: Service, session: Session) -> None:
     """Commit the planned blocks (or accept a blob the client committed itself, as azcopy does)."""
-    committed, uncommitted = await service.blobs.staged_blocks(session.data)
+    committed, uncommitted = await service.blobs.staging.blocks(session.data)
     missing = session.missing(uncommitted)
     if not missing:
-        await service.blobs.commit_staged(session.data, [block_id(i) for i in range(session.block_count)])
+        await service.blobs.staging.commit(session.data, [block_id(i) for i in range(session.block_count)])
         return
     if committed:
         held = sum(committed.values())
@@ -272,7 +272,7 @@ async def _staged_chunks(service: Service, session: Session) -> AsyncIterator[by
     loop = asyncio.get_running_loop()
     beat = loop.time()
     session.progress = 0
-    async for chunk in service.blobs.read_staged(session.data, session.size, READ_CHUNK, READ_AHEAD):
+    async for chunk in service.blobs.staging.read(session.data, session.size, READ_CHUNK, READ_AHEAD):
         session.progress += len(chunk)
         if loop.time() - beat >= HEARTBEAT_SECONDS:
             beat = loop.time()
@@ -299,12 +299,9 @@ async def _ingest(service: Service, session: Session, base: str) -> Session:
         if not await _slot(service, session):
             return await load(service, session.id)
         try:
+            # A resumed ingest stores the same generation again: the claim recognises it and finishes the work.
             outcome = await store_instance(service, _staged_chunks(service, session), session.study,
                                            generation=session.generation)
-            if isinstance(outcome.error, Duplicate) and await _ours(service, outcome, session):
-                # An earlier ingest of this very session stored the bytes and died before the end: finish it.
-                outcome = await store_instance(service, _staged_chunks(service, session), session.study,
-                                               replace=True, generation=session.generation)
         finally:
             service.ingest_slots.release()
     except Exception as exc:  # noqa: BLE001 - the record must say how the ingest ended
@@ -321,16 +318,8 @@ async def _ingest(service: Service, session: Session, base: str) -> Session:
             break
         except StaleBlob:
             session.etag = (await load(service, session.id)).etag
-    await service.blobs.discard_staged(session.data)
+    await service.blobs.staging.discard(session.data)
     return session
-
-
-async def _ours(service: Service, outcome: Outcome, session: Session) -> bool:
-    """Whether the stored instance a duplicate points at was written by ``session`` itself."""
-    if not (outcome.study and outcome.series and outcome.sop_instance):
-        return False
-    name = instance_name(outcome.study, outcome.series, outcome.sop_instance)
-    return await service.blobs.generation_of(name) == session.generation
 
 
 async def abort(service: Service, session_id: str) -> None:
@@ -338,21 +327,21 @@ async def abort(service: Service, session_id: str) -> None:
     session = await load(service, session_id)
     if session.status == INGESTING and not session.stale(_now()):
         raise StateConflict("the upload is being ingested; wait for its result")
-    await service.blobs.discard_staged(session.data)
-    await service.blobs.delete_record(session.record)
+    await service.blobs.staging.discard(session.data)
+    await service.blobs.staging.delete_record(session.record)
 
 
 async def cleanup(service: Service) -> int:
     """Remove expired sessions with their staged blocks (and dead ingests past expiry); the number removed."""
     now = _now()
     removed = 0
-    async for name in service.blobs.list_records(SESSIONS):
+    async for name in service.blobs.staging.list_records(SESSIONS):
         try:
             session = await _read(service, name)
         except NotFound:
             continue
         if session.expired(now) and (session.status != INGESTING or session.stale(now)):
-            await service.blobs.discard_staged(session.data)
-            await service.blobs.delete_record(session.record)
+            await service.blobs.staging.discard(session.data)
+            await service.blobs.staging.delete_record(session.record)
             removed += 1
     return removed

@@ -150,6 +150,14 @@ def blob_names(settings: dict[str, str], container: str, prefix: str) -> list[st
     return [b.name for b in client.list_blobs(name_starts_with=prefix)]
 
 
+def instance_blob(settings: dict[str, str], study: str, series: str, sop: str) -> str:
+    """The blob name of an instance's stored generation, checking that there is exactly one."""
+    container = settings.get("DICOMWEB_INSTANCE_CONTAINER") or "dicom-instances"
+    names = [n for n in blob_names(settings, container, f"{study}/{series}/{sop}/") if n.endswith(".dcm")]
+    assert len(names) == 1, names
+    return names[0]
+
+
 def source_frames(path: Path) -> list[bytes]:
     """Frames as pydicom extracts them from a file: the reference every served frame must equal."""
     dataset = pydicom.dcmread(path)

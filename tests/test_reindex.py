@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import blob_names, blob_service, fresh_settings, source_frames, start_server
+from tests.conftest import blob_names, blob_service, fresh_settings, instance_blob, source_frames, start_server
 from tests.wsi_factory import make_slide
 
 
@@ -25,9 +25,11 @@ def test_serve_reindexes_an_empty_index_and_reindex_repairs_sidecars(emulators: 
         first.stop()
     study, series, volume = files[0].study_uid, files[0].series_uid, files[0].sop_uid
     sidecars = blob_service(settings).get_container_client(settings["DICOMWEB_SIDECAR_CONTAINER"])
-    sidecars.delete_blob(f"{study}/{series}/{volume}.json")
-    sidecars.delete_blob(f"{study}/{series}/{volume}.frames")
-    sidecars.upload_blob(f"{study}/{series}/1.2.3.json", b"{}")
+    stem = instance_blob(settings, study, series, volume).removesuffix(".dcm")
+    sidecars.delete_blob(f"{stem}.json")
+    sidecars.delete_blob(f"{stem}.frames")
+    orphan = f"{study}/{series}/1.2.3/0123456789abcd000000000000.json"
+    sidecars.upload_blob(orphan, b"{}")
 
     # A new Cosmos database is an empty index over existing blobs, as after a restart of the local server.
     settings["DICOMWEB_COSMOS_DATABASE"] = f"db-{uuid.uuid4().hex[:8]}"
@@ -43,4 +45,4 @@ def test_serve_reindexes_an_empty_index_and_reindex_repairs_sidecars(emulators: 
         assert frame.content == source_frames(files[0].path)[2]
     finally:
         second.stop()
-    assert f"{study}/{series}/1.2.3.json" not in blob_names(settings, settings["DICOMWEB_SIDECAR_CONTAINER"], study)
+    assert orphan not in blob_names(settings, settings["DICOMWEB_SIDECAR_CONTAINER"], study)

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
+import pytest
 from aiohttp import web
 
-from dicomweb.uploader import Result, Uploader, find_files
+from dicomweb import uploader as uploader_module
+from dicomweb.uploader import Result, Uploader, find_files, report
 from tests.conftest import ROOT, Server
 from tests.wsi_factory import make_large_instance, make_slide
 
@@ -46,8 +50,8 @@ def test_a_folder_goes_by_stow_and_sessions_and_a_rerun_finds_it_stored(server: 
     assert summary.startswith(f"{len(files) + 1} stored, 0 already stored, 0 failed, 1 skipped")
     for file in files:
         assert _table_row(run.stdout, file.path.name)[0] == "stored"
-    status, _, _, ingest, sop, *_ = _table_row(run.stdout, "large.dcm")
-    assert (status, sop) == ("stored", large.sop_uid) and float(ingest) > 0, "sessions report their ingest"
+    status, _, _, ingest, tries, sop, *_ = _table_row(run.stdout, "large.dcm")
+    assert (status, sop, tries) == ("stored", large.sop_uid, "1") and float(ingest) > 0, "sessions report their ingest"
     assert _table_row(run.stdout, "README.txt")[0] == "skipped"
     assert json.loads(state.read_text()) == {}, "finished sessions leave nothing to resume"
     frames = httpx.get(f"{server.base_url}/studies/{large.study_uid}/series/{large.series_uid}/instances/"
@@ -138,3 +142,57 @@ def test_find_files_walks_folders_and_skips_what_is_not_part10(tmp_path: Path) -
     files, others = find_files([tmp_path / "a"])
     assert files == [dicom]
     assert [(r.path.name, r.status) for r in others] == [("notes.txt", "skipped")]
+
+
+def _failed_sop(sop: str, reason: int) -> dict:
+    return {"00081198": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": [sop]},
+                                               "00081197": {"vr": "US", "Value": [reason]}}]}}
+
+
+@pytest.mark.parametrize(("answers", "status", "attempts"), [
+    ([272, 272, 200], "stored", 3),
+    ([45070], "exists", 1),
+    ([43264], "failed", 1),
+    ([272] * 5, "failed", 5),
+], ids=["processing-failure-retried", "duplicate-not-retried", "invalid-not-retried", "gives-up"])
+def test_processing_failures_are_retried_with_backoff_and_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    answers: list[int], status: str,
+                                                                    attempts: int) -> None:
+    """A real HTTP server answering STOW with 409 and the given failure reasons (200: stored) in turn."""
+    monkeypatch.setattr(uploader_module, "STORE_BACKOFF", 0.05)
+    instance = make_slide(tmp_path, levels=1, associated=False, base_size=(300, 300))[0]
+    seen: list[float] = []
+
+    async def stow(request: web.Request) -> web.Response:
+        await request.read()
+        seen.append(time.perf_counter())
+        reason = answers[len(seen) - 1]
+        if reason == 200:
+            return web.json_response({"00081199": {"vr": "SQ", "Value": [
+                {"00081155": {"vr": "UI", "Value": [instance.sop_uid]}}]}}, content_type="application/dicom+json")
+        return web.json_response(_failed_sop(instance.sop_uid, reason), status=409,
+                                 content_type="application/dicom+json")
+
+    async def scenario() -> list[Result]:
+        app = web.Application(client_max_size=2**30)
+        app.router.add_post("/v1/studies", stow)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            client = Uploader(f"http://127.0.0.1:{port}/v1", progress=False, state_path=tmp_path / "state.json")
+            return await client.run([instance.path])
+        finally:
+            await runner.cleanup()
+
+    (result,) = asyncio.run(scenario())
+    assert (result.status, result.sop, result.attempts) == (status, instance.sop_uid, attempts)
+    assert len(seen) == attempts
+    gaps = [b - a for a, b in zip(seen, seen[1:])]
+    assert all(later >= earlier * 0.9 for earlier, later in zip(gaps, gaps[1:])) or len(gaps) < 2, "backoff grows"
+    out = io.StringIO()
+    report([result], 1.0, out)
+    assert f" {attempts} " in out.getvalue().splitlines()[1]
+    assert f"{int(attempts > 1)} retried after a processing failure" in out.getvalue()

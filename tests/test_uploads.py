@@ -38,14 +38,14 @@ def test_sessions_expire_and_cleanup_removes_them_with_their_blocks(emulators: d
             async with httpx.AsyncClient() as client:
                 put = await client.put(f"{description['uploadUrl']}&comp=block&blockid={block['id']}", content=b"1" * 100)
             assert put.status_code == 201
-            assert (await service.blobs.staged_blocks(expiring.data))[1] == {uploads.block_id(0): 100}
+            assert (await service.blobs.staging.blocks(expiring.data))[1] == {uploads.block_id(0): 100}
             time.sleep(2.5)
             lasting = await uploads.create(service, 100, None)
             with pytest.raises(NotFound):
                 await uploads.load(service, expiring.id)
             assert await uploads.cleanup(service) == 1
-            assert await service.blobs.staged_blocks(expiring.data) == ({}, {})
-            assert [name async for name in service.blobs.list_records(uploads.SESSIONS)] == [lasting.record]
+            assert await service.blobs.staging.blocks(expiring.data) == ({}, {})
+            assert [name async for name in service.blobs.staging.list_records(uploads.SESSIONS)] == [lasting.record]
             assert (await uploads.load(service, lasting.id)).status == uploads.OPEN
         finally:
             await service.close()

@@ -414,3 +414,27 @@ def make_image(path: Path, *, modality: str, study_uid: str, series_uid: str, pa
     _write(ds, path, ExplicitVRLittleEndian)
     return SlideFile(path, study_uid, series_uid, ds.SOPInstanceUID, tuple(ds.ImageType), ExplicitVRLittleEndian,
                      1, "native", 1)
+
+
+def copy_instance(source: SlideFile, path: Path, *, sop_uid: str | None = None, study_uid: str | None = None,
+                  series_uid: str | None = None, variant: int | None = None) -> SlideFile:
+    """``source`` again under other UIDs (a new SOP Instance UID unless given), written to ``path``.
+
+    ``variant`` makes the pixel data differ (each frame gets ``variant + 1`` extra bytes, so
+    frame lengths and offsets differ too) and names it in ContainerIdentifier.
+    """
+    import pydicom
+    from pydicom.encaps import generate_frames
+
+    ds = pydicom.dcmread(source.path)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
+    ds.StudyInstanceUID = study_uid or source.study_uid
+    ds.SeriesInstanceUID = series_uid or source.series_uid
+    if variant is not None:
+        ds.ContainerIdentifier = f"VARIANT-{variant}"
+        frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1))))
+        ds.PixelData = encapsulate([frame + bytes([variant % 256]) * (variant + 1) for frame in frames])
+    ds.save_as(path, enforce_file_format=True)
+    return SlideFile(path, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, source.image_type,
+                     source.transfer_syntax, source.number_of_frames, "bot" if variant is not None else
+                     source.offset_table, source.fragments_per_frame)

@@ -55,7 +55,8 @@ def _count(req: Request, name: str, default: int, maximum: int | None = None) ->
 
 @endpoint(blueprint, "changefeed", "changefeed", ["GET"])
 async def read_changefeed(req: Request, service: Service) -> Response:
-    """Changes in order: ``startTime``, ``endTime`` (ISO 8601), ``offset``, ``limit``, ``includeMetadata``."""
+    """Changes in order: ``offset`` (entries after this sequence), ``limit``, ``startTime``, ``endTime``
+    (ISO 8601) and ``includeMetadata``. A consumer passes the last Sequence it saw as the next ``offset``."""
     start = changefeed.parse_time("startTime", req.query_params.get("startTime"))
     end = changefeed.parse_time("endTime", req.query_params.get("endTime"))
     offset = _count(req, "offset", 0)
@@ -63,14 +64,14 @@ async def read_changefeed(req: Request, service: Service) -> Response:
     include = req.query_params.get("includeMetadata", "true").lower()
     if include not in ("true", "false"):
         raise BadRequest("includeMetadata must be true or false")
-    entries = await service.index.changes(start, end, offset, limit)
+    entries = await changefeed.changes(service, offset, start, end, limit)
     return dicom_json(await changefeed.render(service, entries, include == "true", base_url(req, service.settings)))
 
 
 @endpoint(blueprint, "changefeed_latest", "changefeed/latest", ["GET"])
 async def latest_change(req: Request, service: Service) -> Response:
     """The newest change (an empty object when nothing has changed yet)."""
-    entry = await service.index.latest_change()
+    entry = await changefeed.latest(service)
     if entry is None:
         return dicom_json({})
     include = req.query_params.get("includeMetadata", "true").lower() == "true"

@@ -13,8 +13,6 @@ from dicomweb.dicom.dicomjson import resolve_bulk_uris
 from dicomweb.dicom.multipart import multipart_body, new_boundary, write_multipart
 from dicomweb.errors import NotAcceptable
 from dicomweb.service import Service
-from dicomweb.storage.blobs import instance_name
-from dicomweb.storage.index import Document
 
 blueprint = func.Blueprint()
 
@@ -61,7 +59,7 @@ async def _instances(req: Request, service: Service) -> Response:
     if not choice.multipart:
         doc = docs[0]
         return StreamingResponse(
-            service.blobs.stream(_blob(doc)),
+            service.blobs.instances.stream(retrieve.location(doc)),
             media_type=f"{media.DICOM}; transfer-syntax={doc['transferSyntaxUID']}",
             headers={"content-length": str(doc["size"])},
         )
@@ -70,14 +68,10 @@ async def _instances(req: Request, service: Service) -> Response:
         for doc in docs:
             headers = {"Content-Type": f"{media.DICOM}; transfer-syntax={doc['transferSyntaxUID']}",
                        "Content-Length": str(doc["size"])}
-            yield headers, service.blobs.stream(_blob(doc))
+            yield headers, service.blobs.instances.stream(retrieve.location(doc))
 
     boundary = new_boundary()
     return StreamingResponse(write_multipart(parts(), boundary), media_type=_multipart_type(media.DICOM, boundary))
-
-
-def _blob(doc: Document) -> str:
-    return instance_name(doc["studyInstanceUID"], doc["seriesInstanceUID"], doc["sopInstanceUID"])
 
 
 @endpoint(blueprint, "study_metadata", STUDY + "/metadata", ["GET"])
@@ -165,9 +159,9 @@ async def retrieve_bulkdata(req: Request, service: Service) -> Response:
     if retrieve.is_pixel_data(path):
         return await _frames(req, service, study, series, instance, None)
     multipart = media.negotiate_bulkdata(req.headers.get("accept"))
-    sidecar = await retrieve.load_sidecar(service, study, series, instance)
-    offset, length = retrieve.bulk_span(sidecar, path)
-    data, _ = await service.blobs.read_range(instance_name(study, series, instance), offset, length)
+    (doc,) = await retrieve.instance_documents(service, study, series, instance)
+    offset, length = retrieve.bulk_span(await retrieve.load_sidecar(service, doc), path)
+    data = await service.blobs.instances.read_range(retrieve.location(doc), offset, length)
     if not multipart:
         return Response(data, media_type=media.OCTET_STREAM)
     boundary = new_boundary()

@@ -1,18 +1,24 @@
-"""Blob Storage adapter: instance files, sidecars, block uploads and ranged reads.
+"""Blob Storage adapter: one store per container (instance files, sidecars, staging).
 
-Blob is the system of record. Per instance it holds three blobs named from the UIDs:
-the Part 10 file (``<study>/<series>/<instance>.dcm`` in the instance container) and,
-in the sidecar container, the metadata (``.json``) and the frame offset record
-(``.frames``). Everything the Cosmos index holds can be rebuilt from the sidecars.
-The staging container holds upload sessions: the data blobs clients write through a
-write-only SAS, and the sessions' small JSON records.
+Blob is the system of record. Every stored version of an instance is a *generation*
+with blob names that are never reused: the Part 10 file
+``<study>/<series>/<sop>/<generation>.dcm`` in the instance container and, in the
+sidecar container, the metadata (``….json``) and the frame offset record
+(``….frames``) of that generation. A replacement writes a new generation and removes
+the old one once the index names the new one, so a reader never sees a file change
+under a name it holds. Everything the Cosmos index holds can be rebuilt from these
+blobs. The staging container holds upload sessions: the data blobs clients write
+through a write-only SAS, and the sessions' small JSON records.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import secrets
+import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import AsyncIterator
 from urllib.parse import quote
@@ -36,30 +42,59 @@ from azure.storage.blob import (
 )
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
 
-from dicomweb.errors import Archived, Duplicate, NotFound, StorageFailure
+from dicomweb.errors import Archived, NotFound, StorageFailure
 
-
-GENERATION = "generation"
 #: Blob index tag the lifecycle policy filters on: ``auto`` blobs move to cool, cold and archive as they
 #: go unread; ``hot`` ones (sidecars, labels, overviews, thumbnails, small pyramid levels) stay hot.
 TIER_TAG = "dicomweb_tier"
 HOT, AUTO = "hot", "auto"
-GENERATION_HEADER = "x-ms-meta-generation"
+#: Metadata on an instance blob whose deletion has begun; its value is the change-feed sequence of the delete.
 DELETING = "deleting"
+SIDECAR_KINDS = ("json", "frames")
 
 
 class StaleBlob(Exception):
-    """The blob changed since its etag was cached: reload what was derived from it."""
+    """A conditional write lost a race: the blob changed since it was read."""
 
 
-def instance_name(study: str, series: str, instance: str) -> str:
-    """Blob name of an instance's Part 10 file."""
-    return f"{study}/{series}/{instance}.dcm"
+def new_generation() -> str:
+    """A generation id: microseconds since the epoch (so names sort by age) and 48 random bits."""
+    return f"{time.time_ns() // 1000:014x}{secrets.token_hex(6)}"
 
 
-def sidecar_name(study: str, series: str, instance: str, kind: str) -> str:
-    """Blob name of an instance's sidecar: ``kind`` is "json" (metadata) or "frames"."""
-    return f"{study}/{series}/{instance}.{kind}"
+@dataclass(frozen=True)
+class Location:
+    """Where one generation of an instance lives: its UIDs and generation."""
+
+    study: str
+    series: str
+    sop: str
+    generation: str
+
+    @property
+    def stem(self) -> str:
+        return f"{self.study}/{self.series}/{self.sop}/{self.generation}"
+
+    @property
+    def instance(self) -> str:
+        """Blob name of the Part 10 file."""
+        return f"{self.stem}.dcm"
+
+    def sidecar(self, kind: str) -> str:
+        """Blob name of a sidecar: ``kind`` is "json" (metadata) or "frames" (frame offset record)."""
+        return f"{self.stem}.{kind}"
+
+    @property
+    def sidecars(self) -> list[str]:
+        return [self.sidecar(kind) for kind in SIDECAR_KINDS]
+
+    @classmethod
+    def parse(cls, name: str) -> "Location | None":
+        """The location a blob name belongs to (None for names of another shape)."""
+        parts = name.rsplit(".", 1)[0].split("/")
+        if len(parts) != 4 or not all(parts):
+            return None
+        return cls(*parts)
 
 
 def _failure(exc: AzureError, what: str) -> Exception:
@@ -126,30 +161,21 @@ class BlockUpload:
         finally:
             self._slots.release()
 
-    async def commit(self, metadata: dict[str, str], tags: dict[str, str] | None = None,
-                     overwrite: bool = False) -> str:
-        """Stage the rest, wait for every block, commit as one blob.
+    async def commit(self, metadata: dict[str, str], tags: dict[str, str] | None = None) -> None:
+        """Stage the rest, wait for every block, commit them as one blob.
 
-        Without ``overwrite`` the commit fails with Duplicate if the blob exists; with it,
-        the new blob replaces the old one atomically.
+        Generation names are never reused, so no condition is needed: the one writer
+        that commits a name again is an upload session resuming its own ingest.
         """
         if self._pending_size:
             await self._flush()
         await asyncio.gather(*list(self._tasks))
         if self._error is not None:
             raise _failure(self._error, self._blob.blob_name) if isinstance(self._error, AzureError) else self._error
-        condition = {} if overwrite else {"if_none_match": "*"}
         try:
-            result = await self._blob.commit_block_list(
-                [BlobBlock(block_id=i) for i in self._ids], metadata=metadata, tags=tags, **condition
-            )
-        except ResourceExistsError as exc:
-            raise Duplicate("the instance is already stored") from exc
-        except HttpResponseError as exc:
-            if exc.status_code in (409, 412):
-                raise Duplicate("the instance is already stored") from exc
+            await self._blob.commit_block_list([BlobBlock(block_id=i) for i in self._ids], metadata=metadata, tags=tags)
+        except AzureError as exc:
             raise _failure(exc, self._blob.blob_name) from exc
-        return str(result["etag"])
 
     async def abort(self) -> None:
         """Stop staging; the uncommitted blocks never become a blob."""
@@ -224,12 +250,9 @@ class RangeReader:
             )
         return self._session
 
-    async def read(self, container: ContainerClient, name: str, offset: int, length: int,
-                   etag: str | None) -> tuple[bytes, str, str]:
-        """Bytes ``offset .. offset+length`` of blob ``name``, its etag and generation; retries transient failures."""
+    async def read(self, container: ContainerClient, name: str, offset: int, length: int) -> bytes:
+        """Bytes ``offset .. offset+length`` of blob ``name``; retries transient failures."""
         headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
-        if etag:
-            headers["If-Match"] = etag
         url = f"{container.url}/{quote(name, safe='/')}"
         renewed = False
         for attempt in range(3):
@@ -237,8 +260,7 @@ class RangeReader:
                 token = await self._token(container.container_name, renew=renewed)
                 async with self._client().get(f"{url}?{token}", headers=headers) as response:
                     if response.status in (200, 206):
-                        headers = response.headers
-                        return await response.read(), headers.get("ETag", ""), headers.get(GENERATION_HEADER, "")
+                        return await response.read()
                     code = response.headers.get("x-ms-error-code", "")
                     status = response.status
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -248,8 +270,6 @@ class RangeReader:
                 continue
             if status == 404:
                 raise NotFound(f"{name} not found")
-            if status == 412:
-                raise StaleBlob(name)
             if code == "BlobArchived":
                 raise Archived(f"{name} is in the Archive tier; rehydrate it before reading")
             if status == 403 and not renewed:
@@ -267,176 +287,168 @@ class RangeReader:
             self._session = None
 
 
-class BlobStore:
-    """The instance and sidecar containers of one storage account."""
-
-    def __init__(self, service: BlobServiceClient, instance_container: str, sidecar_container: str,
-                 staging_container: str) -> None:
-        self._service = service
-        self.instances: ContainerClient = service.get_container_client(instance_container)
-        self.sidecars: ContainerClient = service.get_container_client(sidecar_container)
-        self.staging: ContainerClient = service.get_container_client(staging_container)
-        self.signer = SasSigner(service)
-        self._ranges = RangeReader(self.signer)
-
-    async def ensure_containers(self) -> None:
-        """Create the containers if they do not exist (idempotent)."""
-        for container in (self.instances, self.sidecars, self.staging):
-            try:
-                await container.create_container()
-            except ResourceExistsError:
-                pass
-
-    async def close(self) -> None:
-        """Release the HTTP sessions."""
-        await self._ranges.close()
-        await self._service.close()
-
-    def upload(self, name: str, block_size: int, concurrency: int) -> BlockUpload:
-        """A block upload for the instance blob ``name``."""
-        return BlockUpload(self.instances.get_blob_client(name), block_size, concurrency)
-
-    async def put_sidecar(self, name: str, data: bytes) -> None:
-        """Write (or overwrite) a sidecar in one request, pinned to the hot tier (every frame request reads it)."""
+async def _delete(container: ContainerClient, names: list[str]) -> None:
+    """Delete blobs of one container; missing ones are fine."""
+    for name in names:
         try:
-            await self.sidecars.upload_blob(name, data, overwrite=True, tags={TIER_TAG: HOT})
+            await container.delete_blob(name)
+        except ResourceNotFoundError:
+            pass
         except AzureError as exc:
             raise _failure(exc, name) from exc
 
-    async def get_sidecar(self, name: str) -> bytes:
-        """Read a whole sidecar."""
+
+class InstanceStore:
+    """The instance container: one Part 10 file per generation, read by ranges."""
+
+    def __init__(self, container: ContainerClient, ranges: RangeReader) -> None:
+        self.container = container
+        self._ranges = ranges
+
+    def upload(self, location: Location, block_size: int, concurrency: int) -> BlockUpload:
+        """A block upload of ``location``'s Part 10 file."""
+        return BlockUpload(self.container.get_blob_client(location.instance), block_size, concurrency)
+
+    async def read_range(self, location: Location, offset: int, length: int) -> bytes:
+        """One ranged read of a stored file."""
+        return await self._ranges.read(self.container, location.instance, offset, length)
+
+    async def stream(self, location: Location) -> AsyncIterator[bytes]:
+        """The bytes of a stored file, chunk by chunk."""
         try:
-            downloader = await self.sidecars.download_blob(name)
-            return await downloader.readall()
-        except AzureError as exc:
-            raise _failure(exc, name) from exc
-
-    async def read_range(self, name: str, offset: int, length: int, etag: str | None = None,
-                         generation: str | None = None) -> tuple[bytes, str]:
-        """One ranged read of an instance blob and its etag.
-
-        Fails with StaleBlob if the blob changed since ``etag``, or is not of
-        ``generation`` (a replacement whose sidecars are not written yet).
-        """
-        data, new_etag, found = await self._ranges.read(self.instances, name, offset, length, etag)
-        if generation is not None and found and found != generation:
-            raise StaleBlob(name)
-        return data, new_etag
-
-    async def stream(self, name: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        """The bytes of an instance blob, chunk by chunk."""
-        try:
-            downloader = await self.instances.download_blob(name, offset=offset, length=length)
+            downloader = await self.container.download_blob(location.instance)
             async for chunk in downloader.chunks():
                 yield chunk
         except AzureError as exc:
-            raise _failure(exc, name) from exc
+            raise _failure(exc, location.instance) from exc
 
-    async def delete(self, instance: str | None, sidecars: list[str]) -> None:
-        """Delete an instance blob and sidecars; missing ones are fine."""
-        pairs = [(self.sidecars, name) for name in sidecars]
-        if instance is not None:
-            pairs.append((self.instances, instance))
-        for container, name in pairs:
-            try:
-                await container.delete_blob(name)
-            except ResourceNotFoundError:
-                pass
-            except AzureError as exc:
-                raise _failure(exc, name) from exc
+    async def delete(self, location: Location) -> None:
+        """Delete a stored file; a missing one is fine."""
+        await _delete(self.container, [location.instance])
 
-    async def exists(self, name: str) -> bool:
-        """Whether the instance blob ``name`` is committed."""
-        return await self.generation_of(name) is not None
-
-    async def generation_of(self, name: str) -> str | None:
-        """The generation recorded on instance blob ``name`` (None when there is no such blob)."""
+    async def exists(self, location: Location) -> bool:
+        """Whether ``location``'s file is committed."""
         try:
-            properties = await self.instances.get_blob_client(name).get_blob_properties()
+            await self.container.get_blob_client(location.instance).get_blob_properties()
         except ResourceNotFoundError:
-            return None
+            return False
         except AzureError as exc:
-            raise _failure(exc, name) from exc
-        return (properties.metadata or {}).get(GENERATION, "")
+            raise _failure(exc, location.instance) from exc
+        return True
 
-    async def list_instances(self) -> AsyncIterator[tuple[str, dict[str, str]]]:
-        """(name, metadata) of every committed instance blob: its generation, and ``deleting`` if marked."""
+    async def list(self, prefix: str = "") -> AsyncIterator[tuple[Location, dict[str, str]]]:
+        """(location, metadata) of every committed file under ``prefix``, in name order."""
         try:
-            async for blob in self.instances.list_blobs(include=["metadata"]):
-                yield blob.name, dict(blob.metadata or {})
+            async for blob in self.container.list_blobs(name_starts_with=prefix or None, include=["metadata"]):
+                location = Location.parse(blob.name)
+                if location is not None and blob.name == location.instance:
+                    yield location, dict(blob.metadata or {})
         except AzureError as exc:
             raise _failure(exc, "instance listing") from exc
 
-    async def mark_deleting(self, name: str) -> bool:
-        """Record in the blob itself that it is being deleted (False if it is already gone).
+    async def mark_deleting(self, location: Location, sequence: int) -> bool:
+        """Record in the file itself that its deletion began, as change ``sequence`` (False if it is gone).
 
-        Blob is the system of record: a deletion that dies half way is finished by the
-        cleanup in ``reindex`` instead of being indexed again.
+        Blob is the system of record: a deletion that dies half way is finished by
+        ``reindex`` instead of being indexed again.
         """
-        blob = self.instances.get_blob_client(name)
+        blob = self.container.get_blob_client(location.instance)
         try:
             properties = await blob.get_blob_properties()
-            await blob.set_blob_metadata({**properties.metadata, DELETING: "1"}, etag=properties.etag,
+            await blob.set_blob_metadata({**properties.metadata, DELETING: str(sequence)}, etag=properties.etag,
                                          match_condition=MatchConditions.IfNotModified)
         except ResourceNotFoundError:
             return False
         except AzureError as exc:
-            raise _failure(exc, name) from exc
+            raise _failure(exc, location.instance) from exc
         return True
 
-    async def list_metadata_sidecars(self) -> AsyncIterator[str]:
-        """Names of every metadata sidecar: one per stored instance."""
+
+class SidecarStore:
+    """The sidecar container: metadata and frame offset record of each generation, always hot."""
+
+    def __init__(self, container: ContainerClient) -> None:
+        self.container = container
+
+    async def put(self, name: str, data: bytes) -> None:
+        """Write a sidecar in one request, pinned to the hot tier (every frame request reads it)."""
         try:
-            async for blob in self.sidecars.list_blobs():
-                if blob.name.endswith(".json"):
-                    yield blob.name
+            await self.container.upload_blob(name, data, overwrite=True, tags={TIER_TAG: HOT})
+        except AzureError as exc:
+            raise _failure(exc, name) from exc
+
+    async def get(self, name: str) -> bytes:
+        """Read a whole sidecar."""
+        try:
+            downloader = await self.container.download_blob(name)
+            return await downloader.readall()
+        except AzureError as exc:
+            raise _failure(exc, name) from exc
+
+    async def delete(self, names: list[str]) -> None:
+        """Delete sidecars; missing ones are fine."""
+        await _delete(self.container, names)
+
+    async def list(self, prefix: str = "") -> AsyncIterator[Location]:
+        """The generation of every metadata sidecar under ``prefix``."""
+        try:
+            async for blob in self.container.list_blobs(name_starts_with=prefix or None):
+                location = Location.parse(blob.name)
+                if location is not None and blob.name == location.sidecar("json"):
+                    yield location
         except AzureError as exc:
             raise _failure(exc, "sidecar listing") from exc
 
-    # Staging: upload sessions' data blobs (written by clients through a SAS) and session records.
 
-    async def staging_write_url(self, name: str, expiry: datetime) -> str:
+class StagingStore:
+    """The staging container: upload sessions' data blobs (written by clients through a SAS) and records."""
+
+    def __init__(self, container: ContainerClient, signer: SasSigner, ranges: RangeReader) -> None:
+        self.container = container
+        self._signer = signer
+        self._ranges = ranges
+
+    async def write_url(self, name: str, expiry: datetime) -> str:
         """URL of staging blob ``name`` with a write-only SAS for it alone, valid until ``expiry``."""
-        sas = await self.signer.write_blob(self.staging.container_name, name, expiry)
-        return f"{self.staging.url}/{quote(name, safe='/')}?{sas}"
+        sas = await self._signer.write_blob(self.container.container_name, name, expiry)
+        return f"{self.container.url}/{quote(name, safe='/')}?{sas}"
 
-    async def staged_blocks(self, name: str) -> tuple[dict[str, int], dict[str, int]]:
+    async def blocks(self, name: str) -> tuple[dict[str, int], dict[str, int]]:
         """(committed, uncommitted) blocks of staging blob ``name``: id → size; empty when none arrived."""
         try:
-            committed, uncommitted = await self.staging.get_blob_client(name).get_block_list("all")
+            committed, uncommitted = await self.container.get_blob_client(name).get_block_list("all")
         except ResourceNotFoundError:
             return {}, {}
         except AzureError as exc:
             raise _failure(exc, name) from exc
         return ({str(b.id): int(b.size) for b in committed or []}, {str(b.id): int(b.size) for b in uncommitted or []})
 
-    async def commit_staged(self, name: str, block_ids: list[str]) -> None:
+    async def commit(self, name: str, block_ids: list[str]) -> None:
         """Commit the staged blocks of ``name`` in order, making it a readable blob."""
         try:
-            await self.staging.get_blob_client(name).commit_block_list([BlobBlock(block_id=i) for i in block_ids])
+            await self.container.get_blob_client(name).commit_block_list([BlobBlock(block_id=i) for i in block_ids])
         except AzureError as exc:
             raise _failure(exc, name) from exc
 
-    async def read_staged(self, name: str, size: int, chunk: int, ahead: int) -> AsyncIterator[bytes]:
+    async def read(self, name: str, size: int, chunk: int, ahead: int) -> AsyncIterator[bytes]:
         """The bytes of committed staging blob ``name`` in order: ranged reads, ``ahead`` of them in flight."""
         starts = list(range(0, size, chunk))
-        pending: list[asyncio.Task[tuple[bytes, str, str]]] = []
+        pending: list[asyncio.Task[bytes]] = []
         try:
             for index in range(len(starts)):
                 while len(pending) < ahead and index + len(pending) < len(starts):
                     start = starts[index + len(pending)]
                     length = min(chunk, size - start)
-                    pending.append(asyncio.create_task(self._ranges.read(self.staging, name, start, length, None)))
-                data, _, _ = await pending.pop(0)
-                yield data
+                    pending.append(asyncio.create_task(self._ranges.read(self.container, name, start, length)))
+                yield await pending.pop(0)
         finally:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def discard_staged(self, name: str) -> None:
+    async def discard(self, name: str) -> None:
         """Delete staging blob ``name`` with its uncommitted blocks (an empty commit discards them first)."""
-        blob = self.staging.get_blob_client(name)
+        blob = self.container.get_blob_client(name)
         try:
             try:
                 await blob.delete_blob()
@@ -454,7 +466,9 @@ class BlobStore:
         """Write a small staging record; with ``etag``, only if nobody changed it since (else StaleBlob)."""
         condition = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
         try:
-            result = await self.staging.get_blob_client(name).upload_blob(data, overwrite=True, **condition)
+            result = await self.container.get_blob_client(name).upload_blob(data, overwrite=True, **condition)
+        except ResourceModifiedError as exc:
+            raise StaleBlob(name) from exc
         except AzureError as exc:
             raise _failure(exc, name) from exc
         return str(result["etag"])
@@ -462,7 +476,7 @@ class BlobStore:
     async def get_record(self, name: str) -> tuple[bytes, str]:
         """A staging record and its etag."""
         try:
-            downloader = await self.staging.download_blob(name)
+            downloader = await self.container.download_blob(name)
             return await downloader.readall(), str(downloader.properties.etag)
         except AzureError as exc:
             raise _failure(exc, name) from exc
@@ -470,16 +484,37 @@ class BlobStore:
     async def list_records(self, prefix: str) -> AsyncIterator[str]:
         """Names of the staging records under ``prefix``."""
         try:
-            async for blob in self.staging.list_blobs(name_starts_with=prefix):
+            async for blob in self.container.list_blobs(name_starts_with=prefix):
                 yield blob.name
         except AzureError as exc:
             raise _failure(exc, "staging listing") from exc
 
     async def delete_record(self, name: str) -> None:
         """Delete a staging record; a missing one is fine."""
-        try:
-            await self.staging.delete_blob(name)
-        except ResourceNotFoundError:
-            pass
-        except AzureError as exc:
-            raise _failure(exc, name) from exc
+        await _delete(self.container, [name])
+
+
+class BlobStores:
+    """The storage account: its three stores, sharing one SAS signer and one ranged reader."""
+
+    def __init__(self, service: BlobServiceClient, instance_container: str, sidecar_container: str,
+                 staging_container: str) -> None:
+        self._service = service
+        self.signer = SasSigner(service)
+        self._ranges = RangeReader(self.signer)
+        self.instances = InstanceStore(service.get_container_client(instance_container), self._ranges)
+        self.sidecars = SidecarStore(service.get_container_client(sidecar_container))
+        self.staging = StagingStore(service.get_container_client(staging_container), self.signer, self._ranges)
+
+    async def ensure_containers(self) -> None:
+        """Create the containers if they do not exist (idempotent)."""
+        for store in (self.instances, self.sidecars, self.staging):
+            try:
+                await store.container.create_container()
+            except ResourceExistsError:
+                pass
+
+    async def close(self) -> None:
+        """Release the HTTP sessions."""
+        await self._ranges.close()
+        await self._service.close()

@@ -8,7 +8,7 @@ from azure.identity.aio import DefaultAzureCredential
 from azure.storage.blob.aio import BlobServiceClient
 
 from dicomweb.config import Settings
-from dicomweb.storage.blobs import BlobStore
+from dicomweb.storage.blobs import BlobStores
 from dicomweb.storage.index import IndexStore
 
 
@@ -17,7 +17,7 @@ def _transport() -> AioHttpTransport:
     return AioHttpTransport(use_env_settings=False)
 
 
-def blob_store(settings: Settings, credential: object | None = None) -> BlobStore:
+def blob_store(settings: Settings, credential: object | None = None) -> BlobStores:
     """Blob adapter from a connection string, else account URL + ``credential`` (default: managed identity)."""
     if settings.storage_connection_string:
         service = BlobServiceClient.from_connection_string(settings.storage_connection_string, transport=_transport())
@@ -26,7 +26,7 @@ def blob_store(settings: Settings, credential: object | None = None) -> BlobStor
                                     transport=_transport())
     else:
         raise ValueError("set DICOMWEB_STORAGE_CONNECTION_STRING or DICOMWEB_STORAGE_ACCOUNT_URL")
-    return BlobStore(service, settings.instance_container, settings.sidecar_container, settings.staging_container)
+    return BlobStores(service, settings.instance_container, settings.sidecar_container, settings.staging_container)
 
 
 def index_store(settings: Settings, credential: object | None = None) -> IndexStore:

@@ -9,13 +9,16 @@ the physical partitions, which Cosmos adds as the index grows. Document ids are
 Queries always carry the partition-key equality when they name a partition, page
 with continuation tokens, and never use OFFSET (the local server and the cost model
 both punish it).
+
+Beside the study partitions the container holds one small partition per SOP
+Instance UID (its *claim*: where the instance lives and its current generation,
+the store-wide uniqueness check) and the change-feed partition (its entries, a
+sequence counter and the visibility watermark).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import random
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,29 +29,46 @@ from azure.cosmos.exceptions import (
     CosmosAccessConditionFailedError,
     CosmosHttpResponseError,
     CosmosResourceExistsError,
+    CosmosResourceNotFoundError,
 )
 
 from dicomweb.dicom.query import Filter
-from dicomweb.errors import Duplicate, StorageFailure
+from dicomweb.errors import BadRequest, StorageFailure
 
 PARTITION_KEY = "/studyInstanceUID"
 #: What Cosmos indexes: the match fields and keys, never the returned attributes (the Bicep deploys the same file).
 INDEXING_POLICY: dict[str, Any] = json.loads((Path(__file__).with_name("indexing-policy.json")).read_text())
-#: The partition of the change feed and its sequence counter (not a UID, so never a study's).
+#: The partition of the change feed, its sequence counter and watermark (not a UID, so never a study's).
 CHANGEFEED = "changefeed"
-SEQUENCE_ATTEMPTS = 50
 #: Every document has the match fields: the local Cosmos server fails a search that reads below a missing one.
 NO_MATCH_FIELDS: dict[str, Any] = {"m": {}, "w": {}}
+#: The change-feed action of a sequence number whose change never happened (hidden from readers).
+SKIP = "skip"
 Document = dict[str, Any]
 
 
 class Conflict(Exception):
-    """A conditional write lost a race (the document changed or appeared): read again and retry."""
+    """A conditional write lost a race (the document changed, appeared or vanished): read again and retry."""
 
 
 def document_id(level: str, uid: str) -> str:
     """Id of the ``level`` ("study", "series" or "instance") document of ``uid``."""
     return f"{level}:{uid}"
+
+
+def claim_partition(sop: str) -> str:
+    """The partition of an instance's claim (a prefix no UID has, so never a study's)."""
+    return f"claim:{sop}"
+
+
+def change_id(sequence: int) -> str:
+    """Id of change-feed entry ``sequence`` (zero-padded, so ids sort as sequences do)."""
+    return document_id("change", f"{sequence:016d}")
+
+
+def _pointer(key: str) -> str:
+    """``key`` as one JSON Pointer token (RFC 6901), for patch paths."""
+    return key.replace("~", "~0").replace("/", "~1")
 
 
 class IndexStore:
@@ -107,29 +127,67 @@ class IndexStore:
         docs = await self._query(query, params, study)
         return sorted(docs, key=lambda d: (d["seriesInstanceUID"], d.get("instanceNumber") or 0, d["id"]))
 
+    async def summaries(self, study: str) -> list[Document]:
+        """The study and series documents of a study."""
+        return await self._query(
+            "SELECT * FROM c WHERE c.studyInstanceUID = @study AND (c.type = 'series' OR c.type = 'study')",
+            {"@study": study}, study)
+
     async def create(self, document: Document) -> None:
-        """Insert a document that must not exist yet."""
+        """Insert a document that must not exist yet (else Conflict)."""
         try:
             await self.container.create_item(document)
         except CosmosResourceExistsError as exc:
-            raise Duplicate("the instance is already indexed") from exc
+            raise Conflict(document["id"]) from exc
         except CosmosHttpResponseError as exc:
             raise StorageFailure(f"Cosmos DB failed to index: {exc.status_code}") from exc
 
     async def upsert(self, document: Document) -> None:
         """Insert or replace a document."""
         try:
-            await self.container.upsert_item(document)
+            await self.container.upsert_item(_body(document))
         except CosmosHttpResponseError as exc:
             raise StorageFailure(f"Cosmos DB failed to index: {exc.status_code}") from exc
 
-    async def delete(self, study: str, level: str, uid: str) -> None:
-        """Remove a document; a missing one is fine."""
+    async def replace(self, document: Document) -> None:
+        """Write back a document read with :meth:`find`, only if nobody changed it since (else Conflict)."""
         try:
-            await self.container.delete_item(document_id(level, uid), partition_key=study)
+            await self.container.replace_item(
+                document["id"], _body(document), etag=document["_etag"], match_condition=MatchConditions.IfNotModified
+            )
+        except (CosmosAccessConditionFailedError, CosmosResourceNotFoundError) as exc:
+            raise Conflict(document["id"]) from exc
         except CosmosHttpResponseError as exc:
-            if exc.status_code != 404:
-                raise StorageFailure(f"Cosmos DB failed to delete: {exc.status_code}") from exc
+            raise StorageFailure(f"Cosmos DB failed to index: {exc.status_code}") from exc
+
+    async def patch(self, partition: str, doc_id: str, operations: list[dict[str, Any]],
+                    condition: str | None = None) -> Document:
+        """Apply patch ``operations`` atomically; the document afterwards.
+
+        Conflict when the document is missing or ``condition`` (a ``FROM c WHERE …``
+        filter) does not hold. Increments never conflict with each other, which is
+        what keeps counts exact under any number of concurrent writers.
+        """
+        kwargs: dict[str, Any] = {"filter_predicate": condition} if condition else {}
+        try:
+            return await self.container.patch_item(doc_id, partition, operations, **kwargs)
+        except (CosmosAccessConditionFailedError, CosmosResourceNotFoundError) as exc:
+            raise Conflict(doc_id) from exc
+        except CosmosHttpResponseError as exc:
+            raise StorageFailure(f"Cosmos DB failed to update {doc_id.split(':')[0]}: {exc.status_code}") from exc
+
+    async def delete(self, study: str, level: str, uid: str, etag: str | None = None) -> bool:
+        """Remove a document (with ``etag``: only if unchanged since); False when it was not there."""
+        kwargs: dict[str, Any] = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+        try:
+            await self.container.delete_item(document_id(level, uid), partition_key=study, **kwargs)
+        except CosmosAccessConditionFailedError as exc:
+            raise Conflict(document_id(level, uid)) from exc
+        except CosmosHttpResponseError as exc:
+            if exc.status_code == 404:
+                return False
+            raise StorageFailure(f"Cosmos DB failed to delete: {exc.status_code}") from exc
+        return True
 
     async def search(self, level: str, filters: Sequence[Filter], limit: int, offset: int) -> list[Document]:
         """Documents of ``level`` matching every filter, in a stable order, ``offset`` skipped.
@@ -163,69 +221,55 @@ class IndexStore:
             raise StorageFailure(f"Cosmos DB query failed: {exc.status_code}") from exc
         return found
 
-    async def replace(self, document: Document) -> None:
-        """Write back a document read with :meth:`find`, only if nobody changed it since (else Conflict)."""
-        body = {k: v for k, v in document.items() if not k.startswith("_")}
-        try:
-            await self.container.replace_item(
-                document["id"], body, etag=document["_etag"], match_condition=MatchConditions.IfNotModified
-            )
-        except CosmosAccessConditionFailedError as exc:
-            raise Conflict(document["id"]) from exc
-        except CosmosHttpResponseError as exc:
-            raise StorageFailure(f"Cosmos DB failed to index: {exc.status_code}") from exc
+    # Claims: one per SOP Instance UID, in a partition of its own.
 
-    async def insert(self, document: Document) -> None:
-        """Create a document that another writer may create at the same moment (then Conflict)."""
-        try:
-            await self.container.create_item(document)
-        except CosmosResourceExistsError as exc:
-            raise Conflict(document["id"]) from exc
-        except CosmosHttpResponseError as exc:
-            raise StorageFailure(f"Cosmos DB failed to index: {exc.status_code}") from exc
+    async def claim(self, sop: str) -> Document | None:
+        """The claim of SOP instance ``sop``: where it lives, its generation and last change."""
+        return await self.find(claim_partition(sop), "claim", sop)
 
-    async def count_instances(self, study: str, series: str) -> int:
-        """Instances of one series."""
-        docs = await self._query(
-            "SELECT VALUE COUNT(1) FROM c WHERE c.studyInstanceUID = @study AND c.type = 'instance'"
-            " AND c.seriesInstanceUID = @series",
-            {"@study": study, "@series": series},
-            study,
-        )
-        return int(docs[0]) if docs else 0
+    async def claim_of_change(self, sequence: int) -> Document | None:
+        """The claim whose last change is ``sequence`` (a fan-out query, run only to resolve a gap)."""
+        docs = await self._query("SELECT * FROM c WHERE c.type = 'claim' AND c.sequence = @s", {"@s": sequence}, None)
+        return docs[0] if docs else None
 
-    async def series_of(self, study: str) -> list[Document]:
-        """Series documents of a study."""
-        return await self._query(
-            "SELECT * FROM c WHERE c.studyInstanceUID = @study AND c.type = 'series'", {"@study": study}, study
-        )
+    # The change feed.
 
     async def next_sequence(self) -> int:
-        """The next change-feed sequence number: a counter document bumped with optimistic concurrency."""
-        for attempt in range(SEQUENCE_ATTEMPTS):
-            current = await self.find(CHANGEFEED, "counter", "sequence")
-            value = (current or {}).get("value", 0) + 1
-            doc = {"id": document_id("counter", "sequence"), "type": "counter", "studyInstanceUID": CHANGEFEED,
-                   "value": value, **NO_MATCH_FIELDS}
+        """The next change-feed sequence number: an atomic increment of the counter, which never conflicts."""
+        counter = document_id("counter", "sequence")
+        for _ in range(3):
             try:
-                if current is None:
-                    await self.insert(doc)
-                else:
-                    await self.replace({**doc, "_etag": current["_etag"]})
-                return value
+                return int((await self.patch(CHANGEFEED, counter, [{"op": "incr", "path": "/value", "value": 1}]))
+                           ["value"])
             except Conflict:
-                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-        raise StorageFailure("the change feed is too busy; try again")
+                try:
+                    await self.create({"id": counter, "type": "counter", "studyInstanceUID": CHANGEFEED, "value": 0,
+                                       **NO_MATCH_FIELDS})
+                except Conflict:
+                    pass
+        raise StorageFailure("the change-feed counter could not be created")
 
     async def add_change(self, entry: Document) -> None:
-        """Append a change-feed entry (``sequence`` set by :meth:`next_sequence`)."""
-        await self.insert({**entry, "id": document_id("change", f"{entry['sequence']:016d}"), "type": "change",
+        """Write change-feed entry ``entry["sequence"]``; Conflict when that sequence is taken."""
+        await self.create({**entry, "id": change_id(entry["sequence"]), "type": "change",
                            "studyInstanceUID": CHANGEFEED, **NO_MATCH_FIELDS})
 
-    async def changes(self, start: str | None, end: str | None, offset: int, limit: int) -> list[Document]:
-        """Change-feed entries in sequence order within [start, end), ``offset`` skipped."""
-        where = ["c.studyInstanceUID = @partition", "c.type = 'change'"]
-        params: dict[str, Any] = {"@partition": CHANGEFEED}
+    async def change(self, sequence: int) -> Document | None:
+        """Entry ``sequence`` (a skip included)."""
+        return await self.find(CHANGEFEED, "change", f"{sequence:016d}")
+
+    async def changes_after(self, after: int, limit: int) -> list[Document]:
+        """Up to ``limit`` entries (skips included) with a sequence above ``after``, in order."""
+        return await self._page(
+            "SELECT * FROM c WHERE c.studyInstanceUID = @partition AND c.type = 'change' AND c.sequence > @after"
+            " ORDER BY c.sequence", {"@partition": CHANGEFEED, "@after": after}, CHANGEFEED, 0, limit)
+
+    async def visible_changes(self, after: int, upto: int, start: str | None, end: str | None,
+                              limit: int) -> list[Document]:
+        """Entries ``after < sequence <= upto`` (no skips) within [start, end), in order: a range read."""
+        where = ["c.studyInstanceUID = @partition", "c.type = 'change'", "c.sequence > @after",
+                 "c.sequence <= @upto", "c.action != @skip"]
+        params: dict[str, Any] = {"@partition": CHANGEFEED, "@after": after, "@upto": upto, "@skip": SKIP}
         if start:
             where.append("c.timestamp >= @start")
             params["@start"] = start
@@ -233,14 +277,34 @@ class IndexStore:
             where.append("c.timestamp < @end")
             params["@end"] = end
         sql = f"SELECT * FROM c WHERE {' AND '.join(where)} ORDER BY c.sequence"
-        return await self._page(sql, params, CHANGEFEED, offset, limit)
+        return await self._page(sql, params, CHANGEFEED, 0, limit)
 
-    async def latest_change(self) -> Document | None:
-        """The newest change-feed entry."""
+    async def latest_visible(self, upto: int) -> Document | None:
+        """The newest entry (no skip) at or below ``upto``."""
         docs = await self._query(
             "SELECT TOP 1 * FROM c WHERE c.studyInstanceUID = @partition AND c.type = 'change'"
-            " ORDER BY c.sequence DESC", {"@partition": CHANGEFEED}, CHANGEFEED)
+            " AND c.sequence <= @upto AND c.action != @skip ORDER BY c.sequence DESC",
+            {"@partition": CHANGEFEED, "@upto": upto, "@skip": SKIP}, CHANGEFEED)
         return docs[0] if docs else None
+
+    async def watermark(self) -> int:
+        """The highest sequence below which every entry is written or skipped (0 before any)."""
+        doc = await self.find(CHANGEFEED, "counter", "watermark")
+        return int(doc["value"]) if doc else 0
+
+    async def raise_watermark(self, value: int) -> None:
+        """Move the watermark up to ``value``; never down (a reader that raced ahead keeps its value)."""
+        doc_id = document_id("counter", "watermark")
+        try:
+            await self.patch(CHANGEFEED, doc_id, [{"op": "set", "path": "/value", "value": value}],
+                             condition=f"FROM c WHERE c[\"value\"] < {int(value)}")
+        except Conflict:
+            if await self.find(CHANGEFEED, "counter", "watermark") is None:
+                try:
+                    await self.create({"id": doc_id, "type": "counter", "studyInstanceUID": CHANGEFEED,
+                                       "value": value, **NO_MATCH_FIELDS})
+                except Conflict:
+                    await self.raise_watermark(value)
 
     async def last_changes(self, sops: Sequence[str]) -> dict[str, Document]:
         """The newest change-feed entry of each SOP instance in ``sops``."""
@@ -262,13 +326,26 @@ class IndexStore:
         return int(docs[0]) if docs else 0
 
 
+def _body(document: Document) -> Document:
+    """A document without the system properties Cosmos adds (``_etag``, ``_ts``, …)."""
+    return {k: v for k, v in document.items() if not k.startswith("_")}
+
+
+def patch_path(*keys: str) -> str:
+    """A patch path from property names."""
+    return "/" + "/".join(_pointer(k) for k in keys)
+
+
 def build_search(level: str, filters: Sequence[Filter]) -> tuple[str, list[dict[str, Any]], str | None]:
     """Cosmos SQL, its parameters, and the one partition it needs (if any) for a QIDO search.
 
-    Every condition reads the indexed ``m`` (values) and ``w`` (name words) arrays.
+    Every condition reads the indexed ``m`` (values) and ``w`` (name words) arrays, but
+    ModalitiesInStudy, which reads the study's per-modality instance counts.
     """
     params: list[dict[str, Any]] = [{"name": "@type", "value": level}]
     where = ["c.type = @type"]
+    if level != "instance":
+        where.append("c.numberOfInstances > 0")  # a summary whose last instance went (removed once nothing races it)
     study: str | None = None
 
     def param(value: Any) -> str:
@@ -278,7 +355,11 @@ def build_search(level: str, filters: Sequence[Filter]) -> tuple[str, list[dict[
 
     for item in filters:
         field = f"c.m.{item.attribute.keyword}"
-        if item.attribute.keyword == "StudyInstanceUID" and item.op == "in":
+        if item.attribute.keyword == "ModalitiesInStudy":
+            if item.op != "in":
+                raise BadRequest("ModalitiesInStudy matches exact modalities only")
+            where.append("(" + " OR ".join(f"c.modalities[{param(v)}] > 0" for v in item.values) + ")")
+        elif item.attribute.keyword == "StudyInstanceUID" and item.op == "in":
             where.append(f"c.studyInstanceUID IN ({', '.join(param(v) for v in item.values)})")
             if len(item.values) == 1:
                 study = item.values[0]

@@ -166,6 +166,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'DICOMWEB_UPLOAD_SESSION_SECONDS', value: '86400' }
         { name: 'DICOMWEB_COMMIT_WAIT_SECONDS', value: '200' }
         { name: 'DICOMWEB_HOT_PIN_MB', value: string(hotPinMB) }
+        { name: 'DICOMWEB_CHANGEFEED_GAP_SECONDS', value: '10' }
       ]
     }
   }

@@ -12,7 +12,9 @@ import httpx
 import pydicom
 import pytest
 
-from tests.conftest import ROOT, Server, blob_names, blob_service, fresh_settings, source_frames, start_server
+from tests.conftest import (
+    ROOT, Server, blob_names, blob_service, fresh_settings, instance_blob, source_frames, start_server,
+)
 from tests.wsi_factory import SlideFile, make_slide
 
 INSTANCES, SIDECARS = "dicom-instances", "dicom-sidecars"
@@ -107,7 +109,8 @@ def test_put_replaces_while_post_refuses(own_server: Server, tmp_path: Path) -> 
     (found,) = _search(own_server, "instances?ContainerIdentifier=SLIDE-REPLACED")
     assert found["00080018"]["Value"] == [volume.sop_uid]
     stored = blob_service(own_server.env).get_blob_client(
-        own_server.env["DICOMWEB_INSTANCE_CONTAINER"], f"{volume.study_uid}/{volume.series_uid}/{volume.sop_uid}.dcm")
+        own_server.env["DICOMWEB_INSTANCE_CONTAINER"],
+        instance_blob(own_server.env, volume.study_uid, volume.series_uid, volume.sop_uid))
     assert pydicom.dcmread(io.BytesIO(stored.download_blob().readall())).ContainerIdentifier == "SLIDE-REPLACED"
 
 
@@ -121,6 +124,7 @@ def test_change_feed_records_create_update_delete_in_order(own_server: Server, t
 
     def mine() -> list[tuple[str, str]]:
         feed = httpx.get(f"{own_server.base_url}/changefeed?offset={start}&limit=200").json()
+        assert isinstance(feed, list), feed
         return [(e["Action"], e["State"]) for e in feed if e["SopInstanceUid"] == volume.sop_uid]
 
     assert mine() == [("create", "replaced"), ("update", "current")]
@@ -147,9 +151,10 @@ def test_change_feed_metadata_time_window_and_paging(own_server: Server, tmp_pat
     bare = httpx.get(f"{own_server.base_url}/changefeed", params={"startTime": after, "includeMetadata": "false"})
     assert all("Metadata" not in e for e in bare.json())
     everything = httpx.get(f"{own_server.base_url}/changefeed?limit=200").json()
-    paged = []
-    for offset in range(0, len(everything), 3):
-        paged += httpx.get(f"{own_server.base_url}/changefeed?offset={offset}&limit=3").json()
+    paged: list[dict] = []
+    while page := httpx.get(f"{own_server.base_url}/changefeed",
+                            params={"offset": paged[-1]["Sequence"] if paged else 0, "limit": 3}).json():
+        paged += page
     assert [e["Sequence"] for e in paged] == [e["Sequence"] for e in everything]
     for bad in ("startTime=yesterday", "limit=0", "limit=201", "offset=-1", "includeMetadata=maybe"):
         response = httpx.get(f"{own_server.base_url}/changefeed?{bad}")
@@ -168,7 +173,8 @@ def test_an_interrupted_delete_is_finished_by_reindex(emulators: dict[str, str],
         server.stop()
     # What a DELETE does first, before dying: mark the instance blob (Blob is the system of record).
     blob = blob_service(settings).get_blob_client(
-        settings["DICOMWEB_INSTANCE_CONTAINER"], f"{volume.study_uid}/{volume.series_uid}/{volume.sop_uid}.dcm")
+        settings["DICOMWEB_INSTANCE_CONTAINER"],
+        instance_blob(settings, volume.study_uid, volume.series_uid, volume.sop_uid))
     blob.set_blob_metadata({**blob.get_blob_properties().metadata, "deleting": "1"})
     done = subprocess.run([sys.executable, "-m", "dicomweb", "reindex"], cwd=ROOT, env=server.env,
                           capture_output=True, text=True, timeout=120)
@@ -179,6 +185,9 @@ def test_an_interrupted_delete_is_finished_by_reindex(emulators: dict[str, str],
     try:
         assert httpx.get(f"{server.base_url}/studies/{volume.study_uid}/metadata").status_code == 404
         assert _search(server, f"studies?StudyInstanceUID={volume.study_uid}") == []
+        feed = httpx.get(f"{server.base_url}/changefeed").json()
+        assert [(e["Action"], e["State"]) for e in feed if e["SopInstanceUid"] == volume.sop_uid] == [
+            ("create", "deleted"), ("delete", "deleted")], "the deletion reindex finished is recorded"
     finally:
         server.stop()
 

@@ -15,7 +15,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from dicomweb.storage.blobs import AUTO, HOT, TIER_TAG
-from tests.conftest import Server, blob_names, blob_service, fresh_settings, start_server
+from tests.conftest import Server, blob_names, blob_service, fresh_settings, instance_blob, start_server
 from tests.wsi_factory import SlideFile, make_slide
 
 INSTANCES = "dicom-instances"
@@ -65,7 +65,7 @@ def test_single_part_stow_answers_dicom_json(http: httpx.Client, server: Server,
     ]
     assert body["00081190"]["Value"] == [f"{server.base_url}/studies/{volume.study_uid}"]
     stored = blob_service(server.env).get_blob_client(
-        INSTANCES, f"{volume.study_uid}/{volume.series_uid}/{volume.sop_uid}.dcm").download_blob().readall()
+        INSTANCES, instance_blob(server.env, volume.study_uid, volume.series_uid, volume.sop_uid)).download_blob().readall()
     assert stored == volume.path.read_bytes()
 
 
@@ -86,7 +86,7 @@ def test_dataset_without_preamble_is_stored_as_part10(http: httpx.Client, server
     response = http.post("/studies", content=raw, headers={"content-type": "application/dicom"})
     assert response.status_code == 200, response.text
     stored = blob_service(server.env).get_blob_client(
-        INSTANCES, f"{volume.study_uid}/{volume.series_uid}/{volume.sop_uid}.dcm").download_blob().readall()
+        INSTANCES, instance_blob(server.env, volume.study_uid, volume.series_uid, volume.sop_uid)).download_blob().readall()
     assert stored[:132] == b"\x00" * 128 + b"DICM"
     assert pydicom.dcmread(io.BytesIO(stored)).SOPInstanceUID == volume.sop_uid
 
@@ -107,7 +107,7 @@ def test_duplicate_is_refused_and_the_stored_instance_untouched(http: httpx.Clie
     data = volume.path.read_bytes()
     assert http.post("/studies", content=data, headers={"content-type": "application/dicom"}).status_code == 200
     blob = blob_service(server.env).get_blob_client(
-        INSTANCES, f"{volume.study_uid}/{volume.series_uid}/{volume.sop_uid}.dcm")
+        INSTANCES, instance_blob(server.env, volume.study_uid, volume.series_uid, volume.sop_uid))
     etag = blob.get_blob_properties().etag
     again = http.post("/studies", content=data, headers={"content-type": "application/dicom"})
     assert again.status_code == 409
@@ -236,7 +236,7 @@ def test_instances_are_tagged_for_the_lifecycle_policy(emulators: dict[str, str]
         sidecars = service.get_container_client(settings["DICOMWEB_SIDECAR_CONTAINER"])
         tiers = {}
         for file in files:
-            name = f"{file.study_uid}/{file.series_uid}/{file.sop_uid}"
+            name = instance_blob(settings, file.study_uid, file.series_uid, file.sop_uid).removesuffix(".dcm")
             tiers[file.path.name] = instances.get_blob_client(f"{name}.dcm").get_blob_tags()[TIER_TAG]
             assert sidecars.get_blob_client(f"{name}.json").get_blob_tags() == {TIER_TAG: HOT}
             assert sidecars.get_blob_client(f"{name}.frames").get_blob_tags() == {TIER_TAG: HOT}
@@ -244,6 +244,7 @@ def test_instances_are_tagged_for_the_lifecycle_policy(emulators: dict[str, str]
         assert large, "the base level must exceed the 1 MB pin limit of this test"
         assert tiers == {files[0].path.name: AUTO, **{f.path.name: HOT for f in files[1:]}}
         auto = list(instances.find_blobs_by_tags(f"{TIER_TAG} = '{AUTO}'"))
-        assert [b.name for b in auto] == [f"{files[0].study_uid}/{files[0].series_uid}/{files[0].sop_uid}.dcm"]
+        assert [b.name for b in auto] == [instance_blob(settings, files[0].study_uid, files[0].series_uid,
+                                                        files[0].sop_uid)]
     finally:
         server.stop()

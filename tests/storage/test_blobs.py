@@ -1,113 +1,128 @@
-"""The Blob adapter against Azurite: block uploads, conditional commits, ranged reads, tiers."""
+"""The Blob adapter against Azurite: one store per container, generation names, ranged reads, tiers."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import uuid
+from typing import Awaitable, Callable
 
 import pytest
 from azure.storage.blob.aio import BlobServiceClient
 
-from dicomweb.errors import Archived, Duplicate, NotFound
-from dicomweb.storage.blobs import BlobStore, StaleBlob
+from dicomweb.errors import Archived, NotFound
+from dicomweb.storage.blobs import DELETING, BlobStores, Location, StaleBlob, new_generation
+
+HERE = Location("1.2", "1.2.3", "1.2.3.4", "0000000000000a00000000000b")
 
 
-def _run(emulators: dict[str, str], scenario) -> None:  # noqa: ANN001 - an async callable taking the store
+def _run(emulators: dict[str, str], scenario: Callable[[BlobStores], Awaitable[None]]) -> None:
     async def main() -> None:
         suffix = uuid.uuid4().hex[:8]
         client = BlobServiceClient.from_connection_string(emulators["DICOMWEB_STORAGE_CONNECTION_STRING"])
-        store = BlobStore(client, f"i-{suffix}", f"s-{suffix}", f"t-{suffix}")
+        store = BlobStores(client, f"i-{suffix}", f"s-{suffix}", f"t-{suffix}")
         await store.ensure_containers()
         try:
             await scenario(store)
         finally:
-            await store.instances.delete_container()
-            await store.sidecars.delete_container()
-            await store.staging.delete_container()
+            for each in (store.instances, store.sidecars, store.staging):
+                await each.container.delete_container()
             await store.close()
 
     asyncio.run(main())
 
 
+def test_generation_names_sort_by_age_and_parse_back() -> None:
+    first = new_generation()
+    assert new_generation() > first and len(first) == 26
+    assert HERE.instance == "1.2/1.2.3/1.2.3.4/0000000000000a00000000000b.dcm"
+    assert HERE.sidecars == [HERE.stem + ".json", HERE.stem + ".frames"]
+    assert Location.parse(HERE.instance) == HERE and Location.parse(HERE.sidecar("frames")) == HERE
+    assert Location.parse("1.2/1.2.3/1.2.3.4.dcm") is None
+
+
 def test_block_upload_commits_every_block_in_order(emulators: dict[str, str]) -> None:
     data = os.urandom(5 * 1024 * 1024 + 123)
 
-    async def scenario(store: BlobStore) -> None:
-        upload = store.upload("a/b/c.dcm", block_size=1024 * 1024, concurrency=3)
+    async def scenario(store: BlobStores) -> None:
+        upload = store.instances.upload(HERE, block_size=1024 * 1024, concurrency=3)
         for start in range(0, len(data), 300_000):
             await upload.write(data[start : start + 300_000])
-        await upload.commit({"generation": "g1"})
-        read, _ = await store.read_range("a/b/c.dcm", 0, len(data))
-        assert read == data
-        committed, _ = await store.instances.get_blob_client("a/b/c.dcm").get_block_list()
+        await upload.commit({})
+        assert await store.instances.read_range(HERE, 0, len(data)) == data
+        committed, _ = await store.instances.container.get_blob_client(HERE.instance).get_block_list()
         sizes = [block.size for block in committed]
         assert len(sizes) > 1 and sum(sizes) == len(data)
         assert all(1024 * 1024 <= size < 1024 * 1024 + 300_000 for size in sizes[:-1])
-        assert [name async for name in store.list_instances()] == [("a/b/c.dcm", {"generation": "g1"})]
-
-    _run(emulators, scenario)
-
-
-def test_a_second_commit_of_the_same_name_is_a_duplicate(emulators: dict[str, str]) -> None:
-    async def scenario(store: BlobStore) -> None:
-        first = store.upload("a/b/c.dcm", 1024, 2)
-        await first.write(b"first")
-        await first.commit({})
-        second = store.upload("a/b/c.dcm", 1024, 2)
-        await second.write(b"second")
-        with pytest.raises(Duplicate):
-            await second.commit({})
-        assert (await store.read_range("a/b/c.dcm", 0, 5))[0] == b"first"
+        other = Location(HERE.study, "9.9", "9.9.9", new_generation())
+        await (upload := store.instances.upload(other, 1024, 1)).write(b"x")
+        await upload.commit({})
+        assert [loc async for loc, _ in store.instances.list(f"{HERE.study}/{HERE.series}/")] == [HERE]
+        assert {loc async for loc, _ in store.instances.list()} == {HERE, other}
+        assert await store.instances.mark_deleting(HERE, 17)
+        assert [meta async for _, meta in store.instances.list(HERE.stem)] == [{DELETING: "17"}]
+        await store.instances.delete(HERE)
+        assert not await store.instances.exists(HERE) and not await store.instances.mark_deleting(HERE, 18)
 
     _run(emulators, scenario)
 
 
 def test_an_aborted_upload_leaves_no_blob(emulators: dict[str, str]) -> None:
-    async def scenario(store: BlobStore) -> None:
-        upload = store.upload("a/b/c.dcm", 1024, 2)
+    async def scenario(store: BlobStores) -> None:
+        upload = store.instances.upload(HERE, 1024, 2)
         await upload.write(os.urandom(10_000))
         await upload.abort()
-        assert not await store.exists("a/b/c.dcm")
+        assert not await store.instances.exists(HERE)
 
     _run(emulators, scenario)
 
 
-def test_ranged_reads_check_the_etag(emulators: dict[str, str]) -> None:
-    async def scenario(store: BlobStore) -> None:
-        upload = store.upload("a/b/c.dcm", 1024, 2)
+def test_ranged_reads_and_missing_blobs(emulators: dict[str, str]) -> None:
+    async def scenario(store: BlobStores) -> None:
+        upload = store.instances.upload(HERE, 1024, 2)
         await upload.write(b"0123456789")
-        etag = await upload.commit({})
-        assert await store.read_range("a/b/c.dcm", 3, 4, etag) == (b"3456", etag)
-        await store.instances.upload_blob("a/b/c.dcm", b"replaced!!", overwrite=True)
-        with pytest.raises(StaleBlob):
-            await store.read_range("a/b/c.dcm", 3, 4, etag)
+        await upload.commit({})
+        assert await store.instances.read_range(HERE, 3, 4) == b"3456"
         with pytest.raises(NotFound):
-            await store.read_range("a/b/missing.dcm", 0, 1)
+            await store.instances.read_range(Location("1", "2", "3", new_generation()), 0, 1)
 
     _run(emulators, scenario)
 
 
 def test_archived_blobs_fail_with_a_clear_error(emulators: dict[str, str]) -> None:
-    async def scenario(store: BlobStore) -> None:
-        upload = store.upload("a/b/c.dcm", 1024, 2)
+    async def scenario(store: BlobStores) -> None:
+        upload = store.instances.upload(HERE, 1024, 2)
         await upload.write(b"0123456789")
         await upload.commit({})
-        await store.instances.get_blob_client("a/b/c.dcm").set_standard_blob_tier("Archive")
+        await store.instances.container.get_blob_client(HERE.instance).set_standard_blob_tier("Archive")
         with pytest.raises(Archived, match="rehydrate"):
-            await store.read_range("a/b/c.dcm", 0, 4)
+            await store.instances.read_range(HERE, 0, 4)
 
     _run(emulators, scenario)
 
 
 def test_sidecars_round_trip_and_are_listed(emulators: dict[str, str]) -> None:
-    async def scenario(store: BlobStore) -> None:
-        await store.put_sidecar("a/b/c.json", b"{}")
-        await store.put_sidecar("a/b/c.frames", b"DWFI")
-        assert await store.get_sidecar("a/b/c.json") == b"{}"
-        assert [n async for n in store.list_metadata_sidecars()] == ["a/b/c.json"]
-        await store.delete(None, ["a/b/c.json", "a/b/c.frames", "a/b/never.json"])
+    async def scenario(store: BlobStores) -> None:
+        await store.sidecars.put(HERE.sidecar("json"), b"{}")
+        await store.sidecars.put(HERE.sidecar("frames"), b"DWFI")
+        assert await store.sidecars.get(HERE.sidecar("json")) == b"{}"
+        assert [loc async for loc in store.sidecars.list()] == [HERE]
+        await store.sidecars.delete([*HERE.sidecars, "a/b/never.json"])
         with pytest.raises(NotFound):
-            await store.get_sidecar("a/b/c.json")
+            await store.sidecars.get(HERE.sidecar("json"))
+
+    _run(emulators, scenario)
+
+
+def test_staging_records_are_written_with_etag_checks(emulators: dict[str, str]) -> None:
+    async def scenario(store: BlobStores) -> None:
+        etag = await store.staging.put_record("sessions/a.json", b"1")
+        newer = await store.staging.put_record("sessions/a.json", b"2", etag)
+        with pytest.raises(StaleBlob):
+            await store.staging.put_record("sessions/a.json", b"3", etag)
+        assert await store.staging.get_record("sessions/a.json") == (b"2", newer)
+        assert [n async for n in store.staging.list_records("sessions/")] == ["sessions/a.json"]
+        await store.staging.delete_record("sessions/a.json")
+        await store.staging.delete_record("sessions/a.json")
 
     _run(emulators, scenario)
