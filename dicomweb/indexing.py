@@ -118,7 +118,9 @@ async def _project(service: Service, sidecar: records.JsonDict, sequence: int, d
         await _count(service, instance_doc, +1, series_doc, study_doc)
     else:
         await _refresh(service, series_doc, study_doc)
-    if displaced is not None and displaced.study != study:
+    if displaced is None:
+        return
+    if displaced.study != study:
         await withdraw(service, displaced.study, sop, sequence)
     claim = await index.claim(sop)
     if claim is not None and claim["sequence"] != sequence and claim["study"] != study:

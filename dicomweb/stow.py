@@ -116,9 +116,12 @@ async def store_instance(service: Service, chunks: AsyncIterable[bytes], expecte
         sidecar = records.make_sidecar(
             header, generation, parser.stored_size, len(frame_index) if frame_index is not None else None
         )
-        await service.blobs.sidecars.put(location.sidecar("json"), json.dumps(sidecar).encode())
+        writes = [service.blobs.sidecars.put(location.sidecar("json"), json.dumps(sidecar).encode())]
         if frame_index is not None:
-            await service.blobs.sidecars.put(location.sidecar("frames"), frame_index.to_bytes())
+            writes.append(service.blobs.sidecars.put(location.sidecar("frames"), frame_index.to_bytes()))
+        for result in await asyncio.gather(*writes, return_exceptions=True):  # both done before any undo
+            if isinstance(result, BaseException):
+                raise result
         await publish(service, sidecar, replace)
         return Outcome(_text(header.dataset, "SOPClassUID"), location.sop, location.study, location.series)
     except (asyncio.CancelledError, PayloadTooLarge):

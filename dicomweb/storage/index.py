@@ -109,13 +109,13 @@ class IndexStore:
             raise StorageFailure(f"Cosmos DB query failed: {exc.status_code}") from exc
 
     async def find(self, study: str, level: str, uid: str) -> Document | None:
-        """One document by id (a query: the local server answers 500 for a missing point read)."""
-        docs = await self._query(
-            "SELECT * FROM c WHERE c.studyInstanceUID = @study AND c.id = @id",
-            {"@study": study, "@id": document_id(level, uid)},
-            study,
-        )
-        return docs[0] if docs else None
+        """One document by id: a point read (None when there is none)."""
+        try:
+            return await self.container.read_item(document_id(level, uid), partition_key=study)
+        except CosmosResourceNotFoundError:
+            return None
+        except CosmosHttpResponseError as exc:
+            raise StorageFailure(f"Cosmos DB failed to read: {exc.status_code}") from exc
 
     async def instances(self, study: str, series: str | None = None) -> list[Document]:
         """Instance documents of a study, or of one series, in a stable order."""
