@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import blob_names, blob_service, fresh_settings, instance_blob, source_frames, start_server
-from tests.wsi_factory import make_slide
+from dicomweb.storage.blobs import new_generation
+from tests.conftest import (
+    ROOT, blob_names, blob_service, fresh_settings, instance_blob, source_frames, start_server,
+)
+from tests.wsi_factory import copy_instance, make_slide
 
 
 def test_serve_reindexes_an_empty_index_and_reindex_repairs_sidecars(emulators: dict[str, str],
@@ -46,3 +51,37 @@ def test_serve_reindexes_an_empty_index_and_reindex_repairs_sidecars(emulators: 
     finally:
         second.stop()
     assert orphan not in blob_names(settings, settings["DICOMWEB_SIDECAR_CONTAINER"], study)
+
+
+def test_reindex_keeps_the_newest_generation_of_each_instance(emulators: dict[str, str], tmp_path: Path) -> None:
+    """A replacement that died after writing its generation, before publishing it: reindex finishes it."""
+    settings = fresh_settings(emulators)
+    stored = make_slide(tmp_path / "slide", levels=1, base_size=(512, 512), associated=False)[0]
+    newer = copy_instance(stored, tmp_path / "newer.dcm", sop_uid=stored.sop_uid, variant=3)
+    server = start_server(settings, tmp_path)
+    try:
+        assert httpx.post(f"{server.base_url}/studies", content=stored.path.read_bytes(),
+                          headers={"content-type": "application/dicom"}).status_code == 200
+        url = f"{server.base_url}/studies/{stored.study_uid}/series/{stored.series_uid}/instances/{stored.sop_uid}"
+        first = httpx.get(f"{url}/frames/1", headers={"accept": "image/jpeg"})
+        assert first.content == source_frames(stored.path)[0], "the worker now holds the older generation's record"
+        older = instance_blob(settings, stored.study_uid, stored.series_uid, stored.sop_uid)
+        orphan = f"{older.rsplit('/', 1)[0]}/{new_generation()}.dcm"
+        blob_service(settings).get_blob_client(settings["DICOMWEB_INSTANCE_CONTAINER"], orphan).upload_blob(
+            newer.path.read_bytes())
+        done = subprocess.run([sys.executable, "-m", "dicomweb", "reindex"], cwd=ROOT, env=server.env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "rebuilt 1 sidecars" in done.stdout and "removed 1 older generations" in done.stdout
+        assert instance_blob(settings, stored.study_uid, stored.series_uid, stored.sop_uid) == orphan
+        sidecars = blob_names(settings, settings["DICOMWEB_SIDECAR_CONTAINER"], older.rsplit("/", 1)[0])
+        assert sorted(sidecars) == [orphan.replace(".dcm", ".frames"), orphan.replace(".dcm", ".json")]
+        frame = httpx.get(f"{url}/frames/2", headers={"accept": "image/jpeg"})
+        assert frame.content == source_frames(newer.path)[1], "the worker finds the older one gone and looks again"
+        feed = httpx.get(f"{server.base_url}/changefeed").json()
+        assert [(e["Action"], e["State"]) for e in feed if e["SopInstanceUid"] == stored.sop_uid] == [
+            ("create", "replaced"), ("update", "current")]
+        (study,) = httpx.get(f"{server.base_url}/studies?StudyInstanceUID={stored.study_uid}").json()
+        assert study["00201208"]["Value"] == [1]
+    finally:
+        server.stop()

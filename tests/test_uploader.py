@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import httpx
 import pytest
@@ -103,6 +104,23 @@ def test_an_interrupted_session_is_resumed_with_only_the_missing_blocks(server: 
     assert hashlib.sha256(stored).digest() == hashlib.sha256(original).digest()
 
 
+async def _upload_to(stow: Callable[[web.Request], Awaitable[web.Response]], path: Path,
+                     tmp_path: Path) -> list[Result]:
+    """Upload ``path`` to a real local HTTP server whose STOW-RS answers come from ``stow``."""
+    app = web.Application(client_max_size=2**30)
+    app.router.add_post("/v1/studies", stow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        uploader = Uploader(f"http://127.0.0.1:{port}/v1", progress=False, state_path=tmp_path / "state.json")
+        return await uploader.run([path])
+    finally:
+        await runner.cleanup()
+
+
 def test_transient_failures_are_retried_with_the_whole_body(tmp_path: Path) -> None:
     """A real HTTP server that answers STOW with 503 twice, then stores."""
     instance = make_slide(tmp_path, levels=1, associated=False, base_size=(300, 300))[0]
@@ -115,21 +133,7 @@ def test_transient_failures_are_retried_with_the_whole_body(tmp_path: Path) -> N
         return web.json_response({"00081199": {"vr": "SQ", "Value": [
             {"00081155": {"vr": "UI", "Value": [instance.sop_uid]}}]}}, content_type="application/dicom+json")
 
-    async def scenario() -> list[Result]:
-        app = web.Application(client_max_size=2**30)
-        app.router.add_post("/v1/studies", flaky)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        try:
-            uploader = Uploader(f"http://127.0.0.1:{port}/v1", progress=False, state_path=tmp_path / "state.json")
-            return await uploader.run([instance.path])
-        finally:
-            await runner.cleanup()
-
-    (result,) = asyncio.run(scenario())
+    (result,) = asyncio.run(_upload_to(flaky, instance.path, tmp_path))
     assert (result.status, result.sop) == ("stored", instance.sop_uid)
     assert bodies == [instance.path.stat().st_size] * 3
 
@@ -173,21 +177,7 @@ def test_processing_failures_are_retried_with_backoff_and_reported(tmp_path: Pat
         return web.json_response(_failed_sop(instance.sop_uid, reason), status=409,
                                  content_type="application/dicom+json")
 
-    async def scenario() -> list[Result]:
-        app = web.Application(client_max_size=2**30)
-        app.router.add_post("/v1/studies", stow)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        try:
-            client = Uploader(f"http://127.0.0.1:{port}/v1", progress=False, state_path=tmp_path / "state.json")
-            return await client.run([instance.path])
-        finally:
-            await runner.cleanup()
-
-    (result,) = asyncio.run(scenario())
+    (result,) = asyncio.run(_upload_to(stow, instance.path, tmp_path))
     assert (result.status, result.sop, result.attempts) == (status, instance.sop_uid, attempts)
     assert len(seen) == attempts
     gaps = [b - a for a, b in zip(seen, seen[1:])]
