@@ -33,9 +33,10 @@ CREATE, UPDATE, DELETE = "create", "update", "delete"
 
 
 def _claim(location: Location, sequence: int, action: str) -> Document:
-    return {"id": document_id("claim", location.sop), "type": "claim", "studyInstanceUID": claim_partition(location.sop),
-            "sop": location.sop, "study": location.study, "series": location.series,
-            "generation": location.generation, "sequence": sequence, "action": action, **NO_MATCH_FIELDS}
+    return {"id": document_id("claim", location.sop), "type": "claim",
+            "studyInstanceUID": claim_partition(location.sop), "sop": location.sop, "study": location.study,
+            "series": location.series, "generation": location.generation, "sequence": sequence, "action": action,
+            **NO_MATCH_FIELDS}
 
 
 def claimed(claim: Document) -> Location:
@@ -160,7 +161,8 @@ async def _count(service: Service, instance: Document, delta: int, series_doc: D
     """Add (``delta`` +1) or remove (-1) one instance from its series and study summaries."""
     study, series, modality = instance["studyInstanceUID"], instance["seriesInstanceUID"], instance.get("modality")
     series_ops = [{"op": "incr", "path": "/numberOfInstances", "value": delta}]
-    after = await _bump(service, study, "series", series, series_ops + (_attribute_ops(series_doc) if series_doc else []),
+    series_ops += _attribute_ops(series_doc) if series_doc else []
+    after = await _bump(service, study, "series", series, series_ops,
                         {**series_doc, "numberOfInstances": 0} if series_doc else None)
     study_ops = [{"op": "incr", "path": "/numberOfInstances", "value": delta}]
     if after is not None and after["numberOfInstances"] == (1 if delta > 0 else 0):
@@ -174,7 +176,8 @@ async def _count(service: Service, instance: Document, delta: int, series_doc: D
 async def _refresh(service: Service, series_doc: Document, study_doc: Document) -> None:
     """Take the attributes of a replaced instance into its series and study summaries."""
     for doc in (series_doc, study_doc):
-        await _bump(service, doc["studyInstanceUID"], doc["type"], doc["id"].split(":", 1)[1], _attribute_ops(doc), None)
+        uid = doc["id"].split(":", 1)[1]
+        await _bump(service, doc["studyInstanceUID"], doc["type"], uid, _attribute_ops(doc), None)
 
 
 async def _bump(service: Service, study: str, level: str, uid: str, ops: list[dict[str, Any]],

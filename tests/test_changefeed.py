@@ -13,9 +13,17 @@ import pytest
 from azure.cosmos import CosmosClient
 
 from tests.conftest import Server, fresh_settings, start_server
-from tests.wsi_factory import copy_instance, make_slide
+from tests.wsi_factory import SlideFile, copy_instance, make_slide
 
 DICOM = {"content-type": "application/dicom"}
+
+
+def _store(server: Server, instance: SlideFile, method: str = "POST") -> int:
+    """The status of storing one instance."""
+    return httpx.request(method, f"{server.base_url}/studies", content=instance.path.read_bytes(), headers=DICOM,
+                         timeout=60).status_code
+
+
 GAP_SECONDS = 2
 
 
@@ -99,15 +107,15 @@ def test_a_consumer_paging_during_32_concurrent_writers_gets_every_entry_once_in
 def test_a_writer_that_died_never_makes_a_consumer_skip_a_change(feed_server: Server, tmp_path: Path) -> None:
     source = make_slide(tmp_path / "source", levels=1, base_size=(256, 256), associated=False)[0]
     replaced, later = copy_instance(source, tmp_path / "x.dcm"), copy_instance(source, tmp_path / "y.dcm")
-    assert httpx.post(f"{feed_server.base_url}/studies", content=replaced.path.read_bytes(),
-                      headers=DICOM).status_code == 200
+    assert _store(feed_server, replaced) == 200
     start = _latest(feed_server)
     died_at_once = _take_sequence(feed_server)
     # A replacement that switched the instance's claim to its change, then died before writing the entry.
     died_after_switch = _take_sequence(feed_server)
     _index(feed_server).patch_item(f"claim:{replaced.sop_uid}", f"claim:{replaced.sop_uid}", [
-        {"op": "set", "path": "/sequence", "value": died_after_switch}, {"op": "set", "path": "/action", "value": "update"}])
-    assert httpx.post(f"{feed_server.base_url}/studies", content=later.path.read_bytes(), headers=DICOM).status_code == 200
+        {"op": "set", "path": "/sequence", "value": died_after_switch},
+        {"op": "set", "path": "/action", "value": "update"}])
+    assert _store(feed_server, later) == 200
     assert died_at_once == start + 1 and died_after_switch == start + 2
     assert _page(feed_server, start) == [], "nothing beyond a hole a live writer may still fill"
     assert _latest(feed_server) == start, "nor does /latest lead a consumer past it"
@@ -131,6 +139,6 @@ def test_a_change_whose_writer_lost_its_number_to_a_skip_is_recorded_later(feed_
                                      "study": "", "series": "", "sop": "", "generation": "", "m": {}, "w": {}})
     _index(feed_server).patch_item("counter:sequence", "changefeed", [{"op": "set", "path": "/value", "value": start}])
     late = copy_instance(source, tmp_path / "late.dcm")
-    assert httpx.post(f"{feed_server.base_url}/studies", content=late.path.read_bytes(), headers=DICOM).status_code == 200
+    assert _store(feed_server, late) == 200
     (entry,) = _page(feed_server, start)
     assert (entry["SopInstanceUid"], entry["Action"]) == (late.sop_uid, "create") and entry["Sequence"] > stolen

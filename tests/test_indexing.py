@@ -21,6 +21,12 @@ from tests.wsi_factory import SlideFile, copy_instance, make_slide
 DICOM = {"content-type": "application/dicom"}
 
 
+def _store(server: Server, instance: SlideFile, method: str = "POST") -> int:
+    """The status of storing one instance."""
+    return httpx.request(method, f"{server.base_url}/studies", content=instance.path.read_bytes(), headers=DICOM,
+                         timeout=60).status_code
+
+
 @pytest.fixture(scope="module")
 def workers(emulators: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
     """Two service processes behind one index and one storage account, as two Functions workers are."""
@@ -86,8 +92,9 @@ def test_64_concurrent_stows_into_one_series_all_succeed_with_exact_counts(worke
 def test_8_concurrent_puts_of_one_instance_leave_the_last_writer(workers: list[Server], tmp_path: Path) -> None:
     source = make_slide(tmp_path / "source", levels=1, base_size=(512, 512), associated=False)[0]
     original = copy_instance(source, tmp_path / "original.dcm")
-    base = f"{workers[0].base_url}/studies/{original.study_uid}/series/{original.series_uid}/instances/{original.sop_uid}"
-    assert httpx.post(f"{workers[0].base_url}/studies", content=original.path.read_bytes(), headers=DICOM).status_code == 200
+    base = (f"{workers[0].base_url}/studies/{original.study_uid}/series/{original.series_uid}"
+            f"/instances/{original.sop_uid}")
+    assert _store(workers[0], original) == 200
     before = _latest(workers[0])
     variants = [copy_instance(original, tmp_path / f"v{n}.dcm", sop_uid=original.sop_uid, variant=n) for n in range(8)]
     responses = asyncio.run(_send_all([("PUT", f"{workers[n % 2].base_url}/studies", v.path.read_bytes())
@@ -117,10 +124,10 @@ def test_put_into_another_series_or_study_moves_the_instance(workers: list[Serve
     source = make_slide(tmp_path / "source", levels=1, base_size=(256, 256), associated=False)[0]
     moving, staying = copy_instance(source, tmp_path / "a.dcm"), copy_instance(source, tmp_path / "b.dcm")
     for instance in (moving, staying):
-        assert httpx.post(f"{server.base_url}/studies", content=instance.path.read_bytes(), headers=DICOM).status_code == 200
+        assert _store(server, instance) == 200
     old_name = instance_blob(server.env, moving.study_uid, moving.series_uid, moving.sop_uid)
     moved = copy_instance(moving, tmp_path / "moved.dcm", sop_uid=moving.sop_uid, series_uid="1.2.826.0.1.3680043.99.1")
-    assert httpx.put(f"{server.base_url}/studies", content=moved.path.read_bytes(), headers=DICOM).status_code == 200
+    assert _store(server, moved, "PUT") == 200
     study = f"studies/{source.study_uid}"
     assert _one(server, f"{study}/series?SeriesInstanceUID={source.series_uid}")["00201209"]["Value"] == [1]
     assert _one(server, f"{study}/series?SeriesInstanceUID={moved.series_uid}")["00201209"]["Value"] == [1]
@@ -130,7 +137,7 @@ def test_put_into_another_series_or_study_moves_the_instance(workers: list[Serve
     assert gone.status_code == 404
     elsewhere = copy_instance(moved, tmp_path / "elsewhere.dcm", sop_uid=moving.sop_uid,
                               study_uid="1.2.826.0.1.3680043.99.2", series_uid="1.2.826.0.1.3680043.99.3")
-    assert httpx.put(f"{server.base_url}/studies", content=elsewhere.path.read_bytes(), headers=DICOM).status_code == 200
+    assert _store(server, elsewhere, "PUT") == 200
     assert _one(server, f"studies?StudyInstanceUID={source.study_uid}")["00201208"]["Value"] == [1]
     assert _one(server, f"studies?StudyInstanceUID={elsewhere.study_uid}")["00201208"]["Value"] == [1]
     assert httpx.get(f"{server.base_url}/{study}/series?SeriesInstanceUID={moved.series_uid}").json() == []
@@ -151,7 +158,7 @@ def test_post_of_a_stored_sop_instance_into_another_study_is_refused(workers: li
     server = workers[1]
     stored = copy_instance(make_slide(tmp_path / "s", levels=1, base_size=(256, 256), associated=False)[0],
                            tmp_path / "stored.dcm")
-    assert httpx.post(f"{server.base_url}/studies", content=stored.path.read_bytes(), headers=DICOM).status_code == 200
+    assert _store(server, stored) == 200
     before = _latest(server)
     other = copy_instance(stored, tmp_path / "other.dcm", sop_uid=stored.sop_uid, study_uid="1.2.826.0.1.3680043.99.4",
                           series_uid="1.2.826.0.1.3680043.99.5")

@@ -142,13 +142,6 @@ class IndexStore:
         except CosmosHttpResponseError as exc:
             raise StorageFailure(f"Cosmos DB failed to index: {exc.status_code}") from exc
 
-    async def upsert(self, document: Document) -> None:
-        """Insert or replace a document."""
-        try:
-            await self.container.upsert_item(_body(document))
-        except CosmosHttpResponseError as exc:
-            raise StorageFailure(f"Cosmos DB failed to index: {exc.status_code}") from exc
-
     async def replace(self, document: Document) -> None:
         """Write back a document read with :meth:`find`, only if nobody changed it since (else Conflict)."""
         try:

@@ -46,7 +46,7 @@ def test_documents_by_study_and_series(emulators: dict[str, str]) -> None:
         assert [d["sopInstanceUID"] for d in await store.instances("1.1", "1.1.2")] == ["1.1.2.1"]
         assert (await store.find("2.2", "instance", "2.2.1.1"))["seriesInstanceUID"] == "2.2.1"
         assert await store.find("1.1", "instance", "2.2.1.1") is None
-        await store.upsert({**_doc("1.1", "1.1.1", "1.1.1.1", 7)})
+        await store.replace({**(await store.find("1.1", "instance", "1.1.1.1")), "instanceNumber": 7})
         assert (await store.find("1.1", "instance", "1.1.1.1"))["instanceNumber"] == 7
         assert await store.delete("1.1", "instance", "1.1.1.1")
         assert not await store.delete("1.1", "instance", "1.1.1.1")
