@@ -30,6 +30,8 @@ from dicomweb.storage.index import SKIP, Conflict, Document, claim_partition, do
 
 ACTIONS = ("create", "update", "delete")
 DEFAULT_LIMIT, MAX_LIMIT = 100, 200
+#: The largest sequence number a consumer can name (the counter is a JSON number: exact up to 2**53).
+MAX_SEQUENCE = 2**53
 #: Entries read at once while moving the watermark.
 SCAN = 500
 
@@ -48,11 +50,11 @@ def parse_time(name: str, value: str | None) -> str | None:
         return None
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"{name}={value!r} is not an ISO 8601 date and time") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return _text(moment.astimezone(timezone.utc))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return _text(moment.astimezone(timezone.utc))
+    except (ValueError, OverflowError):
+        raise BadRequest(f"{name} is not an ISO 8601 date and time within years 1 to 9999") from None
 
 
 def _entry(sequence: int, action: str, location: Location) -> Document:

@@ -47,6 +47,8 @@ class Settings:
     commit_wait_seconds: int = 200
     hot_pin_bytes: int = 256 * MIB
     changefeed_gap_seconds: int = 10
+    max_frames_per_request: int = 1000
+    storage_timeout_seconds: int = 20
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -79,6 +81,8 @@ class Settings:
             commit_wait_seconds=_int(env, "DICOMWEB_COMMIT_WAIT_SECONDS", 200),
             hot_pin_bytes=_int(env, "DICOMWEB_HOT_PIN_MB", 256) * MIB,
             changefeed_gap_seconds=_int(env, "DICOMWEB_CHANGEFEED_GAP_SECONDS", 10),
+            max_frames_per_request=_int(env, "DICOMWEB_MAX_FRAMES_PER_REQUEST", 1000),
+            storage_timeout_seconds=_int(env, "DICOMWEB_STORAGE_TIMEOUT_SECONDS", 20),
         )
 
     @property
@@ -117,4 +121,6 @@ SETTING_NAMES = (
     "DICOMWEB_COMMIT_WAIT_SECONDS",
     "DICOMWEB_HOT_PIN_MB",
     "DICOMWEB_CHANGEFEED_GAP_SECONDS",
+    "DICOMWEB_MAX_FRAMES_PER_REQUEST",
+    "DICOMWEB_STORAGE_TIMEOUT_SECONDS",
 )

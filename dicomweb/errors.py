@@ -100,7 +100,11 @@ class Archived(DicomWebError):
 
 
 class StorageFailure(DicomWebError):
-    """Blob Storage or Cosmos DB failed in a way the client cannot fix."""
+    """Blob Storage or Cosmos DB failed, timed out or throttled: the client may try again (503, Retry-After)."""
 
     status = 503
     reason = REASON_PROCESSING_FAILURE
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -16,6 +16,7 @@ from typing import AsyncIterator, Callable, Sequence
 
 from dicomweb.dicom.dicomjson import BULKDATA, PIXEL_DATA_KEY, JsonDict
 from dicomweb.dicom.frames import ITEM_HEADER, FrameIndex, join_fragments
+from dicomweb.dicom.syntax import bounded_int
 from dicomweb.errors import BadRequest, NotFound, StorageFailure
 from dicomweb.framecache import FrameCache, Key
 from dicomweb.service import CachedIndex, Service
@@ -28,18 +29,23 @@ MAX_COALESCED_READ = 4 * 1024 * 1024
 REREAD_ATTEMPTS = 3
 #: Read-ahead widens a read of uncached neighbours up to this size.
 MAX_READ_AHEAD = 1024 * 1024
+#: The largest frame number a request may name (NumberOfFrames is an IS: at most 2**31 - 1).
+MAX_FRAME_NUMBER = 2**31 - 1
 #: Sidecars fetched at once for series and study metadata.
 METADATA_FETCH_CONCURRENCY = 16
 
 
-def parse_frame_list(text: str) -> list[int]:
-    """``1,5,9`` → [1, 5, 9] (PS3.18 §10.4.1.1.4); 400 for anything else."""
+def parse_frame_list(text: str, most: int) -> list[int]:
+    """``1,5,9`` → [1, 5, 9] (PS3.18 §10.4.1.1.4), at most ``most`` of them; 400 for anything else."""
+    items = text.split(",", most)
+    if len(items) > most:
+        raise BadRequest(f"a request names at most {most} frames (DICOMWEB_MAX_FRAMES_PER_REQUEST)")
     numbers = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item.isdigit() or int(item) < 1:
-            raise BadRequest(f"frame list {text!r} must be positive integers separated by commas")
-        numbers.append(int(item))
+    for item in items:
+        number = bounded_int(item.strip(), 1, MAX_FRAME_NUMBER)
+        if number is None:
+            raise BadRequest(f"a frame list holds frame numbers from 1 to {MAX_FRAME_NUMBER} separated by commas")
+        numbers.append(number)
     return numbers
 
 

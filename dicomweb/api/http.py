@@ -9,6 +9,7 @@ the Functions worker reads them to pick the streams model.
 import functools
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -16,7 +17,8 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
 from dicomweb.config import Settings
-from dicomweb.errors import DicomWebError, Unauthorized
+from dicomweb.dicom.syntax import is_valid_uid
+from dicomweb.errors import BadRequest, DicomWebError, StorageFailure, Unauthorized
 from dicomweb.service import Service, get_service
 
 log = logging.getLogger(__name__)
@@ -56,9 +58,18 @@ def dicom_json(body: object, status: int = 200, headers: dict[str, str] | None =
     return response
 
 
+_UNSAFE = re.compile(r'[^\x20-\x7e]|"')
+
+
 def warning_header(message: str) -> str:
-    """An HTTP Warning header value (RFC 7234 §5.5, code 299) for ``message``."""
-    return '299 dicomweb "' + message.replace('"', "'")[:1000] + '"'
+    """An HTTP Warning header value (RFC 7234 §5.5, code 299) for ``message``.
+
+    Header values are Latin-1 without control characters: anything else (a CR LF or a
+    NUL a client put in a parameter, non-ASCII text) is written as an escape, so no
+    client-chosen text can break the answer.
+    """
+    text = _UNSAFE.sub(lambda m: "'" if m.group() == '"' else m.group().encode("unicode_escape").decode(), message)
+    return '299 dicomweb "' + text[:1000] + '"'
 
 
 def error_response(error: DicomWebError) -> Response:
@@ -67,7 +78,20 @@ def error_response(error: DicomWebError) -> Response:
     headers = {"warning": warning_header(error.message)}
     if isinstance(error, Unauthorized):
         headers["www-authenticate"] = 'Bearer error="invalid_token"'
+    if isinstance(error, StorageFailure):
+        headers["retry-after"] = str(error.retry_after)
     return dicom_json(body, error.status, headers)
+
+
+#: Path parameters that name UIDs: every route checks them here, before any handler uses them.
+UID_PARAMETERS = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID", "instance": "SOPInstanceUID"}
+
+
+def _check_path(req: Request) -> None:
+    for name, keyword in UID_PARAMETERS.items():
+        uid = req.path_params.get(name)
+        if uid is not None and not is_valid_uid(uid):
+            raise BadRequest(f"the {keyword} in the path is not a valid UID (PS3.5 9.1)")
 
 
 def _cors_headers(origin: str | None, settings: Settings) -> dict[str, str]:
@@ -105,19 +129,22 @@ def endpoint(
     def register(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         @functools.wraps(handler)
         async def function(req: Request) -> Response:
-            service = await get_service()
-            if req.method == "OPTIONS":
-                return _preflight(req, service.settings)
+            settings = None
             try:
+                service = await get_service()
+                settings = service.settings
+                if req.method == "OPTIONS":
+                    return _preflight(req, settings)
                 if service.auth is not None:
                     await service.auth.validate(req.headers.get("authorization"))
+                _check_path(req)
                 response = await handler(req, service)
             except DicomWebError as error:
                 response = error_response(error)
             except Exception:  # noqa: BLE001 - a bug still answers in DICOM JSON, and is logged
                 log.exception("%s failed", name)
                 response = error_response(DicomWebError("internal error; the service log has the details"))
-            response.headers.update(_cors_headers(req.headers.get("origin"), service.settings))
+            response.headers.update(_cors_headers(req.headers.get("origin"), settings or Settings.from_env()))
             return response
 
         del function.__wrapped__  # the worker must see the one-argument signature

@@ -5,26 +5,23 @@ from azurefunctions.extensions.http.fastapi import Request, Response
 
 from dicomweb import changefeed, delete
 from dicomweb.api.http import base_url, dicom_json, endpoint
-from dicomweb.dicom.syntax import is_valid_uid
+from dicomweb.dicom.syntax import bounded_int
 from dicomweb.errors import BadRequest
 from dicomweb.service import Service
 
 blueprint = func.Blueprint()
 
 
-def _uids(req: Request) -> list[str | None]:
-    uids = [req.path_params.get(name) for name in ("study", "series", "instance")]
-    for uid in uids:
-        if uid is not None and not is_valid_uid(uid):
-            raise BadRequest(f"{uid!r} in the path is not a valid UID")
-    return uids
+def _uids(req: Request) -> tuple[str, str | None, str | None]:
+    params = req.path_params
+    return params["study"], params.get("series"), params.get("instance")
 
 
 @endpoint(blueprint, "delete_study", "studies/{study}", ["DELETE"])
 async def delete_study(req: Request, service: Service) -> Response:
     """Delete every instance of a study."""
     study, _, _ = _uids(req)
-    await delete.delete(service, study)  # type: ignore[arg-type]
+    await delete.delete(service, study)
     return Response(status_code=204)
 
 
@@ -32,7 +29,7 @@ async def delete_study(req: Request, service: Service) -> Response:
 async def delete_series(req: Request, service: Service) -> Response:
     """Delete every instance of a series."""
     study, series, _ = _uids(req)
-    await delete.delete(service, study, series)  # type: ignore[arg-type]
+    await delete.delete(service, study, series)
     return Response(status_code=204)
 
 
@@ -40,17 +37,18 @@ async def delete_series(req: Request, service: Service) -> Response:
 async def delete_instance(req: Request, service: Service) -> Response:
     """Delete one instance."""
     study, series, instance = _uids(req)
-    await delete.delete(service, study, series, instance)  # type: ignore[arg-type]
+    await delete.delete(service, study, series, instance)
     return Response(status_code=204)
 
 
-def _count(req: Request, name: str, default: int, maximum: int | None = None) -> int:
+def _count(req: Request, name: str, default: int, low: int, high: int) -> int:
     raw = req.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or (maximum is not None and not 1 <= int(raw) <= maximum):
-        raise BadRequest(f"{name} must be an integer" + (f" from 1 to {maximum}" if maximum else " of 0 or more"))
-    return int(raw)
+    number = bounded_int(raw, low, high)
+    if number is None:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}")
+    return number
 
 
 @endpoint(blueprint, "changefeed", "changefeed", ["GET"])
@@ -59,8 +57,8 @@ async def read_changefeed(req: Request, service: Service) -> Response:
     (ISO 8601) and ``includeMetadata``. A consumer passes the last Sequence it saw as the next ``offset``."""
     start = changefeed.parse_time("startTime", req.query_params.get("startTime"))
     end = changefeed.parse_time("endTime", req.query_params.get("endTime"))
-    offset = _count(req, "offset", 0)
-    limit = _count(req, "limit", changefeed.DEFAULT_LIMIT, changefeed.MAX_LIMIT)
+    offset = _count(req, "offset", 0, 0, changefeed.MAX_SEQUENCE)
+    limit = _count(req, "limit", changefeed.DEFAULT_LIMIT, 1, changefeed.MAX_LIMIT)
     include = req.query_params.get("includeMetadata", "true").lower()
     if include not in ("true", "false"):
         raise BadRequest("includeMetadata must be true or false")

@@ -9,8 +9,7 @@ from dicomweb import qido
 from dicomweb.api.http import base_url, dicom_json, endpoint, warning_header
 from dicomweb.dicom import media
 from dicomweb.dicom.query import parse_query
-from dicomweb.dicom.syntax import is_valid_uid
-from dicomweb.errors import BadRequest, NotAcceptable
+from dicomweb.errors import NotAcceptable
 from dicomweb.service import Service
 
 blueprint = func.Blueprint()
@@ -21,13 +20,7 @@ _SCOPE = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}
 async def _search(req: Request, service: Service, level: str) -> Response:
     if not media.accepts_json(req.headers.get("accept")):
         raise NotAcceptable("search results are served as application/dicom+json")
-    scope = {}
-    for param, keyword in _SCOPE.items():
-        uid = req.path_params.get(param)
-        if uid is not None:
-            if not is_valid_uid(uid):
-                raise BadRequest(f"{keyword} {uid!r} in the path is not a valid UID")
-            scope[keyword] = uid
+    scope = {keyword: req.path_params[param] for param, keyword in _SCOPE.items() if param in req.path_params}
     query = parse_query(parse_qsl(req.url.query, keep_blank_values=True), level, scope)
     matches = await qido.search(service, query, scope, base_url(req, service.settings))
     headers = {"warning": warning_header("; ".join(query.warnings))} if query.warnings else None

@@ -117,7 +117,7 @@ async def retrieve_frames(req: Request, service: Service) -> Response:
     """Frames by number, each from one ranged read of the stored file."""
     study, series, instance = _uids(req)
     assert series is not None and instance is not None
-    numbers = retrieve.parse_frame_list(req.path_params["frames"])
+    numbers = retrieve.parse_frame_list(req.path_params["frames"], service.settings.max_frames_per_request)
     return await _frames(req, service, study, series, instance, numbers)
 
 

@@ -24,12 +24,14 @@ from dicomweb.dicom.attributes import (
     normalise_datetime,
     normalise_time,
 )
-from dicomweb.dicom.syntax import is_valid_uid
+from dicomweb.dicom.syntax import bounded_int, is_valid_uid
 from dicomweb.errors import BadRequest
 
 #: Results per page when ``limit`` is absent, and the most one page may hold.
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+#: Matches a search may skip: skipping is read and paid for match by match, so deep pages are refused.
+MAX_OFFSET = 10_000
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,6 @@ def parse_query(pairs: Iterable[tuple[str, str]], level: str, scope: dict[str, s
                 query.warnings.append(f"{attribute.keyword} is below the {level} level and was ignored")
                 continue
             grouped.setdefault(attribute.keyword, (attribute, []))[1].append(value)
-    if query.limit == 0 or query.limit > MAX_LIMIT:
-        raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}")
     for keyword, (attribute, values) in grouped.items():
         built = _filter(attribute, values, fuzzy)
         if built is not None:
@@ -101,9 +101,11 @@ def _boolean(name: str, value: str) -> bool:
 
 
 def _count(name: str, value: str) -> int:
-    if not value.isdigit():
-        raise BadRequest(f"{name} must be a non-negative integer, not {value!r}")
-    return int(value)
+    low, high = (1, MAX_LIMIT) if name.lower() == "limit" else (0, MAX_OFFSET)
+    number = bounded_int(value, low, high)
+    if number is None:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}")
+    return number
 
 
 def _include(query: Query, name: str, value: str) -> None:

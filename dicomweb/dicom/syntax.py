@@ -46,12 +46,21 @@ DEFAULT_SYNTAX: dict[str, str] = {
     "image/x-dicom-rle": "1.2.840.10008.1.2.5",
 }
 
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 def is_valid_uid(value: str) -> bool:
-    """PS3.5 §9.1: digits and dots, no empty or zero-led component, at most 64 characters."""
-    return 0 < len(value) <= 64 and bool(_UID.match(value))
+    """PS3.5 §9.1: digits and dots, no empty or zero-led component, at most 64 characters (nothing after)."""
+    return 0 < len(value) <= 64 and _UID.fullmatch(value) is not None
+
+
+def bounded_int(text: str, low: int, high: int) -> int | None:
+    """``text`` as an integer from ``low`` to ``high``: ASCII digits only (no sign, no ``²``); None otherwise."""
+    if _DIGITS.fullmatch(text) is None:
+        return None
+    value = int(text)
+    return value if low <= value <= high else None
 
 
 def frame_media_type(transfer_syntax: str) -> str:

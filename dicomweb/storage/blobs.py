@@ -229,8 +229,9 @@ class RangeReader:
 
     SAS_LIFETIME = timedelta(hours=1)
 
-    def __init__(self, signer: SasSigner) -> None:
+    def __init__(self, signer: SasSigner, timeout_seconds: int) -> None:
         self._signer = signer
+        self._timeout = timeout_seconds
         self._tokens: dict[str, tuple[str, datetime]] = {}
         self._session: aiohttp.ClientSession | None = None
 
@@ -246,7 +247,8 @@ class RangeReader:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 trust_env=False, connector=aiohttp.TCPConnector(limit=128, ttl_dns_cache=300),
-                timeout=aiohttp.ClientTimeout(total=120, sock_connect=10),
+                timeout=aiohttp.ClientTimeout(total=self._timeout * 3, sock_connect=self._timeout,
+                                              sock_read=self._timeout),
             )
         return self._session
 
@@ -498,10 +500,10 @@ class BlobStores:
     """The storage account: its three stores, sharing one SAS signer and one ranged reader."""
 
     def __init__(self, service: BlobServiceClient, instance_container: str, sidecar_container: str,
-                 staging_container: str) -> None:
+                 staging_container: str, timeout_seconds: int = 20) -> None:
         self._service = service
         self.signer = SasSigner(service)
-        self._ranges = RangeReader(self.signer)
+        self._ranges = RangeReader(self.signer, timeout_seconds)
         self.instances = InstanceStore(service.get_container_client(instance_container), self._ranges)
         self.sidecars = SidecarStore(service.get_container_client(sidecar_container))
         self.staging = StagingStore(service.get_container_client(staging_container), self.signer, self._ranges)
@@ -513,6 +515,8 @@ class BlobStores:
                 await store.container.create_container()
             except ResourceExistsError:
                 pass
+            except AzureError as exc:
+                raise _failure(exc, store.container.container_name) from exc
 
     async def close(self) -> None:
         """Release the HTTP sessions."""

@@ -18,16 +18,18 @@ sequence counter and the visibility watermark).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
+import aiohttp
 from azure.core import MatchConditions
+from azure.core.exceptions import AzureError
 from azure.cosmos import PartitionKey
 from azure.cosmos.aio import ContainerProxy, CosmosClient
 from azure.cosmos.exceptions import (
     CosmosAccessConditionFailedError,
-    CosmosHttpResponseError,
     CosmosResourceExistsError,
     CosmosResourceNotFoundError,
 )
@@ -93,20 +95,15 @@ class IndexStore:
             self._container = await database.create_container_if_not_exists(
                 self._container_name, partition_key=PartitionKey(path=PARTITION_KEY), indexing_policy=INDEXING_POLICY
             )
-        except CosmosHttpResponseError as exc:
-            raise StorageFailure(f"Cosmos DB failed to open the index: {exc.status_code}") from exc
+        except UNAVAILABLE as exc:
+            raise _unavailable(exc, "open the index") from exc
 
     async def close(self) -> None:
         """Release the HTTP session."""
         await self._client.close()
 
     async def _query(self, query: str, parameters: dict[str, Any], study: str | None) -> list[Document]:
-        params = [{"name": name, "value": value} for name, value in parameters.items()]
-        kwargs: dict[str, Any] = {"partition_key": study} if study is not None else {}
-        try:
-            return [doc async for doc in self.container.query_items(query, parameters=params, **kwargs)]
-        except CosmosHttpResponseError as exc:
-            raise StorageFailure(f"Cosmos DB query failed: {exc.status_code}") from exc
+        return await self._page(query, parameters, study, 0, None)
 
     async def find(self, study: str, level: str, uid: str) -> Document | None:
         """One document by id: a point read (None when there is none)."""
@@ -114,8 +111,8 @@ class IndexStore:
             return await self.container.read_item(document_id(level, uid), partition_key=study)
         except CosmosResourceNotFoundError:
             return None
-        except CosmosHttpResponseError as exc:
-            raise StorageFailure(f"Cosmos DB failed to read: {exc.status_code}") from exc
+        except UNAVAILABLE as exc:
+            raise _unavailable(exc, "read") from exc
 
     async def instances(self, study: str, series: str | None = None) -> list[Document]:
         """Instance documents of a study, or of one series, in a stable order."""
@@ -134,13 +131,21 @@ class IndexStore:
             {"@study": study}, study)
 
     async def create(self, document: Document) -> None:
-        """Insert a document that must not exist yet (else Conflict)."""
+        """Insert a document that must not exist yet (else Conflict); remakes a container that is gone."""
         try:
             await self.container.create_item(document)
         except CosmosResourceExistsError as exc:
             raise Conflict(document["id"]) from exc
-        except CosmosHttpResponseError as exc:
-            raise StorageFailure(f"Cosmos DB failed to index: {exc.status_code}") from exc
+        except CosmosResourceNotFoundError:
+            await self.ensure()
+            try:
+                await self.container.create_item(document)
+            except CosmosResourceExistsError as exc:
+                raise Conflict(document["id"]) from exc
+            except UNAVAILABLE as exc:
+                raise _unavailable(exc, "index") from exc
+        except UNAVAILABLE as exc:
+            raise _unavailable(exc, "index") from exc
 
     async def replace(self, document: Document) -> None:
         """Write back a document read with :meth:`find`, only if nobody changed it since (else Conflict)."""
@@ -150,8 +155,8 @@ class IndexStore:
             )
         except (CosmosAccessConditionFailedError, CosmosResourceNotFoundError) as exc:
             raise Conflict(document["id"]) from exc
-        except CosmosHttpResponseError as exc:
-            raise StorageFailure(f"Cosmos DB failed to index: {exc.status_code}") from exc
+        except UNAVAILABLE as exc:
+            raise _unavailable(exc, "index") from exc
 
     async def patch(self, partition: str, doc_id: str, operations: list[dict[str, Any]],
                     condition: str | None = None) -> Document:
@@ -166,8 +171,8 @@ class IndexStore:
             return await self.container.patch_item(doc_id, partition, operations, **kwargs)
         except (CosmosAccessConditionFailedError, CosmosResourceNotFoundError) as exc:
             raise Conflict(doc_id) from exc
-        except CosmosHttpResponseError as exc:
-            raise StorageFailure(f"Cosmos DB failed to update {doc_id.split(':')[0]}: {exc.status_code}") from exc
+        except UNAVAILABLE as exc:
+            raise _unavailable(exc, f"update {doc_id.split(':')[0]}") from exc
 
     async def delete(self, study: str, level: str, uid: str, etag: str | None = None) -> bool:
         """Remove a document (with ``etag``: only if unchanged since); False when it was not there."""
@@ -176,10 +181,10 @@ class IndexStore:
             await self.container.delete_item(document_id(level, uid), partition_key=study, **kwargs)
         except CosmosAccessConditionFailedError as exc:
             raise Conflict(document_id(level, uid)) from exc
-        except CosmosHttpResponseError as exc:
-            if exc.status_code == 404:
-                return False
-            raise StorageFailure(f"Cosmos DB failed to delete: {exc.status_code}") from exc
+        except CosmosResourceNotFoundError:
+            return False
+        except UNAVAILABLE as exc:
+            raise _unavailable(exc, "delete") from exc
         return True
 
     async def search(self, level: str, filters: Sequence[Filter], limit: int, offset: int) -> list[Document]:
@@ -192,27 +197,36 @@ class IndexStore:
         return await self._page(sql, {p["name"]: p["value"] for p in params}, study, offset, limit)
 
     async def _page(self, sql: str, parameters: dict[str, Any], partition: str | None, offset: int,
-                    limit: int) -> list[Document]:
-        """Results ``offset .. offset+limit`` of a query, read page by page with continuation tokens."""
+                    limit: int | None) -> list[Document]:
+        """Results ``offset .. offset+limit`` (all with no limit) of a query, page by page with continuation tokens.
+
+        A container that is gone (a Cosmos account emptied under a running service) is made again, once.
+        """
         params = [{"name": name, "value": value} for name, value in parameters.items()]
         kwargs: dict[str, Any] = {"partition_key": partition} if partition is not None else {}
-        found: list[Document] = []
-        skipped = 0
-        try:
-            pages = self.container.query_items(
-                sql, parameters=params, max_item_count=min(offset + limit, 1000), **kwargs
-            ).by_page()
-            async for page in pages:
-                async for doc in page:
-                    if skipped < offset:
-                        skipped += 1
-                        continue
-                    found.append(doc)
-                    if len(found) == limit:
-                        return found
-        except CosmosHttpResponseError as exc:
-            raise StorageFailure(f"Cosmos DB query failed: {exc.status_code}") from exc
-        return found
+        for attempt in range(2):
+            found: list[Document] = []
+            skipped = 0
+            try:
+                pages = self.container.query_items(
+                    sql, parameters=params, max_item_count=min(offset + (limit or 1000), 1000), **kwargs
+                ).by_page()
+                async for page in pages:
+                    async for doc in page:
+                        if skipped < offset:
+                            skipped += 1
+                            continue
+                        found.append(doc)
+                        if len(found) == limit:
+                            return found
+                return found
+            except CosmosResourceNotFoundError as exc:
+                if attempt:
+                    raise _unavailable(exc, "query") from exc
+                await self.ensure()
+            except UNAVAILABLE as exc:
+                raise _unavailable(exc, "query") from exc
+        raise AssertionError("unreachable")
 
     # Claims: one per SOP Instance UID, in a partition of its own.
 
@@ -317,6 +331,22 @@ class IndexStore:
         """Number of documents (``serve`` reindexes an empty index over existing blobs)."""
         docs = await self._query("SELECT VALUE COUNT(1) FROM c", {}, None)
         return int(docs[0]) if docs else 0
+
+
+#: What a Cosmos call raises when the service is down, slow, throttling or failing (connection errors included).
+UNAVAILABLE = (AzureError, aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+def _unavailable(exc: BaseException, what: str) -> StorageFailure:
+    """The one mapping from a failed Cosmos call to a 503; throttling passes its wait on as Retry-After."""
+    status = getattr(exc, "status_code", None)
+    if status == 429:
+        headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+        wait_ms = str(headers.get("x-ms-retry-after-ms", "1000"))
+        seconds = max(1, -(-int(wait_ms) // 1000)) if wait_ms.isdigit() else 1
+        return StorageFailure(f"Cosmos DB is throttling ({what}); try again", retry_after=seconds)
+    detail = status if status is not None else exc.__class__.__name__
+    return StorageFailure(f"Cosmos DB is unavailable ({what}: {detail}); try again")
 
 
 def _body(document: Document) -> Document:

@@ -167,6 +167,8 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'DICOMWEB_COMMIT_WAIT_SECONDS', value: '200' }
         { name: 'DICOMWEB_HOT_PIN_MB', value: string(hotPinMB) }
         { name: 'DICOMWEB_CHANGEFEED_GAP_SECONDS', value: '10' }
+        { name: 'DICOMWEB_MAX_FRAMES_PER_REQUEST', value: '1000' }
+        { name: 'DICOMWEB_STORAGE_TIMEOUT_SECONDS', value: '20' }
       ]
     }
   }

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.conftest import Server, start_server
+from dicomweb.local.emulators import Emulators
+from tests.conftest import ROOT, Server, start_server
 
 
 def test_only_configured_origins_are_allowed(emulators: dict[str, str], tmp_path: Path) -> None:
@@ -33,3 +39,74 @@ def test_errors_are_dicom_json_with_a_warning(server: Server) -> None:
     assert response.headers["content-type"] == "application/dicom+json"
     assert "frame list" in response.json()["00000902"]["Value"][0]
     assert response.headers["warning"].startswith('299 dicomweb "')
+
+
+@pytest.mark.parametrize("path", [
+    "studies?_%00=1",  # a NUL in a parameter name went raw into the Warning header and dropped the connection
+    "studies?_a%0D%0AX-Injected:%201=1",  # CR LF in a parameter name
+    "studies?_%C3%A9t%C3%A9=1",  # non-Latin-1 parameter names answered 500 text/plain
+    "studies?PatientName=%E2%82%AC%00",
+])
+def test_client_text_never_breaks_the_warning_header(server: Server, path: str) -> None:
+    response = httpx.get(f"{server.base_url}/{path}")
+    assert response.status_code == 200
+    warning = response.headers.get("warning", "")
+    assert warning.isascii() and "\r" not in warning and "\n" not in warning and "\x00" not in warning
+    assert "x-injected" not in response.headers
+
+
+@pytest.mark.parametrize(("path", "word"), [
+    ("studies?%C3%A9t%C3%A9=1", "parameter"),
+    ("studies?limit=%C2%B2", "limit"),  # "²": str.isdigit accepted it, int() did not
+    ("studies?offset=" + "9" * 5000, "offset"),
+    ("studies/1.2.3%0A/series", "UID"),  # a trailing newline passed the UID pattern
+    ("studies/1.2.3/series/4.5%0A/instances/6/metadata", "UID"),
+    ("studies/1.2.3/series/4.5/instances/6%0A/frames/1", "UID"),
+    ("studies/1.2.3/series/4.5/instances/6/frames/%C2%B2", "frame"),
+    ("studies/1.2.3/series/4.5/instances/6/frames/" + "9" * 5000, "frame"),
+    ("studies/1.2.3/series/4.5/instances/6/frames/" + ",".join(["1"] * 5000), "DICOMWEB_MAX_FRAMES_PER_REQUEST"),
+    ("changefeed?startTime=9999-12-31T23:59:59-23:59", "startTime"),
+    ("changefeed?offset=%C2%B2", "offset"),
+    ("changefeed?limit=" + "1" * 3000, "limit"),
+])
+def test_malformed_values_answer_400_in_dicom_json(server: Server, path: str, word: str) -> None:
+    response = httpx.get(f"{server.base_url}/{path}")
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/dicom+json"
+    assert word in response.json()["message"]
+    assert response.headers["warning"].isascii()
+
+
+def test_storage_outages_answer_503_with_retry_after_and_the_service_recovers(tmp_path: Path) -> None:
+    stack = Emulators(tmp_path / "emulators")
+    settings = stack.start()
+    azurite, cosmos = stack._processes
+    server = start_server(settings, tmp_path, DICOMWEB_STORAGE_TIMEOUT_SECONDS="2",
+                          DICOMWEB_CORS_ORIGINS="https://slim.example")
+    try:
+        os.killpg(cosmos.pid, signal.SIGKILL)
+        cosmos.wait(10)
+        started = time.monotonic()
+        cold = httpx.get(f"{server.base_url}/studies", headers={"origin": "https://slim.example"}, timeout=60)
+        assert cold.status_code == 503 and time.monotonic() - started < 30, "a failure at cold start is a 503"
+        assert cold.headers["content-type"] == "application/dicom+json" and cold.headers["retry-after"]
+        assert cold.headers["access-control-allow-origin"] == "https://slim.example"
+        os.killpg(azurite.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            frozen = httpx.get(f"{server.base_url}/studies/1.2.3/series/4.5/instances/6/frames/1", timeout=90)
+            assert frozen.status_code == 503 and time.monotonic() - started < 30, "a frozen store is a 503 in seconds"
+        finally:
+            os.killpg(azurite.pid, signal.SIGCONT)
+        # The Cosmos server comes back empty: the service makes its database and container again by itself.
+        stack._processes[1] = subprocess.Popen(
+            ["node", str(ROOT / "dicomweb" / "local" / "cosmos_server.js"), str(stack.cosmos_port)],
+            cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while (answer := httpx.get(f"{server.base_url}/studies", timeout=60)).status_code != 200:
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.5)
+        assert answer.json() == []
+    finally:
+        server.stop()
+        stack.stop()
