@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
+from dicomweb import records
 from dicomweb.dicom.dicomjson import JsonDict, resolve_bulk_uris
 from dicomweb.errors import BadRequest, NotFound
 from dicomweb.service import Service
@@ -98,9 +99,8 @@ async def _resolve(service: Service, sequence: int, following: Document) -> bool
     """Fill hole ``sequence`` if it can be decided now: from the claim holding it, or a skip once old enough."""
     claim = await service.index.claim_of_change(sequence)
     if claim is not None:
-        location = Location(claim["study"], claim["series"], claim["sop"], claim["generation"])
         try:
-            await service.index.add_change(_entry(sequence, claim["action"], location))
+            await service.index.add_change(_entry(sequence, claim["action"], records.named(claim)))
         except Conflict:
             pass
         return True
@@ -145,9 +145,8 @@ async def latest(service: Service) -> Document | None:
 
 
 async def _metadata(service: Service, entry: Document, base: str) -> JsonDict | None:
-    location = Location(entry["study"], entry["series"], entry["sop"], entry["generation"])
     try:
-        data = await service.blobs.sidecars.get(location.sidecar("json"))
+        data = await service.blobs.sidecars.get(records.named(entry).sidecar("json"))
     except NotFound:
         return None
     url = f"{base}/studies/{entry['study']}/series/{entry['series']}/instances/{entry['sop']}"

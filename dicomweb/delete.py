@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 
-from dicomweb import changefeed
-from dicomweb.indexing import DELETE, claimed, remove_generation, withdraw
-from dicomweb.retrieve import instance_documents
+from dicomweb import changefeed, records, retrieve
+from dicomweb.indexing import DELETE, remove_generation, withdraw
 from dicomweb.service import Service
 from dicomweb.storage.blobs import Location
 from dicomweb.storage.index import Conflict, Document
@@ -24,13 +23,12 @@ DELETE_CONCURRENCY = 16
 
 async def delete(service: Service, study: str, series: str | None = None, instance: str | None = None) -> int:
     """Delete the addressed instances (404 when there are none); the number deleted."""
-    docs = await instance_documents(service, study, series, instance)
+    docs = await retrieve.instance_documents(service, study, series, instance)
     slots = asyncio.Semaphore(DELETE_CONCURRENCY)
 
     async def one(doc: Document) -> None:
         async with slots:
-            await delete_instance(service, Location(study, doc["seriesInstanceUID"], doc["sopInstanceUID"],
-                                                    doc["generation"]))
+            await delete_instance(service, retrieve.location(doc))
 
     await asyncio.gather(*(one(doc) for doc in docs))
     return len(docs)
@@ -55,7 +53,7 @@ async def delete_instance(service: Service, location: Location, marked: int | No
             await index.delete(claim["studyInstanceUID"], "claim", location.sop, etag=claim["_etag"])
         except Conflict:
             continue
-        doomed.add(claimed(claim))
+        doomed.add(records.named(claim))
         break
     for study in sorted({doomed_location.study for doomed_location in doomed}):
         await withdraw(service, study, location.sop, sequence)

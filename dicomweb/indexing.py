@@ -39,11 +39,6 @@ def _claim(location: Location, sequence: int, action: str) -> Document:
             **NO_MATCH_FIELDS}
 
 
-def claimed(claim: Document) -> Location:
-    """The generation a claim names."""
-    return Location(claim["study"], claim["series"], claim["sop"], claim["generation"])
-
-
 def refusal(claim: Document, study: str, series: str) -> Duplicate:
     """Why a POST of a claimed SOP instance into ``study``/``series`` is refused (both reason 45070)."""
     if (claim["study"], claim["series"]) == (study, series):
@@ -82,7 +77,7 @@ async def publish(service: Service, sidecar: records.JsonDict, replace: bool) ->
             else:
                 action = UPDATE
                 await index.replace({**_claim(location, sequence, UPDATE), "_etag": current["_etag"]})
-                displaced = claimed(current)
+                displaced = records.named(current)
             break
         except Conflict:
             continue

@@ -75,6 +75,11 @@ def documents(sidecar: JsonDict) -> list[Document]:
     return docs
 
 
+def named(doc: Document) -> Location:
+    """The generation a claim or a change-feed entry names (both keep it as study, series, sop, generation)."""
+    return Location(doc["study"], doc["series"], doc["sop"], doc["generation"])
+
+
 def location(sidecar: JsonDict) -> Location:
     """Where the generation a sidecar describes lives."""
     study, series, instance = uids(sidecar)

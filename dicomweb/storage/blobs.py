@@ -469,8 +469,6 @@ class StagingStore:
         condition = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
         try:
             result = await self.container.get_blob_client(name).upload_blob(data, overwrite=True, **condition)
-        except ResourceModifiedError as exc:
-            raise StaleBlob(name) from exc
         except AzureError as exc:
             raise _failure(exc, name) from exc
         return str(result["etag"])
