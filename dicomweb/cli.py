@@ -1,10 +1,11 @@
-"""The ``dicomweb`` command: ``serve`` (local host with emulators), ``reindex`` and ``upload``."""
+"""The ``dicomweb`` command: ``serve`` (local host with emulators), ``reindex``, ``check`` and ``upload``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -25,18 +26,44 @@ async def _reindex_if_empty(settings: Settings) -> None:
         await service.close()
 
 
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGHUP end ``serve`` as Ctrl-C does, so that it stops the emulators it started.
+
+    While uvicorn runs it handles SIGINT and SIGTERM itself (a graceful shutdown) and
+    raises the signal again once it has stopped, which reaches these handlers.
+    """
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    def hang_up(signum: int, frame: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # the same graceful path as SIGTERM
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, hang_up)
+
+
 def serve(host: str, port: int, data_dir: Path) -> None:
-    """Serve the registered functions; start Azurite and the Cosmos server when no storage is configured."""
+    """Serve the registered functions; start Azurite and the Cosmos server when no storage is configured.
+
+    Only one ``serve`` may use a data folder (:mod:`dicomweb.local.datadir`).
+    """
     import uvicorn
 
+    from dicomweb.local.datadir import DataDir
     from dicomweb.local.emulators import Emulators
 
+    _stop_on_signals()
     emulators = None
-    if not Settings.from_env().has_storage:
-        emulators = Emulators(data_dir)
-        os.environ.update(emulators.start())
-        print(f"started Azurite (blob data in {data_dir / 'azurite'}) and the Cosmos DB protocol server")
+    folder = None
     try:
+        if not Settings.from_env().has_storage:
+            folder = DataDir(data_dir)
+            folder.acquire()
+            emulators = Emulators(data_dir)
+            started = emulators.start()
+            os.environ.update(started)
+            folder.publish(started)
+            print(f"started Azurite (blob data in {data_dir / 'azurite'}) and the Cosmos DB protocol server")
         from dicomweb.api.http import ROUTE_PREFIX
         from dicomweb.api.local_host import build_app
 
@@ -51,6 +78,8 @@ def serve(host: str, port: int, data_dir: Path) -> None:
     finally:
         if emulators is not None:
             emulators.stop()
+        if folder is not None:
+            folder.release()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--port", type=int, default=8080)
     serve_cmd.add_argument("--data", type=Path, default=Path(".local"), help="emulator data folder")
-    commands.add_parser("reindex", help="rebuild the Cosmos index from Blob")
+    reindex_cmd = commands.add_parser("reindex", help="rebuild the Cosmos index from Blob")
+    check_cmd = commands.add_parser("check", help="compare Blob and the index; exit 1 on any inconsistency")
+    check_cmd.add_argument("--repair", action="store_true", help="fix what the check finds, then check again")
+    for command in (reindex_cmd, check_cmd):
+        command.add_argument("--data", type=Path, default=Path(".local"),
+                             help="without storage settings: the data folder of a running `dicomweb serve`")
     upload_cmd = commands.add_parser("upload", help="store DICOM files and folders in a DICOMweb service")
     upload_cmd.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
     upload_cmd.add_argument("--url", required=True, help="DICOMweb base URL, e.g. http://127.0.0.1:8080/v1")
@@ -76,28 +110,68 @@ def main(argv: list[str] | None = None) -> int:
     upload_cmd.add_argument("--json", action="store_true", help="one JSON object per file instead of the table")
     args = parser.parse_args(argv)
     if args.command == "serve":
-        serve(args.host, args.port, args.data)
+        from dicomweb.local.datadir import DataDirInUse
+
+        try:
+            serve(args.host, args.port, args.data)
+        except DataDirInUse as exc:
+            print(f"dicomweb serve: {exc}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "upload":
         from dicomweb import uploader
 
         return uploader.main(args.paths, args.url, args.token, args.parallel, args.blocks, args.stow_max_mb,
                              args.state, args.progress, args.json)
+    _local_stack_settings(args.data)
+    if args.command == "check":
+        return asyncio.run(_check(args.repair))
+    asyncio.run(_reindex())
+    return 0
+
+
+def _local_stack_settings(data_dir: Path) -> None:
+    """Without storage settings, point this command at the emulators of the ``serve`` holding ``data_dir``."""
+    from dicomweb.local.datadir import running_settings
+
+    if not Settings.from_env().has_storage:
+        os.environ.update(running_settings(data_dir))
+
+
+async def _reindex() -> None:
     from dicomweb.reindex import reindex
     from dicomweb.service import Service
 
-    async def run() -> None:
-        service = await Service.create(Settings.from_env())
-        try:
-            report = await reindex(service)
-        finally:
-            await service.close()
-        print(f"indexed {report.indexed} instances, rebuilt {report.rebuilt} sidecars, "
-              f"finished {report.deleted} interrupted deletions, removed {report.removed_generations} older "
-              f"generations and {report.removed_sidecars} orphan sidecars")
+    service = await Service.create(Settings.from_env())
+    try:
+        report = await reindex(service)
+    finally:
+        await service.close()
+    print(f"indexed {report.indexed} instances, rebuilt {report.rebuilt} sidecars, "
+          f"finished {report.deleted} interrupted deletions, removed {report.removed_generations} older "
+          f"generations and {report.removed_sidecars} orphan sidecars")
 
-    asyncio.run(run())
-    return 0
+
+async def _check(repair: bool) -> int:
+    """Print every inconsistency; with ``repair`` fix them and print what is left. 1 unless clean."""
+    from dicomweb import check
+    from dicomweb.service import Service
+
+    service = await Service.create(Settings.from_env())
+    try:
+        report = await check.check(service)
+        for problem in report.problems:
+            print(problem)
+        print(f"checked {report.files} instance files and {report.documents} index documents: "
+              f"{len(report.problems)} inconsistencies")
+        if repair and not report.clean:
+            report = await check.repair(service)
+            for problem in report.problems:
+                print(problem)
+            print(f"repaired; {len(report.problems)} inconsistencies left")
+    finally:
+        await service.close()
+    return 0 if report.clean else 1
 
 
 if __name__ == "__main__":

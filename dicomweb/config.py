@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from dicomweb.dicom.part10 import Limits
+
 MIB = 1024 * 1024
 
 
@@ -49,6 +51,10 @@ class Settings:
     changefeed_gap_seconds: int = 10
     max_frames_per_request: int = 1000
     storage_timeout_seconds: int = 20
+    max_elements: int = 2_000_000
+    max_sequence_depth: int = 32
+    max_frames: int = 1_000_000
+    max_parts_per_request: int = 1000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -83,7 +89,16 @@ class Settings:
             changefeed_gap_seconds=_int(env, "DICOMWEB_CHANGEFEED_GAP_SECONDS", 10),
             max_frames_per_request=_int(env, "DICOMWEB_MAX_FRAMES_PER_REQUEST", 1000),
             storage_timeout_seconds=_int(env, "DICOMWEB_STORAGE_TIMEOUT_SECONDS", 20),
+            max_elements=_int(env, "DICOMWEB_MAX_ELEMENTS", 2_000_000),
+            max_sequence_depth=_int(env, "DICOMWEB_MAX_SEQUENCE_DEPTH", 32),
+            max_frames=_int(env, "DICOMWEB_MAX_FRAMES", 1_000_000),
+            max_parts_per_request=_int(env, "DICOMWEB_MAX_PARTS_PER_REQUEST", 1000),
         )
+
+    @property
+    def limits(self) -> Limits:
+        """What the Part 10 parser lets one instance hold."""
+        return Limits(self.max_header_bytes, self.max_elements, self.max_sequence_depth, self.max_frames)
 
     @property
     def has_storage(self) -> bool:
@@ -123,4 +138,8 @@ SETTING_NAMES = (
     "DICOMWEB_CHANGEFEED_GAP_SECONDS",
     "DICOMWEB_MAX_FRAMES_PER_REQUEST",
     "DICOMWEB_STORAGE_TIMEOUT_SECONDS",
+    "DICOMWEB_MAX_ELEMENTS",
+    "DICOMWEB_MAX_SEQUENCE_DEPTH",
+    "DICOMWEB_MAX_FRAMES",
+    "DICOMWEB_MAX_PARTS_PER_REQUEST",
 )

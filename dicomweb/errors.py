@@ -93,6 +93,16 @@ class StateConflict(DicomWebError):
     status = 409
 
 
+class ConcurrentChange(DicomWebError):
+    """A conditional write lost a race with another writer: the client may simply try again (409, 272).
+
+    The storage adapters raise subclasses of it; the use cases catch them to read again and
+    retry, so one escapes only when retrying could not settle the race.
+    """
+
+    status = 409
+
+
 class Archived(DicomWebError):
     """The bytes sit in the Archive tier and must be rehydrated before they can be read."""
 

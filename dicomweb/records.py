@@ -6,11 +6,13 @@ writes it, ``reindex`` reads it back, and both derive the same documents from it
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Any
 
 from dicomweb.dicom.attributes import level_attributes, match_fields
 from dicomweb.dicom.dicomjson import BULKDATA, PIXEL_DATA_KEY, JsonDict, dataset_to_json
-from dicomweb.dicom.part10 import Header
+from dicomweb.dicom.part10 import Header, Part10Parser
 from dicomweb.storage.blobs import Location
 from dicomweb.storage.index import Document, document_id
 
@@ -23,21 +25,49 @@ def _value(dataset: JsonDict, key: str) -> Any:
     return values[0] if values else None
 
 
-def make_sidecar(header: Header, generation: str, size: int, frame_count: int | None) -> JsonDict:
-    """Metadata sidecar: DICOM JSON without bulk values, bulk byte ranges, and storage facts."""
+def describe(header: Header) -> JsonDict:
+    """What the header says, as the sidecar holds it: DICOM JSON without bulk values, and their byte ranges.
+
+    Made as soon as the header has arrived, so that a value pydicom cannot convert is an
+    invalid dataset (43264) before any byte is stored. CPU-heavy for large headers: run it
+    with :func:`dicomweb.cpu.run`.
+    """
     dataset, bulk = dataset_to_json(header.dataset, header.dataset_base)
     if header.pixel_vr is not None:
         dataset[PIXEL_DATA_KEY] = {"vr": header.pixel_vr, "BulkDataURI": BULKDATA + PIXEL_DATA_KEY}
     dataset[AVAILABLE_TRANSFER_SYNTAX] = {"vr": "UI", "Value": [header.transfer_syntax]}
     return {
-        "version": SIDECAR_VERSION,
-        "generation": generation,
         "transferSyntaxUID": header.transfer_syntax,
-        "size": size,
-        "numberOfFrames": frame_count,
         "bulk": {path: list(span) for path, span in bulk.items()},
         "dataset": dict(sorted(dataset.items())),
     }
+
+
+@dataclass(frozen=True)
+class Sidecars:
+    """The two sidecars of a generation, ready to write."""
+
+    sidecar: JsonDict
+    metadata: bytes
+    frames: bytes | None
+
+
+def make_sidecars(parser: Part10Parser, description: JsonDict, generation: str) -> Sidecars:
+    """Metadata sidecar (the description and storage facts) and frame offset record of a parsed instance.
+
+    CPU-heavy for many frames: run it with :func:`dicomweb.cpu.run`.
+    """
+    frame_index = parser.frame_index(generation)
+    sidecar = {
+        "version": SIDECAR_VERSION,
+        "generation": generation,
+        "transferSyntaxUID": description["transferSyntaxUID"],
+        "size": parser.stored_size,
+        "numberOfFrames": len(frame_index) if frame_index is not None else None,
+        "bulk": description["bulk"],
+        "dataset": description["dataset"],
+    }
+    return Sidecars(sidecar, json.dumps(sidecar).encode(), frame_index.to_bytes() if frame_index is not None else None)
 
 
 def uids(sidecar: JsonDict) -> tuple[str, str, str]:

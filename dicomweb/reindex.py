@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from dicomweb import records
+from dicomweb import cpu, records
 from dicomweb.delete import delete_instance
 from dicomweb.dicom.part10 import Part10Parser
 from dicomweb.errors import NotFound
@@ -38,19 +38,20 @@ class ReindexReport:
 
 async def derive_sidecars(service: Service, location: Location) -> records.JsonDict:
     """Parse a stored file again and rewrite both sidecars of its generation."""
-    parser = Part10Parser(service.settings.max_header_bytes)
+    parser = Part10Parser(service.settings.limits)
     async for chunk in service.blobs.instances.stream(location):
-        parser.feed(chunk)
-    parser.close()
-    header = parser.header
-    assert header is not None
-    frame_index = parser.frame_index(location.generation)
-    sidecar = records.make_sidecar(header, location.generation, parser.stored_size,
-                                   len(frame_index) if frame_index is not None else None)
-    await service.blobs.sidecars.put(location.sidecar("json"), json.dumps(sidecar).encode())
-    if frame_index is not None:
-        await service.blobs.sidecars.put(location.sidecar("frames"), frame_index.to_bytes())
-    return sidecar
+        if parser.header is None:
+            await cpu.run(parser.feed, chunk)
+        else:
+            parser.feed(chunk)
+    await cpu.run(parser.close)
+    assert parser.header is not None
+    description = await cpu.run(records.describe, parser.header)
+    made = await cpu.run(records.make_sidecars, parser, description, location.generation)
+    await service.blobs.sidecars.put(location.sidecar("json"), made.metadata)
+    if made.frames is not None:
+        await service.blobs.sidecars.put(location.sidecar("frames"), made.frames)
+    return made.sidecar
 
 
 async def _sidecar(service: Service, location: Location, report: ReindexReport) -> records.JsonDict:

@@ -14,6 +14,7 @@ import functools
 import json
 from typing import AsyncIterator, Callable, Sequence
 
+from dicomweb import cpu
 from dicomweb.dicom.dicomjson import BULKDATA, PIXEL_DATA_KEY, JsonDict
 from dicomweb.dicom.frames import ITEM_HEADER, FrameIndex, join_fragments
 from dicomweb.dicom.syntax import bounded_int
@@ -67,9 +68,17 @@ def location(doc: Document) -> Location:
     return Location(doc["studyInstanceUID"], doc["seriesInstanceUID"], doc["sopInstanceUID"], doc["generation"])
 
 
+async def check_readable(service: Service, docs: Sequence[Document]) -> None:
+    """Raise now (NotFound, Archived, StorageFailure) if any of ``docs`` could not be read later,
+    so that a multi-instance answer fails with a status before its body starts."""
+    window = METADATA_FETCH_CONCURRENCY
+    for start in range(0, len(docs), window):
+        await asyncio.gather(*(service.blobs.instances.check_readable(location(d)) for d in docs[start : start + window]))
+
+
 async def load_sidecar(service: Service, doc: Document) -> JsonDict:
-    """The metadata sidecar of the generation an instance document names."""
-    return json.loads(await service.blobs.sidecars.get(location(doc).sidecar("json")))
+    """The metadata sidecar of the generation an instance document names (parsed off the loop)."""
+    return await cpu.run(json.loads, await service.blobs.sidecars.get(location(doc).sidecar("json")))
 
 
 async def metadata(service: Service, docs: Sequence[Document]) -> AsyncIterator[tuple[Document, JsonDict]]:

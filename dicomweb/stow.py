@@ -15,14 +15,13 @@ blocks never become a blob. Nothing stored before is touched until step 5 displa
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
 from typing import AsyncIterable
 
 from pydicom.dataset import Dataset
 
-from dicomweb import records
+from dicomweb import cpu, records
 from dicomweb.dicom.dicomjson import JsonDict
 from dicomweb.dicom.part10 import Part10Parser
 from dicomweb.dicom.syntax import is_valid_uid
@@ -90,39 +89,38 @@ async def store_instance(service: Service, chunks: AsyncIterable[bytes], expecte
     cancellation escape, after the undo.
     """
     settings = service.settings
-    parser = Part10Parser(settings.max_header_bytes)
+    parser = Part10Parser(settings.limits)
     upload: BlockUpload | None = None
     location: Location | None = None
+    description: records.JsonDict = {}
     committed = False
     generation = generation or new_generation()
     try:
         async for chunk in chunks:
-            out = parser.feed(chunk)
+            # The header is parsed off the loop; after it, feeding only walks fragment item headers.
+            out = await cpu.run(parser.feed, chunk) if parser.header is None else parser.feed(chunk)
             if upload is None and parser.header is not None:
-                location, upload = await _begin(service, parser, expected_study, replace, generation)
+                location, upload, description = await _begin(service, parser, expected_study, replace, generation)
             if out:
                 assert upload is not None
                 await upload.write(out)
-        out = parser.close()
+        out = await cpu.run(parser.close)
         if upload is None:
-            location, upload = await _begin(service, parser, expected_study, replace, generation)
+            location, upload, description = await _begin(service, parser, expected_study, replace, generation)
         await upload.write(out)
         assert location is not None
-        frame_index = parser.frame_index(generation)
+        made = await cpu.run(records.make_sidecars, parser, description, generation)
         header = parser.header
         assert header is not None
         await upload.commit({}, {TIER_TAG: tier(header.dataset, parser.stored_size, settings.hot_pin_bytes)})
         committed = True
-        sidecar = records.make_sidecar(
-            header, generation, parser.stored_size, len(frame_index) if frame_index is not None else None
-        )
-        writes = [service.blobs.sidecars.put(location.sidecar("json"), json.dumps(sidecar).encode())]
-        if frame_index is not None:
-            writes.append(service.blobs.sidecars.put(location.sidecar("frames"), frame_index.to_bytes()))
+        writes = [service.blobs.sidecars.put(location.sidecar("json"), made.metadata)]
+        if made.frames is not None:
+            writes.append(service.blobs.sidecars.put(location.sidecar("frames"), made.frames))
         for result in await asyncio.gather(*writes, return_exceptions=True):  # both done before any undo
             if isinstance(result, BaseException):
                 raise result
-        await publish(service, sidecar, replace)
+        await publish(service, made.sidecar, replace)
         return Outcome(_text(header.dataset, "SOPClassUID"), location.sop, location.study, location.series)
     except (asyncio.CancelledError, PayloadTooLarge):
         await _undo(service, upload, location, committed)
@@ -180,15 +178,17 @@ def _text(dataset: Dataset, keyword: str) -> str | None:
 
 async def _begin(
     service: Service, parser: Part10Parser, expected_study: str | None, replace: bool, generation: str
-) -> tuple[Location, BlockUpload]:
-    """Validate the header and refuse a stored SOP Instance UID (POST) before any byte is staged."""
+) -> tuple[Location, BlockUpload, records.JsonDict]:
+    """Validate the header, describe it, and refuse a stored SOP Instance UID (POST) before any byte is staged."""
     assert parser.header is not None
     study, series, sop, _ = validate(parser.header.dataset, expected_study)
+    description = await cpu.run(records.describe, parser.header)
     if not replace and (claim := await service.index.claim(sop)) is not None and claim["generation"] != generation:
         raise refusal(claim, study, series)
     location = Location(study, series, sop, generation)
     settings = service.settings
-    return location, service.blobs.instances.upload(location, settings.block_size, settings.upload_concurrency)
+    upload = service.blobs.instances.upload(location, settings.block_size, settings.upload_concurrency)
+    return location, upload, description
 
 
 async def _undo(service: Service, upload: BlockUpload | None, location: Location | None, committed: bool) -> None:

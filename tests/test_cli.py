@@ -42,35 +42,62 @@ def test_reindex_without_settings_fails_clearly(tmp_path: Path) -> None:
     assert "DICOMWEB_STORAGE_CONNECTION_STRING" in done.stderr
 
 
-@pytest.mark.timeout(120)
-def test_serve_starts_the_emulators_itself_and_stops_them(tmp_path: Path) -> None:
-    """The README's first command: no storage settings, so ``serve`` starts Azurite and Cosmos and says where."""
+def _serve(data: Path, cwd: Path) -> tuple[subprocess.Popen, int]:
+    """``dicomweb serve`` without settings, as the README's first command runs it; once it answers."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMWEB_")}
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "dicomweb", "serve", "--port", str(port), "--data",
-                                str(tmp_path / "data")], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "dicomweb", "serve", "--port", str(port), "--data", str(data)],
+                               cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
+    assert process.stdout is not None
+    while not any("DICOMweb base URL" in line for line in lines):
+        line = process.stdout.readline()
+        assert line, "".join(lines)
+        lines.append(line)
+    assert f"DICOMweb base URL: http://127.0.0.1:{port}/v1\n" in lines
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            assert httpx.get(f"http://127.0.0.1:{port}/v1/studies/1.2.3/metadata").status_code == 404
+            return process, port
+        except httpx.TransportError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["INT", "TERM", "HUP"])
+def test_serve_starts_the_emulators_itself_and_stops_them(tmp_path: Path, stop: signal.Signals) -> None:
+    """No storage settings, so ``serve`` starts Azurite and Cosmos; any stop signal stops them too
+    (SIGTERM, what a process manager or ``kill`` sends, used to leave both running)."""
+    process, _ = _serve(tmp_path / "data", tmp_path)
     try:
-        assert process.stdout is not None
-        while not any("DICOMweb base URL" in line for line in lines):
-            line = process.stdout.readline()
-            assert line, "".join(lines)
-            lines.append(line)
-        assert f"DICOMweb base URL: http://127.0.0.1:{port}/v1\n" in lines
         children = psutil.Process(process.pid).children(recursive=True)
         assert len(children) >= 2
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                assert httpx.get(f"http://127.0.0.1:{port}/v1/studies/1.2.3/metadata").status_code == 404
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
         assert (tmp_path / "data" / "azurite").is_dir()
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         process.wait(timeout=30)
+    assert process.returncode == 0
     time.sleep(0.5)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.timeout(120)
+def test_a_second_serve_on_the_same_data_folder_refuses_to_start(tmp_path: Path) -> None:
+    """Two serves on one folder both started and split the store (two Azurites on one database file)."""
+    first, port = _serve(tmp_path / "data", tmp_path)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMWEB_")}
+        second = subprocess.run([sys.executable, "-m", "dicomweb", "serve", "--port", str(free_port()),
+                                 "--data", str(tmp_path / "data")], cwd=tmp_path, env=env, capture_output=True,
+                                text=True, timeout=60)
+        assert second.returncode == 1
+        assert f"(PID {first.pid})" in second.stderr and str(tmp_path / "data") in second.stderr
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/studies/1.2.3/metadata").status_code == 404
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=30)
+    again, _ = _serve(tmp_path / "data", tmp_path)  # the folder is free once the first has stopped
+    again.send_signal(signal.SIGTERM)
+    again.wait(timeout=30)

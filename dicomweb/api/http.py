@@ -11,10 +11,10 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import azure.functions as func
-from azurefunctions.extensions.http.fastapi import Request, Response
+from azurefunctions.extensions.http.fastapi import Request, Response, StreamingResponse
 
 from dicomweb.config import Settings
 from dicomweb.dicom.syntax import is_valid_uid
@@ -49,6 +49,25 @@ def base_url(req: Request, settings: Settings) -> str:
     host = req.headers.get("x-forwarded-host") or req.headers.get("host") or req.url.netloc
     prefix = f"/{ROUTE_PREFIX}" if ROUTE_PREFIX else ""
     return f"{proto}://{host}{prefix}"
+
+
+async def streaming(body: AsyncIterator[bytes], media_type: str, headers: dict[str, str] | None = None
+                    ) -> StreamingResponse:
+    """A streamed answer whose first bytes already exist.
+
+    Once a 200 and its headers are out, a failure can only cut the body short. Producing
+    the first chunk here, before answering, turns the failures of opening the source (an
+    archived or vanished blob, storage down) into a status with a reason instead.
+    """
+    first = await anext(body, None)
+
+    async def rest() -> AsyncIterator[bytes]:
+        if first is not None:
+            yield first
+        async for chunk in body:
+            yield chunk
+
+    return StreamingResponse(rest(), media_type=media_type, headers=headers)
 
 
 def dicom_json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -4,12 +4,12 @@ import json
 from typing import AsyncIterator
 
 import azure.functions as func
-from azurefunctions.extensions.http.fastapi import Request, Response, StreamingResponse
+from azurefunctions.extensions.http.fastapi import Request, Response
 
-from dicomweb import retrieve
-from dicomweb.api.http import DICOM_JSON, base_url, endpoint
+from dicomweb import cpu, retrieve
+from dicomweb.api.http import DICOM_JSON, base_url, endpoint, streaming
 from dicomweb.dicom import media
-from dicomweb.dicom.dicomjson import resolve_bulk_uris
+from dicomweb.dicom.dicomjson import JsonDict, resolve_bulk_uris
 from dicomweb.dicom.multipart import multipart_body, new_boundary, write_multipart
 from dicomweb.errors import NotAcceptable
 from dicomweb.service import Service
@@ -58,11 +58,11 @@ async def _instances(req: Request, service: Service) -> Response:
     )
     if not choice.multipart:
         doc = docs[0]
-        return StreamingResponse(
+        return await streaming(
             service.blobs.instances.stream(retrieve.location(doc)),
-            media_type=f"{media.DICOM}; transfer-syntax={doc['transferSyntaxUID']}",
-            headers={"content-length": str(doc["size"])},
+            f"{media.DICOM}; transfer-syntax={doc['transferSyntaxUID']}", {"content-length": str(doc["size"])},
         )
+    await retrieve.check_readable(service, docs)
 
     async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
         for doc in docs:
@@ -71,7 +71,7 @@ async def _instances(req: Request, service: Service) -> Response:
             yield headers, service.blobs.instances.stream(retrieve.location(doc))
 
     boundary = new_boundary()
-    return StreamingResponse(write_multipart(parts(), boundary), media_type=_multipart_type(media.DICOM, boundary))
+    return await streaming(write_multipart(parts(), boundary), _multipart_type(media.DICOM, boundary))
 
 
 @endpoint(blueprint, "study_metadata", STUDY + "/metadata", ["GET"])
@@ -104,12 +104,16 @@ async def _metadata(req: Request, service: Service) -> Response:
         separator = b"["
         async for doc, sidecar in retrieve.metadata(service, docs):
             url = f"{base}/studies/{doc['studyInstanceUID']}/series/{doc['seriesInstanceUID']}/instances/{doc['sopInstanceUID']}"
-            dataset = resolve_bulk_uris(sidecar["dataset"], retrieve.bulk_uri_maker(url))
-            yield separator + json.dumps(dataset).encode()
+            yield separator + await cpu.run(_metadata_json, sidecar, url)
             separator = b","
         yield b"]"
 
-    return StreamingResponse(body(), media_type=DICOM_JSON)
+    return await streaming(body(), DICOM_JSON)
+
+
+def _metadata_json(sidecar: JsonDict, url: str) -> bytes:
+    """One instance's metadata as served: BulkDataURIs made absolute (CPU-heavy for large headers)."""
+    return json.dumps(resolve_bulk_uris(sidecar["dataset"], retrieve.bulk_uri_maker(url))).encode()
 
 
 @endpoint(blueprint, "retrieve_frames", INSTANCE + "/frames/{frames}", ["GET"])
@@ -143,7 +147,7 @@ async def _frames(
         async for frame in frames:
             yield part_headers, _once(frame)
 
-    return StreamingResponse(write_multipart(parts(), boundary), media_type=_multipart_type(choice.media_type, boundary))
+    return await streaming(write_multipart(parts(), boundary), _multipart_type(choice.media_type, boundary))
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

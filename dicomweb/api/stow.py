@@ -8,7 +8,7 @@ from azurefunctions.extensions.http.fastapi import Request, Response
 from dicomweb.api.http import base_url, dicom_json, endpoint, warning_header
 from dicomweb.config import MIB
 from dicomweb.dicom.multipart import MultipartReader, parse_media_type
-from dicomweb.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from dicomweb.errors import BadRequest, DicomWebError, PayloadTooLarge, UnsupportedMediaType
 from dicomweb.service import Service
 from dicomweb.stow import Outcome, response, store_instance
 
@@ -78,12 +78,14 @@ async def _store(req: Request, service: Service, study: str | None, replace: boo
         if declared != DICOM:
             raise UnsupportedMediaType(f'multipart type "{declared}" is not supported; send type="{DICOM}"')
         reader = MultipartReader(_limited(req, service), params.get("boundary", ""))
-        while (part := await reader.next_part()) is not None:
-            if part.content_type in (DICOM, ""):
-                outcomes.append(await store_instance(service, part, study, replace))
-            else:
-                error = UnsupportedMediaType(f"a part of type {part.content_type} is not supported; send {DICOM}")
-                outcomes.append(Outcome(None, None, error=error))
+        try:
+            await _store_parts(reader, service, study, replace, outcomes)
+        except DicomWebError as error:
+            if not any(o.error is None for o in outcomes):
+                raise
+            # Stored parts stay stored (a PUT may have displaced what it replaced): the answer says
+            # exactly which parts were stored and that the rest of the body failed (202).
+            outcomes.append(Outcome(None, None, error=error))
     elif media == DICOM:
         outcomes.append(await store_instance(service, _limited(req, service), study, replace))
     else:
@@ -91,6 +93,20 @@ async def _store(req: Request, service: Service, study: str | None, replace: boo
     if not outcomes:
         raise BadRequest("the request holds no instance")
     return _answer(outcomes, base_url(req, service.settings))
+
+
+async def _store_parts(reader: MultipartReader, service: Service, study: str | None, replace: bool,
+                       outcomes: list[Outcome]) -> None:
+    """Store each part in turn, appending its outcome; framing errors and the request limits raise."""
+    most = service.settings.max_parts_per_request
+    while (part := await reader.next_part()) is not None:
+        if len(outcomes) == most:
+            raise BadRequest(f"a request holds at most {most} parts (DICOMWEB_MAX_PARTS_PER_REQUEST)")
+        if part.content_type in (DICOM, ""):
+            outcomes.append(await store_instance(service, part, study, replace))
+        else:
+            error = UnsupportedMediaType(f"a part of type {part.content_type} is not supported; send {DICOM}")
+            outcomes.append(Outcome(None, None, error=error))
 
 
 def _answer(outcomes: list[Outcome], base: str) -> Response:

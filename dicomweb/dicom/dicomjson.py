@@ -13,6 +13,8 @@ from typing import Any, Callable
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
+from dicomweb.errors import InvalidDataset
+
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 BULKDATA = "bulkdata/"
 PIXEL_DATA_KEY = "7FE00010"
@@ -35,8 +37,11 @@ def _convert(dataset: Dataset, prefix: str, base: int, bulk: dict[str, tuple[int
         if tag.element == 0:
             continue
         raw = dataset.get_item(tag)
-        element = dataset[tag]
         key = f"{tag:08X}"
+        try:
+            element = dataset[tag]
+        except (ValueError, TypeError, OverflowError, KeyError) as exc:
+            raise InvalidDataset(f"data element {tag} has an invalid value: {exc}") from exc
         if element.VR == "SQ":
             # pydicom parses a defined-length sequence from its own value bytes: positions inside
             # count from that value; an undefined-length one is read in place.
@@ -48,7 +53,11 @@ def _convert(dataset: Dataset, prefix: str, base: int, bulk: dict[str, tuple[int
             bulk[path] = (base + raw.value_tell, raw.length)
             out[key] = {"vr": element.VR, "BulkDataURI": BULKDATA + path}
         else:
-            out[key] = element.to_json_dict(None, 0x7FFFFFFF)
+            try:
+                out[key] = element.to_json_dict(None, 0x7FFFFFFF)
+            except (ValueError, TypeError, OverflowError) as exc:  # an IS of 'abc', a DS of '1.2.3'
+                raise InvalidDataset(f"{element.keyword or 'data element'} {tag} has an invalid value: "
+                                     f"{exc}") from exc
     return out
 
 

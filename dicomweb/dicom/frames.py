@@ -95,7 +95,9 @@ def _le(a: array) -> bytes:
 
 def _index(transfer_syntax: str, generation: str, frames: Sequence[Sequence[Fragment]]) -> FrameIndex:
     offsets, lengths, counts = array("Q"), array("I"), array("I")
-    for group in frames:
+    for number, group in enumerate(frames, 1):
+        if not any(f.length for f in group):
+            raise InvalidDataset(f"frame {number} is empty: its fragments hold no bytes")
         first, last = group[0], group[-1]
         if len(group) == 1:
             offsets.append(first.offset + ITEM_HEADER)

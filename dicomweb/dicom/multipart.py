@@ -76,6 +76,7 @@ class MultipartReader:
         self._buf = bytearray(b"\r\n")  # lets the first delimiter match like the others
         self._eof = False
         self._finished = False
+        self._truncated = False
         self._current: Part | None = None
 
     async def _fill(self) -> bool:
@@ -91,10 +92,10 @@ class MultipartReader:
 
     async def next_part(self) -> Part | None:
         """The next part, or None after the close delimiter. Drains an unread previous part."""
-        if self._current is not None and not self._current.done:
+        if self._current is not None and not self._current.done and not self._truncated:
             async for _ in self._current:
                 pass
-        if self._finished:
+        if self._finished or self._truncated:  # a truncated part has reported the body's end itself
             return None
         if self._current is None:
             await self._skip_preamble()
@@ -147,6 +148,7 @@ class MultipartReader:
                 del self._buf[: len(self._buf) - keep]
                 yield out
             if not await self._fill():
+                self._truncated = True
                 raise BadRequest("multipart body ends inside a part (truncated upload)")
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from io import BytesIO
 
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
@@ -41,6 +42,26 @@ UNDEFINED = 0xFFFFFFFF
 _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _VRS = _LONG_VRS | frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
 _HEAD_SNIFF = 8
+
+
+#: Fragments an encapsulated Pixel Data may hold: this many per frame, and never fewer than the floor
+#: (a single large frame may come in many small fragments).
+FRAGMENTS_PER_FRAME = 16
+FRAGMENT_FLOOR = 65536
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one instance may hold; each bounds the memory and CPU a client can make the parser spend."""
+
+    #: Bytes before Pixel Data (DICOMWEB_MAX_HEADER_MB).
+    header_bytes: int = 64 * 1024 * 1024
+    #: Data elements before Pixel Data, nested ones included (DICOMWEB_MAX_ELEMENTS).
+    elements: int = 2_000_000
+    #: Nesting of sequences (DICOMWEB_MAX_SEQUENCE_DEPTH).
+    depth: int = 32
+    #: NumberOfFrames (DICOMWEB_MAX_FRAMES).
+    frames: int = 1_000_000
 
 
 class _NeedMore(Exception):
@@ -79,37 +100,90 @@ def _element(buf: bytearray, pos: int, implicit: bool) -> tuple[int, bytes | Non
     return tag, vr, struct.unpack_from("<H", buf, pos + 6)[0], 8
 
 
-def _skip_element(buf: bytearray, pos: int, implicit: bool) -> int:
-    """Position just after the element at ``pos``, walking undefined-length sequences."""
-    tag, vr, length, header = _element(buf, pos, implicit)
-    if length != UNDEFINED:
+class _Walker:
+    """Skips whole elements in the buffered header, counting elements and sequence depth.
+
+    pydicom parses nested sequences recursively, so depth is checked here, before it
+    ever sees them; defined-length sequences are walked too (explicit SQ, or implicit
+    tags the data dictionary knows as SQ).
+    """
+
+    def __init__(self, buf: bytearray, limits: Limits, counted: int) -> None:
+        self.buf = buf
+        self.limits = limits
+        self.count = counted
+
+    def element(self, pos: int, implicit: bool, depth: int = 0) -> int:
+        """Position just after the element at ``pos``."""
+        buf = self.buf
+        tag, vr, length, header = _element(buf, pos, implicit)
+        self.count += 1
+        if self.count > self.limits.elements:
+            raise InvalidDataset(f"the header holds more than {self.limits.elements} data elements "
+                                 "(DICOMWEB_MAX_ELEMENTS)")
+        if tag >> 16 == 0xFFFE:
+            raise InvalidDataset(f"unexpected item tag {tag:08X} in dataset")
+        if length == UNDEFINED:
+            return self.sequence(pos + header, None, implicit or vr == b"UN", depth + 1)
         end = pos + header + length
         if end > len(buf):
             raise _NeedMore
+        if vr == b"SQ":
+            self.sequence(pos + header, end, implicit, depth + 1)
+        elif vr in (None, b"UN") and _is_sequence(tag):  # pydicom reads these as (implicit) sequences
+            self.sequence(pos + header, end, True, depth + 1)
         return end
-    if tag >> 16 == 0xFFFE:
-        raise InvalidDataset(f"unexpected item tag {tag:08X} in dataset")
-    return _skip_sequence(buf, pos + header, implicit or vr == b"UN")
+
+    def sequence(self, pos: int, end: int | None, implicit: bool, depth: int) -> int:
+        """Walk the items of a sequence value starting at ``pos`` (ending at ``end`` if defined)."""
+        if depth > self.limits.depth:
+            raise InvalidDataset(f"sequences nest deeper than {self.limits.depth} levels "
+                                 "(DICOMWEB_MAX_SEQUENCE_DEPTH)")
+        buf = self.buf
+        while end is None or pos < end:
+            tag, _, length, _ = _element(buf, pos, True)
+            if tag == SEQUENCE_DELIMITER and end is None:
+                return pos + 8
+            if tag != ITEM:
+                raise InvalidDataset(f"expected a sequence item, found tag {tag:08X}")
+            pos += 8
+            item_end = None if length == UNDEFINED else pos + length
+            if item_end is not None and (item_end > len(buf) or (end is not None and item_end > end)):
+                if item_end > len(buf) and (end is None or item_end <= end):
+                    raise _NeedMore
+                raise InvalidDataset("a sequence item runs past the end of its sequence")
+            while item_end is None or pos < item_end:
+                if len(buf) - pos < 8:
+                    raise _NeedMore
+                if item_end is None and struct.unpack_from("<I", buf, pos)[0] == 0xE00DFFFE:
+                    pos += 8
+                    break
+                pos = self.element(pos, implicit, depth)
+            if item_end is not None and pos != item_end:
+                raise InvalidDataset("a sequence item's elements do not fill its length")
+        if pos != end:
+            raise InvalidDataset("a sequence's items do not fill its length")
+        return pos
 
 
-def _skip_sequence(buf: bytearray, pos: int, implicit: bool) -> int:
-    while True:
-        tag, _, length, _ = _element(buf, pos, True)
-        if tag == SEQUENCE_DELIMITER:
-            return pos + 8
-        if tag != ITEM:
-            raise InvalidDataset(f"expected a sequence item, found tag {tag:08X}")
-        pos += 8
-        if length != UNDEFINED:
-            pos += length
-            continue
-        while True:
-            if len(buf) - pos < 8:
-                raise _NeedMore
-            if struct.unpack_from("<I", buf, pos)[0] == 0xE00DFFFE:
-                pos += 8
-                break
-            pos = _skip_element(buf, pos, implicit)
+def _is_sequence(tag: int) -> bool:
+    try:
+        return dictionary_VR(tag) == "SQ"
+    except KeyError:
+        return False
+
+
+def number_of_frames(dataset: Dataset, most: int) -> int:
+    """NumberOfFrames (PS3.3 C.7.6.6), 1 when absent; 43264 unless it is an integer from 1 to ``most``."""
+    if "NumberOfFrames" not in dataset or dataset["NumberOfFrames"].value in (None, ""):
+        return 1
+    try:
+        count = int(dataset.NumberOfFrames)
+    except (ValueError, TypeError) as exc:
+        raise InvalidDataset(f"NumberOfFrames {dataset['NumberOfFrames'].value!r} is not an integer") from exc
+    if not 1 <= count <= most:
+        raise InvalidDataset(f"NumberOfFrames {count} is not from 1 to {most} (DICOMWEB_MAX_FRAMES)")
+    return count
 
 
 def _read_meta(buf: bytearray, pos: int) -> tuple[int, str]:
@@ -131,11 +205,15 @@ def _read_meta(buf: bytearray, pos: int) -> tuple[int, str]:
 class Part10Parser:
     """Feed chunks in; get the stored file's bytes out and, at the end, its frame index."""
 
-    def __init__(self, max_header_bytes: int) -> None:
-        self._max_header = max_header_bytes
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
         self._head = bytearray()
         self._next_attempt = 256
         self._scan_pos = -1
+        self._scanned_elements = 0
+        self._last_tag = -1
+        self.frame_count = 1
+        self._fragment_budget = FRAGMENT_FLOOR
         self._input = 0
         self._shift = 0
         self.header: Header | None = None
@@ -162,10 +240,9 @@ class Part10Parser:
                 return b""
             self._next_attempt = len(self._head) * 2
             out = self._try_header(final=False)
-            if self.header is None and len(self._head) > self._max_header:
-                raise InvalidDataset(
-                    f"the dataset header exceeds {self._max_header} bytes before Pixel Data"
-                )
+            if self.header is None and len(self._head) > self._limits.header_bytes:
+                raise InvalidDataset(f"the dataset header exceeds {self._limits.header_bytes} bytes before "
+                                     "Pixel Data (DICOMWEB_MAX_HEADER_MB)")
             return out
         if self._item_pos >= 0 and self._pixel_end is None:
             self._walk(chunk)
@@ -174,6 +251,8 @@ class Part10Parser:
     def close(self) -> bytes:
         """The request ended: return the last bytes to store; raise if the instance is incomplete."""
         out = b""
+        if self._input == 0:
+            raise InvalidDataset("empty: no bytes of a DICOM instance arrived")
         if self.header is None:
             out = self._try_header(final=True)
         header = self.header
@@ -207,11 +286,18 @@ class Part10Parser:
             implicit = syntax == IMPLICIT_VR_LITTLE_ENDIAN
             pos = max(self._scan_pos, dataset_start)
             while pos < len(buf):
-                tag = struct.unpack_from("<I", buf, pos)[0] if len(buf) - pos >= 4 else None
-                if tag is not None and (tag >> 16 | (tag & 0xFFFF) << 16) == PIXEL_DATA:
+                if len(buf) - pos < 4:
+                    raise _NeedMore
+                group, elem = struct.unpack_from("<HH", buf, pos)
+                tag = group << 16 | elem
+                if tag <= self._last_tag:
+                    raise InvalidDataset(f"data element ({group:04X},{elem:04X}) is out of ascending tag order "
+                                         "(PS3.5 §7.1)")
+                if tag == PIXEL_DATA:
                     break
-                pos = _skip_element(buf, pos, implicit)
-                self._scan_pos = pos
+                walker = _Walker(buf, self._limits, self._scanned_elements)
+                pos = walker.element(pos, implicit)
+                self._scan_pos, self._scanned_elements, self._last_tag = pos, walker.count, tag
             if pos >= len(buf) and not final:
                 raise _NeedMore
             pixel = _element(buf, pos, implicit) if pos < len(buf) else None
@@ -232,8 +318,11 @@ class Part10Parser:
         buf = self._head
         try:
             dataset = pydicom.dcmread(BytesIO(bytes(buf[parse_start:pixel_pos])), force=True)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds (RecursionError too) for bad input
             raise InvalidDataset(f"not a DICOM dataset: {exc}") from exc
+        if pixel is not None:
+            self.frame_count = number_of_frames(dataset, self._limits.frames)
+            self._fragment_budget = max(FRAGMENT_FLOOR, FRAGMENTS_PER_FRAME * self.frame_count)
         if parse_start == dataset_start:
             meta = _make_meta(dataset, syntax)
         else:
@@ -294,6 +383,9 @@ class Part10Parser:
             if tag != ITEM:
                 raise InvalidDataset(f"unexpected tag {tag:08X} in encapsulated Pixel Data")
             if self._bot is None:
+                if length not in (0, 4 * self.frame_count):
+                    raise InvalidDataset(f"a Basic Offset Table of {length} bytes for {self.frame_count} frames: "
+                                         "it holds 4 bytes per frame, or none (PS3.5 §A.4)")
                 table = peek(self._item_pos + 8, length)
                 if table is None:
                     break
@@ -302,6 +394,9 @@ class Part10Parser:
                 head = peek(self._item_pos + 8, min(_HEAD_SNIFF, length))
                 if head is None:
                     break
+                if len(self._fragments) >= self._fragment_budget:
+                    raise InvalidDataset(f"Pixel Data holds more than {self._fragment_budget} fragments for "
+                                         f"{self.frame_count} frames")
                 self._fragments.append(Fragment(self._item_pos + self._shift, length, head))
             self._item_pos += 8 + length
         keep = max(self._item_pos, carry_start)
@@ -309,8 +404,10 @@ class Part10Parser:
             self._win, self._win_start = bytearray(), end
         elif keep >= data_start:
             self._win, self._win_start = bytearray(data[keep - data_start :]), keep
-        else:
-            self._win, self._win_start = bytearray(carry[keep - carry_start :]) + data, keep
+        else:  # extend in place: a long offset table arriving in small chunks is copied once, not per chunk
+            del carry[: keep - carry_start]
+            carry += data
+            self._win_start = keep
 
     def frame_index(self, generation: str) -> FrameIndex | None:
         """The frame offset record of a complete instance (None without Pixel Data)."""
@@ -318,7 +415,7 @@ class Part10Parser:
         if header is None or header.pixel_value_offset is None:
             return None
         ds = header.dataset
-        count = int(ds.get("NumberOfFrames", 1) or 1)
+        count = self.frame_count
         syntax = header.transfer_syntax
         if header.pixel_value_length is not None:
             return frames.native_index(

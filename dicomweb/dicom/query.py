@@ -32,6 +32,11 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 #: Matches a search may skip: skipping is read and paid for match by match, so deep pages are refused.
 MAX_OFFSET = 10_000
+#: The longest matching value (a PN holds at most 3 × 64 characters, a UID list a few dozen UIDs).
+MAX_VALUE_CHARS = 4096
+#: Values of one attribute (a UID list), and ``*`` in one wildcard pattern.
+MAX_VALUES = 200
+MAX_WILDCARDS = 16
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,8 @@ def _filter(attribute: Attribute, raw: list[str], fuzzy: bool) -> Filter | None:
     if not values:
         return None
     name = attribute.keyword
+    if len(values) > MAX_VALUES or any(len(v) > MAX_VALUE_CHARS for v in values):
+        raise BadRequest(f"{name} takes at most {MAX_VALUES} values of at most {MAX_VALUE_CHARS} characters")
     kind = attribute.kind
     if kind in ("date", "time", "datetime"):
         if len(values) != 1:
@@ -136,7 +143,9 @@ def _filter(attribute: Attribute, raw: list[str], fuzzy: bool) -> Filter | None:
     if any(("*" in v or "?" in v) for v in values):
         if len(values) != 1 or kind in ("uid", "number"):
             raise BadRequest(f"{name}: wildcards need a single text value")
-        text = values[0].upper() if kind == "pn" else values[0]
+        text = re.sub(r"\*+", "*", values[0].upper() if kind == "pn" else values[0])
+        if text.count("*") > MAX_WILDCARDS:
+            raise BadRequest(f"{name}: a pattern holds at most {MAX_WILDCARDS} * wildcards")
         head = text.rstrip("*")
         if head and "*" not in head and "?" not in head:
             return Filter(attribute, "prefix", (head,))
@@ -159,8 +168,24 @@ def _filter(attribute: Attribute, raw: list[str], fuzzy: bool) -> Filter | None:
 
 
 def _regex(pattern: str) -> str:
-    """A DICOM wildcard pattern (``*`` any run, ``?`` one character) as an anchored regular expression."""
-    return "^" + "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern) + "$"
+    """A DICOM wildcard pattern (``*`` any run, ``?`` one character) as an anchored regular expression
+    whose cost is linear in the value's length, however many wildcards there are.
+
+    A naive ``.*`` per ``*`` backtracks exponentially in the number of wildcards. Here every
+    segment between two ``*`` is matched at its leftmost occurrence and never revisited (an
+    atomic group, written as a lookahead and a backreference, which Cosmos DB's PCRE and
+    JavaScript both support); only the last segment is anchored at the end. The leftmost
+    occurrence is always a safe choice, so this matches exactly what the pattern matches.
+    """
+    segments = pattern.split("*")
+
+    def literal(segment: str) -> str:
+        return "".join("." if c == "?" else re.escape(c) for c in segment)
+
+    if len(segments) == 1:
+        return f"^{literal(pattern)}$"
+    middle = "".join(f"(?=(.*?{literal(s)}))\\{n}" for n, s in enumerate(segments[1:-1], 1))
+    return f"^{literal(segments[0])}{middle}.*{literal(segments[-1])}$"
 
 
 _FORMATS = {

@@ -42,7 +42,7 @@ from azure.storage.blob import (
 )
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
 
-from dicomweb.errors import Archived, NotFound, StorageFailure
+from dicomweb.errors import Archived, ConcurrentChange, DicomWebError, NotFound, StorageFailure
 
 #: Blob index tag the lifecycle policy filters on: ``auto`` blobs move to cool, cold and archive as they
 #: go unread; ``hot`` ones (sidecars, labels, overviews, thumbnails, small pyramid levels) stay hot.
@@ -53,7 +53,7 @@ DELETING = "deleting"
 SIDECAR_KINDS = ("json", "frames")
 
 
-class StaleBlob(Exception):
+class StaleBlob(ConcurrentChange):
     """A conditional write lost a race: the blob changed since it was read."""
 
 
@@ -97,12 +97,12 @@ class Location:
         return cls(*parts)
 
 
-def _failure(exc: AzureError, what: str) -> Exception:
+def _failure(exc: AzureError, what: str) -> DicomWebError:
     """One mapping from Azure SDK errors to service errors."""
     if isinstance(exc, ResourceNotFoundError):
         return NotFound(f"{what} not found")
     if isinstance(exc, ResourceModifiedError):
-        return StaleBlob(what)
+        return StaleBlob(f"{what} changed while it was being written")
     if isinstance(exc, HttpResponseError) and exc.error_code == "BlobArchived":
         return Archived(f"{what} is in the Archive tier; rehydrate it before reading")
     return StorageFailure(f"Blob Storage failed on {what}: {exc.__class__.__name__}")
@@ -328,6 +328,15 @@ class InstanceStore:
         """Delete a stored file; a missing one is fine."""
         await _delete(self.container, [location.instance])
 
+    async def check_readable(self, location: Location) -> None:
+        """Raise what reading ``location`` would raise (NotFound, Archived, StorageFailure), without reading."""
+        try:
+            properties = await self.container.get_blob_client(location.instance).get_blob_properties()
+        except AzureError as exc:
+            raise _failure(exc, location.instance) from exc
+        if properties.blob_tier == "Archive":
+            raise Archived(f"{location.instance} is in the Archive tier; rehydrate it before reading")
+
     async def exists(self, location: Location) -> bool:
         """Whether ``location``'s file is committed."""
         try:
@@ -393,11 +402,18 @@ class SidecarStore:
 
     async def list(self, prefix: str = "") -> AsyncIterator[Location]:
         """The generation of every metadata sidecar under ``prefix``."""
+        async for location, kind in self.entries(prefix):
+            if kind == "json":
+                yield location
+
+    async def entries(self, prefix: str = "") -> AsyncIterator[tuple[Location, str]]:
+        """(generation, kind) of every sidecar under ``prefix``."""
         try:
             async for blob in self.container.list_blobs(name_starts_with=prefix or None):
                 location = Location.parse(blob.name)
-                if location is not None and blob.name == location.sidecar("json"):
-                    yield location
+                kind = blob.name.rsplit(".", 1)[-1]
+                if location is not None and kind in SIDECAR_KINDS and blob.name == location.sidecar(kind):
+                    yield location, kind
         except AzureError as exc:
             raise _failure(exc, "sidecar listing") from exc
 

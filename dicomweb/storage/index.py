@@ -35,7 +35,7 @@ from azure.cosmos.exceptions import (
 )
 
 from dicomweb.dicom.query import Filter
-from dicomweb.errors import BadRequest, StorageFailure
+from dicomweb.errors import BadRequest, ConcurrentChange, StorageFailure
 
 PARTITION_KEY = "/studyInstanceUID"
 #: What Cosmos indexes: the match fields and keys, never the returned attributes (the Bicep deploys the same file).
@@ -49,7 +49,7 @@ SKIP = "skip"
 Document = dict[str, Any]
 
 
-class Conflict(Exception):
+class Conflict(ConcurrentChange):
     """A conditional write lost a race (the document changed, appeared or vanished): read again and retry."""
 
 
@@ -124,6 +124,13 @@ class IndexStore:
         docs = await self._query(query, params, study)
         return sorted(docs, key=lambda d: (d["seriesInstanceUID"], d.get("instanceNumber") or 0, d["id"]))
 
+    async def documents(self, kind: str) -> list[Document]:
+        """Every document of one type ("instance", "claim", "study", "series") across partitions.
+
+        A fan-out query over the whole index, for ``dicomweb check`` only.
+        """
+        return await self._query("SELECT * FROM c WHERE c.type = @type", {"@type": kind}, None)
+
     async def summaries(self, study: str) -> list[Document]:
         """The study and series documents of a study."""
         return await self._query(
@@ -135,13 +142,13 @@ class IndexStore:
         try:
             await self.container.create_item(document)
         except CosmosResourceExistsError as exc:
-            raise Conflict(document["id"]) from exc
+            raise Conflict(f"{document['id']} was changed by another writer") from exc
         except CosmosResourceNotFoundError:
             await self.ensure()
             try:
                 await self.container.create_item(document)
             except CosmosResourceExistsError as exc:
-                raise Conflict(document["id"]) from exc
+                raise Conflict(f"{document['id']} was changed by another writer") from exc
             except UNAVAILABLE as exc:
                 raise _unavailable(exc, "index") from exc
         except UNAVAILABLE as exc:
@@ -154,7 +161,7 @@ class IndexStore:
                 document["id"], _body(document), etag=document["_etag"], match_condition=MatchConditions.IfNotModified
             )
         except (CosmosAccessConditionFailedError, CosmosResourceNotFoundError) as exc:
-            raise Conflict(document["id"]) from exc
+            raise Conflict(f"{document['id']} was changed by another writer") from exc
         except UNAVAILABLE as exc:
             raise _unavailable(exc, "index") from exc
 
@@ -170,7 +177,7 @@ class IndexStore:
         try:
             return await self.container.patch_item(doc_id, partition, operations, **kwargs)
         except (CosmosAccessConditionFailedError, CosmosResourceNotFoundError) as exc:
-            raise Conflict(doc_id) from exc
+            raise Conflict(f"{doc_id} was changed by another writer") from exc
         except UNAVAILABLE as exc:
             raise _unavailable(exc, f"update {doc_id.split(':')[0]}") from exc
 
@@ -180,7 +187,7 @@ class IndexStore:
         try:
             await self.container.delete_item(document_id(level, uid), partition_key=study, **kwargs)
         except CosmosAccessConditionFailedError as exc:
-            raise Conflict(document_id(level, uid)) from exc
+            raise Conflict(f"{document_id(level, uid)} was changed by another writer") from exc
         except CosmosResourceNotFoundError:
             return False
         except UNAVAILABLE as exc:

@@ -169,6 +169,10 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'DICOMWEB_CHANGEFEED_GAP_SECONDS', value: '10' }
         { name: 'DICOMWEB_MAX_FRAMES_PER_REQUEST', value: '1000' }
         { name: 'DICOMWEB_STORAGE_TIMEOUT_SECONDS', value: '20' }
+        { name: 'DICOMWEB_MAX_ELEMENTS', value: '2000000' }
+        { name: 'DICOMWEB_MAX_SEQUENCE_DEPTH', value: '32' }
+        { name: 'DICOMWEB_MAX_FRAMES', value: '1000000' }
+        { name: 'DICOMWEB_MAX_PARTS_PER_REQUEST', value: '1000' }
       ]
     }
   }

@@ -18,7 +18,7 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
 )
 
-from tests.conftest import Server, parse_multipart, source_frames
+from tests.conftest import Server, blob_service, instance_blob, parse_multipart, source_frames
 from tests.wsi_factory import SlideFile, make_large_instance, make_slide
 
 SLIM_ACCEPT = (
@@ -301,3 +301,27 @@ def test_concurrent_viewer_bursts_get_their_own_frames(server: Server, tmp_path:
     assert len(results) == 5 * 24
     for number, body in results:
         assert body == expected[number - 1], f"frame {number}"
+
+
+def test_archived_and_vanished_instances_fail_before_the_body(server: Server, tmp_path: Path) -> None:
+    """They answered a truncated 200: the failure surfaced inside the streaming body."""
+    stored = _store(server, make_slide(tmp_path, levels=2, associated=False))
+    archived, vanished = stored.files
+    blobs = blob_service(server.env).get_container_client("dicom-instances")
+    blobs.get_blob_client(instance_blob(server.env, archived.study_uid, archived.series_uid,
+                                        archived.sop_uid)).set_standard_blob_tier("Archive")
+    blobs.delete_blob(instance_blob(server.env, vanished.study_uid, vanished.series_uid, vanished.sop_uid))
+    any_syntax = "transfer-syntax=*"
+    for file, status in ((archived, 409), (vanished, 404)):
+        single = httpx.get(stored.url(server, file), headers={"accept": f"application/dicom; {any_syntax}"})
+        assert single.status_code == status, single.text
+        assert single.headers["content-type"] == "application/dicom+json" and "warning" in single.headers
+        frames = ",".join(str(n) for n in range(1, len(stored.frames[file.sop_uid]) + 1))
+        many = httpx.get(f"{stored.url(server, file)}/frames/{frames}",
+                         headers={"accept": f'multipart/related; type="application/octet-stream"; {any_syntax}'})
+        assert many.status_code == status, many.text
+    series = httpx.get(f"{server.base_url}/studies/{archived.study_uid}/series/{archived.series_uid}",
+                       headers={"accept": f'multipart/related; type="application/dicom"; {any_syntax}'})
+    assert series.status_code in (404, 409) and "warning" in series.headers
+    assert "rehydrate" in httpx.get(stored.url(server, archived), headers={
+        "accept": f"application/dicom; {any_syntax}"}).headers["warning"]

@@ -248,3 +248,89 @@ def test_instances_are_tagged_for_the_lifecycle_policy(emulators: dict[str, str]
                                                         files[0].sop_uid)]
     finally:
         server.stop()
+
+
+def _relabelled(path: Path, tag: int, vr: str, text: str) -> bytes:
+    """The file at ``path`` with a value pydicom refuses to write (written as LO, then relabelled)."""
+    ds = pydicom.dcmread(path)
+    ds.add_new(tag, "LO", text)
+    out = io.BytesIO()
+    ds.save_as(out)
+    key = tag.to_bytes(4, "little")[2:] + tag.to_bytes(4, "little")[:2]
+    return out.getvalue().replace(key + b"LO", key + vr.encode(), 1)
+
+
+@pytest.mark.parametrize(("tag", "vr", "value"), [(0x00280008, "IS", "abc"), (0x00280008, "IS", "0"),
+                                                  (0x00180050, "DS", "1.2.3")],
+                         ids=["frames-abc", "frames-zero", "corrupt-ds"])
+def test_malformed_values_are_invalid_not_processing_failures(http: httpx.Client, server: Server, tmp_path: Path,
+                                                              tag: int, vr: str, value: str) -> None:
+    volume = make_slide(tmp_path, levels=1, associated=False)[0]
+    data = _relabelled(volume.path, tag, vr, value)
+    response = http.post("/studies", content=data, headers={"content-type": "application/dicom"})
+    assert (response.status_code, _reasons(response.json())) == (409, [43264])
+    assert value in response.headers["warning"]
+    assert not _stored_anything(server, volume.study_uid)
+
+
+def test_a_body_without_its_close_delimiter_reports_the_stored_part(http: httpx.Client, server: Server,
+                                                                   tmp_path: Path) -> None:
+    """It answered 400 although the first instance was stored and indexed."""
+    volume = make_slide(tmp_path, levels=1, associated=False)[0]
+    body, content_type = _multipart([volume.path.read_bytes()], "cut")
+    response = http.post("/studies", content=body[: -len(b"--\r\n")], headers={"content-type": content_type})
+    assert response.status_code == 202, response.text
+    assert len(response.json()[REFERENCED]["Value"]) == 1
+    assert _reasons(response.json()) == [43264]
+    assert "close delimiter" in response.headers["warning"]
+    assert http.get(f"/studies/{volume.study_uid}/metadata").status_code == 200
+
+
+def test_a_truncated_second_part_fails_alone(http: httpx.Client, server: Server, tmp_path: Path) -> None:
+    first, second = make_slide(tmp_path, levels=2, associated=False)[:2]
+    body, content_type = _multipart([first.path.read_bytes(), second.path.read_bytes()], "cut")
+    response = http.post("/studies", content=body[: len(body) - 5000], headers={"content-type": content_type})
+    assert response.status_code == 202, response.text
+    assert [i["00081155"]["Value"][0] for i in response.json()[REFERENCED]["Value"]] == [first.sop_uid]
+    assert _reasons(response.json()) == [43264]
+    assert not blob_names(server.env, INSTANCES, f"{second.study_uid}/{second.series_uid}/{second.sop_uid}/")
+
+
+def test_an_oversized_second_part_reports_the_stored_first(emulators: dict[str, str], tmp_path: Path) -> None:
+    """It answered 413 although the first instance was stored and indexed."""
+    small = make_slide(tmp_path / "small", levels=1, associated=False, base_size=(256, 256))[0]
+    large = make_slide(tmp_path / "large", levels=1, associated=False, base_size=(4096, 4096))[0]
+    assert small.path.stat().st_size < 1024 * 1024 < large.path.stat().st_size
+    server = start_server(fresh_settings(emulators), tmp_path, DICOMWEB_MAX_REQUEST_MB="1")
+    try:
+        body, content_type = _multipart([small.path.read_bytes(), large.path.read_bytes()], "big")
+        response = httpx.post(f"{server.base_url}/studies", content=_chunked(body),
+                              headers={"content-type": content_type}, timeout=60)
+        assert response.status_code == 202, response.text
+        assert [i["00081155"]["Value"][0] for i in response.json()[REFERENCED]["Value"]] == [small.sop_uid]
+        assert _reasons(response.json()) == [43264]
+        assert "1 MB limit" in response.headers["warning"]
+        assert not blob_names(server.env, INSTANCES, large.study_uid)
+    finally:
+        server.stop()
+
+
+def test_parts_per_request_are_bounded(emulators: dict[str, str], tmp_path: Path) -> None:
+    """50,000 empty parts stalled the worker for 24-29 s; the parts beyond the limit are refused at once."""
+    server = start_server(fresh_settings(emulators), tmp_path, DICOMWEB_MAX_PARTS_PER_REQUEST="10")
+    try:
+        volume = make_slide(tmp_path, levels=1, associated=False)[0]
+        body, content_type = _multipart([volume.path.read_bytes()] + [b""] * 50_000, "many")
+        started = time.monotonic()
+        response = httpx.post(f"{server.base_url}/studies", content=body, headers={"content-type": content_type},
+                              timeout=60)
+        assert time.monotonic() - started < 10
+        assert response.status_code == 202, response.text
+        assert _reasons(response.json()) == [43264] * 10  # 9 empty parts and the rest of the body
+        assert "empty" in response.headers["warning"]
+        empty, content_type = _multipart([b""] * 50_000, "many")
+        refused = httpx.post(f"{server.base_url}/studies", content=empty, headers={"content-type": content_type},
+                             timeout=60)
+        assert refused.status_code == 400 and "DICOMWEB_MAX_PARTS_PER_REQUEST" in refused.headers["warning"]
+    finally:
+        server.stop()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import random
+import struct
+import time
 
 import numpy as np
 import pydicom
@@ -16,7 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBase
 
 from dicomweb.dicom.dicomjson import dataset_to_json
 from dicomweb.dicom.frames import join_fragments
-from dicomweb.dicom.part10 import Part10Parser
+from dicomweb.dicom.part10 import Limits, Part10Parser
 from dicomweb.errors import InvalidDataset
 
 FRAMES = 6
@@ -86,7 +88,7 @@ def _encode(ds: Dataset, part10: bool) -> bytes:
 
 
 def _parse(data: bytes, seed: int = 1) -> tuple[Part10Parser, bytes]:
-    parser = Part10Parser(1 << 20)
+    parser = Part10Parser(Limits(header_bytes=1 << 20))
     stored = bytearray()
     sizes = random.Random(seed)
     pos = 0
@@ -164,7 +166,7 @@ def test_header_larger_than_the_limit_is_rejected() -> None:
     ds, _ = _dataset("bot")
     ds.add_new(0x00091010, "LO", "x")
     ds.ImageComments = "x" * 9000
-    parser = Part10Parser(4096)
+    parser = Part10Parser(Limits(header_bytes=4096))
     with pytest.raises(InvalidDataset, match="exceeds"):
         for start in range(0, 20000, 1000):
             parser.feed(_encode(ds, True)[start : start + 1000])
@@ -178,3 +180,115 @@ def test_bot_pointing_between_fragments_is_rejected() -> None:
     parser, _ = _parse(bytes(data))
     with pytest.raises(InvalidDataset, match="does not point at a fragment"):
         parser.frame_index("g")
+
+
+def _raw_value(ds: Dataset, keyword_tag: int, vr: str, text: str) -> bytes:
+    """``ds`` encoded with a value pydicom would refuse to write: written as LO, then relabelled."""
+    ds.add_new(keyword_tag, "LO", text)
+    key = struct.pack("<HH", keyword_tag >> 16, keyword_tag & 0xFFFF)
+    data = _encode(ds, True)
+    assert data.count(key + b"LO") == 1
+    return data.replace(key + b"LO", key + vr.encode())
+
+
+def _pixel_item(data: bytes) -> int:
+    """Offset of the first item (the Basic Offset Table) of the encapsulated Pixel Data."""
+    return data.find(b"\xfe\xff\x00\xe0", data.find(b"\xe0\x7f\x10\x00"))
+
+
+def _timed_refusal(data: bytes, match: str, limits: Limits | None = None) -> None:
+    started = time.perf_counter()
+    parser = Part10Parser(limits or Limits())
+    with pytest.raises(InvalidDataset, match=match):
+        for pos in range(0, len(data), 65536):
+            parser.feed(data[pos : pos + 65536])
+        parser.close()
+        parser.frame_index("g")
+    assert time.perf_counter() - started < 2
+
+
+@pytest.mark.parametrize("value, match", [("abc", "not an integer"), ("0", "not from 1"), ("2000001", "not from 1")])
+def test_number_of_frames_must_be_a_positive_bounded_integer(value: str, match: str) -> None:
+    ds, _ = _dataset("bot")
+    del ds.NumberOfFrames
+    _timed_refusal(_raw_value(ds, 0x00280008, "IS", value), match)
+
+
+def test_malformed_values_are_invalid_datasets() -> None:
+    ds, _ = _dataset("bot")
+    parser, _ = _parse(_raw_value(ds, 0x00280030, "DS", "1.2.3\\x"))
+    assert parser.header is not None
+    with pytest.raises(InvalidDataset, match="PixelSpacing"):
+        dataset_to_json(parser.header.dataset, parser.header.dataset_base)
+
+
+def test_a_huge_basic_offset_table_is_refused_at_its_item_header() -> None:
+    """A BOT item declaring 0xFFFFFFF0 bytes held 96 MB and 47.7 s of CPU; now its header is enough."""
+    ds, _ = _dataset("bot")
+    data = bytearray(_encode(ds, True))
+    at = _pixel_item(data)
+    data[at + 4 : at + 8] = struct.pack("<I", 0xFFFFFFF0)
+    _timed_refusal(bytes(data[: at + 8]) + bytes(96 * 1024 * 1024), "4 bytes per frame")
+
+
+def test_fragments_are_bounded_by_the_frame_count() -> None:
+    ds, _ = _dataset("empty")
+    data = _encode(ds, True)
+    at = _pixel_item(data) + 8  # after the empty BOT
+    flood = (struct.pack("<HHI", 0xFFFE, 0xE000, 2) + b"\xff\xd8") * 1_000_000  # 10 MB of 2-byte fragments
+    _timed_refusal(data[:at] + flood, "more than 65536 fragments")
+
+
+def test_empty_frames_are_refused() -> None:
+    ds, _ = _dataset("empty")
+    data = _encode(ds, True)
+    at = _pixel_item(data) + 8
+    empty = struct.pack("<HHI", 0xFFFE, 0xE000, 0) * FRAMES + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    _timed_refusal(data[:at] + empty, "frame 1 is empty")
+
+
+def _nested(depth: int) -> bytes:
+    """A bare dataset whose ConceptCodeSequence nests ``depth`` levels (undefined lengths)."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.3", "1.2.4"
+    head = _encode_bare(ds)
+    open_level = struct.pack("<HH2sHI", 0x0040, 0xA168, b"SQ", 0, 0xFFFFFFFF) + struct.pack("<HHI", 0xFFFE, 0xE000,
+                                                                                             0xFFFFFFFF)
+    close_level = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    return head + open_level * depth + close_level * depth
+
+
+def _encode_bare(ds: Dataset) -> bytes:
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, ds, implicit_vr=False, little_endian=True)
+    return out.getvalue()
+
+
+def test_deep_nesting_is_refused_before_pydicom_recurses() -> None:
+    """600 levels raised RecursionError inside pydicom (272 with a traceback)."""
+    _timed_refusal(_nested(600), "nest deeper than 32 levels")
+    parser, _ = _parse(_nested(30))
+    assert parser.header is not None
+
+
+def test_defined_length_sequences_count_towards_depth() -> None:
+    ds, _ = _dataset("bot")
+    level = ds
+    for _ in range(8):
+        inner = Dataset()
+        inner.CodeValue = "x"
+        level.ConceptCodeSequence = Sequence([inner])
+        level = inner
+    data = _encode(ds, True)
+    _timed_refusal(data, "nest deeper than 5 levels", Limits(depth=5))
+    assert _parse(data)[0].header is not None
+
+
+def test_element_count_is_bounded() -> None:
+    ds, _ = _dataset("bot")
+    _timed_refusal(_encode(ds, True), "more than 10 data elements", Limits(elements=10))
+
+
+def test_elements_out_of_order_are_refused() -> None:
+    """60 MB of zero bytes walked 7.5 million (0000,0000) elements; the second one is refused now."""
+    _timed_refusal(bytes(60 * 1024 * 1024), "ascending tag order")
