@@ -121,9 +121,9 @@ def _stale_summaries(summaries: list[Document], instances: list[Document]) -> li
     actual = {(doc["studyInstanceUID"], doc["id"]): doc for doc in summaries}
     problems = []
     for key in sorted(set(expected) | set(actual)):
-        want = expected.get(key, {"numberOfInstances": 0})
+        want = dict(expected.get(key, {"numberOfInstances": 0}))
         if "series" in want:
-            want = {**want, "numberOfSeries": len(want.pop("series"))}
+            want["numberOfSeries"] = len(want.pop("series"))
         have = actual.get(key, {})
         if "modalities" in want or "modalities" in have:
             have = {**have, "modalities": {k: v for k, v in (have.get("modalities") or {}).items() if v}}

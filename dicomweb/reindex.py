@@ -54,10 +54,12 @@ async def derive_sidecars(service: Service, location: Location) -> records.JsonD
     return made.sidecar
 
 
-async def _sidecar(service: Service, location: Location, report: ReindexReport) -> records.JsonDict:
+async def _sidecar(service: Service, location: Location, kinds: set[str], report: ReindexReport
+                   ) -> records.JsonDict:
+    """The metadata sidecar of ``location``, both sidecars derived again when one is missing or wrong."""
     try:
         sidecar = json.loads(await service.blobs.sidecars.get(location.sidecar("json")))
-        if records.location(sidecar) == location:
+        if records.location(sidecar) == location and (sidecar["numberOfFrames"] is None or "frames" in kinds):
             return sidecar
     except NotFound:
         pass
@@ -81,6 +83,9 @@ def _sequence(text: str) -> int | None:
 async def reindex(service: Service) -> ReindexReport:
     """Make the index name the newest generation of every stored instance; drop the rest."""
     report = ReindexReport()
+    present: dict[Location, set[str]] = {}
+    async for location, kind in service.blobs.sidecars.entries():
+        present.setdefault(location, set()).add(kind)
     copies: dict[str, list[tuple[Location, dict[str, str]]]] = {}
     async for location, metadata in service.blobs.instances.list():
         copies.setdefault(location.sop, []).append((location, metadata))
@@ -101,7 +106,7 @@ async def reindex(service: Service) -> ReindexReport:
         for old in live[:-1]:
             await remove_generation(service, old)
             report.removed_generations += 1
-        sidecar = await _sidecar(service, keep, report)
+        sidecar = await _sidecar(service, keep, present.get(keep, set()), report)
         if not await _indexed(service, keep):
             await publish(service, sidecar, replace=True)
         report.indexed += 1

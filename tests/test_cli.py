@@ -85,7 +85,8 @@ def test_serve_starts_the_emulators_itself_and_stops_them(tmp_path: Path, stop: 
 
 @pytest.mark.timeout(120)
 def test_a_second_serve_on_the_same_data_folder_refuses_to_start(tmp_path: Path) -> None:
-    """Two serves on one folder both started and split the store (two Azurites on one database file)."""
+    """Two serves on one folder both started and split the store (two Azurites on one database file).
+    Other commands run without settings find the running one's emulators through the folder."""
     first, port = _serve(tmp_path / "data", tmp_path)
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMWEB_")}
@@ -95,6 +96,10 @@ def test_a_second_serve_on_the_same_data_folder_refuses_to_start(tmp_path: Path)
         assert second.returncode == 1
         assert f"(PID {first.pid})" in second.stderr and str(tmp_path / "data") in second.stderr
         assert httpx.get(f"http://127.0.0.1:{port}/v1/studies/1.2.3/metadata").status_code == 404
+        checked = subprocess.run([sys.executable, "-m", "dicomweb", "check", "--data", str(tmp_path / "data")],
+                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert checked.returncode == 0, checked.stdout + checked.stderr  # reached the running serve's emulators
+        assert "0 inconsistencies" in checked.stdout
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=30)
