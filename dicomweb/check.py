@@ -23,7 +23,7 @@ from typing import Any
 
 from dicomweb import records
 from dicomweb.delete import delete_instance
-from dicomweb.indexing import recount
+from dicomweb.indexing import member_key, recount
 from dicomweb.reindex import reindex
 from dicomweb.service import Service
 from dicomweb.storage.blobs import DELETING, Location
@@ -110,24 +110,31 @@ def _stale_summaries(summaries: list[Document], instances: list[Document]) -> li
     expected: dict[tuple[str, str], dict[str, Any]] = {}
     for doc in instances:
         study, series = doc["studyInstanceUID"], doc["seriesInstanceUID"]
-        series_counts = expected.setdefault((study, f"series:{series}"), {"numberOfInstances": 0})
+        key = member_key(doc["sopInstanceUID"])
+        series_counts = expected.setdefault((study, f"series:{series}"), {"numberOfInstances": 0, "members": set()})
         series_counts["numberOfInstances"] += 1
+        series_counts["members"].add(key)
         study_counts = expected.setdefault((study, f"study:{study}"),
-                                           {"numberOfInstances": 0, "series": set(), "modalities": {}})
+                                           {"numberOfInstances": 0, "series": set(), "modalities": {},
+                                            "members": set()})
         study_counts["numberOfInstances"] += 1
+        study_counts["members"].add(key)
         study_counts["series"].add(series)
         if doc.get("modality"):
             study_counts["modalities"][doc["modality"]] = study_counts["modalities"].get(doc["modality"], 0) + 1
     actual = {(doc["studyInstanceUID"], doc["id"]): doc for doc in summaries}
     problems = []
     for key in sorted(set(expected) | set(actual)):
-        want = dict(expected.get(key, {"numberOfInstances": 0}))
+        want = dict(expected.get(key, {"numberOfInstances": 0, "members": set()}))
         if "series" in want:
             want["numberOfSeries"] = len(want.pop("series"))
-        have = actual.get(key, {})
+        have = dict(actual.get(key, {}))
+        have["members"] = set(have.get("members") or {})
         if "modalities" in want or "modalities" in have:
             have = {**have, "modalities": {k: v for k, v in (have.get("modalities") or {}).items() if v}}
         wrong = {name: (have.get(name, 0), value) for name, value in want.items() if have.get(name, 0) != value}
+        if "members" in wrong:
+            wrong["members"] = (len(have["members"]), len(want["members"]))
         if wrong:
             shown = ", ".join(f"{name} {old} (should be {new})" for name, (old, new) in wrong.items())
             problems.append(Problem("stale-summary", f"{key[0]}/{key[1]}", shown))

@@ -18,6 +18,7 @@ above zero; exactly one increment sees it become 1 and one sees it become 0.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
@@ -151,21 +152,34 @@ def _attribute_ops(doc: Document) -> list[dict[str, Any]]:
     return [{"op": "set", "path": f"/{key}", "value": doc[key]} for key in ("attributes", "m", "w")]
 
 
+def member_key(sop: str) -> str:
+    """An instance's key in the member set of its summaries: short, and safe in a patch path and a filter."""
+    return hashlib.sha1(sop.encode()).hexdigest()[:16]
+
+
 async def _count(service: Service, instance: Document, delta: int, series_doc: Document | None = None,
                  study_doc: Document | None = None) -> None:
-    """Add (``delta`` +1) or remove (-1) one instance from its series and study summaries."""
+    """Add (``delta`` +1) or remove (-1) one instance from its series and study summaries.
+
+    Each summary keeps the set of its members, and a count changes in the same atomic
+    patch that adds or removes the member, conditionally on it being absent or present.
+    So a patch applied twice (the SDK retries a write whose answer timed out, although it
+    reached the server) changes nothing the second time.
+    """
     study, series, modality = instance["studyInstanceUID"], instance["seriesInstanceUID"], instance.get("modality")
+    member = member_key(instance["sopInstanceUID"]), delta > 0
     series_ops = [{"op": "incr", "path": "/numberOfInstances", "value": delta}]
     series_ops += _attribute_ops(series_doc) if series_doc else []
     after = await _bump(service, study, "series", series, series_ops,
-                        {**series_doc, "numberOfInstances": 0} if series_doc else None)
+                        {**series_doc, "numberOfInstances": 0, "members": {}} if series_doc else None, member)
     study_ops = [{"op": "incr", "path": "/numberOfInstances", "value": delta}]
     if after is not None and after["numberOfInstances"] == (1 if delta > 0 else 0):
         study_ops.append({"op": "incr", "path": "/numberOfSeries", "value": delta})
     if modality:
         study_ops.append({"op": "incr", "path": patch_path("modalities", str(modality)), "value": delta})
     await _bump(service, study, "study", study, study_ops + (_attribute_ops(study_doc) if study_doc else []),
-                {**study_doc, "numberOfInstances": 0, "numberOfSeries": 0, "modalities": {}} if study_doc else None)
+                {**study_doc, "numberOfInstances": 0, "numberOfSeries": 0, "modalities": {}, "members": {}}
+                if study_doc else None, member)
 
 
 async def _refresh(service: Service, series_doc: Document, study_doc: Document) -> None:
@@ -176,16 +190,29 @@ async def _refresh(service: Service, series_doc: Document, study_doc: Document) 
 
 
 async def _bump(service: Service, study: str, level: str, uid: str, ops: list[dict[str, Any]],
-                seed: Document | None) -> Document | None:
+                seed: Document | None, member: tuple[str, bool] | None = None) -> Document | None:
     """Patch a summary, creating it from ``seed`` when missing; it afterwards (None: missing, no seed).
 
+    With ``member`` (key, joining), the patch also adds or removes that member and applies
+    only if it is not yet (or still) one; a summary that already reflects it is left as is.
     A summary left empty is deleted, conditionally on nobody having patched it since.
     """
     index = service.index
+    condition = None
+    if member is not None:
+        key, joining = member
+        ops = ops + [{"op": "set", "path": f"/members/{key}", "value": 1} if joining else
+                     {"op": "remove", "path": f"/members/{key}"}]
+        condition = f'FROM c WHERE {"NOT " if joining else ""}IS_DEFINED(c.members["{key}"])'
     for _ in range(10):
         try:
-            after = await index.patch(study, document_id(level, uid), ops)
+            after = await index.patch(study, document_id(level, uid), ops, condition)
         except Conflict:
+            current = await index.find(study, level, uid) if member is not None else None
+            if current is not None:
+                if (member[0] in current.get("members", {})) == member[1]:  # type: ignore[index]
+                    return current  # applied already: by an earlier try of this very patch
+                continue
             if seed is None:
                 return None
             try:
@@ -207,18 +234,19 @@ async def recount(service: Service, study: str) -> None:
     """Set a study's summaries to what its instance documents say (reindex: repairs counts a crash left off)."""
     index = service.index
     instances = await index.instances(study)
-    per_series: dict[str, int] = {}
+    per_series: dict[str, dict[str, int]] = {}
     modalities: dict[str, int] = {}
     for doc in instances:
-        per_series[doc["seriesInstanceUID"]] = per_series.get(doc["seriesInstanceUID"], 0) + 1
+        per_series.setdefault(doc["seriesInstanceUID"], {})[member_key(doc["sopInstanceUID"])] = 1
         if doc.get("modality"):
             modalities[doc["modality"]] = modalities.get(doc["modality"], 0) + 1
     for summary in await index.summaries(study):
         if summary["type"] == "series":
-            counts: dict[str, Any] = {"numberOfInstances": per_series.get(summary["seriesInstanceUID"], 0)}
+            members = per_series.get(summary["seriesInstanceUID"], {})
+            counts: dict[str, Any] = {"numberOfInstances": len(members), "members": members}
         else:
             counts = {"numberOfInstances": len(instances), "numberOfSeries": len(per_series),
-                      "modalities": modalities}
+                      "modalities": modalities, "members": {member_key(d["sopInstanceUID"]): 1 for d in instances}}
         uid = summary["id"].split(":", 1)[1]
         await _bump(service, study, summary["type"], uid,
                     [{"op": "set", "path": f"/{key}", "value": value} for key, value in counts.items()], None)

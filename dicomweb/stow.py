@@ -138,7 +138,11 @@ async def store_instance(service: Service, chunks: AsyncIterable[bytes], expecte
 
 
 def response(outcomes: list[Outcome], base: str) -> tuple[int, JsonDict, str | None]:
-    """The STOW response (PS3.18 §10.5.3): status (200 all stored, 202 some, 409 none), dataset, warning text."""
+    """The STOW response (PS3.18 §10.5.3): status, dataset, warning text.
+
+    200 all stored, 202 some, 409 none; 503 when none was stored only because storage
+    failed (the client should simply try again later; PS3.18 §8.5 allows 503 for STOW).
+    """
     stored = [o for o in outcomes if o.error is None]
     failed = [o for o in outcomes if o.error is not None]
     body: JsonDict = {}
@@ -157,6 +161,8 @@ def response(outcomes: list[Outcome], base: str) -> tuple[int, JsonDict, str | N
             for o in failed
         ]}
     status = 200 if not failed else 202 if stored else 409
+    if status == 409 and all(isinstance(o.error, StorageFailure) for o in failed):
+        status = 503
     warning = "; ".join(f"{o.sop_instance or 'unknown instance'}: {o.error.message}"  # type: ignore[union-attr]
                         for o in failed) or None
     return status, body, warning

@@ -226,7 +226,7 @@ async def commit(service: Service, session_id: str, base: str) -> Session:
     session = await load(service, session_id)
     if session.status == OPEN:
         await _seal(service, session)
-        session.status, session.heartbeat = INGESTING, _text(_now())
+        session.status, session.heartbeat, session.result = INGESTING, _text(_now()), None
         try:
             await _save(service, session)
             _start(service, session, base)
@@ -310,7 +310,10 @@ async def _ingest(service: Service, session: Session, base: str) -> Session:
                           StorageFailure(f"the ingest failed: {exc.__class__.__name__}"))
     code, body, warning = response([outcome], base)
     session.result = {"status": code, "body": body, "warning": warning}
-    session.status = STORED if outcome.error is None else FAILED
+    # Storage failing is no verdict on the upload: the session opens again with its staged blob kept,
+    # and the commit answers 503, so that committing again (after Retry-After) ingests it once more.
+    retry = isinstance(outcome.error, StorageFailure)
+    session.status = STORED if outcome.error is None else OPEN if retry else FAILED
     session.heartbeat = _text(_now())
     for _ in range(3):
         try:
@@ -318,7 +321,8 @@ async def _ingest(service: Service, session: Session, base: str) -> Session:
             break
         except StaleBlob:
             session.etag = (await load(service, session.id)).etag
-    await service.blobs.staging.discard(session.data)
+    if not retry:
+        await service.blobs.staging.discard(session.data)
     return session
 
 

@@ -8,7 +8,7 @@ from azurefunctions.extensions.http.fastapi import Request, Response
 from dicomweb.api.http import base_url, dicom_json, endpoint, warning_header
 from dicomweb.config import MIB
 from dicomweb.dicom.multipart import MultipartReader, parse_media_type
-from dicomweb.errors import BadRequest, DicomWebError, PayloadTooLarge, UnsupportedMediaType
+from dicomweb.errors import BadRequest, DicomWebError, PayloadTooLarge, StorageFailure, UnsupportedMediaType
 from dicomweb.service import Service
 from dicomweb.stow import Outcome, response, store_instance
 
@@ -111,4 +111,7 @@ async def _store_parts(reader: MultipartReader, service: Service, study: str | N
 
 def _answer(outcomes: list[Outcome], base: str) -> Response:
     status, body, warning = response(outcomes, base)
-    return dicom_json(body, status, {"warning": warning_header(warning)} if warning else None)
+    headers = {"warning": warning_header(warning)} if warning else {}
+    if status == 503:
+        headers["retry-after"] = str(max(o.error.retry_after for o in outcomes if isinstance(o.error, StorageFailure)))
+    return dicom_json(body, status, headers or None)

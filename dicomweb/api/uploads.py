@@ -67,8 +67,10 @@ async def commit(req: Request, service: Service) -> Response:
         description = await uploads.describe(service, session, base)
         return _json(description, 202, {"location": description["statusUrl"], "retry-after": "5"})
     result = session.result
-    return dicom_json(result["body"], result["status"],
-                      {"warning": warning_header(result["warning"])} if result["warning"] else None)
+    headers = {"warning": warning_header(result["warning"])} if result["warning"] else {}
+    if result["status"] == 503:
+        headers["retry-after"] = "5"  # the session is open again: commit once more
+    return dicom_json(result["body"], result["status"], headers or None)
 
 
 @endpoint(blueprint, "upload_abort", SESSION, ["DELETE"])

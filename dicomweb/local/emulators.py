@@ -7,8 +7,10 @@ in memory only, which is why ``serve`` reindexes from Blob on start.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -52,36 +54,42 @@ class Emulators:
     data_dir: Path
     blob_port: int = 0
     cosmos_port: int = 0
-    _processes: list[subprocess.Popen] = field(default_factory=list)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def start(self) -> dict[str, str]:
         """Start both servers; return the settings that point the service at them."""
-        node = shutil.which("node")
-        if node is None or not (NODE_BIN / "azurite-blob").exists():
+        if shutil.which("node") is None or not (NODE_BIN / "azurite-blob").exists():
             raise RuntimeError("Node.js and the npm packages are needed: run `npm ci` in the repository root")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.blob_port = self.blob_port or free_port()
         self.cosmos_port = self.cosmos_port or free_port()
-        log = open(self.data_dir / "emulators.log", "ab")
-        azurite = subprocess.Popen(
-            [str(NODE_BIN / "azurite-blob"), "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
-             "--location", str(self.data_dir / "azurite"), "--skipApiVersionCheck", "--loose", "--silent",
-             "--disableTelemetry"],
-            stdout=log, stderr=log, start_new_session=True,
-        )
-        self._processes.append(azurite)
-        cosmos = subprocess.Popen(
-            [node, str(Path(__file__).with_name("cosmos_server.js")), str(self.cosmos_port)],
-            stdout=log, stderr=log, start_new_session=True, cwd=ROOT,
-        )
-        self._processes.append(cosmos)
         try:
-            _wait_for_port(self.blob_port, azurite, "Azurite")
-            _wait_for_port(self.cosmos_port, cosmos, "cosmosdb-server")
+            for name in ("azurite", "cosmos"):
+                self.restart(name)
         except RuntimeError:
             self.stop()
             raise
         return self.settings()
+
+    def restart(self, name: str) -> None:
+        """(Re)start one server ("azurite" or "cosmos") on its port, and wait until it listens.
+
+        Azurite keeps its data in the data folder, so a restarted one has everything; the
+        Cosmos server starts empty.
+        """
+        log = open(self.data_dir / "emulators.log", "ab")
+        if name == "azurite":
+            command = [str(NODE_BIN / "azurite-blob"), "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
+                       "--location", str(self.data_dir / "azurite"), "--skipApiVersionCheck", "--loose", "--silent",
+                       "--disableTelemetry"]
+            port = self.blob_port
+        else:
+            command = [str(shutil.which("node")), str(Path(__file__).with_name("cosmos_server.js")),
+                       str(self.cosmos_port)]
+            port = self.cosmos_port
+        process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True, cwd=ROOT)
+        self.processes[name] = process
+        _wait_for_port(port, process, name)
 
     def settings(self) -> dict[str, str]:
         """Environment settings for the running servers."""
@@ -94,13 +102,16 @@ class Emulators:
         }
 
     def stop(self) -> None:
-        """Terminate what :meth:`start` started."""
-        for process in self._processes:
+        """Terminate what :meth:`start` started (resuming a paused server first, so that it can exit)."""
+        for process in self.processes.values():
             if process.poll() is None:
-                os.killpg(process.pid, 15)
-        for process in self._processes:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGCONT)
+                    os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes.values():
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, 9)
-        self._processes.clear()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+        self.processes.clear()

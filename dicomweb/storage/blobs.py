@@ -99,7 +99,7 @@ class Location:
 
 def _failure(exc: AzureError, what: str) -> DicomWebError:
     """One mapping from Azure SDK errors to service errors."""
-    if isinstance(exc, ResourceNotFoundError):
+    if isinstance(exc, ResourceNotFoundError) and exc.error_code != "ContainerNotFound":
         return NotFound(f"{what} not found")
     if isinstance(exc, ResourceModifiedError):
         return StaleBlob(f"{what} changed while it was being written")

@@ -5,16 +5,21 @@ from __future__ import annotations
 from azure.core.pipeline.transport import AioHttpTransport
 from azure.cosmos.aio import CosmosClient
 from azure.identity.aio import DefaultAzureCredential
-from azure.storage.blob.aio import BlobServiceClient
+from azure.storage.blob.aio import BlobServiceClient, ExponentialRetry
 
 from dicomweb.config import Settings
 from dicomweb.storage.blobs import BlobStores
 from dicomweb.storage.index import IndexStore
 
 
-def _transport() -> AioHttpTransport:
-    """aiohttp without environment proxy/netrc lookups: with them every blob call paid a thread hop."""
-    return AioHttpTransport(use_env_settings=False)
+def _transport(settings: Settings) -> AioHttpTransport:
+    """aiohttp without environment proxy/netrc lookups (with them every blob call paid a thread hop).
+
+    The timeouts belong to the transport: given to a client that gets its own transport,
+    they would not reach it, and a frozen store would hang every call.
+    """
+    seconds = settings.storage_timeout_seconds
+    return AioHttpTransport(use_env_settings=False, connection_timeout=seconds, read_timeout=seconds)
 
 
 def _limits(settings: Settings) -> dict[str, int]:
@@ -23,14 +28,21 @@ def _limits(settings: Settings) -> dict[str, int]:
     return {"connection_timeout": seconds, "read_timeout": seconds, "retry_total": 2}
 
 
+def _blob_retries() -> ExponentialRetry:
+    """Two quick retries (about 1 s, then 3 s): the Blob SDK's default waits 15 s and more between tries,
+    which turned a frozen store into a 50 s wait per call."""
+    return ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=2, random_jitter_range=1)
+
+
 def blob_store(settings: Settings, credential: object | None = None) -> BlobStores:
     """Blob adapter from a connection string, else account URL + ``credential`` (default: managed identity)."""
     if settings.storage_connection_string:
-        service = BlobServiceClient.from_connection_string(settings.storage_connection_string, transport=_transport(),
-                                                           **_limits(settings))
+        service = BlobServiceClient.from_connection_string(settings.storage_connection_string, transport=_transport(settings),
+                                                           retry_policy=_blob_retries(), **_limits(settings))
     elif settings.storage_account_url:
         service = BlobServiceClient(settings.storage_account_url, credential=credential or DefaultAzureCredential(),
-                                    transport=_transport(), **_limits(settings))
+                                    transport=_transport(settings), retry_policy=_blob_retries(),
+                                    **_limits(settings))
     else:
         raise ValueError("set DICOMWEB_STORAGE_CONNECTION_STRING or DICOMWEB_STORAGE_ACCOUNT_URL")
     return BlobStores(service, settings.instance_container, settings.sidecar_container, settings.staging_container,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import httpx
 import pytest
 
 from dicomweb.local.emulators import Emulators
-from tests.conftest import ROOT, Server, start_server
+from tests.conftest import Server, start_server
 
 
 def test_only_configured_origins_are_allowed(emulators: dict[str, str], tmp_path: Path) -> None:
@@ -80,7 +79,7 @@ def test_malformed_values_answer_400_in_dicom_json(server: Server, path: str, wo
 def test_storage_outages_answer_503_with_retry_after_and_the_service_recovers(tmp_path: Path) -> None:
     stack = Emulators(tmp_path / "emulators")
     settings = stack.start()
-    azurite, cosmos = stack._processes
+    azurite, cosmos = stack.processes["azurite"], stack.processes["cosmos"]
     server = start_server(settings, tmp_path, DICOMWEB_STORAGE_TIMEOUT_SECONDS="2",
                           DICOMWEB_CORS_ORIGINS="https://slim.example")
     try:
@@ -99,9 +98,7 @@ def test_storage_outages_answer_503_with_retry_after_and_the_service_recovers(tm
         finally:
             os.killpg(azurite.pid, signal.SIGCONT)
         # The Cosmos server comes back empty: the service makes its database and container again by itself.
-        stack._processes[1] = subprocess.Popen(
-            ["node", str(ROOT / "dicomweb" / "local" / "cosmos_server.js"), str(stack.cosmos_port)],
-            cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stack.restart("cosmos")
         deadline = time.monotonic() + 30
         while (answer := httpx.get(f"{server.base_url}/studies", timeout=60)).status_code != 200:
             assert time.monotonic() < deadline, answer.text

@@ -1,0 +1,183 @@
+"""Fault injection: Azurite and the Cosmos server paused (SIGSTOP) and Azurite stopped and restarted at random
+moments while clients store (STOW and upload sessions) and delete.
+
+Every answer comes within a bounded time and is a 2xx, a 404 for what is already gone, or
+a 503 (with Retry-After) that the client retries; once the emulators are back the service
+works without a restart, every instance acknowledged with 200 is retrievable byte-exact,
+every acknowledged delete holds, and ``dicomweb check`` agrees.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dicomweb.local.emulators import Emulators
+from tests.conftest import Server, start_server
+from tests.test_check import run_check
+from tests.wsi_factory import SlideFile, copy_instance, make_slide
+
+#: Longest a client may wait for one answer while storage is paused (storage timeout 3 s, a few retries).
+ANSWER_BOUND = 40.0
+LOAD_SECONDS = 45
+STOW_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+class Clients:
+    """What the clients were told: stored (200), deleted (204), and every answer's status and time."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.stored: dict[str, SlideFile] = {}
+        self.deleted: set[str] = set()
+        self.answers: list[tuple[str, int, float]] = []
+        self.lock = threading.Lock()
+
+    def request(self, method: str, url: str, **kwargs: object) -> httpx.Response:
+        started = time.monotonic()
+        response = httpx.request(method, url, timeout=90, **kwargs)  # type: ignore[arg-type]
+        elapsed = time.monotonic() - started
+        with self.lock:
+            self.answers.append((f"{method} {url.split('/v1')[-1][:40]}", response.status_code, elapsed))
+        if response.status_code == 503:
+            assert response.headers.get("retry-after"), response.text
+        return response
+
+    def until_answered(self, method: str, url: str, done: set[int], **kwargs: object) -> httpx.Response:
+        """Repeat on 503 (and 409 reason 272), as a client should, until an answer in ``done``."""
+        for attempt in range(40):
+            response = self.request(method, url, **kwargs)
+            if response.status_code in done:
+                return response
+            assert response.status_code in (409, 503), (response.status_code, response.text)
+            time.sleep(min(0.2 * 2**attempt, 2.0))
+        raise AssertionError(f"{method} {url} never got through")
+
+    def stow(self, file: SlideFile) -> None:
+        response = self.until_answered("POST", f"{self.server.base_url}/studies", {200}, content=file.path.read_bytes(),
+                                       headers={"content-type": "application/dicom"})
+        with self.lock:
+            self.stored[file.sop_uid] = file
+        assert response.status_code == 200
+
+    def upload(self, file: SlideFile) -> None:
+        data = file.path.read_bytes()
+        session = self.until_answered("POST", f"{self.server.base_url}/uploads", {201}, json={"size": len(data)}).json()
+        for block in session["blocks"]:
+            for _ in range(40):
+                try:
+                    put = httpx.put(f"{session['uploadUrl']}&comp=block&blockid={block['id']}",
+                                    content=data[block["offset"] : block["offset"] + block["length"]], timeout=10)
+                    if put.status_code == 201:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.5)
+        for _ in range(40):  # a commit whose ingest met a storage failure leaves the session open: commit again
+            commit = self.until_answered("POST", session["commitUrl"], {200, 202})
+            state = "stored" if commit.status_code == 200 else "ingesting"
+            while state == "ingesting":
+                time.sleep(0.5)
+                state = self.until_answered("GET", session["statusUrl"], {200}).json()["status"]
+            assert state in ("stored", "open"), state
+            if state == "stored":
+                break
+        with self.lock:
+            self.stored[file.sop_uid] = file
+
+    def delete(self, file: SlideFile) -> None:
+        url = f"{self.server.base_url}/studies/{file.study_uid}/series/{file.series_uid}/instances/{file.sop_uid}"
+        self.until_answered("DELETE", url, {204, 404})
+        with self.lock:
+            self.deleted.add(file.sop_uid)
+
+
+def _faults(stack: Emulators, stop: threading.Event, rng: random.Random, log: list[str]) -> None:
+    while not stop.wait(rng.uniform(1.0, 3.0)):
+        fault = rng.choice(["pause-azurite", "pause-cosmos", "restart-azurite"])
+        log.append(fault)
+        if fault == "restart-azurite":
+            # Stopped, not SIGKILLed: Azurite keeps its blob index in memory and saves it every few
+            # seconds, so a SIGKILL loses writes it has acknowledged; Azure Storage does not.
+            process = stack.processes["azurite"]
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(10)
+            time.sleep(rng.uniform(0.5, 2.0))
+            stack.restart("azurite")
+            continue
+        process = stack.processes[fault.split("-")[1]]
+        os.killpg(process.pid, signal.SIGSTOP)
+        time.sleep(rng.uniform(1.0, 12.0))  # long enough, at times, for calls to time out after their retries
+        os.killpg(process.pid, signal.SIGCONT)
+
+
+@pytest.mark.timeout(600)
+def test_clients_get_clear_answers_and_nothing_acknowledged_is_lost(tmp_path: Path) -> None:
+    base = make_slide(tmp_path / "slide", levels=1, base_size=(512, 512), associated=False)[0]
+    files = [copy_instance(base, tmp_path / f"copy-{n}.dcm", series_uid=base.series_uid) for n in range(120)]
+    stack = Emulators(tmp_path / "emulators")
+    settings = stack.start()
+    server = start_server(settings, tmp_path, DICOMWEB_STORAGE_TIMEOUT_SECONDS="3", DICOMWEB_COMMIT_WAIT_SECONDS="30")
+    clients = Clients(server)
+    stop = threading.Event()
+    faults: list[str] = []
+    failures: list[BaseException] = []
+    rng = random.Random(20261202)
+    try:
+        def work(worker: int) -> None:
+            try:
+                mine = files[worker::6]
+                deadline = time.monotonic() + LOAD_SECONDS
+                for n, file in enumerate(mine):
+                    if time.monotonic() > deadline:
+                        break
+                    (clients.upload if n % 3 == 2 else clients.stow)(file)
+                    if n % 4 == 3:
+                        clients.delete(mine[n - 1])
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                failures.append(exc)
+
+        injector = threading.Thread(target=_faults, args=(stack, stop, rng, faults))
+        injector.start()
+        workers = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join()
+        stop.set()
+        injector.join()
+        assert not failures, failures[0]
+        assert len(faults) >= 5, faults
+        slow = [a for a in clients.answers if a[2] > ANSWER_BOUND]
+        assert not slow, slow
+        statuses = {status for _, status, _ in clients.answers}
+        assert statuses <= {200, 201, 202, 204, 404, 409, 503}, statuses
+        assert 503 in statuses, "the faults were felt"
+        print(f"{len(faults)} faults ({', '.join(sorted(set(faults)))}), {len(clients.answers)} answers, "
+              f"{sum(1 for a in clients.answers if a[1] == 503)} of them 503, slowest "
+              f"{max(a[2] for a in clients.answers):.1f} s")
+
+        kept = {sop: f for sop, f in clients.stored.items() if sop not in clients.deleted}
+        assert kept and clients.deleted
+        for sop, file in kept.items():
+            url = f"{server.base_url}/studies/{file.study_uid}/series/{file.series_uid}/instances/{sop}"
+            answer = clients.until_answered("GET", url, {200}, headers={"accept": "application/dicom; transfer-syntax=*"})
+            assert answer.content == file.path.read_bytes()
+        for sop in clients.deleted:
+            file = next(f for f in files if f.sop_uid == sop)
+            url = f"{server.base_url}/studies/{file.study_uid}/series/{file.series_uid}/instances/{sop}/metadata"
+            assert httpx.get(url, timeout=30).status_code == 404
+        report = run_check(server.env)
+        print(report.stdout)
+        assert report.returncode == 0, report.stdout
+    finally:
+        stop.set()
+        server.stop()
+        stack.stop()
