@@ -141,7 +141,7 @@ def response(outcomes: list[Outcome], base: str) -> tuple[int, JsonDict, str | N
     """The STOW response (PS3.18 §10.5.3): status, dataset, warning text.
 
     200 all stored, 202 some, 409 none; 503 when none was stored only because storage
-    failed (the client should simply try again later; PS3.18 §8.5 allows 503 for STOW).
+    failed (the client should simply try again after Retry-After).
     """
     stored = [o for o in outcomes if o.error is None]
     failed = [o for o in outcomes if o.error is not None]
