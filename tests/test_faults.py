@@ -1,5 +1,5 @@
-"""Fault injection: Azurite and the Cosmos server paused (SIGSTOP) and Azurite stopped and restarted at random
-moments while clients store (STOW and upload sessions) and delete.
+"""Fault injection: Azurite and the Cosmos server paused (SIGSTOP), Azurite stopped and restarted, and the
+Cosmos server killed, at random moments while clients store (STOW and upload sessions) and delete.
 
 Every answer comes within a bounded time and is a 2xx, a 404 for what is already gone, or
 a 503 (with Retry-After) that the client retries; once the emulators are back the service
@@ -94,15 +94,25 @@ class Clients:
 
     def delete(self, file: SlideFile) -> None:
         url = f"{self.server.base_url}/studies/{file.study_uid}/series/{file.series_uid}/instances/{file.sop_uid}"
-        self.until_answered("DELETE", url, {204, 404})
-        with self.lock:
-            self.deleted.add(file.sop_uid)
+        if self.until_answered("DELETE", url, {204, 404}).status_code == 204:  # 404: an index lost with Cosmos
+            with self.lock:
+                self.deleted.add(file.sop_uid)
 
 
-def _faults(stack: Emulators, stop: threading.Event, rng: random.Random, log: list[str]) -> None:
+def _faults(stack: Emulators, stop: threading.Event, rng: random.Random, log: list[str], kill_cosmos: bool) -> None:
+    started = time.monotonic()
     while not stop.wait(rng.uniform(1.0, 3.0)):
         fault = rng.choice(["pause-azurite", "pause-cosmos", "restart-azurite"])
+        if kill_cosmos and "kill-cosmos" not in log and time.monotonic() - started > LOAD_SECONDS / 3:
+            fault = "kill-cosmos"
         log.append(fault)
+        if fault == "kill-cosmos":  # the local Cosmos server holds the index in memory: it comes back empty
+            process = stack.processes["cosmos"]
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+            time.sleep(rng.uniform(0.5, 2.0))
+            stack.restart("cosmos")
+            continue
         if fault == "restart-azurite":
             # Stopped, not SIGKILLed: Azurite keeps its blob index in memory and saves it every few
             # seconds, so a SIGKILL loses writes it has acknowledged; Azure Storage does not.
@@ -119,7 +129,10 @@ def _faults(stack: Emulators, stop: threading.Event, rng: random.Random, log: li
 
 
 @pytest.mark.timeout(600)
-def test_clients_get_clear_answers_and_nothing_acknowledged_is_lost(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kill_cosmos", [False, True], ids=["pauses-and-restarts", "cosmos-killed"])
+def test_clients_get_clear_answers_and_nothing_acknowledged_is_lost(tmp_path: Path, kill_cosmos: bool) -> None:
+    """With ``kill_cosmos`` the index is lost half way: Blob, the system of record, brings it back
+    (``dicomweb check --repair``), with every acknowledged instance and delete."""
     base = make_slide(tmp_path / "slide", levels=1, base_size=(512, 512), associated=False)[0]
     files = [copy_instance(base, tmp_path / f"copy-{n}.dcm", series_uid=base.series_uid) for n in range(120)]
     stack = Emulators(tmp_path / "emulators")
@@ -144,7 +157,7 @@ def test_clients_get_clear_answers_and_nothing_acknowledged_is_lost(tmp_path: Pa
             except BaseException as exc:  # noqa: BLE001 - reported below
                 failures.append(exc)
 
-        injector = threading.Thread(target=_faults, args=(stack, stop, rng, faults))
+        injector = threading.Thread(target=_faults, args=(stack, stop, rng, faults, kill_cosmos))
         injector.start()
         workers = [threading.Thread(target=work, args=(n,)) for n in range(6)]
         for thread in workers:
@@ -164,6 +177,9 @@ def test_clients_get_clear_answers_and_nothing_acknowledged_is_lost(tmp_path: Pa
               f"{sum(1 for a in clients.answers if a[1] == 503)} of them 503, slowest "
               f"{max(a[2] for a in clients.answers):.1f} s")
 
+        if kill_cosmos:
+            repaired = run_check(server.env, "--repair")
+            assert repaired.returncode == 0, repaired.stdout + repaired.stderr
         kept = {sop: f for sop, f in clients.stored.items() if sop not in clients.deleted}
         assert kept and clients.deleted
         for sop, file in kept.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -247,3 +248,17 @@ def test_search_answers_json_only(qido_server: Server, corpus: Corpus) -> None:
 
 def test_invalid_uid_in_the_path(qido_server: Server) -> None:
     assert httpx.get(f"{qido_server.base_url}/studies/1.2.x/series").status_code == 400
+
+
+def test_many_wildcards_cost_linear_time_in_the_query_server(server: Server, tmp_path) -> None:  # noqa: ANN001
+    """Nine wildcards against one stored name of 60 A's spun the query server for ~100 s, and an
+    unrelated search took 22 s and answered 500."""
+    (file,) = make_slide(tmp_path, levels=1, base_size=(256, 256), associated=False, patient_name="A" * 60)
+    assert httpx.post(f"{server.base_url}/studies", content=file.path.read_bytes(),
+                      headers={"content-type": "application/dicom"}, timeout=60).status_code == 200
+    for pattern, found in (("*A*A*A*A*A*A*A*A*B", False), ("*A*A*A*A*A*A*A*A*A", True)):
+        started = time.monotonic()
+        answer = httpx.get(f"{server.base_url}/studies", params={"PatientName": pattern,
+                                                                  "StudyInstanceUID": file.study_uid}, timeout=60)
+        assert answer.status_code == 200 and time.monotonic() - started < 2
+        assert bool(answer.json()) == found
