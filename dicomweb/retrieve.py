@@ -81,12 +81,12 @@ async def load_sidecar(service: Service, doc: Document) -> JsonDict:
     return await cpu.run(json.loads, await service.blobs.sidecars.get(location(doc).sidecar("json")))
 
 
-async def metadata(service: Service, docs: Sequence[Document]) -> AsyncIterator[tuple[Document, JsonDict]]:
-    """Sidecars of ``docs`` in order, fetched a bounded number at a time."""
+async def metadata(service: Service, docs: Sequence[Document]) -> AsyncIterator[tuple[Document, bytes]]:
+    """The metadata sidecars' bytes of ``docs`` in order, fetched a bounded number at a time."""
     window = METADATA_FETCH_CONCURRENCY
     for start in range(0, len(docs), window):
         batch = docs[start : start + window]
-        sidecars = await asyncio.gather(*(load_sidecar(service, d) for d in batch))
+        sidecars = await asyncio.gather(*(service.blobs.sidecars.get(location(d).sidecar("json")) for d in batch))
         for doc, sidecar in zip(batch, sidecars):
             yield doc, sidecar
 

@@ -1,15 +1,13 @@
 """WADO-RS functions (PS3.18 §10.4): instances, metadata, frames and bulk data."""
 
-import json
 from typing import AsyncIterator
 
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
-from dicomweb import cpu, retrieve
+from dicomweb import records, retrieve
 from dicomweb.api.http import DICOM_JSON, base_url, endpoint, streaming
 from dicomweb.dicom import media
-from dicomweb.dicom.dicomjson import JsonDict, resolve_bulk_uris
 from dicomweb.dicom.multipart import multipart_body, new_boundary, write_multipart
 from dicomweb.errors import NotAcceptable
 from dicomweb.service import Service
@@ -104,16 +102,11 @@ async def _metadata(req: Request, service: Service) -> Response:
         separator = b"["
         async for doc, sidecar in retrieve.metadata(service, docs):
             url = f"{base}/studies/{doc['studyInstanceUID']}/series/{doc['seriesInstanceUID']}/instances/{doc['sopInstanceUID']}"
-            yield separator + await cpu.run(_metadata_json, sidecar, url)
+            yield separator + records.served_metadata(sidecar, url)
             separator = b","
         yield b"]"
 
     return await streaming(body(), DICOM_JSON)
-
-
-def _metadata_json(sidecar: JsonDict, url: str) -> bytes:
-    """One instance's metadata as served: BulkDataURIs made absolute (CPU-heavy for large headers)."""
-    return json.dumps(resolve_bulk_uris(sidecar["dataset"], retrieve.bulk_uri_maker(url))).encode()
 
 
 @endpoint(blueprint, "retrieve_frames", INSTANCE + "/frames/{frames}", ["GET"])
