@@ -14,7 +14,8 @@ import asyncio
 from dicomweb import changefeed, records, retrieve
 from dicomweb.indexing import DELETE, remove_generation, withdraw
 from dicomweb.service import Service
-from dicomweb.storage.blobs import Location
+from dicomweb.errors import NotFound
+from dicomweb.storage.blobs import DELETING, Location
 from dicomweb.storage.index import Conflict, Document
 
 #: Instances deleted at once.
@@ -22,8 +23,17 @@ DELETE_CONCURRENCY = 16
 
 
 async def delete(service: Service, study: str, series: str | None = None, instance: str | None = None) -> int:
-    """Delete the addressed instances (404 when there are none); the number deleted."""
-    docs = await retrieve.instance_documents(service, study, series, instance)
+    """Delete the addressed instances (404 when there are none); the number deleted.
+
+    A DELETE repeated after one that failed half way (503) finds nothing in the index, but
+    its files marked as being deleted: it finishes those instead of answering 404.
+    """
+    try:
+        docs = await retrieve.instance_documents(service, study, series, instance)
+    except NotFound:
+        if not (finished := await _finish_marked(service, "/".join(u for u in (study, series, instance) if u) + "/")):
+            raise
+        return finished
     slots = asyncio.Semaphore(DELETE_CONCURRENCY)
 
     async def one(doc: Document) -> None:
@@ -32,6 +42,20 @@ async def delete(service: Service, study: str, series: str | None = None, instan
 
     await asyncio.gather(*(one(doc) for doc in docs))
     return len(docs)
+
+
+async def _finish_marked(service: Service, prefix: str) -> int:
+    """Finish the deletions that died half way under ``prefix``; how many there were."""
+    marked = [(location, metadata[DELETING]) async for location, metadata in service.blobs.instances.list(prefix)
+              if metadata.get(DELETING)]
+    for location, mark in marked:
+        await finish_deletion(service, location, mark)
+    return len(marked)
+
+
+async def finish_deletion(service: Service, location: Location, mark: str) -> None:
+    """Finish the deletion of a file marked (with ``mark``, the value of its DELETING metadata) as being deleted."""
+    await delete_instance(service, location, marked=int(mark) if mark.isdigit() else None)
 
 
 async def delete_instance(service: Service, location: Location, marked: int | None = None) -> None:

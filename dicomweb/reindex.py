@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 
 from dicomweb import cpu, records
-from dicomweb.delete import delete_instance
+from dicomweb.delete import finish_deletion
 from dicomweb.dicom.part10 import Part10Parser
 from dicomweb.errors import NotFound
 from dicomweb.indexing import publish, recount, remove_generation
@@ -76,10 +76,6 @@ async def _indexed(service: Service, location: Location) -> bool:
     return doc is not None and doc["generation"] == location.generation
 
 
-def _sequence(text: str) -> int | None:
-    return int(text) if text.isdigit() else None
-
-
 async def reindex(service: Service) -> ReindexReport:
     """Make the index name the newest generation of every stored instance; drop the rest."""
     report = ReindexReport()
@@ -95,7 +91,7 @@ async def reindex(service: Service) -> ReindexReport:
         for location, metadata in found:
             studies.add(location.study)
             if metadata.get(DELETING):
-                await delete_instance(service, location, marked=_sequence(metadata[DELETING]))
+                await finish_deletion(service, location, metadata[DELETING])
                 report.deleted += 1
             else:
                 live.append(location)

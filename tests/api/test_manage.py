@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import subprocess
 import sys
@@ -12,6 +13,9 @@ import httpx
 import pydicom
 import pytest
 
+from dicomweb.config import Settings
+from dicomweb.service import Service
+from dicomweb.storage.index import claim_partition
 from tests.conftest import (
     ROOT, Server, blob_names, blob_service, fresh_settings, instance_blob, source_frames, start_server,
 )
@@ -194,3 +198,29 @@ def test_an_interrupted_delete_is_finished_by_reindex(emulators: dict[str, str],
 
 def test_delete_with_invalid_uid(own_server: Server) -> None:
     assert httpx.delete(f"{own_server.base_url}/studies/1.2.abc").status_code == 400
+
+
+def test_a_repeated_delete_finishes_one_that_died_half_way(own_server: Server, tmp_path: Path) -> None:
+    """A DELETE that answered 503 after taking the instance out of the index left its marked file behind;
+    the client's retry answered 404, and only a reindex removed the file."""
+    files = make_slide(tmp_path / "slide", levels=1, base_size=(300, 300), associated=False)
+    volume = files[0]
+    assert _store(own_server, files).status_code == 200
+    env = own_server.env
+    blob = blob_service(env).get_blob_client(env.get("DICOMWEB_INSTANCE_CONTAINER", "dicom-instances"),
+                                             instance_blob(env, volume.study_uid, volume.series_uid, volume.sop_uid))
+    blob.set_blob_metadata({**blob.get_blob_properties().metadata, "deleting": "1"})
+
+    async def die_half_way() -> None:  # what the first DELETE did before it failed
+        service = await Service.create(Settings.from_env(env))
+        try:
+            await service.index.delete(claim_partition(volume.sop_uid), "claim", volume.sop_uid)
+            await service.index.delete(volume.study_uid, "instance", volume.sop_uid)
+        finally:
+            await service.close()
+
+    asyncio.run(die_half_way())
+    url = f"{own_server.base_url}/studies/{volume.study_uid}/series/{volume.series_uid}/instances/{volume.sop_uid}"
+    assert httpx.delete(url).status_code == 204
+    assert _blobs(own_server, volume.study_uid) == []
+    assert httpx.delete(url).status_code == 404
