@@ -124,6 +124,8 @@ class _Walker:
         if tag >> 16 == 0xFFFE:
             raise InvalidDataset(f"unexpected item tag {tag:08X} in dataset")
         if length == UNDEFINED:
+            if vr is not None and vr not in (b"SQ", b"UN"):  # encapsulated, as an icon's Pixel Data
+                return self.fragments(pos + header)
             return self.sequence(pos + header, None, implicit or vr == b"UN", depth + 1)
         end = pos + header + length
         if end > len(buf):
@@ -133,6 +135,19 @@ class _Walker:
         elif vr in (None, b"UN") and _is_sequence(tag):  # pydicom reads these as (implicit) sequences
             self.sequence(pos + header, end, True, depth + 1)
         return end
+
+    def fragments(self, pos: int) -> int:
+        """Skip the items of an encapsulated value starting at ``pos``, to its Sequence Delimitation Item."""
+        buf = self.buf
+        while True:
+            tag, _, length, _ = _element(buf, pos, True)
+            if tag == SEQUENCE_DELIMITER:
+                return pos + 8
+            if tag != ITEM or length == UNDEFINED:
+                raise InvalidDataset(f"expected a fragment item, found tag {tag:08X}")
+            pos += 8 + length
+            if pos > len(buf):
+                raise _NeedMore
 
     def sequence(self, pos: int, end: int | None, implicit: bool, depth: int) -> int:
         """Walk the items of a sequence value starting at ``pos`` (ending at ``end`` if defined)."""
@@ -153,6 +168,8 @@ class _Walker:
                     raise _NeedMore
                 raise InvalidDataset("a sequence item runs past the end of its sequence")
             while item_end is None or pos < item_end:
+                if item_end is not None and item_end - pos < 8:
+                    raise InvalidDataset("a sequence item's elements do not fill its length")
                 if len(buf) - pos < 8:
                     raise _NeedMore
                 if item_end is None and struct.unpack_from("<I", buf, pos)[0] == 0xE00DFFFE:

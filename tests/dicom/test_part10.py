@@ -292,3 +292,21 @@ def test_element_count_is_bounded() -> None:
 def test_elements_out_of_order_are_refused() -> None:
     """60 MB of zero bytes walked 7.5 million (0000,0000) elements; the second one is refused now."""
     _timed_refusal(bytes(60 * 1024 * 1024), "ascending tag order")
+
+
+def test_an_icon_with_encapsulated_pixel_data_is_skipped_not_walked() -> None:
+    """The depth walk must not read an icon's JPEG fragments as data elements."""
+    ds, frames = _dataset("bot")
+    icon = Dataset()
+    icon.Rows = icon.Columns = 32
+    icon.SamplesPerPixel, icon.PhotometricInterpretation, icon.BitsAllocated = 3, "YBR_FULL_422", 8
+    icon.PixelData = encapsulate([_jpeg(99)])
+    icon["PixelData"].VR = "OB"
+    icon["PixelData"].is_undefined_length = True
+    ds.IconImageSequence = Sequence([icon])
+    parser, stored = _parse(_encode(ds, True))
+    index = parser.frame_index("g1")
+    assert index is not None and len(index) == FRAMES
+    offset, length = index.span(1)
+    assert stored[offset : offset + length].rstrip(b"\x00") == frames[0].rstrip(b"\x00")
+    assert parser.header is not None and "IconImageSequence" in parser.header.dataset
