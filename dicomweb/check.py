@@ -13,7 +13,8 @@ What it reports, per kind:
 ``--repair`` runs :func:`dicomweb.reindex.reindex` (which finishes deletions, publishes
 the newest generation, removes older ones, derives sidecars, recounts and removes
 orphan sidecars), deletes dangling entries the way DELETE does (so the change feed
-says so), recounts their studies, and checks again.
+says so), recounts their studies, and checks again. Run it while no writes are in flight: a
+store between its commit and its publication looks ``unindexed`` for that moment.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dicomweb import records
+from dicomweb import records, retrieve
 from dicomweb.delete import delete_instance
 from dicomweb.indexing import member_key, recount
 from dicomweb.reindex import reindex
@@ -83,7 +84,7 @@ async def check(service: Service) -> CheckReport:
             continue
         current = live[-1]
         claim, doc = claims.get(sop), instances.get(sop)
-        if claim is None or records.named(claim) != current or doc is None or _location(doc) != current:
+        if claim is None or records.named(claim) != current or doc is None or retrieve.location(doc) != current:
             problems.append(Problem("unindexed", current.instance, "the index does not name this generation"))
         elif "json" not in sidecars.get(current, set()) or (
                 doc.get("numberOfFrames") is not None and "frames" not in sidecars.get(current, set())):
@@ -92,17 +93,13 @@ async def check(service: Service) -> CheckReport:
         if records.named(claim) not in stored:
             problems.append(Problem("dangling", claim["id"], f"names {records.named(claim).instance}, which is gone"))
     for sop, doc in instances.items():
-        if _location(doc) not in stored:
+        if retrieve.location(doc) not in stored:
             problems.append(Problem("dangling", f"{doc['studyInstanceUID']}/{doc['id']}",
-                                    f"names {_location(doc).instance}, which is gone"))
+                                    f"names {retrieve.location(doc).instance}, which is gone"))
     problems += [Problem("orphan-sidecar", loc.sidecar("json"), "its instance file is gone")
                  for loc in sidecars if loc not in stored]
     problems += _stale_summaries(summaries, list(instances.values()))
     return report
-
-
-def _location(doc: Document) -> Location:
-    return Location(doc["studyInstanceUID"], doc["seriesInstanceUID"], doc["sopInstanceUID"], doc["generation"])
 
 
 def _stale_summaries(summaries: list[Document], instances: list[Document]) -> list[Problem]:
@@ -151,7 +148,7 @@ async def repair(service: Service) -> CheckReport:
             continue
         doc = await _dangling(service, problem)
         if doc is not None:
-            await delete_instance(service, records.named(doc) if doc["type"] == "claim" else _location(doc))
+            await delete_instance(service, records.named(doc) if doc["type"] == "claim" else retrieve.location(doc))
             studies.add(doc["study"] if doc["type"] == "claim" else doc["studyInstanceUID"])
     for problem in found.problems:
         if problem.kind == "stale-summary":

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 
 from dicomweb import changefeed, records, retrieve
+from dicomweb.errors import NotFound
 from dicomweb.indexing import DELETE, remove_generation, withdraw
 from dicomweb.service import Service
-from dicomweb.errors import NotFound
 from dicomweb.storage.blobs import DELETING, Location
 from dicomweb.storage.index import Conflict, Document
 

@@ -18,7 +18,6 @@ from dicomweb.storage.blobs import BlobStores, Location
 from dicomweb.storage.clients import blob_store, index_store
 from dicomweb.storage.index import IndexStore
 
-
 #: Upload-session ingests one worker runs at once; the rest wait their turn, heartbeat going. One ingest
 #: already streams as fast as the worker's network allows, and the worker's memory stays that of one.
 INGESTS_PER_WORKER = 1

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import threading
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass

@@ -11,7 +11,13 @@ import httpx
 
 from dicomweb.storage.blobs import new_generation
 from tests.conftest import (
-    ROOT, blob_names, blob_service, fresh_settings, instance_blob, source_frames, start_server,
+    ROOT,
+    blob_names,
+    blob_service,
+    fresh_settings,
+    instance_blob,
+    source_frames,
+    start_server,
 )
 from tests.wsi_factory import copy_instance, make_slide
 

@@ -17,7 +17,14 @@ from dicomweb.config import Settings
 from dicomweb.service import Service
 from dicomweb.storage.index import claim_partition
 from tests.conftest import (
-    ROOT, Server, blob_names, blob_service, fresh_settings, instance_blob, source_frames, start_server,
+    ROOT,
+    Server,
+    blob_names,
+    blob_service,
+    fresh_settings,
+    instance_blob,
+    source_frames,
+    start_server,
 )
 from tests.wsi_factory import SlideFile, make_slide
 

@@ -13,7 +13,15 @@ import httpx
 import pytest
 from azure.storage.blob import BlobClient
 
-from tests.conftest import Server, blob_names, blob_service, fresh_settings, parse_multipart, source_frames, start_server
+from tests.conftest import (
+    Server,
+    blob_names,
+    blob_service,
+    fresh_settings,
+    parse_multipart,
+    source_frames,
+    start_server,
+)
 from tests.wsi_factory import SlideFile, make_large_instance, make_slide
 
 OCTET_ANY = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'

@@ -9,8 +9,8 @@ from typing import Awaitable, Callable
 import pytest
 from azure.cosmos.aio import CosmosClient
 
-from dicomweb.dicom.query import Filter
 from dicomweb.dicom.attributes import BY_KEYWORD
+from dicomweb.dicom.query import Filter
 from dicomweb.errors import BadRequest
 from dicomweb.storage.index import CHANGEFEED, Conflict, IndexStore, build_search, document_id, patch_path
 
