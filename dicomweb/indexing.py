@@ -107,7 +107,9 @@ async def _project(service: Service, sidecar: records.JsonDict, sequence: int, d
             break
         except Conflict:
             continue
-    if existing is None:
+    if existing is None or existing.get("sequence") == sequence:
+        # A first projection, or a resumed attempt of this very change (an upload committed again after a
+        # storage failure) whose counting may not have finished: counting is idempotent, so count again.
         await _count(service, instance_doc, +1, series_doc, study_doc)
     elif (existing["seriesInstanceUID"], existing.get("modality")) != (instance_doc["seriesInstanceUID"],
                                                                        instance_doc.get("modality")):

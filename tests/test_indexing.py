@@ -15,6 +15,12 @@ from typing import Iterator
 import httpx
 import pytest
 
+from dicomweb import records
+from dicomweb.config import Settings
+from dicomweb.dicom.part10 import Part10Parser
+from dicomweb.indexing import member_key, publish
+from dicomweb.service import Service
+from dicomweb.storage.blobs import new_generation
 from tests.conftest import ROOT, Server, blob_names, fresh_settings, instance_blob, source_frames, start_server
 from tests.wsi_factory import SlideFile, copy_instance, make_slide
 
@@ -171,3 +177,39 @@ def test_post_of_a_stored_sop_instance_into_another_study_is_refused(workers: li
     assert httpx.get(f"{server.base_url}/studies?StudyInstanceUID={other.study_uid}").json() == []
     assert _one(server, f"studies?StudyInstanceUID={stored.study_uid}")["00201208"]["Value"] == [1]
     assert _latest(server) == before, "a refused store records no change"
+
+
+def test_a_resumed_publish_counts_what_the_first_attempt_did_not(emulators: dict[str, str], tmp_path: Path) -> None:
+    """An upload whose ingest met a storage failure after its series was counted, but before its study was,
+    is committed again: the resumed attempt counts the study once, and the series not twice."""
+    (file,) = make_slide(tmp_path, levels=1, base_size=(256, 256), associated=False)
+    settings = Settings.from_env(fresh_settings(emulators))
+
+    async def scenario() -> None:
+        service = await Service.create(settings)
+        try:
+            parser = Part10Parser(settings.limits)
+            parser.feed(file.path.read_bytes())
+            parser.close()
+            assert parser.header is not None
+            sidecar = records.make_sidecars(parser, records.describe(parser.header), new_generation()).sidecar
+            await service.index.ensure()
+            assert await publish(service, sidecar, replace=False)
+            study = file.study_uid
+            key = member_key(file.sop_uid)
+            # What the failed attempt left: the study summary never counted the instance.
+            await service.index.patch(study, f"study:{study}", [
+                {"op": "incr", "path": "/numberOfInstances", "value": -1},
+                {"op": "incr", "path": "/numberOfSeries", "value": -1},
+                {"op": "remove", "path": f"/members/{key}"}])
+            assert await publish(service, sidecar, replace=False)  # the same generation: a resumed attempt
+            series_doc = await service.index.find(study, "series", file.series_uid)
+            study_doc = await service.index.find(study, "study", study)
+            assert series_doc is not None and study_doc is not None
+            assert (series_doc["numberOfInstances"], list(series_doc["members"])) == (1, [key])
+            assert (study_doc["numberOfInstances"], study_doc["numberOfSeries"], list(study_doc["members"])) == (
+                1, 1, [key])
+        finally:
+            await service.close()
+
+    asyncio.run(scenario())
