@@ -23,7 +23,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 from dicomweb import records
-from dicomweb.dicom.dicomjson import JsonDict, resolve_bulk_uris
+from dicomweb.dicom.dicomjson import JsonDict
 from dicomweb.errors import BadRequest, NotFound
 from dicomweb.service import Service
 from dicomweb.storage.blobs import Location
@@ -150,7 +150,7 @@ async def _metadata(service: Service, entry: Document, base: str) -> JsonDict | 
     except NotFound:
         return None
     url = f"{base}/studies/{entry['study']}/series/{entry['series']}/instances/{entry['sop']}"
-    return resolve_bulk_uris(json.loads(data)["dataset"], lambda relative: f"{url}/{relative}")
+    return json.loads(records.served_metadata(data, url))
 
 
 async def render(service: Service, entries: list[Document], include_metadata: bool, base: str) -> list[JsonDict]:

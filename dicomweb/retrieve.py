@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from typing import AsyncIterator, Callable, Sequence
+from typing import AsyncIterator, Sequence
 
 from dicomweb import cpu
-from dicomweb.dicom.dicomjson import BULKDATA, PIXEL_DATA_KEY, JsonDict
+from dicomweb.dicom.dicomjson import PIXEL_DATA_KEY, JsonDict
 from dicomweb.dicom.frames import ITEM_HEADER, FrameIndex, join_fragments
 from dicomweb.dicom.syntax import bounded_int
 from dicomweb.errors import BadRequest, NotFound, StorageFailure
@@ -237,8 +237,3 @@ def bulk_span(sidecar: JsonDict, path: str) -> tuple[int, int]:
 def is_pixel_data(path: str) -> bool:
     """Whether a bulkdata path names Pixel Data (served frame by frame)."""
     return path == PIXEL_DATA_KEY
-
-
-def bulk_uri_maker(instance_url: str) -> Callable[[str], str]:
-    """Turns the sidecar's relative ``bulkdata/<path>`` URIs into absolute ones under ``instance_url``."""
-    return lambda relative: f"{instance_url}/{relative}" if relative.startswith(BULKDATA) else relative

@@ -2,13 +2,13 @@
 
 Binary values (OB, OW, OD, OF, OL, OV, UN) become relative ``BulkDataURI`` s of the
 form ``bulkdata/<tag path>``; the byte range each one names in the stored file is
-recorded beside them so the bulkdata resource serves it with one ranged read. The
-API makes the URIs absolute per request, from the configured public base URL.
+recorded beside them so the bulkdata resource serves it with one ranged read.
+:func:`dicomweb.records.served_metadata` makes the URIs absolute per request.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -58,17 +58,4 @@ def _convert(dataset: Dataset, prefix: str, base: int, bulk: dict[str, tuple[int
             except (ValueError, TypeError, OverflowError) as exc:  # an IS of 'abc', a DS of '1.2.3'
                 raise InvalidDataset(f"{element.keyword or 'data element'} {tag} has an invalid value: "
                                      f"{exc}") from exc
-    return out
-
-
-def resolve_bulk_uris(dataset: JsonDict, make_uri: Callable[[str], str]) -> JsonDict:
-    """A copy of ``dataset`` whose relative BulkDataURIs went through ``make_uri``."""
-    out: JsonDict = {}
-    for key, element in dataset.items():
-        uri = element.get("BulkDataURI")
-        if uri is not None:
-            element = {**element, "BulkDataURI": make_uri(uri)}
-        elif element.get("vr") == "SQ" and "Value" in element:
-            element = {**element, "Value": [resolve_bulk_uris(item, make_uri) for item in element["Value"]]}
-        out[key] = element
     return out
