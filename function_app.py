@@ -2,7 +2,9 @@
 
 import azure.functions as func
 
-from dicomweb.api import manage, qido, retrieve, stow, uploads
+from dicomweb.api import http, manage, qido, retrieve, stow, uploads
+
+http.start_up()
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 app.register_blueprint(stow.blueprint)

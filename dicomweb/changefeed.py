@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
-from dicomweb import records
+from dicomweb import audit, records
 from dicomweb.dicom.dicomjson import JsonDict
 from dicomweb.errors import BadRequest, NotFound
 from dicomweb.service import Service
@@ -58,9 +58,9 @@ def parse_time(name: str, value: str | None) -> str | None:
         raise BadRequest(f"{name} is not an ISO 8601 date and time within years 1 to 9999") from None
 
 
-def _entry(sequence: int, action: str, location: Location) -> Document:
+def _entry(sequence: int, action: str, location: Location, actor: dict[str, str]) -> Document:
     return {"sequence": sequence, "timestamp": _text(_now()), "action": action, "study": location.study,
-            "series": location.series, "sop": location.sop, "generation": location.generation}
+            "series": location.series, "sop": location.sop, "generation": location.generation, "actor": actor}
 
 
 async def record(service: Service, sequence: int, action: str, location: Location) -> int:
@@ -69,7 +69,7 @@ async def record(service: Service, sequence: int, action: str, location: Locatio
     index = service.index
     while True:
         try:
-            await index.add_change(_entry(sequence, action, location))
+            await index.add_change(_entry(sequence, action, location, audit.actor()))
             return sequence
         except Conflict:
             found = await index.change(sequence)
@@ -100,7 +100,8 @@ async def _resolve(service: Service, sequence: int, following: Document) -> bool
     claim = await service.index.claim_of_change(sequence)
     if claim is not None:
         try:
-            await service.index.add_change(_entry(sequence, claim["action"], records.named(claim)))
+            await service.index.add_change(_entry(sequence, claim["action"], records.named(claim),
+                                                  claim.get("actor", audit.actor())))
         except Conflict:
             pass
         return True
@@ -166,6 +167,9 @@ async def render(service: Service, entries: list[Document], include_metadata: bo
             "SopInstanceUid": entry["sop"], "Action": entry["action"], "Timestamp": entry["timestamp"],
             "State": state,
         }
+        if "actor" in entry:  # who made the change (dicomweb.audit): a principal id and its client app
+            item["Principal"] = {"Id": entry["actor"]["id"], **({"AppId": entry["actor"]["app"]}
+                                                               if "app" in entry["actor"] else {})}
         if include_metadata and state == "current":
             item["Metadata"] = await _metadata(service, entry, base)
         out.append(item)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -42,6 +43,26 @@ def _stop_on_signals() -> None:
     signal.signal(signal.SIGHUP, hang_up)
 
 
+def _local_defaults() -> None:
+    """What ``serve`` assumes unless told otherwise: no authentication, any browser origin, logs on stderr.
+
+    Authentication is off only when neither an issuer nor ``DICOMWEB_AUTH_DISABLED`` is
+    set: an explicit ``DICOMWEB_AUTH_DISABLED=false`` keeps the service failing closed.
+    """
+    if not os.environ.get("DICOMWEB_AUTH_ISSUER", "").strip() and not os.environ.get("DICOMWEB_AUTH_DISABLED", "").strip():
+        os.environ["DICOMWEB_AUTH_DISABLED"] = "true"
+        print("authentication is off (DICOMWEB_AUTH_DISABLED=true): set DICOMWEB_AUTH_ISSUER and "
+              "DICOMWEB_AUTH_AUDIENCE to require tokens", flush=True)
+    if not os.environ.get("DICOMWEB_CORS_ORIGINS", "").strip():
+        os.environ["DICOMWEB_CORS_ORIGINS"] = "*"
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    service_log = logging.getLogger("dicomweb")
+    service_log.addHandler(handler)
+    service_log.setLevel(logging.INFO)
+    service_log.propagate = False
+
+
 def serve(host: str, port: int, data_dir: Path) -> None:
     """Serve the registered functions; start Azurite and the Cosmos server when no storage is configured.
 
@@ -69,6 +90,7 @@ def serve(host: str, port: int, data_dir: Path) -> None:
 
         base = f"http://{host}:{port}" + (f"/{ROUTE_PREFIX}" if ROUTE_PREFIX else "")
         os.environ.setdefault("DICOMWEB_PUBLIC_BASE_URL", base)
+        _local_defaults()
         asyncio.run(_reindex_if_empty(Settings.from_env()))
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         import function_app

@@ -7,12 +7,24 @@ Bicep app settings; a test keeps the three in step.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 from dicomweb.dicom.part10 import Limits
 
 MIB = 1024 * 1024
+
+
+def _names(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in (env.get(name, "") or default).split(",") if n.strip())
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    """``true`` or ``false`` (empty: false); anything else is refused, so a typo never turns a switch on."""
+    raw = env.get(name, "").strip().lower()
+    if raw not in ("", "true", "false"):
+        raise ValueError(f"{name} must be true or false, not {raw!r}")
+    return raw == "true"
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -34,9 +46,13 @@ class Settings:
     cosmos_database: str = "dicomweb"
     cosmos_container: str = "index"
     public_base_url: str = ""
-    cors_origins: tuple[str, ...] = field(default_factory=lambda: ("*",))
+    cors_origins: tuple[str, ...] = ()
     auth_issuer: str = ""
     auth_audiences: tuple[str, ...] = ()
+    auth_disabled: bool = False
+    reader_roles: tuple[str, ...] = ("DICOM.Reader", "dicom.read")
+    writer_roles: tuple[str, ...] = ("DICOM.Writer", "dicom.write")
+    owner_roles: tuple[str, ...] = ("DICOM.Owner", "dicom.owner")
     block_size: int = 8 * MIB
     upload_concurrency: int = 4
     max_header_bytes: int = 64 * MIB
@@ -60,7 +76,6 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         """Build settings from ``env`` (default: ``os.environ``)."""
         env = os.environ if env is None else env
-        origins = env.get("DICOMWEB_CORS_ORIGINS", "*")
         return cls(
             storage_connection_string=env.get("DICOMWEB_STORAGE_CONNECTION_STRING", ""),
             storage_account_url=env.get("DICOMWEB_STORAGE_ACCOUNT_URL", ""),
@@ -72,9 +87,13 @@ class Settings:
             cosmos_database=env.get("DICOMWEB_COSMOS_DATABASE", "") or cls.cosmos_database,
             cosmos_container=env.get("DICOMWEB_COSMOS_CONTAINER", "") or cls.cosmos_container,
             public_base_url=env.get("DICOMWEB_PUBLIC_BASE_URL", "").rstrip("/"),
-            cors_origins=tuple(o.strip() for o in origins.split(",") if o.strip()),
+            cors_origins=_names(env, "DICOMWEB_CORS_ORIGINS", ""),
             auth_issuer=env.get("DICOMWEB_AUTH_ISSUER", "").strip(),
-            auth_audiences=tuple(a.strip() for a in env.get("DICOMWEB_AUTH_AUDIENCE", "").split(",") if a.strip()),
+            auth_audiences=_names(env, "DICOMWEB_AUTH_AUDIENCE", ""),
+            auth_disabled=_bool(env, "DICOMWEB_AUTH_DISABLED"),
+            reader_roles=_names(env, "DICOMWEB_READER_ROLES", ",".join(cls.reader_roles)),
+            writer_roles=_names(env, "DICOMWEB_WRITER_ROLES", ",".join(cls.writer_roles)),
+            owner_roles=_names(env, "DICOMWEB_OWNER_ROLES", ",".join(cls.owner_roles)),
             block_size=_int(env, "DICOMWEB_BLOCK_SIZE_MB", 8) * MIB,
             upload_concurrency=_int(env, "DICOMWEB_UPLOAD_CONCURRENCY", 4),
             max_header_bytes=_int(env, "DICOMWEB_MAX_HEADER_MB", 64) * MIB,
@@ -124,6 +143,10 @@ SETTING_NAMES = (
     "DICOMWEB_CORS_ORIGINS",
     "DICOMWEB_AUTH_ISSUER",
     "DICOMWEB_AUTH_AUDIENCE",
+    "DICOMWEB_AUTH_DISABLED",
+    "DICOMWEB_READER_ROLES",
+    "DICOMWEB_WRITER_ROLES",
+    "DICOMWEB_OWNER_ROLES",
     "DICOMWEB_BLOCK_SIZE_MB",
     "DICOMWEB_UPLOAD_CONCURRENCY",
     "DICOMWEB_MAX_HEADER_MB",

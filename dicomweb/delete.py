@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
-from dicomweb import changefeed, records, retrieve
+from dicomweb import audit, changefeed, records, retrieve
 from dicomweb.errors import NotFound
 from dicomweb.indexing import DELETE, remove_generation, withdraw
 from dicomweb.service import Service
@@ -84,3 +84,5 @@ async def delete_instance(service: Service, location: Location, marked: int | No
     await changefeed.record(service, sequence, DELETE, location)
     for doomed_location in sorted(doomed, key=lambda d: d.generation):
         await remove_generation(service, doomed_location)
+    audit.record("delete", "deleted", study=location.study, series=location.series, instance=location.sop,
+                 generation=location.generation)

@@ -61,6 +61,22 @@ class Unauthorized(DicomWebError):
     status = 401
 
 
+class Forbidden(DicomWebError):
+    """A valid token whose roles do not grant what the route needs (RFC 6750 §3.1: 403, insufficient_scope)."""
+
+    status = 403
+
+
+class NotConfigured(DicomWebError):
+    """The settings do not let the service serve data (say, authentication is neither configured nor
+    explicitly disabled): it fails closed (503).
+
+    Retrying does not help, so unlike :class:`StorageFailure` it carries no Retry-After.
+    """
+
+    status = 503
+
+
 class NotFound(DicomWebError):
     """The study, series, instance, frame or bulk data does not exist."""
 

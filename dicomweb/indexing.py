@@ -22,7 +22,7 @@ import hashlib
 import logging
 from typing import Any
 
-from dicomweb import changefeed, records
+from dicomweb import audit, changefeed, records
 from dicomweb.errors import Duplicate, StoredElsewhere
 from dicomweb.service import Service
 from dicomweb.storage.blobs import Location
@@ -37,7 +37,7 @@ def _claim(location: Location, sequence: int, action: str) -> Document:
     return {"id": document_id("claim", location.sop), "type": "claim",
             "studyInstanceUID": claim_partition(location.sop), "sop": location.sop, "study": location.study,
             "series": location.series, "generation": location.generation, "sequence": sequence, "action": action,
-            **NO_MATCH_FIELDS}
+            "actor": audit.actor(), **NO_MATCH_FIELDS}
 
 
 def refusal(claim: Document, study: str, series: str) -> Duplicate:

@@ -10,7 +10,7 @@ import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from dicomweb.auth import TokenValidator
+from dicomweb.auth import Authenticator
 from dicomweb.config import Settings
 from dicomweb.dicom.frames import FrameIndex
 from dicomweb.framecache import FrameCache
@@ -77,14 +77,11 @@ class Service:
     tasks: dict[str, asyncio.Task] = field(default_factory=dict)
     #: Ingests that may run at once in this worker: each holds a few blocks of memory.
     ingest_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(INGESTS_PER_WORKER))
-    #: Bearer-token checks, when an issuer is configured.
-    auth: TokenValidator | None = field(init=False)
+    #: Who calls and what they may do (fails closed when authentication is not configured).
+    auth: Authenticator = field(init=False)
 
     def __post_init__(self) -> None:
-        settings = self.settings
-        if settings.auth_issuer and not settings.auth_audiences:
-            raise ValueError("DICOMWEB_AUTH_AUDIENCE must name the accepted audiences when DICOMWEB_AUTH_ISSUER is set")
-        self.auth = TokenValidator(settings.auth_issuer, settings.auth_audiences) if settings.auth_issuer else None
+        self.auth = Authenticator(self.settings)
         self.frame_indexes = FrameIndexCache(self.settings.frame_index_cache_mb * 1024 * 1024)
         self.frames = FrameCache(self.settings.frame_cache_mb * 1024 * 1024, self.settings.frame_cache_seconds)
 

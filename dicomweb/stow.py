@@ -21,7 +21,7 @@ from typing import AsyncIterable
 
 from pydicom.dataset import Dataset
 
-from dicomweb import cpu, records
+from dicomweb import audit, cpu, records
 from dicomweb.dicom.dicomjson import JsonDict
 from dicomweb.dicom.part10 import Part10Parser
 from dicomweb.dicom.syntax import is_valid_uid
@@ -86,15 +86,28 @@ async def store_instance(service: Service, chunks: AsyncIterable[bytes], expecte
     that is stored (moving it when study or series differ); without it a stored SOP
     Instance UID is refused (reason 45070). ``generation`` names this copy (an upload
     session brings its own). Only a request body beyond the size limit (413) and
-    cancellation escape, after the undo.
+    cancellation escape, after the undo. Every outcome is audited.
     """
+    generation = generation or new_generation()
+    outcome = await _store(service, chunks, expected_study, replace, generation)
+    error = outcome.error
+    audit.record("replace" if replace else "store", "stored" if error is None else "failed",
+                 **{field: uid if uid and is_valid_uid(uid) else None
+                    for field, uid in (("study", outcome.study), ("series", outcome.series),
+                                       ("instance", outcome.sop_instance))},
+                 generation=generation if error is None else None,
+                 status=error.status if error else None, reason=error.reason if error else None)
+    return outcome
+
+
+async def _store(service: Service, chunks: AsyncIterable[bytes], expected_study: str | None, replace: bool,
+                 generation: str) -> Outcome:
     settings = service.settings
     parser = Part10Parser(settings.limits)
     upload: BlockUpload | None = None
     location: Location | None = None
     description: records.JsonDict = {}
     committed = False
-    generation = generation or new_generation()
     try:
         async for chunk in chunks:
             # The header is parsed off the loop; after it, feeding only walks fragment item headers.

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import AsyncIterator
 
+from dicomweb import audit
 from dicomweb.config import MIB
 from dicomweb.dicom.dicomjson import JsonDict
 from dicomweb.dicom.syntax import is_valid_uid
@@ -91,6 +92,8 @@ class Session:
     created: str
     expires: str
     generation: str
+    #: The principal that created the session: no one else sees it (``dicomweb.auth.Principal.id``).
+    owner: str = ""
     status: str = OPEN
     heartbeat: str | None = None
     progress: int = 0
@@ -130,8 +133,8 @@ class Session:
         return json.dumps({k: v for k, v in dataclasses.asdict(self).items() if k != "etag"}).encode()
 
 
-async def create(service: Service, size: object, study: object | None) -> Session:
-    """A new session for an instance of ``size`` bytes (optionally bound to ``study``, as in STOW to a study)."""
+async def create(service: Service, size: object, study: object | None, owner: str) -> Session:
+    """A new session of ``owner`` for an instance of ``size`` bytes (optionally bound to ``study``, as in STOW to a study)."""
     if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_SIZE:
         raise BadRequest(f"size must be the instance's size in bytes, from 1 to {MAX_SIZE}")
     if study is not None and (not isinstance(study, str) or not is_valid_uid(study)):
@@ -141,20 +144,25 @@ async def create(service: Service, size: object, study: object | None) -> Sessio
     session = Session(
         id=uuid.uuid4().hex, size=size, block_size=plan_block_size(size, settings.block_size), study=study,
         created=_text(now), expires=_text(now + timedelta(seconds=settings.upload_session_seconds)),
-        generation=new_generation(),
+        generation=new_generation(), owner=owner,
     )
     session.etag = await service.blobs.staging.put_record(session.record, session.to_json())
     return session
 
 
-async def load(service: Service, session_id: str) -> Session:
-    """The session ``session_id``; 404 when unknown or expired."""
+async def load(service: Service, session_id: str, owner: str | None = None) -> Session:
+    """The session ``session_id``; 404 when unknown, expired, or (given an ``owner``) someone else's.
+
+    Another principal's session answers exactly as a missing one, so ids cannot be probed.
+    """
     if not session_id.isalnum():
         raise NotFound("no such upload session")
     try:
         session = await _read(service, f"{SESSIONS}{session_id}.json")
     except NotFound:
         raise NotFound("no such upload session") from None
+    if owner is not None and session.owner != owner:
+        raise NotFound("no such upload session")
     if session.expired(_now()) and session.status != INGESTING:
         raise NotFound("the upload session has expired")
     return session
@@ -221,9 +229,9 @@ async def _seal(service: Service, session: Session) -> None:
     raise StateConflict(f"{len(missing)} of {session.block_count} blocks have not arrived: {shown}")
 
 
-async def commit(service: Service, session_id: str, base: str) -> Session:
+async def commit(service: Service, session_id: str, owner: str, base: str) -> Session:
     """Commit and ingest; the session once stored or failed, or still ingesting after the configured wait."""
-    session = await load(service, session_id)
+    session = await load(service, session_id, owner)
     if session.status == OPEN:
         await _seal(service, session)
         session.status, session.heartbeat, session.result = INGESTING, _text(_now()), None
@@ -262,9 +270,9 @@ async def _resume_if_stale(service: Service, session: Session, base: str) -> Ses
     return session
 
 
-async def status(service: Service, session_id: str, base: str) -> Session:
+async def status(service: Service, session_id: str, owner: str, base: str) -> Session:
     """The session, resuming its ingest here when the worker that ran it stopped reporting."""
-    return await _resume_if_stale(service, await load(service, session_id), base)
+    return await _resume_if_stale(service, await load(service, session_id, owner), base)
 
 
 async def _staged_chunks(service: Service, session: Session) -> AsyncIterator[bytes]:
@@ -323,16 +331,19 @@ async def _ingest(service: Service, session: Session, base: str) -> Session:
             session.etag = (await load(service, session.id)).etag
     if not retry:
         await service.blobs.staging.discard(session.data)
+    audit.record("upload-ingest", session.status, session=session.id, status=code,
+                 generation=session.generation if session.status == STORED else None)
     return session
 
 
-async def abort(service: Service, session_id: str) -> None:
+async def abort(service: Service, session_id: str, owner: str) -> None:
     """Drop a session and its staged blocks; refused while an ingest runs."""
-    session = await load(service, session_id)
+    session = await load(service, session_id, owner)
     if session.status == INGESTING and not session.stale(_now()):
         raise StateConflict("the upload is being ingested; wait for its result")
     await service.blobs.staging.discard(session.data)
     await service.blobs.staging.delete_record(session.record)
+    audit.record("upload-abort", "aborted", session=session.id)
 
 
 async def cleanup(service: Service) -> int:

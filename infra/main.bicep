@@ -25,17 +25,29 @@ param principalId string = ''
 ])
 param principalType string = 'User'
 
-@description('Origins allowed to call the API from a browser (comma-separated, * for any), e.g. the Slim site.')
-param corsOrigins string = '*'
+@description('Origins allowed to call the API from a browser (comma-separated), e.g. the Slim site; empty: none.')
+param corsOrigins string = ''
 
 @description('Public DICOMweb base URL when a proxy or custom domain fronts the app; empty: taken from each request.')
 param publicBaseUrl string = ''
 
-@description('OpenID Connect issuer whose bearer tokens the API requires, e.g. https://login.microsoftonline.com/<tenant>/v2.0 (empty: no authentication).')
+@description('OpenID Connect issuer whose bearer tokens the API requires, e.g. https://login.microsoftonline.com/<tenant>/v2.0. Required unless allowAnonymousAccessToPatientData is true.')
 param authIssuer string = ''
 
-@description('Accepted token audiences, comma-separated (the API app registration\'s client id or api:// URI).')
+@description('Accepted token audiences, comma-separated (the API app registration\'s client id or api:// URI). Required with authIssuer.')
 param authAudience string = ''
+
+@description('Deploy WITHOUT authentication: anyone who can reach the app reads, overwrites and deletes every slide and its patient data. Only for throwaway test data; never with authIssuer.')
+param allowAnonymousAccessToPatientData bool = false
+
+@description('App roles or scopes granting read (search, retrieve, change feed), comma-separated.')
+param readerRoles string = 'DICOM.Reader,dicom.read'
+
+@description('App roles or scopes granting write (STOW-RS, PUT, upload sessions), comma-separated.')
+param writerRoles string = 'DICOM.Writer,dicom.write'
+
+@description('App roles or scopes granting everything, delete included, comma-separated.')
+param ownerRoles string = 'DICOM.Owner,dicom.owner'
 
 @description('Largest STOW-RS request body in MB; larger instances go through upload sessions.')
 param maxRequestMB int = 100
@@ -77,6 +89,14 @@ param archiveAfterDays int = 365
 @description('Instances at most this size in MB (and every label, overview and thumbnail) stay in the hot tier.')
 param hotPinMB int = 256
 
+// Fail closed: the deployment stops unless authentication is configured or explicitly waived.
+var authDisabled = empty(authIssuer)
+  ? (allowAnonymousAccessToPatientData
+      ? true
+      : fail('Set authIssuer and authAudience (Entra ID), or allowAnonymousAccessToPatientData=true to deploy without authentication.'))
+  : (allowAnonymousAccessToPatientData
+      ? fail('authIssuer and allowAnonymousAccessToPatientData=true contradict each other: choose one.')
+      : (empty(authAudience) ? fail('authAudience must name the accepted token audiences when authIssuer is set.') : false))
 var tags = {
   'azd-env-name': environmentName
 }
@@ -174,6 +194,10 @@ module app 'modules/functionapp.bicep' = {
     publicBaseUrl: publicBaseUrl
     authIssuer: authIssuer
     authAudience: authAudience
+    authDisabled: authDisabled
+    readerRoles: readerRoles
+    writerRoles: writerRoles
+    ownerRoles: ownerRoles
     maxRequestMB: maxRequestMB
     hotPinMB: hotPinMB
     instanceMemoryMB: instanceMemoryMB

@@ -7,7 +7,9 @@ as the README's first command starts it, pointed at them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -15,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import httpx
 import pydicom
@@ -26,7 +28,12 @@ from pydicom.encaps import generate_frames
 
 from dicomweb.local.emulators import Emulators, free_port
 
+if TYPE_CHECKING:
+    from tests.oidc import Provider
+
 ROOT = Path(__file__).resolve().parents[1]
+#: The log of every ``serve`` the suite starts (scanned for patient data at the end).
+SERVE_LOGS: list[Path] = []
 
 
 @dataclass
@@ -36,6 +43,7 @@ class Server:
     base_url: str
     env: dict[str, str]
     process: subprocess.Popen
+    log: Path
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -51,7 +59,9 @@ def start_server(settings: dict[str, str], data_dir: Path, **extra: str) -> Serv
     port = free_port()
     env = {**os.environ, **settings, **extra}
     env.pop("DICOMWEB_PUBLIC_BASE_URL", None)
-    log = open(data_dir / f"serve-{port}.log", "wb")
+    log_path = data_dir / f"serve-{port}.log"
+    SERVE_LOGS.append(log_path)
+    log = open(log_path, "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "dicomweb", "serve", "--port", str(port), "--data", str(data_dir)],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -60,10 +70,10 @@ def start_server(settings: dict[str, str], data_dir: Path, **extra: str) -> Serv
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError((data_dir / f"serve-{port}.log").read_text())
+            raise RuntimeError(log_path.read_text())
         try:
             httpx.options(base + "/studies", timeout=1)
-            return Server(base, env, process)
+            return Server(base, env, process, log_path)
         except httpx.TransportError:
             time.sleep(0.1)
     process.kill()
@@ -97,6 +107,77 @@ class ThreadedHttpServer:
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+#: The patient identifiers of the suite's test data (``tests/wsi_factory.py`` and the tests that name their own):
+#: names, IDs and birth dates, as text and as a URL would carry them.
+PATIENT_IDENTIFIERS = [
+    re.compile(r"(?i)doe(\^|%5e)jane|smith(\^|%5e)john|smithers|\bsmith\b|anna smithers|\bdoe\b"),
+    re.compile(r"(?<![\w-])P-(1|A|B|C|sparse)(?![\w-])"),
+    re.compile(r"(?<![\d.])19[78]00101(?!\.?\d)"),
+]
+
+
+def patient_identifiers_in(text: str) -> list[str]:
+    """The test data's patient names, IDs and birth dates found in ``text``."""
+    return [match.group() for pattern in PATIENT_IDENTIFIERS for match in pattern.finditer(text)]
+
+
+class _Records(logging.Handler):
+    """Keeps every record the service's loggers emit in the test process."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_patient_data_in_logs() -> Iterator[None]:
+    """After the whole suite: no log line of any ``serve`` or of the service code in-process names a test patient."""
+    records = _Records()
+    service_log = logging.getLogger("dicomweb")
+    service_log.addHandler(records)
+    previous = service_log.level
+    service_log.setLevel(logging.INFO)
+    yield
+    service_log.removeHandler(records)
+    service_log.setLevel(previous)
+    found = {}
+    for path in SERVE_LOGS:
+        if path.exists():
+            for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                if hits := patient_identifiers_in(line):
+                    found.setdefault(f"{path.name}:{number}", (hits, line[:300]))
+    for number, line in enumerate(records.lines, 1):
+        if hits := patient_identifiers_in(line):
+            found.setdefault(f"in-process record {number}", (hits, line[:300]))
+    assert not found, f"patient identifiers in {len(found)} log lines, e.g. {list(found.items())[:5]}"
+
+
+@pytest.fixture(scope="session")
+def provider() -> Iterator["Provider"]:
+    """A real OpenID Connect issuer on localhost (``tests/oidc.py``)."""
+    from tests.oidc import Provider
+
+    running = Provider()
+    running.server.start()
+    yield running
+    running.server.stop()
+
+
+@pytest.fixture(scope="session")
+def secured(emulators: dict[str, str], provider: "Provider", tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[Server]:
+    """The service requiring tokens of ``provider`` (two audiences accepted)."""
+    from tests.oidc import AUDIENCE
+
+    running = start_server(fresh_settings(emulators), tmp_path_factory.mktemp("secured"),
+                           DICOMWEB_AUTH_ISSUER=provider.issuer, DICOMWEB_AUTH_AUDIENCE=f"other,{AUDIENCE}")
+    yield running
+    running.stop()
 
 
 @pytest.fixture(scope="session")

@@ -231,7 +231,27 @@ def test_cors_and_openid_connect_parameters_reach_the_app() -> None:
     assert settings["DICOMWEB_CORS_ORIGINS"] == Expr("corsOrigins")
     assert settings["DICOMWEB_AUTH_ISSUER"] == Expr("authIssuer")
     assert settings["DICOMWEB_AUTH_AUDIENCE"] == Expr("authAudience")
-    assert main.all("param")["authIssuer"].value == "" and main.all("param")["corsOrigins"].value == "*"
+    assert settings["DICOMWEB_AUTH_DISABLED"] == Expr("authDisabled ? 'true' : 'false'")
+    for name in ("readerRoles", "writerRoles", "ownerRoles"):
+        assert params[name] == Expr(name)
+
+
+def test_there_is_no_anonymous_default() -> None:
+    """Authentication is required unless a parameter named for what it does waives it; no browser origin by default."""
+    main = _file("main.bicep")
+    declared = main.all("param")
+    assert declared["authIssuer"].value == "" and declared["allowAnonymousAccessToPatientData"].value is False
+    assert declared["corsOrigins"].value == ""
+    waiver = main.all("var")["authDisabled"].value
+    assert isinstance(waiver, Expr)
+    # Without an issuer, only the waiver yields true; every other path of the expression is a fail().
+    text = " ".join(waiver.text.split())
+    assert text.startswith("empty(authIssuer) ? (allowAnonymousAccessToPatientData ? true : fail(")
+    assert text.count("fail(") == 3 and text.count("? true :") == 1 and text.endswith(": false))")
+    assert main.all("module")["app"].value["params"]["authDisabled"] == Expr("authDisabled")
+    parameters = (INFRA / "main.parameters.json").read_text()
+    assert "*" not in parameters and "allowAnonymous" not in parameters
+    assert "=*" not in (ROOT / "azure.yaml").read_text()
 
 
 def test_host_json_matches_what_the_code_and_readme_assume() -> None:

@@ -16,10 +16,13 @@ from typing import AsyncIterator, Awaitable, Callable
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response, StreamingResponse
 
+from dicomweb import audit, auth
+from dicomweb.auth import Permission
 from dicomweb.config import Settings
 from dicomweb.dicom.syntax import is_valid_uid
-from dicomweb.errors import BadRequest, DicomWebError, StorageFailure, Unauthorized
+from dicomweb.errors import BadRequest, DicomWebError, Forbidden, NotConfigured, StorageFailure, Unauthorized
 from dicomweb.service import Service, get_service
+from dicomweb.storage import monitor
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,8 @@ DICOM_JSON = "application/dicom+json"
 #: Response headers a browser client may read.
 EXPOSED = "Content-Type, Warning, Location, WWW-Authenticate, Retry-After"
 Handler = Callable[[Request, Service], Awaitable[Response]]
+#: The permission each HTTP function needs, by function name: declared by :func:`endpoint`, where it is registered.
+REQUIREMENTS: dict[str, Permission] = {}
 
 
 def _route_prefix() -> str:
@@ -97,6 +102,8 @@ def error_response(error: DicomWebError) -> Response:
     headers = {"warning": warning_header(error.message)}
     if isinstance(error, Unauthorized):
         headers["www-authenticate"] = 'Bearer error="invalid_token"'
+    if isinstance(error, Forbidden):
+        headers["www-authenticate"] = 'Bearer error="insufficient_scope"'
     if isinstance(error, StorageFailure):
         headers["retry-after"] = str(error.retry_after)
     return dicom_json(body, error.status, headers)
@@ -140,31 +147,67 @@ def _preflight(req: Request, settings: Settings) -> Response:
     return Response(status_code=204, headers=headers)
 
 
+def start_up() -> None:
+    """Once per worker: export logs to Application Insights when configured, and say if nothing will be served."""
+    monitor.configure()
+    try:
+        problem = auth.configuration_problem(Settings.from_env())
+    except ValueError as exc:
+        problem = str(exc)
+    if problem:
+        log.error("no data will be served: %s", problem)
+
+
+#: Path parameters an audit record names (UIDs and upload session ids: never patient data).
+_AUDITED = {"study": "study", "series": "series", "instance": "instance", "id": "session"}
+
+
+async def _answer(req: Request, handler: Handler, name: str, needs: Permission) -> Response:
+    settings = None
+    try:
+        try:
+            service = await get_service()
+        except ValueError as exc:  # a setting that cannot be read: nothing is served until it is fixed
+            raise NotConfigured(str(exc)) from None
+        settings = service.settings
+        if req.method == "OPTIONS":
+            return _preflight(req, settings)
+        principal = await service.auth.authenticate(req.headers.get("authorization"))
+        auth.act_as(principal)
+        service.auth.authorize(principal, needs)
+        _check_path(req)
+        response = await handler(req, service)
+    except DicomWebError as error:
+        response = error_response(error)
+    except Exception:  # noqa: BLE001 - a bug still answers in DICOM JSON, and is logged
+        log.exception("%s failed", name)
+        response = error_response(DicomWebError("internal error; the service log has the details"))
+    if needs is not Permission.READ:
+        audit.record("request", "done" if response.status_code < 400 else "refused", route=name,
+                     status=response.status_code, **{field: req.path_params.get(param) for param, field in _AUDITED.items()})
+    if settings is not None:
+        response.headers.update(_cors_headers(req.headers.get("origin"), settings))
+    return response
+
+
 def endpoint(
-    blueprint: func.Blueprint, name: str, route: str, methods: list[str]
+    blueprint: func.Blueprint, name: str, route: str, methods: list[str], needs: Permission
 ) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
-    """Register ``handler(req, service)`` for ``route``: errors, CORS and preflights handled here."""
+    """Register ``handler(req, service)`` for ``route``, open to principals holding ``needs``.
+
+    Authentication, the permission check, path checks, errors, CORS and preflights are
+    handled here, before the handler reads any of the body; every write and delete is audited.
+    """
+    REQUIREMENTS[name] = needs
 
     def register(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         @functools.wraps(handler)
         async def function(req: Request) -> Response:
-            settings = None
+            acting = auth.act_as(auth.UNAUTHENTICATED)
             try:
-                service = await get_service()
-                settings = service.settings
-                if req.method == "OPTIONS":
-                    return _preflight(req, settings)
-                if service.auth is not None:
-                    await service.auth.validate(req.headers.get("authorization"))
-                _check_path(req)
-                response = await handler(req, service)
-            except DicomWebError as error:
-                response = error_response(error)
-            except Exception:  # noqa: BLE001 - a bug still answers in DICOM JSON, and is logged
-                log.exception("%s failed", name)
-                response = error_response(DicomWebError("internal error; the service log has the details"))
-            response.headers.update(_cors_headers(req.headers.get("origin"), settings or Settings.from_env()))
-            return response
+                return await _answer(req, handler, name, needs)
+            finally:
+                auth.reset(acting)
 
         del function.__wrapped__  # the worker must see the one-argument signature
         function.__annotations__ = {"req": Request, "return": Response}

@@ -5,6 +5,7 @@ from azurefunctions.extensions.http.fastapi import Request, Response
 
 from dicomweb import changefeed, delete
 from dicomweb.api.http import base_url, dicom_json, endpoint
+from dicomweb.auth import Permission
 from dicomweb.dicom.syntax import bounded_int
 from dicomweb.errors import BadRequest
 from dicomweb.service import Service
@@ -17,7 +18,7 @@ def _uids(req: Request) -> tuple[str, str | None, str | None]:
     return params["study"], params.get("series"), params.get("instance")
 
 
-@endpoint(blueprint, "delete_study", "studies/{study}", ["DELETE"])
+@endpoint(blueprint, "delete_study", "studies/{study}", ["DELETE"], Permission.DELETE)
 async def delete_study(req: Request, service: Service) -> Response:
     """Delete every instance of a study."""
     study, _, _ = _uids(req)
@@ -25,7 +26,7 @@ async def delete_study(req: Request, service: Service) -> Response:
     return Response(status_code=204)
 
 
-@endpoint(blueprint, "delete_series", "studies/{study}/series/{series}", ["DELETE"])
+@endpoint(blueprint, "delete_series", "studies/{study}/series/{series}", ["DELETE"], Permission.DELETE)
 async def delete_series(req: Request, service: Service) -> Response:
     """Delete every instance of a series."""
     study, series, _ = _uids(req)
@@ -33,7 +34,7 @@ async def delete_series(req: Request, service: Service) -> Response:
     return Response(status_code=204)
 
 
-@endpoint(blueprint, "delete_instance", "studies/{study}/series/{series}/instances/{instance}", ["DELETE"])
+@endpoint(blueprint, "delete_instance", "studies/{study}/series/{series}/instances/{instance}", ["DELETE"], Permission.DELETE)
 async def delete_instance(req: Request, service: Service) -> Response:
     """Delete one instance."""
     study, series, instance = _uids(req)
@@ -51,7 +52,7 @@ def _count(req: Request, name: str, default: int, low: int, high: int) -> int:
     return number
 
 
-@endpoint(blueprint, "changefeed", "changefeed", ["GET"])
+@endpoint(blueprint, "changefeed", "changefeed", ["GET"], Permission.READ)
 async def read_changefeed(req: Request, service: Service) -> Response:
     """Changes in order: ``offset`` (entries after this sequence), ``limit``, ``startTime``, ``endTime``
     (ISO 8601) and ``includeMetadata``. A consumer passes the last Sequence it saw as the next ``offset``."""
@@ -66,7 +67,7 @@ async def read_changefeed(req: Request, service: Service) -> Response:
     return dicom_json(await changefeed.render(service, entries, include == "true", base_url(req, service.settings)))
 
 
-@endpoint(blueprint, "changefeed_latest", "changefeed/latest", ["GET"])
+@endpoint(blueprint, "changefeed_latest", "changefeed/latest", ["GET"], Permission.READ)
 async def latest_change(req: Request, service: Service) -> Response:
     """The newest change (an empty object when nothing has changed yet)."""
     entry = await changefeed.latest(service)

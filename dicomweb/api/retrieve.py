@@ -7,6 +7,7 @@ from azurefunctions.extensions.http.fastapi import Request, Response
 
 from dicomweb import records, retrieve
 from dicomweb.api.http import DICOM_JSON, base_url, endpoint, streaming
+from dicomweb.auth import Permission
 from dicomweb.dicom import media
 from dicomweb.dicom.multipart import multipart_body, new_boundary, write_multipart
 from dicomweb.errors import NotAcceptable
@@ -30,19 +31,19 @@ def _multipart_type(payload: str, boundary: str) -> str:
     return f'multipart/related; type="{payload}"; boundary={boundary}'
 
 
-@endpoint(blueprint, "retrieve_study", STUDY, ["GET"])
+@endpoint(blueprint, "retrieve_study", STUDY, ["GET"], Permission.READ)
 async def retrieve_study(req: Request, service: Service) -> Response:
     """All instances of a study."""
     return await _instances(req, service)
 
 
-@endpoint(blueprint, "retrieve_series", SERIES, ["GET"])
+@endpoint(blueprint, "retrieve_series", SERIES, ["GET"], Permission.READ)
 async def retrieve_series(req: Request, service: Service) -> Response:
     """All instances of a series."""
     return await _instances(req, service)
 
 
-@endpoint(blueprint, "retrieve_instance", INSTANCE, ["GET"])
+@endpoint(blueprint, "retrieve_instance", INSTANCE, ["GET"], Permission.READ)
 async def retrieve_instance(req: Request, service: Service) -> Response:
     """One instance, multipart or single-part ``application/dicom``."""
     return await _instances(req, service)
@@ -72,19 +73,19 @@ async def _instances(req: Request, service: Service) -> Response:
     return await streaming(write_multipart(parts(), boundary), _multipart_type(media.DICOM, boundary))
 
 
-@endpoint(blueprint, "study_metadata", STUDY + "/metadata", ["GET"])
+@endpoint(blueprint, "study_metadata", STUDY + "/metadata", ["GET"], Permission.READ)
 async def study_metadata(req: Request, service: Service) -> Response:
     """Metadata of every instance of a study."""
     return await _metadata(req, service)
 
 
-@endpoint(blueprint, "series_metadata", SERIES + "/metadata", ["GET"])
+@endpoint(blueprint, "series_metadata", SERIES + "/metadata", ["GET"], Permission.READ)
 async def series_metadata(req: Request, service: Service) -> Response:
     """Metadata of every instance of a series."""
     return await _metadata(req, service)
 
 
-@endpoint(blueprint, "instance_metadata", INSTANCE + "/metadata", ["GET"])
+@endpoint(blueprint, "instance_metadata", INSTANCE + "/metadata", ["GET"], Permission.READ)
 async def instance_metadata(req: Request, service: Service) -> Response:
     """Metadata of one instance."""
     return await _metadata(req, service)
@@ -109,7 +110,7 @@ async def _metadata(req: Request, service: Service) -> Response:
     return await streaming(body(), DICOM_JSON)
 
 
-@endpoint(blueprint, "retrieve_frames", INSTANCE + "/frames/{frames}", ["GET"])
+@endpoint(blueprint, "retrieve_frames", INSTANCE + "/frames/{frames}", ["GET"], Permission.READ)
 async def retrieve_frames(req: Request, service: Service) -> Response:
     """Frames by number, each from one ranged read of the stored file."""
     study, series, instance = _uids(req)
@@ -147,7 +148,7 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-@endpoint(blueprint, "retrieve_bulkdata", INSTANCE + "/bulkdata/{path}", ["GET"])
+@endpoint(blueprint, "retrieve_bulkdata", INSTANCE + "/bulkdata/{path}", ["GET"], Permission.READ)
 async def retrieve_bulkdata(req: Request, service: Service) -> Response:
     """A bulk value named by the metadata's BulkDataURI; Pixel Data goes out frame by frame."""
     study, series, instance = _uids(req)

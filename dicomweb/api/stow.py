@@ -6,6 +6,7 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
 from dicomweb.api.http import base_url, dicom_json, endpoint, warning_header
+from dicomweb.auth import Permission
 from dicomweb.config import MIB
 from dicomweb.dicom.multipart import MultipartReader, parse_media_type
 from dicomweb.errors import BadRequest, DicomWebError, PayloadTooLarge, StorageFailure, UnsupportedMediaType
@@ -17,25 +18,25 @@ blueprint = func.Blueprint()
 DICOM = "application/dicom"
 
 
-@endpoint(blueprint, "stow_studies", "studies", ["POST"])
+@endpoint(blueprint, "stow_studies", "studies", ["POST"], Permission.WRITE)
 async def store(req: Request, service: Service) -> Response:
     """Store instances of any study; a stored SOP Instance UID is refused (reason 45070)."""
     return await _store(req, service, None, replace=False)
 
 
-@endpoint(blueprint, "stow_study", "studies/{study}", ["POST"])
+@endpoint(blueprint, "stow_study", "studies/{study}", ["POST"], Permission.WRITE)
 async def store_in_study(req: Request, service: Service) -> Response:
     """Store instances that must all belong to the study in the URL (else reason 43265)."""
     return await _store(req, service, _study(req), replace=False)
 
 
-@endpoint(blueprint, "upsert_studies", "studies", ["PUT"])
+@endpoint(blueprint, "upsert_studies", "studies", ["PUT"], Permission.WRITE)
 async def upsert(req: Request, service: Service) -> Response:
     """Store instances of any study, replacing stored ones with the same SOP Instance UID."""
     return await _store(req, service, None, replace=True)
 
 
-@endpoint(blueprint, "upsert_study", "studies/{study}", ["PUT"])
+@endpoint(blueprint, "upsert_study", "studies/{study}", ["PUT"], Permission.WRITE)
 async def upsert_in_study(req: Request, service: Service) -> Response:
     """Store or replace instances of the study in the URL."""
     return await _store(req, service, _study(req), replace=True)

@@ -12,8 +12,9 @@ import logging
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
-from dicomweb import uploads
+from dicomweb import auth, uploads
 from dicomweb.api.http import base_url, dicom_json, endpoint, warning_header
+from dicomweb.auth import Permission
 from dicomweb.errors import BadRequest
 from dicomweb.service import Service, get_service
 
@@ -30,7 +31,7 @@ def _json(body: object, status: int = 200, headers: dict[str, str] | None = None
     return Response(json.dumps(body).encode(), status_code=status, headers=headers, media_type="application/json")
 
 
-@endpoint(blueprint, "upload_create", "uploads", ["POST"])
+@endpoint(blueprint, "upload_create", "uploads", ["POST"], Permission.WRITE)
 async def create(req: Request, service: Service) -> Response:
     """Open a session for one instance of a declared size."""
     raw = b""
@@ -44,25 +45,25 @@ async def create(req: Request, service: Service) -> Response:
         raise BadRequest('send a JSON object: {"size": <bytes>, "studyInstanceUID": <optional UID>}') from None
     if not isinstance(request, dict):
         raise BadRequest('send a JSON object: {"size": <bytes>, "studyInstanceUID": <optional UID>}')
-    session = await uploads.create(service, request.get("size"), request.get("studyInstanceUID"))
+    session = await uploads.create(service, request.get("size"), request.get("studyInstanceUID"), auth.current().id)
     base = base_url(req, service.settings)
     description = await uploads.describe(service, session, base)
     return _json(description, 201, {"location": description["statusUrl"]})
 
 
-@endpoint(blueprint, "upload_status", SESSION, ["GET"])
+@endpoint(blueprint, "upload_status", SESSION, ["GET"], Permission.WRITE)
 async def status(req: Request, service: Service) -> Response:
     """Which blocks arrived (and a fresh SAS), the ingest's progress, or its result."""
     base = base_url(req, service.settings)
-    session = await uploads.status(service, req.path_params["id"], base)
+    session = await uploads.status(service, req.path_params["id"], auth.current().id, base)
     return _json(await uploads.describe(service, session, base))
 
 
-@endpoint(blueprint, "upload_commit", SESSION + "/commit", ["POST"])
+@endpoint(blueprint, "upload_commit", SESSION + "/commit", ["POST"], Permission.WRITE)
 async def commit(req: Request, service: Service) -> Response:
     """Commit the blocks and ingest: the STOW-RS answer, or 202 with the status URL while it runs."""
     base = base_url(req, service.settings)
-    session = await uploads.commit(service, req.path_params["id"], base)
+    session = await uploads.commit(service, req.path_params["id"], auth.current().id, base)
     if session.result is None:
         description = await uploads.describe(service, session, base)
         return _json(description, 202, {"location": description["statusUrl"], "retry-after": "5"})
@@ -73,10 +74,10 @@ async def commit(req: Request, service: Service) -> Response:
     return dicom_json(result["body"], result["status"], headers or None)
 
 
-@endpoint(blueprint, "upload_abort", SESSION, ["DELETE"])
+@endpoint(blueprint, "upload_abort", SESSION, ["DELETE"], Permission.WRITE)
 async def abort(req: Request, service: Service) -> Response:
     """Drop the session and its staged blocks."""
-    await uploads.abort(service, req.path_params["id"])
+    await uploads.abort(service, req.path_params["id"], auth.current().id)
     return Response(status_code=204)
 
 

@@ -48,17 +48,29 @@ param cosmosContainer string
 @description('Application Insights connection string (ingestion needs the identity: local auth is off).')
 param appInsightsConnectionString string
 
-@description('Origins allowed to call the API from a browser (comma-separated, * for any).')
+@description('Origins allowed to call the API from a browser (comma-separated; empty: none).')
 param corsOrigins string
 
 @description('Public DICOMweb base URL when a proxy or custom domain fronts the app; empty: taken from each request.')
 param publicBaseUrl string
 
-@description('OpenID Connect issuer whose bearer tokens the API requires (empty: no authentication).')
+@description('OpenID Connect issuer whose bearer tokens the API requires (empty: only with authDisabled).')
 param authIssuer string
 
 @description('Accepted token audiences, comma-separated (the API app registration\'s client id or api:// URI).')
 param authAudience string
+
+@description('True only when the deployment explicitly waived authentication (main.bicep decides).')
+param authDisabled bool
+
+@description('App roles or scopes granting read, comma-separated.')
+param readerRoles string
+
+@description('App roles or scopes granting write, comma-separated.')
+param writerRoles string
+
+@description('App roles or scopes granting everything, delete included, comma-separated.')
+param ownerRoles string
 
 @description('Largest STOW-RS request body in MB; larger instances go through upload sessions.')
 param maxRequestMB int
@@ -155,6 +167,10 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'DICOMWEB_CORS_ORIGINS', value: corsOrigins }
         { name: 'DICOMWEB_AUTH_ISSUER', value: authIssuer }
         { name: 'DICOMWEB_AUTH_AUDIENCE', value: authAudience }
+        { name: 'DICOMWEB_AUTH_DISABLED', value: authDisabled ? 'true' : 'false' }
+        { name: 'DICOMWEB_READER_ROLES', value: readerRoles }
+        { name: 'DICOMWEB_WRITER_ROLES', value: writerRoles }
+        { name: 'DICOMWEB_OWNER_ROLES', value: ownerRoles }
         { name: 'DICOMWEB_BLOCK_SIZE_MB', value: '8' }
         { name: 'DICOMWEB_UPLOAD_CONCURRENCY', value: '4' }
         { name: 'DICOMWEB_MAX_HEADER_MB', value: '64' }

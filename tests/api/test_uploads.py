@@ -7,7 +7,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import httpx
 import pytest
@@ -23,6 +23,9 @@ from tests.conftest import (
     start_server,
 )
 from tests.wsi_factory import SlideFile, make_large_instance, make_slide
+
+if TYPE_CHECKING:
+    from tests.oidc import Provider
 
 OCTET_ANY = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 
@@ -288,3 +291,26 @@ def test_an_ingest_whose_worker_died_is_resumed_by_a_status_request(uploads_serv
         time.sleep(0.2)
     assert httpx.get(f"{uploads_server.base_url}/studies/{volume.study_uid}/series/{volume.series_uid}/instances/"
                      f"{volume.sop_uid}/frames/1", headers={"accept": "image/jpeg"}).content == source_frames(volume.path)[0]
+
+
+def test_a_session_belongs_to_its_creator(secured: Server, provider: "Provider", tmp_path: Path) -> None:
+    """Another principal, even an owner, gets 404 for the status, commit and abort of a session it did not open."""
+    (file,) = make_slide(tmp_path, levels=1, associated=False, base_size=(256, 256))
+    data = file.path.read_bytes()
+    alice = provider.bearer(roles=["DICOM.Writer"], oid="oid-alice")
+    others = [provider.bearer(roles=["DICOM.Writer"], oid="oid-bob"),
+              provider.bearer(roles=["DICOM.Owner"], oid="oid-admin")]
+    opened = httpx.post(f"{secured.base_url}/uploads", json={"size": len(data)}, headers=alice)
+    assert opened.status_code == 201, opened.text
+    session = opened.json()
+    for other in others:
+        assert httpx.get(session["statusUrl"], headers=other).status_code == 404
+        assert httpx.post(session["commitUrl"], headers=other).status_code == 404
+        assert httpx.delete(session["statusUrl"], headers=other).status_code == 404
+        assert "uploadUrl" not in httpx.get(session["statusUrl"], headers=other).text
+    assert httpx.get(session["statusUrl"], headers=alice).json()["status"] == "open"
+    _put(session, data)
+    committed = httpx.post(session["commitUrl"], headers=alice, timeout=300)
+    assert committed.status_code == 200, committed.text
+    assert httpx.get(session["statusUrl"], headers=alice).json()["status"] == "stored"
+    assert httpx.get(session["statusUrl"], headers=others[0]).status_code == 404
