@@ -32,6 +32,8 @@ ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES
 KEYS_LIFETIME = 3600.0
 #: Shortest pause between two fetches of the keys (unknown key ids must not hammer the provider).
 REFETCH_SECONDS = 60.0
+#: Pause before the keys are fetched again after the issuer could not be reached.
+RETRY_SECONDS = 5.0
 #: Clock skew tolerated on ``exp`` and ``nbf``.
 LEEWAY_SECONDS = 60
 #: Longest token read: larger ones are refused before any parsing (Entra tokens are a few KB).
@@ -127,10 +129,11 @@ class TokenValidator:
         #: Signing keys by id, with the algorithm each is published for (None: any of its type).
         self._keys: dict[str, tuple[jwt.PyJWK, str | None]] = {}
         self._fetched = -KEYS_LIFETIME
+        self._unreachable: StorageFailure | None = None
         self._lock = asyncio.Lock()
 
     async def _fetch(self) -> None:
-        self._fetched = time.monotonic()  # a failed fetch counts too: it is not retried at once
+        self._fetched = time.monotonic()
         timeout = aiohttp.ClientTimeout(total=10)
         try:
             async with aiohttp.ClientSession(timeout=timeout, trust_env=True) as http:
@@ -163,9 +166,17 @@ class TokenValidator:
         async with self._lock:
             age = time.monotonic() - self._fetched
             if age > KEYS_LIFETIME or (kid not in self._keys and age > self.refetch_seconds):
-                await self._fetch()
+                try:
+                    await self._fetch()
+                    self._unreachable = None
+                except StorageFailure as failure:
+                    # Try again soon; meanwhile a cached key still verifies (the issuer only rotates slowly).
+                    self._fetched = time.monotonic() - self.refetch_seconds + RETRY_SECONDS
+                    self._unreachable = failure
         key = self._keys.get(kid)
         if key is None:
+            if self._unreachable is not None:
+                raise self._unreachable  # 503: the key may well exist, the issuer could not say
             raise Unauthorized("the token is signed with a key the issuer does not publish")
         return key
 

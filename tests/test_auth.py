@@ -22,7 +22,9 @@ import pytest
 from azure.functions.decorators.http import HttpTrigger
 from cryptography.hazmat.primitives import serialization
 
+import function_app  # noqa: E402
 from dicomweb.api.http import REQUIREMENTS
+from dicomweb.api.local_host import registered
 from dicomweb.auth import (
     ANONYMOUS,
     Authenticator,
@@ -33,13 +35,10 @@ from dicomweb.auth import (
     principal_from_claims,
 )
 from dicomweb.config import Settings
-from dicomweb.errors import NotConfigured, Unauthorized
+from dicomweb.errors import NotConfigured, StorageFailure, Unauthorized
 from tests.conftest import ROOT, Server, fresh_settings, start_server
 from tests.oidc import AUDIENCE, Key, Provider
 from tests.wsi_factory import make_slide
-
-sys.path.insert(0, str(ROOT))
-import function_app  # noqa: E402
 
 #: Stand-ins for path parameters: well-formed, naming nothing stored.
 PATH_VALUES = {"study": "1.2.826.0.1.3680043.10.1", "series": "1.2.826.0.1.3680043.10.2",
@@ -49,7 +48,7 @@ PATH_VALUES = {"study": "1.2.826.0.1.3680043.10.1", "series": "1.2.826.0.1.36800
 def registered_routes() -> list[tuple[str, str, str]]:
     """(function name, method, path below the base URL) of every HTTP function ``function_app.app`` registers."""
     routes = []
-    for function in function_app.app.get_functions():
+    for function in registered(function_app.app):
         trigger = function.get_trigger()
         if not isinstance(trigger, HttpTrigger):
             continue
@@ -190,6 +189,14 @@ def test_a_discovery_document_naming_another_issuer_is_refused(provider: Provide
             _validate(provider, f"Bearer {provider.token()}")
     finally:
         provider.claimed_issuer = None
+
+
+def test_an_unreachable_issuer_is_a_503_not_a_401(provider: Provider) -> None:
+    from dicomweb.local.emulators import free_port
+
+    validator = TokenValidator(f"http://127.0.0.1:{free_port()}/tenant/v2.0", (AUDIENCE,))
+    with pytest.raises(StorageFailure):
+        _validate(provider, f"Bearer {provider.token()}", validator)
 
 
 # --- principals and configuration ----------------------------------------------------------------------

@@ -31,8 +31,8 @@ def test_sessions_expire_and_cleanup_removes_them_with_their_blocks(emulators: d
         service = await Service.create(settings)
         try:
             with pytest.raises(BadRequest):
-                await uploads.create(service, -1, None)
-            expiring = await uploads.create(service, 100, None)
+                await uploads.create(service, -1, None, "oid-a")
+            expiring = await uploads.create(service, 100, None, "oid-a")
             description = await uploads.describe(service, expiring, "http://dicomweb.test")
             block = description["blocks"][0]
             async with httpx.AsyncClient() as client:
@@ -40,7 +40,7 @@ def test_sessions_expire_and_cleanup_removes_them_with_their_blocks(emulators: d
             assert put.status_code == 201
             assert (await service.blobs.staging.blocks(expiring.data))[1] == {uploads.block_id(0): 100}
             time.sleep(2.5)
-            lasting = await uploads.create(service, 100, None)
+            lasting = await uploads.create(service, 100, None, "oid-a")
             with pytest.raises(NotFound):
                 await uploads.load(service, expiring.id)
             assert await uploads.cleanup(service) == 1

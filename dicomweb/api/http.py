@@ -182,7 +182,7 @@ async def _answer(req: Request, handler: Handler, name: str, needs: Permission) 
     except Exception:  # noqa: BLE001 - a bug still answers in DICOM JSON, and is logged
         log.exception("%s failed", name)
         response = error_response(DicomWebError("internal error; the service log has the details"))
-    if needs is not Permission.READ:
+    if needs is not Permission.READ and req.method != "GET":  # not every poll of an upload's status
         audit.record("request", "done" if response.status_code < 400 else "refused", route=name,
                      status=response.status_code, **{field: req.path_params.get(param) for param, field in _AUDITED.items()})
     if settings is not None:

@@ -58,11 +58,22 @@ async def _every(seconds: int, name: str, function: Callable[[TimerRequest], Awa
             log.exception("timer function %s failed", name)
 
 
+_FUNCTIONS: dict[int, list[Any]] = {}
+
+
+def registered(app: func.FunctionApp) -> list[Any]:
+    """The functions ``app`` registers. ``FunctionApp.get_functions`` builds them anew and fails when
+    called twice (its names would repeat), so the first answer is kept."""
+    if id(app) not in _FUNCTIONS:
+        _FUNCTIONS[id(app)] = app.get_functions()
+    return _FUNCTIONS[id(app)]
+
+
 def build_app(app: func.FunctionApp) -> Starlette:
     """An ASGI app with one route per registered HTTP function, under host.json's route prefix."""
     routes = []
     timers: list[tuple[int, str, Callable[[TimerRequest], Awaitable[None]]]] = []
-    for function in app.get_functions():
+    for function in registered(app):
         trigger = function.get_trigger()
         if isinstance(trigger, TimerTrigger):
             timers.append((interval_seconds(trigger.schedule), function.get_function_name(),

@@ -33,6 +33,11 @@ from dicomweb.dicom.syntax import (
 )
 from dicomweb.errors import InvalidDataset
 
+# pydicom warns about an invalid value by quoting it (a patient's name included) on stderr, which is
+# the service's log. What the service needs valid it checks itself (dicomweb.stow.validate), and no
+# dataset value may reach a log line, so pydicom's validation on reading stays silent.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
 PREAMBLE = b"\x00" * 128 + b"DICM"
 PIXEL_DATA = 0x7FE00010
 ITEM = 0xFFFEE000
