@@ -143,7 +143,7 @@ class TokenValidator:
                 # OpenID Connect Discovery 1.0 §4.3: the document must name the issuer it was fetched for.
                 if discovery.get("issuer") != self.issuer:
                     raise NotConfigured(f"the discovery document of {self.issuer} names another issuer, "
-                                            f"{str(discovery.get('issuer'))[:200]!r}")
+                                        f"{str(discovery.get('issuer'))[:200]!r}")
                 async with http.get(discovery["jwks_uri"]) as response:
                     response.raise_for_status()
                     document = await response.json(content_type=None)
