@@ -8,6 +8,8 @@ recorded beside them so the bulkdata resource serves it with one ranged read.
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 from pydicom.dataelem import RawDataElement
@@ -58,4 +60,8 @@ def _convert(dataset: Dataset, prefix: str, base: int, bulk: dict[str, tuple[int
             except (ValueError, TypeError, OverflowError) as exc:  # an IS of 'abc', a DS of '1.2.3'
                 raise InvalidDataset(f"{element.keyword or 'data element'} {tag} has an invalid value: "
                                      f"{exc}") from exc
+            if any(isinstance(v, float) and not math.isfinite(v) for v in out[key].get("Value", ())):
+                # JSON numbers (RFC 8259 §6) have no NaN or infinity, so no DICOM JSON answer could carry it.
+                raise InvalidDataset(f"{element.keyword or 'data element'} {tag} holds NaN or an infinite number, "
+                                     "which DICOM JSON cannot carry")
     return out

@@ -222,6 +222,22 @@ def test_malformed_values_are_invalid_datasets() -> None:
         dataset_to_json(parser.header.dataset, parser.header.dataset_base)
 
 
+@pytest.mark.parametrize("vr", ["FD", "FL", "DS"])
+def test_non_finite_numbers_are_invalid_datasets(vr: str) -> None:
+    """NaN and infinities are valid DICOM but no JSON number: the index and the metadata could not carry them."""
+    ds, _ = _dataset("bot")
+    if vr == "DS":
+        data = _raw_value(ds, 0x00181050, "DS", "NaN")  # SpatialResolution
+    else:
+        ds.add_new(0x00189087 if vr == "FD" else 0x00109431, vr,  # DiffusionBValue, ExaminedBodyThickness
+                   float("inf") if vr == "FL" else float("nan"))
+        data = _encode(ds, True)
+    parser, _ = _parse(data)
+    assert parser.header is not None
+    with pytest.raises(InvalidDataset, match="NaN or an infinite number"):
+        dataset_to_json(parser.header.dataset, parser.header.dataset_base)
+
+
 def test_a_huge_basic_offset_table_is_refused_at_its_item_header() -> None:
     """A BOT item declaring 0xFFFFFFF0 bytes held 96 MB and 47.7 s of CPU; now its header is enough."""
     ds, _ = _dataset("bot")
