@@ -36,6 +36,7 @@ from dicomweb.auth import (
 )
 from dicomweb.config import Settings
 from dicomweb.errors import NotConfigured, StorageFailure, Unauthorized
+from dicomweb.local.emulators import free_port
 from tests.conftest import ROOT, Server, fresh_settings, start_server
 from tests.oidc import AUDIENCE, Key, Provider
 from tests.wsi_factory import make_slide
@@ -192,8 +193,6 @@ def test_a_discovery_document_naming_another_issuer_is_refused(provider: Provide
 
 
 def test_an_unreachable_issuer_is_a_503_not_a_401(provider: Provider) -> None:
-    from dicomweb.local.emulators import free_port
-
     validator = TokenValidator(f"http://127.0.0.1:{free_port()}/tenant/v2.0", (AUDIENCE,))
     with pytest.raises(StorageFailure):
         _validate(provider, f"Bearer {provider.token()}", validator)
