@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     upload_cmd.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                             help="progress bar (default: when stderr is a terminal)")
     upload_cmd.add_argument("--json", action="store_true", help="one JSON object per file instead of the table")
+    upload_cmd.add_argument("--verbose", action="store_true", help="list the files skipped as not DICOM too")
     args = parser.parse_args(argv)
     if args.command == "serve":
         from dicomweb.local.datadir import DataDirInUse
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         from dicomweb import uploader
 
         return uploader.main(args.paths, args.url, args.token, args.parallel, args.blocks, args.stow_max_mb,
-                             args.state, args.progress, args.json)
+                             args.state, args.progress, args.json, args.verbose)
     _local_stack_settings(args.data)
     if args.command == "check":
         return asyncio.run(_check(args.repair))

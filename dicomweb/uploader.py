@@ -323,20 +323,28 @@ def _pread(path: Path, offset: int, length: int) -> bytes:
         return os.pread(handle.fileno(), length, offset)
 
 
-def report(results: list[Result], seconds: float, out: TextIO, as_json: bool = False) -> None:
-    """The per-instance table and a summary line, or one JSON object per file."""
+def report(results: list[Result], seconds: float, out: TextIO, as_json: bool = False, verbose: bool = False) -> None:
+    """The per-instance table and a summary line, or one JSON object per file.
+
+    Files skipped as not DICOM (a source tree holds thousands) are counted in one line, and
+    listed only with ``verbose``.
+    """
+    shown = [r for r in results if verbose or r.status != "skipped"]
     if as_json:
-        for result in results:
+        for result in shown:
             print(json.dumps({**dataclasses.asdict(result), "path": str(result.path)}), file=out)
         return
     print(f"{'status':<8} {'MB':>9} {'s':>7} {'ingest s':>8} {'tries':>5}  {'SOP Instance UID':<64}  file / detail",
           file=out)
-    for result in results:
+    for result in shown:
         detail = f"{result.path}" + (f": {result.detail}" if result.detail else "")
         ingest = f"{result.ingest_seconds:.1f}" if result.ingest_seconds else ""
         print(f"{result.status:<8} {result.size / 1e6:>9.1f} {result.seconds:>7.1f} {ingest:>8} {result.attempts:>5}  "
               f"{result.sop:<64}  {detail}", file=out)
     counts = {s: sum(r.status == s for r in results) for s in ("stored", "exists", "failed", "skipped")}
+    if counts["skipped"] and not verbose:
+        files = "file" if counts["skipped"] == 1 else "files"
+        print(f"{counts['skipped']} {files} skipped as not DICOM (--verbose lists them)", file=out)
     moved = sum(r.size for r in results if r.status == "stored")
     rate = moved / 1e6 / seconds if seconds > 0 else 0.0
     retried = sum(r.attempts > 1 for r in results)
@@ -346,12 +354,12 @@ def report(results: list[Result], seconds: float, out: TextIO, as_json: bool = F
 
 
 def main(paths: list[Path], url: str, token: str | None, parallel: int, block_concurrency: int, stow_max_mb: int,
-         state: Path | None, progress: bool | None, as_json: bool = False) -> int:
+         state: Path | None, progress: bool | None, as_json: bool = False, verbose: bool = False) -> int:
     """Run an upload from the command line; exit code 1 when anything failed."""
     files, results = find_files(paths)
     started = time.perf_counter()
     uploader = Uploader(url, token=token, parallel=parallel, block_concurrency=block_concurrency,
                         stow_max_bytes=stow_max_mb * MIB, state_path=state, progress=progress)
     results = asyncio.run(uploader.run(files)) + results
-    report(results, time.perf_counter() - started, sys.stdout, as_json)
+    report(results, time.perf_counter() - started, sys.stdout, as_json, verbose)
     return 0 if results and all(r.ok for r in results) else 1

@@ -53,12 +53,12 @@ def test_a_folder_goes_by_stow_and_sessions_and_a_rerun_finds_it_stored(server: 
         assert _table_row(run.stdout, file.path.name)[0] == "stored"
     status, _, _, ingest, tries, sop, *_ = _table_row(run.stdout, "large.dcm")
     assert (status, sop, tries) == ("stored", large.sop_uid, "1") and float(ingest) > 0, "sessions report their ingest"
-    assert _table_row(run.stdout, "README.txt")[0] == "skipped"
+    assert "README.txt" not in run.stdout and "1 file skipped as not DICOM (--verbose lists them)" in run.stdout
     assert json.loads(state.read_text()) == {}, "finished sessions leave nothing to resume"
     frames = httpx.get(f"{server.base_url}/studies/{large.study_uid}/series/{large.series_uid}/instances/"
                        f"{large.sop_uid}/frames/120", headers={"accept": "image/jpeg"})
     assert frames.status_code == 200
-    again = _upload(server, str(folder), "--stow-max-mb", "2", "--state", str(state), "--json")
+    again = _upload(server, str(folder), "--stow-max-mb", "2", "--state", str(state), "--json", "--verbose")
     assert again.returncode == 0
     assert {name: r["status"] for name, r in _results(again).items()} == {
         **{f.path.name: "exists" for f in files}, "large.dcm": "exists", "README.txt": "skipped"}
@@ -186,3 +186,18 @@ def test_processing_failures_are_retried_with_backoff_and_reported(tmp_path: Pat
     report([result], 1.0, out)
     assert f" {attempts} " in out.getvalue().splitlines()[1]
     assert f"{int(attempts > 1)} retried after a processing failure" in out.getvalue()
+
+
+def test_skipped_files_are_one_line_unless_verbose(tmp_path: Path) -> None:
+    """A source tree's 35,788 non-DICOM files used to print a row each."""
+    results = [Result(tmp_path / f"src{i}.py", 10, "skipped", detail="not DICOM Part 10") for i in range(5000)]
+    results.append(Result(tmp_path / "slide.dcm", 10**6, "stored", sop="1.2.3"))
+    quiet, verbose, as_json = io.StringIO(), io.StringIO(), io.StringIO()
+    report(results, 1.0, quiet)
+    report(results, 1.0, verbose, verbose=True)
+    report(results, 1.0, as_json, as_json=True)
+    assert len(quiet.getvalue().splitlines()) == 4  # header, the stored row, the skipped count, the summary
+    assert "5000 files skipped as not DICOM (--verbose lists them)" in quiet.getvalue()
+    assert "1 stored, 0 already stored, 0 failed, 5000 skipped" in quiet.getvalue()
+    assert len(verbose.getvalue().splitlines()) == 5003 and "--verbose" not in verbose.getvalue()
+    assert [json.loads(line)["status"] for line in as_json.getvalue().splitlines()] == ["stored"]

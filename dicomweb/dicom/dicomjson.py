@@ -9,7 +9,6 @@ recorded beside them so the bulkdata resource serves it with one ranged read.
 from __future__ import annotations
 
 import math
-
 from typing import Any
 
 from pydicom.dataelem import RawDataElement
