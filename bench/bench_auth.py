@@ -26,6 +26,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_load import percentile  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 
 from dicomweb.local.emulators import Emulators  # noqa: E402
@@ -34,11 +35,6 @@ from tests.oidc import AUDIENCE, Provider  # noqa: E402
 from tests.wsi_factory import copy_instance, make_slide  # noqa: E402
 
 FRAMES_ACCEPT = {"accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def phase(server: Server, headers: dict[str, str], frame_url: str, frames: int, spare: list[bytes],

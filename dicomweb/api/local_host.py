@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -58,15 +59,11 @@ async def _every(seconds: int, name: str, function: Callable[[TimerRequest], Awa
             log.exception("timer function %s failed", name)
 
 
-_FUNCTIONS: dict[int, list[Any]] = {}
-
-
+@functools.cache
 def registered(app: func.FunctionApp) -> list[Any]:
     """The functions ``app`` registers. ``FunctionApp.get_functions`` builds them anew and fails when
     called twice (its names would repeat), so the first answer is kept."""
-    if id(app) not in _FUNCTIONS:
-        _FUNCTIONS[id(app)] = app.get_functions()
-    return _FUNCTIONS[id(app)]
+    return app.get_functions()
 
 
 def build_app(app: func.FunctionApp) -> Starlette:
