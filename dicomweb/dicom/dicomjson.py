@@ -13,6 +13,7 @@ from typing import Any
 
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 
 from dicomweb.errors import InvalidDataset
 
@@ -41,7 +42,8 @@ def _convert(dataset: Dataset, prefix: str, base: int, bulk: dict[str, tuple[int
         key = f"{tag:08X}"
         try:
             element = dataset[tag]
-        except (ValueError, TypeError, OverflowError, KeyError) as exc:
+        except (ValueError, TypeError, OverflowError, KeyError, BytesLengthException) as exc:
+            # BytesLengthException: a binary number value whose length is no multiple of its size (an FD of 4 bytes)
             raise InvalidDataset(f"data element {tag} has an invalid value: {exc}") from exc
         if element.VR == "SQ":
             # pydicom parses a defined-length sequence from its own value bytes: positions inside

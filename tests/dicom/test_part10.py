@@ -238,6 +238,21 @@ def test_non_finite_numbers_are_invalid_datasets(vr: str) -> None:
         dataset_to_json(parser.header.dataset, parser.header.dataset_base)
 
 
+def test_a_binary_number_of_the_wrong_length_is_an_invalid_dataset() -> None:
+    """An FD of 4 bytes (the fuzz test found one): pydicom's BytesLengthException was a 503 with a traceback."""
+    ds, _ = _dataset("bot")
+    ds.add_new(0x00189087, "FD", 1.5)  # DiffusionBValue
+    data = _encode(ds, True)
+    key = struct.pack("<HH", 0x0018, 0x9087) + b"FD" + struct.pack("<H", 8)
+    assert data.count(key) == 1
+    data = data.replace(key + struct.pack("<d", 1.5), struct.pack("<HH", 0x0018, 0x9087) + b"FD"
+                        + struct.pack("<H", 4) + b"\x00" * 4)
+    parser, _ = _parse(data)
+    assert parser.header is not None
+    with pytest.raises(InvalidDataset, match="has an invalid value"):
+        dataset_to_json(parser.header.dataset, parser.header.dataset_base)
+
+
 def test_a_huge_basic_offset_table_is_refused_at_its_item_header() -> None:
     """A BOT item declaring 0xFFFFFFF0 bytes held 96 MB and 47.7 s of CPU; now its header is enough."""
     ds, _ = _dataset("bot")
