@@ -2,7 +2,7 @@
 
 import azure.functions as func
 
-from dicomweb.api import http, manage, qido, retrieve, stow, uploads
+from dicomweb.api import http, jobs, manage, qido, retrieve, stow, uploads
 
 http.start_up()
 
@@ -12,3 +12,4 @@ app.register_blueprint(retrieve.blueprint)
 app.register_blueprint(qido.blueprint)
 app.register_blueprint(manage.blueprint)
 app.register_blueprint(uploads.blueprint)
+app.register_blueprint(jobs.blueprint)

@@ -44,7 +44,8 @@ def _stop_on_signals() -> None:
 
 
 def _local_defaults() -> None:
-    """What ``serve`` assumes unless told otherwise: no authentication, any browser origin, logs on stderr.
+    """What ``serve`` assumes unless told otherwise: no authentication, any browser origin, the default job
+    queue, logs on stderr.
 
     Authentication is off only when neither an issuer nor ``DICOMWEB_AUTH_DISABLED`` is
     set: an explicit ``DICOMWEB_AUTH_DISABLED=false`` keeps the service failing closed.
@@ -55,6 +56,8 @@ def _local_defaults() -> None:
               "DICOMWEB_AUTH_AUDIENCE to require tokens", flush=True)
     if not os.environ.get("DICOMWEB_CORS_ORIGINS", "").strip():
         os.environ["DICOMWEB_CORS_ORIGINS"] = "*"
+    # The queue trigger names its queue by this setting (%DICOMWEB_JOBS_QUEUE%), as the Functions host reads it.
+    os.environ["DICOMWEB_JOBS_QUEUE"] = Settings.from_env().jobs_queue
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     service_log = logging.getLogger("dicomweb")

@@ -41,6 +41,9 @@ class Settings:
     instance_container: str = "dicom-instances"
     sidecar_container: str = "dicom-sidecars"
     staging_container: str = "dicom-staging"
+    queue_connection_string: str = ""
+    queue_service_url: str = ""
+    jobs_queue: str = "dicomweb-jobs"
     cosmos_connection_string: str = ""
     cosmos_endpoint: str = ""
     cosmos_database: str = "dicomweb"
@@ -82,6 +85,9 @@ class Settings:
             instance_container=env.get("DICOMWEB_INSTANCE_CONTAINER", "") or cls.instance_container,
             sidecar_container=env.get("DICOMWEB_SIDECAR_CONTAINER", "") or cls.sidecar_container,
             staging_container=env.get("DICOMWEB_STAGING_CONTAINER", "") or cls.staging_container,
+            queue_connection_string=env.get("DICOMWEB_QUEUES", ""),
+            queue_service_url=env.get("DICOMWEB_QUEUES__queueServiceUri", ""),
+            jobs_queue=env.get("DICOMWEB_JOBS_QUEUE", "") or cls.jobs_queue,
             cosmos_connection_string=env.get("DICOMWEB_COSMOS_CONNECTION_STRING", ""),
             cosmos_endpoint=env.get("DICOMWEB_COSMOS_ENDPOINT", ""),
             cosmos_database=env.get("DICOMWEB_COSMOS_DATABASE", "") or cls.cosmos_database,
@@ -121,9 +127,10 @@ class Settings:
 
     @property
     def has_storage(self) -> bool:
-        """True when Blob and Cosmos are configured (``serve`` starts emulators otherwise)."""
+        """True when Blob, Queue and Cosmos are configured (``serve`` starts emulators otherwise)."""
         return bool(
             (self.storage_connection_string or self.storage_account_url)
+            and (self.queue_connection_string or self.queue_service_url)
             and (self.cosmos_connection_string or self.cosmos_endpoint)
         )
 
@@ -135,6 +142,9 @@ SETTING_NAMES = (
     "DICOMWEB_INSTANCE_CONTAINER",
     "DICOMWEB_SIDECAR_CONTAINER",
     "DICOMWEB_STAGING_CONTAINER",
+    "DICOMWEB_QUEUES",
+    "DICOMWEB_QUEUES__queueServiceUri",
+    "DICOMWEB_JOBS_QUEUE",
     "DICOMWEB_COSMOS_CONNECTION_STRING",
     "DICOMWEB_COSMOS_ENDPOINT",
     "DICOMWEB_COSMOS_DATABASE",

@@ -3,16 +3,17 @@
 Order per instance: take a change-feed sequence, mark the instance's file as being
 deleted (in Blob, the system of record, with that sequence), drop its claim and its
 index document (its summaries count down), record the change, then delete the
-generation's blobs. If the process dies half way, ``reindex`` finds the mark and
-finishes the deletion, recording it unless the feed already has it.
+generation's blobs. If the deletion fails half way, a job on the queue finishes it
+(and so do a repeated DELETE and ``reindex``, which find the mark), recording it
+unless the feed already has it.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from dicomweb import audit, changefeed, records, retrieve
-from dicomweb.errors import NotFound
+from dicomweb import audit, changefeed, jobs, records, retrieve
+from dicomweb.errors import DicomWebError, NotFound
 from dicomweb.indexing import DELETE, remove_generation, withdraw
 from dicomweb.service import Service
 from dicomweb.storage.blobs import DELETING, Location
@@ -20,6 +21,9 @@ from dicomweb.storage.index import Conflict, Document
 
 #: Instances deleted at once.
 DELETE_CONCURRENCY = 16
+FINISH = "finish-delete"
+#: A deletion that failed half way is finished by a job this much later (the store may need a moment).
+FINISH_DELAY_SECONDS = 5
 
 
 async def delete(service: Service, study: str, series: str | None = None, instance: str | None = None) -> int:
@@ -38,7 +42,12 @@ async def delete(service: Service, study: str, series: str | None = None, instan
 
     async def one(doc: Document) -> None:
         async with slots:
-            await delete_instance(service, retrieve.location(doc))
+            found = retrieve.location(doc)
+            try:
+                await delete_instance(service, found)
+            except DicomWebError:
+                await _finish_later(service, found)
+                raise
 
     await asyncio.gather(*(one(doc) for doc in docs))
     return len(docs)
@@ -51,6 +60,25 @@ async def _finish_marked(service: Service, prefix: str) -> int:
     for location, mark in marked:
         await finish_deletion(service, location, mark)
     return len(marked)
+
+
+async def _finish_later(service: Service, location: Location) -> None:
+    """Have a job finish a deletion that failed here (if the file got its mark; else nothing began)."""
+    try:
+        await jobs.enqueue(service, FINISH, FINISH_DELAY_SECONDS, study=location.study, series=location.series,
+                           sop=location.sop, generation=location.generation)
+    except DicomWebError:
+        pass  # the mark stays: a repeated DELETE or reindex finishes it
+
+
+@jobs.handler(FINISH)
+async def _finish_job(service: Service, delivery: jobs.Delivery) -> None:
+    """Finish the deletion of one generation if its file carries the mark (raises to be delivered again)."""
+    fields = delivery.fields
+    location = Location(fields["study"], fields["series"], fields["sop"], fields["generation"])
+    mark = await service.blobs.instances.deletion_mark(location)
+    if mark:
+        await finish_deletion(service, location, mark)
 
 
 async def finish_deletion(service: Service, location: Location, mark: str) -> None:

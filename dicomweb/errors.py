@@ -134,3 +134,10 @@ class StorageFailure(DicomWebError):
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class DamagedInstance(StorageFailure):
+    """A stored file does not match its frame offset record; the record is being rebuilt from the file (503)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after=30)

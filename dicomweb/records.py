@@ -12,6 +12,7 @@ from typing import Any
 
 from dicomweb.dicom.attributes import level_attributes, match_fields
 from dicomweb.dicom.dicomjson import BULKDATA, PIXEL_DATA_KEY, JsonDict, dataset_to_json
+from dicomweb.dicom.frames import FrameIndex
 from dicomweb.dicom.part10 import Header, Part10Parser
 from dicomweb.storage.blobs import Location
 from dicomweb.storage.index import Document, document_id
@@ -52,17 +53,20 @@ class Sidecars:
     frames: bytes | None
 
 
-def make_sidecars(parser: Part10Parser, description: JsonDict, generation: str) -> Sidecars:
+def make_sidecars(parser: Part10Parser, description: JsonDict, generation: str, frame_index: FrameIndex | None = None,
+                  size: int | None = None) -> Sidecars:
     """Metadata sidecar (the description and storage facts) and frame offset record of a parsed instance.
 
+    The record and size are the parser's, unless given (an upload's checked record, and
+    the staged blob's size, when the parser walked only part of the file).
     CPU-heavy for many frames: run it with :func:`dicomweb.cpu.run`.
     """
-    frame_index = parser.frame_index(generation)
+    frame_index = frame_index or parser.frame_index(generation)
     sidecar = {
         "version": SIDECAR_VERSION,
         "generation": generation,
         "transferSyntaxUID": description["transferSyntaxUID"],
-        "size": parser.stored_size,
+        "size": parser.stored_size if size is None else size,
         "numberOfFrames": len(frame_index) if frame_index is not None else None,
         "bulk": description["bulk"],
         "dataset": description["dataset"],

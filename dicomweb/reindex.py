@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from dicomweb import cpu, records
+from dicomweb import cpu, jobs, records
 from dicomweb.delete import finish_deletion
 from dicomweb.dicom.part10 import Part10Parser
 from dicomweb.errors import NotFound
@@ -52,6 +52,16 @@ async def derive_sidecars(service: Service, location: Location) -> records.JsonD
     if made.frames is not None:
         await service.blobs.sidecars.put(location.sidecar("frames"), made.frames)
     return made.sidecar
+
+
+@jobs.handler("rescan")
+async def _rescan_job(service: Service, delivery: jobs.Delivery) -> None:
+    """Rebuild the sidecars of a generation whose file did not match its frame offset record."""
+    fields = delivery.fields
+    location = Location(fields["study"], fields["series"], fields["sop"], fields["generation"])
+    if await _indexed(service, location):
+        await derive_sidecars(service, location)
+        service.forget(location)
 
 
 async def _sidecar(service: Service, location: Location, kinds: set[str], report: ReindexReport

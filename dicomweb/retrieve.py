@@ -2,7 +2,9 @@
 
 Frames never touch the whole file: the frame offset record (a sidecar, cached per
 process) gives each frame's byte range, and neighbouring frames asked for together
-are fetched with one ranged read. The index names each instance's current generation;
+are fetched with one ranged read. Each encapsulated frame's item headers are checked
+as it is read, so a record that does not fit its file is refused (and rebuilt), never
+served as wrong bytes. The index names each instance's current generation;
 a process that cached an older one finds its blobs gone once it is replaced, and
 looks the instance up again.
 """
@@ -14,11 +16,11 @@ import functools
 import json
 from typing import AsyncIterator, Sequence
 
-from dicomweb import cpu
+from dicomweb import cpu, jobs
 from dicomweb.dicom.dicomjson import PIXEL_DATA_KEY, JsonDict
-from dicomweb.dicom.frames import ITEM_HEADER, FrameIndex, join_fragments
+from dicomweb.dicom.frames import ITEM_HEADER, FrameIndex, RecordMismatch, frame_payload
 from dicomweb.dicom.syntax import bounded_int
-from dicomweb.errors import BadRequest, NotFound, StorageFailure
+from dicomweb.errors import BadRequest, DamagedInstance, NotFound, StorageFailure
 from dicomweb.framecache import FrameCache, Key
 from dicomweb.service import CachedIndex, Service
 from dicomweb.storage.blobs import Location
@@ -197,19 +199,33 @@ async def _read_window(service: Service, cached: CachedIndex, first: int, last: 
                 break
             high += 1
     futures = cache.begin([key(n) for n in range(low, high + 1)])
-    start = index.span(low)[0]
-    end = sum(index.span(high))
+    start = index.read_span(low)[0]
+    end = sum(index.read_span(high))
     try:
-        data = await service.blobs.instances.read_range(cached.location, start, end - start)
+        data = memoryview(await service.blobs.instances.read_range(cached.location, start, end - start))
+        frames = {}
+        for number in range(low, high + 1):
+            offset, length = index.read_span(number)
+            try:
+                frames[number] = frame_payload(data[offset - start : offset - start + length],
+                                               index.fragments[number - 1])
+            except RecordMismatch as exc:
+                raise await _damaged(service, cached, number, exc) from None
     except BaseException as error:
         cache.fail(futures, error)
         raise
-    frames = {}
-    for number in range(low, high + 1):
-        offset, length = index.span(number)
-        frames[number] = join_fragments(data[offset - start : offset - start + length], index.fragments[number - 1])
     cache.finish(futures, {key(n): frames[n] for n in frames})
     return frames
+
+
+async def _damaged(service: Service, cached: CachedIndex, number: int, mismatch: RecordMismatch) -> DamagedInstance:
+    """Refuse a frame whose bytes do not fit the record, forget the record, and have it rebuilt from the file."""
+    found = cached.location
+    service.frame_indexes.drop(_key(found.study, found.series, found.sop))
+    await jobs.enqueue(service, "rescan", study=found.study, series=found.series, sop=found.sop,
+                       generation=found.generation)
+    return DamagedInstance(f"frame {number} does not match the frame offset record ({mismatch}); the record is "
+                           "being rebuilt from the stored file")
 
 
 def _frame_key(name: str, generation: str, number: int) -> Key:

@@ -15,12 +15,9 @@ from dicomweb.config import Settings
 from dicomweb.dicom.frames import FrameIndex
 from dicomweb.framecache import FrameCache
 from dicomweb.storage.blobs import BlobStores, Location
-from dicomweb.storage.clients import blob_store, index_store
+from dicomweb.storage.clients import blob_store, index_store, job_queue
 from dicomweb.storage.index import IndexStore
-
-#: Upload-session ingests one worker runs at once; the rest wait their turn, heartbeat going. One ingest
-#: already streams as fast as the worker's network allows, and the worker's memory stays that of one.
-INGESTS_PER_WORKER = 1
+from dicomweb.storage.queues import JobQueue
 
 
 @dataclass
@@ -71,12 +68,10 @@ class Service:
     settings: Settings
     blobs: BlobStores
     index: IndexStore
+    #: Where work that outlives a request goes (:mod:`dicomweb.jobs`).
+    jobs: JobQueue
     frame_indexes: FrameIndexCache = field(init=False)
     frames: FrameCache = field(init=False)
-    #: Upload ingests running in this worker, by session id (they outlive the request that started them).
-    tasks: dict[str, asyncio.Task] = field(default_factory=dict)
-    #: Ingests that may run at once in this worker: each holds a few blocks of memory.
-    ingest_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(INGESTS_PER_WORKER))
     #: Who calls and what they may do (fails closed when authentication is not configured).
     auth: Authenticator = field(init=False)
 
@@ -87,9 +82,10 @@ class Service:
 
     @classmethod
     async def create(cls, settings: Settings) -> "Service":
-        """Connect to Blob and Cosmos and make sure containers exist."""
-        service = cls(settings, blob_store(settings), index_store(settings))
+        """Connect to Blob, Queue and Cosmos and make sure containers and queues exist."""
+        service = cls(settings, blob_store(settings), index_store(settings), job_queue(settings))
         await service.blobs.ensure_containers()
+        await service.jobs.ensure()
         await service.index.ensure()
         return service
 
@@ -101,6 +97,7 @@ class Service:
     async def close(self) -> None:
         """Release the storage clients."""
         await self.blobs.close()
+        await self.jobs.close()
         await self.index.close()
 
 

@@ -1,8 +1,10 @@
 """``dicomweb upload``: store DICOM files and folders in a DICOMweb service at full speed.
 
 Small instances go by single-part STOW-RS; large ones (or any the service refuses with
-413) through upload sessions, their blocks put straight to Blob in parallel. Several
-instances travel at once. Transient failures (connection errors, 408/429/5xx) are
+413) through upload sessions, their blocks put straight to Blob in parallel, and the
+file's frame offset record, computed here with the service's own parser while the
+blocks travel, sent with the commit: the service checks it instead of reading the
+file again. Several instances travel at once. Transient failures (connection errors, 408/429/5xx) are
 retried with backoff; an interrupted session is resumed from a state file, sending only
 the blocks that have not arrived. Only HTTP is spoken: no Azure SDK, no credentials
 but an optional bearer token for the service itself.
@@ -23,6 +25,8 @@ from typing import Any, AsyncIterator, Callable, TextIO
 
 import aiohttp
 from tqdm import tqdm
+
+from dicomweb.dicom.part10 import Limits, Part10Parser
 
 MIB = 1024 * 1024
 DUPLICATE = 45070
@@ -79,6 +83,43 @@ def find_files(paths: list[Path]) -> tuple[list[Path], list[Result]]:
                 skipped.append(Result(candidate, candidate.stat().st_size, "skipped",
                                       detail="not a DICOM Part 10 file"))
     return files, skipped
+
+
+#: The header is read in pieces of this size; after it, only fragment item headers (and a few payload bytes).
+_HEAD_READ = MIB
+_ITEM_READ = 16
+
+
+def frame_record(path: Path) -> bytes | None:
+    """The file's frame offset record as a commit sends it, or None when the service does better without one.
+
+    The service's own parser reads the header, then jumps from one fragment item header to
+    the next (a few bytes per frame, not the whole file). Native Pixel Data needs no
+    record (the header gives it), and a file that is not a Part 10 file with a preamble,
+    or that the parser refuses, goes without: the service then scans it, or refuses it
+    with the reason.
+    """
+    parser = Part10Parser(Limits())
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as handle:
+            descriptor = handle.fileno()
+            while not parser.table_read and parser.position < size:
+                parser.feed(os.pread(descriptor, _HEAD_READ, parser.position))
+            header = parser.header
+            if header is None or parser.shift != 0 or header.pixel_value_length is not None \
+                    or header.pixel_value_offset is None:
+                return None
+            while (wanted := parser.wanted()) is not None and parser.position < size:
+                at = max(wanted, parser.position)
+                parser.skip_to(at)
+                parser.feed(os.pread(descriptor, _ITEM_READ, at))
+            parser.skip_to(size)
+            parser.close()
+            record = parser.frame_index("")
+    except Exception:  # noqa: BLE001 - whatever the parser refuses, the service refuses with its reason
+        return None
+    return record.to_bytes() if record is not None else None
 
 
 class _Transient(Exception):
@@ -248,10 +289,13 @@ class Uploader:
         if session["status"] == "open":
             missing = set(session["missing"])
             self._advance(size - sum(b["length"] for b in session["blocks"] if b["index"] in missing))
-            await asyncio.gather(*(self._put_block(path, session, b) for b in session["blocks"]
-                                   if b["index"] in missing))
+            record_task = asyncio.to_thread(frame_record, path)
+            *_, record = await asyncio.gather(*(self._put_block(path, session, b) for b in session["blocks"]
+                                                if b["index"] in missing), record_task)
             timing["commit"] = time.perf_counter()
-            status, _, content = await self._request("POST", session["commitUrl"], ok=(202,))
+            status, _, content = await self._request(
+                "POST", session["commitUrl"], ok=(202,), body=lambda: record or b"",
+                headers={"content-type": "application/octet-stream"})
             if status != 202:
                 self._remember(key, None)
                 return _stow_outcome(status, json.loads(content) if content else {})

@@ -1,17 +1,33 @@
-"""Upload sessions: multi-GB instances go straight to Blob, then one ingest pass stores them.
+"""Upload sessions: multi-GB instances go straight to Blob, and are stored without passing through a function.
 
 A documented extension next to STOW-RS, for instances beyond what one Functions request
-carries (100 MB and 230 s by default). The client declares the size and gets a
-write-only SAS for one staging blob plus a block plan; it puts the blocks itself, in
-parallel, with any HTTP client or the Azure SDK. ``commit`` commits the block list and
-streams the staged blob (ranged reads) through the STOW path: the same parser, frame
-offset record, validation, duplicate check, block upload to the final name, sidecars
-and index, so both paths store identical files. The staged blob is deleted afterwards.
+carries (100 MB and 230 s by default). The protocol:
 
-State lives in Blob (a small JSON record per session, written with etag checks), so any
-worker can answer for a session. An ingest that outlives one HTTP request goes on in the
-background and reports through the record; if its worker dies, the record's heartbeat
-goes stale and the next status request resumes the ingest.
+1. ``create``: the client declares the size and gets a write-only SAS for one staging
+   blob plus a block plan.
+2. It puts the blocks itself, in parallel, with any HTTP client, the Azure SDK or azcopy.
+3. ``commit``, optionally with the file's frame offset record (which ``dicomweb upload``
+   computes with the service's own parser while it reads the file): the planned blocks
+   are committed (or the blob the client committed itself is taken), the session turns
+   ``ingesting`` and an ingest job goes on the queue; the commit answers with the job's
+   result, or 202 while it still runs.
+4. The ingest job (:func:`ingest`, on any worker) reads the header with ranged reads of
+   the committed version of the blob, validates it as STOW-RS does, and takes a frame
+   offset record: the client's, once checked against the header; a native one from the
+   header alone; or, for a blob committed without one, a scan of the blob with large
+   parallel ranged reads. It zeroes the preamble by re-writing only the first block (the
+   other committed blocks are committed again as they are), makes the generation a
+   server-side copy of the staged blob in the instance container, checks a sample of the
+   copy's frames against a client's record, writes the sidecars and publishes the
+   generation, then deletes the staged blob. No byte of the instance passes through a
+   function, so the commit costs the same for 400 MB and for 40 GB.
+
+Every read and write of the staged blob is conditioned on the etag of the version that
+was parsed, and the stored file is a copy in another container: whatever the client
+does with its SAS after the commit never reaches what the service serves. State lives
+in Blob (a small JSON record per session, written with etag checks), so any worker can
+answer for a session; the queue redelivers an ingest whose worker vanished, and after
+the last failed delivery the session says ``failed`` with the reason.
 """
 
 from __future__ import annotations
@@ -25,16 +41,26 @@ import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import AsyncIterator
 
-from dicomweb import audit
+from dicomweb import audit, cpu, jobs, records
 from dicomweb.config import MIB
 from dicomweb.dicom.dicomjson import JsonDict
+from dicomweb.dicom.frames import SAMPLE_TAIL, FrameIndex, check_record, check_sampled, sample
+from dicomweb.dicom.part10 import Part10Parser
 from dicomweb.dicom.syntax import is_valid_uid
-from dicomweb.errors import BadRequest, DicomWebError, NotFound, StateConflict, StorageFailure
+from dicomweb.errors import (
+    BadRequest,
+    ConcurrentChange,
+    DicomWebError,
+    InvalidDataset,
+    NotFound,
+    StateConflict,
+    StorageFailure,
+)
+from dicomweb.indexing import publish, refusal, remove_generation
 from dicomweb.service import Service
-from dicomweb.storage.blobs import StaleBlob, new_generation
-from dicomweb.stow import Outcome, response, store_instance
+from dicomweb.storage.blobs import TIER_TAG, Location, StaleBlob, new_generation
+from dicomweb.stow import Outcome, response, tier, validate
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +70,24 @@ DATA = "data/"
 MAX_BLOCKS = 50_000
 #: Blob's limit of one block blob (190.7 TiB).
 MAX_SIZE = MAX_BLOCKS * 4000 * MIB
-#: How often an ingest records its progress, and when a silent one counts as dead.
-HEARTBEAT_SECONDS = 15.0
-STALE_SECONDS = 90.0
-#: Ranged reads of the staged blob during the ingest pass: size and how many in flight.
-READ_CHUNK = 8 * MIB
-READ_AHEAD = 3
+#: The header is read with ranged reads growing from this size.
+HEAD_CHUNK = MIB
+#: A scan (a blob committed without a frame offset record): ranged reads of this size, this many in flight.
+SCAN_CHUNK = 8 * MIB
+SCAN_AHEAD = 8
+#: How often a scan records its progress in the session.
+PROGRESS_SECONDS = 5.0
+#: Frames of a client's record whose bytes are checked on the stored copy (the first, the last, spread between).
+SAMPLED_FRAMES = 64
+#: The largest first block re-written to zero the preamble.
+MAX_HEAD_BLOCK = 256 * MIB
+#: A session still ingesting this long after it expired lost its job (a worker died on the last delivery).
+STUCK_SECONDS = 3600
+#: The commit looks whether the ingest finished after this wait, growing to the second.
+COMMIT_POLL = (0.05, 0.5)
+PREAMBLE_BYTES = 128
 OPEN, INGESTING, STORED, FAILED = "open", "ingesting", "stored", "failed"
+INGEST, EXPIRE = "upload-ingest", "upload-expire"
 
 
 def _now() -> datetime:
@@ -95,14 +132,24 @@ class Session:
     #: The principal that created the session: no one else sees it (``dicomweb.auth.Principal.id``).
     owner: str = ""
     status: str = OPEN
-    heartbeat: str | None = None
     progress: int = 0
     result: JsonDict | None = None
+    #: The DICOMweb base URL of the commit, for the URLs in the result.
+    base: str = ""
+    #: Whether the commit brought a frame offset record (kept next to the session record).
+    record: bool = False
+    #: The instance's UIDs, once the ingest has read its header.
+    instance: dict[str, str] | None = None
     etag: str = field(default="", compare=False)
 
     @property
-    def record(self) -> str:
+    def record_name(self) -> str:
         return f"{SESSIONS}{self.id}.json"
+
+    @property
+    def frames_name(self) -> str:
+        """Where the client's frame offset record waits for the ingest."""
+        return f"{SESSIONS}{self.id}.frames"
 
     @property
     def data(self) -> str:
@@ -124,13 +171,15 @@ class Session:
     def expired(self, now: datetime) -> bool:
         return _parse(self.expires) <= now
 
-    def stale(self, now: datetime) -> bool:
-        """An ingest whose worker stopped reporting."""
-        return self.status == INGESTING and (
-            self.heartbeat is None or (now - _parse(self.heartbeat)).total_seconds() > STALE_SECONDS)
+    def stuck(self, now: datetime) -> bool:
+        """Still ingesting long after expiry: its job is gone."""
+        return self.status == INGESTING and (now - _parse(self.expires)).total_seconds() > STUCK_SECONDS
 
     def to_json(self) -> bytes:
         return json.dumps({k: v for k, v in dataclasses.asdict(self).items() if k != "etag"}).encode()
+
+
+_FIELDS = {f.name for f in dataclasses.fields(Session)} - {"etag"}
 
 
 async def create(service: Service, size: object, study: object | None, owner: str) -> Session:
@@ -146,7 +195,7 @@ async def create(service: Service, size: object, study: object | None, owner: st
         created=_text(now), expires=_text(now + timedelta(seconds=settings.upload_session_seconds)),
         generation=new_generation(), owner=owner,
     )
-    session.etag = await service.blobs.staging.put_record(session.record, session.to_json())
+    session.etag = await service.blobs.staging.put_record(session.record_name, session.to_json())
     return session
 
 
@@ -170,21 +219,11 @@ async def load(service: Service, session_id: str, owner: str | None = None) -> S
 
 async def _read(service: Service, record: str) -> Session:
     data, etag = await service.blobs.staging.get_record(record)
-    return Session(**json.loads(data), etag=etag)
+    return Session(**{k: v for k, v in json.loads(data).items() if k in _FIELDS}, etag=etag)
 
 
 async def _save(service: Service, session: Session) -> None:
-    session.etag = await service.blobs.staging.put_record(session.record, session.to_json(), session.etag)
-
-
-async def _beat(service: Service, session: Session) -> bool:
-    """Record that this worker is ingesting ``session`` now; False when another worker changed the record."""
-    session.heartbeat = _text(_now())
-    try:
-        await _save(service, session)
-    except StaleBlob:
-        return False
-    return True
+    session.etag = await service.blobs.staging.put_record(session.record_name, session.to_json(), session.etag)
 
 
 async def describe(service: Service, session: Session, base: str) -> JsonDict:
@@ -220,143 +259,338 @@ async def _seal(service: Service, session: Session) -> None:
     if not missing:
         await service.blobs.staging.commit(session.data, [block_id(i) for i in range(session.block_count)])
         return
-    if committed:
-        held = sum(committed.values())
-        if held == session.size:
-            return
+    held = sum(committed.values()) if committed else await _staged_size(service, session)
+    if held == session.size:
+        return
+    if held:
         raise StateConflict(f"the staged blob holds {held} bytes, not the declared {session.size}")
     shown = ", ".join(map(str, missing[:20])) + (" …" if len(missing) > 20 else "")
     raise StateConflict(f"{len(missing)} of {session.block_count} blocks have not arrived: {shown}")
 
 
-async def commit(service: Service, session_id: str, owner: str, base: str) -> Session:
-    """Commit and ingest; the session once stored or failed, or still ingesting after the configured wait."""
+def read_record(data: bytes, most_frames: int) -> bytes | None:
+    """The frame offset record a commit brings (empty body: none); 400 unless it is one."""
+    if not data:
+        return None
+    try:
+        record = FrameIndex.from_bytes(data)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("a commit's body is the file's frame offset record (dicomweb.dicom.frames.FrameIndex), "
+                         "or empty") from None
+    if len(record) > most_frames:
+        raise BadRequest(f"a frame offset record of {len(record)} frames is beyond DICOMWEB_MAX_FRAMES")
+    return data
+
+
+async def _staged_size(service: Service, session: Session) -> int:
+    """Bytes of a staged blob put in one piece (no block list), 0 when there is none."""
+    try:
+        return (await service.blobs.staging.properties(session.data))[1]
+    except NotFound:
+        return 0
+
+
+async def commit(service: Service, session_id: str, owner: str, base: str, record: bytes | None = None) -> Session:
+    """Commit the blocks and have the ingest job store them; the session once stored or failed, or still
+    ingesting after the configured wait."""
     session = await load(service, session_id, owner)
     if session.status == OPEN:
         await _seal(service, session)
-        session.status, session.heartbeat, session.result = INGESTING, _text(_now()), None
+        if record is not None:
+            await service.blobs.staging.put_record(session.frames_name, record)
+        session.status, session.result, session.progress = INGESTING, None, 0
+        session.base, session.record = base, record is not None
         try:
             await _save(service, session)
-            _start(service, session, base)
         except StaleBlob:
             session = await load(service, session_id)  # another request committed it first
-    else:
-        session = await _resume_if_stale(service, session, base)
-    task = service.tasks.get(session.id)
-    if task is None:
-        return session
-    try:
-        return await asyncio.wait_for(asyncio.shield(task), service.settings.commit_wait_seconds)
-    except asyncio.TimeoutError:
-        return await load(service, session_id)
+        else:
+            try:
+                await jobs.enqueue(service, INGEST, session=session.id)
+            except DicomWebError:
+                session.status = OPEN
+                await _save(service, session)
+                raise
+    return await _wait(service, session)
 
 
-def _start(service: Service, session: Session, base: str) -> None:
-    """Run the ingest of ``session`` in this worker (unless it already does), beyond any one request."""
-    if session.id in service.tasks:
-        return
-    task = asyncio.create_task(_ingest(service, session, base))
-    service.tasks[session.id] = task
-    task.add_done_callback(lambda _: service.tasks.pop(session.id, None))
-
-
-async def _resume_if_stale(service: Service, session: Session, base: str) -> Session:
-    """Resume here an ingest whose worker stopped reporting; the heartbeat's etag check lets one worker win."""
-    if not session.stale(_now()):
-        return session
-    if not await _beat(service, session):
-        return await load(service, session.id)  # another worker resumed it first
-    _start(service, session, base)
+async def _wait(service: Service, session: Session) -> Session:
+    """The session once its ingest ended, or as it is after ``commit_wait_seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + service.settings.commit_wait_seconds
+    pause, longest = COMMIT_POLL
+    while session.status == INGESTING and loop.time() < deadline:
+        await asyncio.sleep(pause)
+        pause = min(pause * 1.5, longest)
+        session = await load(service, session.id)
     return session
 
 
-async def status(service: Service, session_id: str, owner: str, base: str) -> Session:
-    """The session, resuming its ingest here when the worker that ran it stopped reporting."""
-    return await _resume_if_stale(service, await load(service, session_id, owner), base)
+async def status(service: Service, session_id: str, owner: str) -> Session:
+    """The session: which blocks arrived, the ingest's progress, or its result."""
+    return await load(service, session_id, owner)
 
 
-async def _staged_chunks(service: Service, session: Session) -> AsyncIterator[bytes]:
-    """The staged bytes, recording progress in the session every few seconds (the heartbeat)."""
-    loop = asyncio.get_running_loop()
-    beat = loop.time()
-    session.progress = 0
-    async for chunk in service.blobs.staging.read(session.data, session.size, READ_CHUNK, READ_AHEAD):
-        session.progress += len(chunk)
-        if loop.time() - beat >= HEARTBEAT_SECONDS:
-            beat = loop.time()
-            if not await _beat(service, session):
-                log.warning("upload %s: another worker took over the ingest", session.id)
-                session.etag = (await load(service, session.id)).etag
-        yield chunk
-
-
-async def _slot(service: Service, session: Session) -> bool:
-    """Wait for the worker's ingest slot, heartbeat going; False when another worker took the session over."""
-    while True:
-        try:
-            await asyncio.wait_for(service.ingest_slots.acquire(), HEARTBEAT_SECONDS)
-            return True
-        except asyncio.TimeoutError:
-            if not await _beat(service, session):
-                return False
-
-
-async def _ingest(service: Service, session: Session, base: str) -> Session:
-    """One streaming pass of the staged blob through the STOW path, then the result into the record."""
+@jobs.handler(INGEST)
+async def _ingest_job(service: Service, delivery: jobs.Delivery) -> None:
+    """The queue's delivery of an ingest: run it unless an earlier delivery finished it."""
     try:
-        if not await _slot(service, session):
-            return await load(service, session.id)
-        try:
-            # A resumed ingest stores the same generation again: the claim recognises it and finishes the work.
-            outcome = await store_instance(service, _staged_chunks(service, session), session.study,
-                                           generation=session.generation)
-        finally:
-            service.ingest_slots.release()
-    except Exception as exc:  # noqa: BLE001 - the record must say how the ingest ended
-        log.exception("upload %s: ingest failed", session.id)
-        outcome = Outcome(None, None, error=exc if isinstance(exc, DicomWebError) else
-                          StorageFailure(f"the ingest failed: {exc.__class__.__name__}"))
-    code, body, warning = response([outcome], base)
+        session = await _read(service, f"{SESSIONS}{delivery.fields['session']}.json")
+    except NotFound:
+        return  # aborted or expired meanwhile
+    if session.status != INGESTING:
+        return
+    log.info("upload %s: ingest starts (delivery %d)", session.id, delivery.attempt)
+    try:
+        outcome = await ingest(service, session)
+    except Exception as exc:
+        if not delivery.last:
+            log.warning("upload %s: ingest attempt %d failed (%s); the queue delivers it again", session.id,
+                        delivery.attempt, exc.__class__.__name__)
+            raise
+        log.exception("upload %s: the ingest failed on its last delivery", session.id)
+        reason = exc.message if isinstance(exc, DicomWebError) else exc.__class__.__name__
+        await _finish(service, session, Outcome(None, None, error=StorageFailure(
+            f"the ingest failed {delivery.attempt} times; the last time: {reason}")))
+        raise
+    await _finish(service, session, outcome)
+    log.info("upload %s: ingest ends %s", session.id, session.status)
+
+
+async def _finish(service: Service, session: Session, outcome: Outcome) -> None:
+    """Record how the ingest ended (unless another delivery recorded it first), and drop the staged blob."""
+    code, body, warning = response([outcome], session.base)
     session.result = {"status": code, "body": body, "warning": warning}
-    # Storage failing is no verdict on the upload: the session opens again with its staged blob kept,
-    # and the commit answers 503, so that committing again (after Retry-After) ingests it once more.
-    retry = isinstance(outcome.error, StorageFailure)
-    session.status = STORED if outcome.error is None else OPEN if retry else FAILED
-    session.heartbeat = _text(_now())
-    for _ in range(3):
+    session.status = STORED if outcome.error is None else FAILED
+    while True:
         try:
             await _save(service, session)
             break
         except StaleBlob:
-            session.etag = (await load(service, session.id)).etag
-    if not retry:
-        await service.blobs.staging.discard(session.data)
+            current = await _read(service, session.record_name)
+            if current.status != INGESTING:
+                return  # its verdict stands
+            session.etag = current.etag
+    await service.blobs.staging.discard(session.data)
+    await service.blobs.staging.delete_record(session.frames_name)
+    uids = session.instance or {}
     audit.record("upload-ingest", session.status, session=session.id, status=code,
-                 generation=session.generation if session.status == STORED else None)
-    return session
+                 study=uids.get("study"), series=uids.get("series"), instance=uids.get("sop"),
+                 generation=session.generation if session.status == STORED else None,
+                 reason=outcome.error.reason if outcome.error else None)
+
+
+async def ingest(service: Service, session: Session) -> Outcome:
+    """Store the committed staged blob of ``session`` as its generation, without re-writing its bytes.
+
+    Bad input and a duplicate are an outcome (the session fails with the reason); storage
+    failures and a blob changed meanwhile raise, so that the queue delivers the job again.
+    Any outcome but success leaves no generation behind.
+    """
+    parser = Part10Parser(service.settings.limits)
+    location: Location | None = None
+    try:
+        location = await _store(service, session, parser)
+    except (StorageFailure, ConcurrentChange):
+        raise
+    except DicomWebError as error:
+        await _undo(service, session, location)
+        dataset = parser.header.dataset if parser.header is not None else None
+        uids = [str(dataset.get(k, "") or "") or None if dataset is not None else None
+                for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")]
+        return Outcome(*uids, error=error)
+    header = parser.header
+    assert header is not None
+    return Outcome(str(header.dataset.SOPClassUID), location.sop, location.study, location.series)
+
+
+async def _store(service: Service, session: Session, parser: Part10Parser) -> Location:
+    staging = service.blobs.staging
+    try:
+        etag, size = await staging.properties(session.data)
+    except NotFound:
+        return await _stored_before(service, session)
+    if size != session.size:
+        raise StateConflict(f"the staged blob holds {size} bytes, not the declared {session.size}")
+    preamble = await _read_head(service, session, parser, etag, size)
+    header = parser.header
+    assert header is not None
+    if parser.shift != 0:
+        raise InvalidDataset("an upload session takes a DICOM Part 10 file: a 128-byte preamble, DICM and the "
+                             "File Meta Information (STOW-RS takes bare datasets)")
+    study, series, sop, sop_class = validate(header.dataset, session.study)
+    description = await cpu.run(records.describe, header)
+    if (claim := await service.index.claim(sop)) is not None and claim["generation"] != session.generation:
+        raise refusal(claim, study, series)
+    if session.instance is None:
+        session.instance = {"study": study, "series": series, "sop": sop, "sopClass": sop_class}
+        await _save(service, session)
+    location = Location(study, series, sop, session.generation)
+    frames = await _frame_record(service, session, parser, etag, size)
+    if preamble.strip(b"\x00"):
+        etag = await staging.restage_head(session.data, etag, size, bytes(PREAMBLE_BYTES), MAX_HEAD_BLOCK)
+    source = await staging.read_url(session.data, datetime.now(timezone.utc) + timedelta(hours=1))
+    tags = {TIER_TAG: tier(header.dataset, size, service.settings.hot_pin_bytes)}
+    await service.blobs.instances.copy_from(location, source, etag, tags)
+    if session.record and frames is not None:
+        await _check_sample(service, location, frames)
+    made = await cpu.run(records.make_sidecars, parser, description, session.generation, frames, size)
+    writes = [service.blobs.sidecars.put(location.sidecar("json"), made.metadata)]
+    if made.frames is not None:
+        writes.append(service.blobs.sidecars.put(location.sidecar("frames"), made.frames))
+    for result in await asyncio.gather(*writes, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
+    await publish(service, made.sidecar, replace=False)
+    return location
+
+
+async def _read_head(service: Service, session: Session, parser: Part10Parser, etag: str, size: int) -> bytes:
+    """Feed the parser the header (and an encapsulated Pixel Data's Basic Offset Table); the preamble's bytes."""
+    chunk, preamble = HEAD_CHUNK, b""
+    while not parser.table_read and parser.position < size:
+        data = await service.blobs.staging.read_range(session.data, parser.position,
+                                                      min(chunk, size - parser.position), etag)
+        preamble = preamble or data[:PREAMBLE_BYTES]
+        await cpu.run(parser.feed, data)
+        chunk = min(chunk * 2, SCAN_CHUNK)
+    if not parser.table_read:
+        await cpu.run(parser.close)  # raises: the file ends inside its header
+    return preamble
+
+
+async def _frame_record(service: Service, session: Session, parser: Part10Parser, etag: str,
+                        size: int) -> FrameIndex | None:
+    """The frame offset record: native from the header, the client's once checked, or from a scan of the blob."""
+    header = parser.header
+    assert header is not None
+    if header.pixel_value_offset is None:
+        parser.skip_to(size)
+        return None
+    if header.pixel_value_length is not None:
+        if header.pixel_value_offset + header.pixel_value_length > size:
+            raise InvalidDataset(f"truncated: Pixel Data needs {header.pixel_value_offset + header.pixel_value_length}"
+                                 f" bytes, got {size}")
+        parser.skip_to(size)
+        return parser.native_index(session.generation)
+    if session.record:
+        try:
+            raw, _ = await service.blobs.staging.get_record(session.frames_name)
+        except NotFound:
+            raw = b""
+        if raw:
+            try:
+                record = FrameIndex.from_bytes(raw)
+            except (ValueError, UnicodeDecodeError):
+                raise InvalidDataset("the commit's frame offset record cannot be read") from None
+            await cpu.run(check_record, record, header.transfer_syntax, parser.frame_count, parser.offset_tables(),
+                          size)
+            return record.with_generation(session.generation)
+        session.record = False
+    return await _scan(service, session, parser, etag, size)
+
+
+async def _scan(service: Service, session: Session, parser: Part10Parser, etag: str, size: int) -> FrameIndex | None:
+    """Walk the rest of the blob's fragments with large parallel ranged reads (nothing is written)."""
+    loop = asyncio.get_running_loop()
+    reported = loop.time()
+    async for data in service.blobs.staging.read(session.data, parser.position, size, SCAN_CHUNK, SCAN_AHEAD, etag):
+        parser.feed(data)
+        if loop.time() - reported >= PROGRESS_SECONDS:
+            reported = loop.time()
+            session.progress = parser.position
+            await _save(service, session)
+    await cpu.run(parser.close)
+    return await cpu.run(parser.frame_index, session.generation)
+
+
+async def _check_sample(service: Service, location: Location, frames: FrameIndex) -> None:
+    """Read a sample of the stored copy's frames where the client's record puts them; 43264 unless they fit."""
+    numbers = sample(frames, SAMPLED_FRAMES)
+
+    async def one(number: int) -> None:
+        offset, length = frames.read_span(number)
+        data = await service.blobs.instances.read_range(location, offset, length + SAMPLE_TAIL)
+        check_sampled(data, frames, number)
+
+    for start in range(0, len(numbers), 16):
+        await asyncio.gather(*(one(n) for n in numbers[start : start + 16]))
+
+
+async def _stored_before(service: Service, session: Session) -> Location:
+    """The staged blob is gone: an earlier delivery stored it (and died before saying so), or it was lost."""
+    uids = session.instance
+    if uids is not None:
+        claim = await service.index.claim(uids["sop"])
+        if claim is not None and claim["generation"] == session.generation:
+            return Location(uids["study"], uids["series"], uids["sop"], session.generation)
+    raise StateConflict("the staged blob is gone: open a new upload session")
+
+
+async def _undo(service: Service, session: Session, location: Location | None) -> None:
+    """Remove the generation this ingest copied unless the index names it; never anything stored before."""
+    uids = session.instance
+    if uids is None:
+        return
+    target = location or Location(uids["study"], uids["series"], uids["sop"], session.generation)
+    try:
+        claim = await service.index.claim(target.sop)
+        if claim is None or claim["generation"] != target.generation:
+            await remove_generation(service, target)
+    except DicomWebError:
+        log.exception("upload %s: cleanup after a failed ingest failed; reindex will reconcile", session.id)
 
 
 async def abort(service: Service, session_id: str, owner: str) -> None:
     """Drop a session and its staged blocks; refused while an ingest runs."""
     session = await load(service, session_id, owner)
-    if session.status == INGESTING and not session.stale(_now()):
+    if session.status == INGESTING:
         raise StateConflict("the upload is being ingested; wait for its result")
-    await service.blobs.staging.discard(session.data)
-    await service.blobs.staging.delete_record(session.record)
+    await _remove(service, session)
     audit.record("upload-abort", "aborted", session=session.id)
 
 
-async def cleanup(service: Service) -> int:
-    """Remove expired sessions with their staged blocks (and dead ingests past expiry); the number removed."""
+async def _remove(service: Service, session: Session) -> None:
+    await service.blobs.staging.discard(session.data)
+    await service.blobs.staging.delete_record(session.frames_name)
+    await service.blobs.staging.delete_record(session.record_name)
+
+
+def _removable(session: Session, now: datetime) -> bool:
+    return session.expired(now) and (session.status != INGESTING or session.stuck(now))
+
+
+async def expired(service: Service) -> list[str]:
+    """Ids of the sessions to remove: expired, and not ingesting (unless their job is long gone)."""
     now = _now()
-    removed = 0
+    found = []
     async for name in service.blobs.staging.list_records(SESSIONS):
+        if not name.endswith(".json"):
+            continue
         try:
             session = await _read(service, name)
         except NotFound:
             continue
-        if session.expired(now) and (session.status != INGESTING or session.stale(now)):
-            await service.blobs.staging.discard(session.data)
-            await service.blobs.staging.delete_record(session.record)
-            removed += 1
-    return removed
+        if _removable(session, now):
+            found.append(session.id)
+    return found
+
+
+@jobs.handler(EXPIRE)
+async def _expire_job(service: Service, delivery: jobs.Delivery) -> None:
+    """Remove one expired session with its staged blocks (again checked: it may have changed meanwhile)."""
+    try:
+        session = await _read(service, f"{SESSIONS}{delivery.fields['session']}.json")
+    except NotFound:
+        return
+    if _removable(session, _now()):
+        await _remove(service, session)
+
+
+async def cleanup(service: Service) -> int:
+    """Send a removal job for every expired session; how many were sent."""
+    ids = await expired(service)
+    for session_id in ids:
+        await jobs.enqueue(service, EXPIRE, session=session_id)
+    return len(ids)
+

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
 import pytest
 
-from dicomweb import uploads
+from dicomweb import jobs, uploads
 from dicomweb.config import MIB, Settings
 from dicomweb.errors import BadRequest, NotFound
 from dicomweb.service import Service
+from dicomweb.storage.clients import queue_consumer
 from tests.conftest import fresh_settings
 
 
@@ -44,8 +46,19 @@ def test_sessions_expire_and_cleanup_removes_them_with_their_blocks(emulators: d
             with pytest.raises(NotFound):
                 await uploads.load(service, expiring.id)
             assert await uploads.cleanup(service) == 1
+            assert (await uploads.load(service, lasting.id)).status == uploads.OPEN  # only a job was sent
+            consumer = queue_consumer(settings, settings.jobs_queue)
+            try:
+                (delivery,) = await consumer.receive(32, 30)
+                assert json.loads(delivery.content) == {"kind": uploads.EXPIRE, "actor": {"id": "system"},
+                                                        "session": expiring.id}
+                await jobs.run(service, json.loads(delivery.content), delivery.dequeue_count)
+                await consumer.complete(delivery)
+            finally:
+                await consumer.close()
             assert await service.blobs.staging.blocks(expiring.data) == ({}, {})
-            assert [name async for name in service.blobs.staging.list_records(uploads.SESSIONS)] == [lasting.record]
+            assert [name async for name in service.blobs.staging.list_records(uploads.SESSIONS)] == [
+                lasting.record_name]
             assert (await uploads.load(service, lasting.id)).status == uploads.OPEN
         finally:
             await service.close()

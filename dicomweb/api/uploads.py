@@ -2,8 +2,9 @@
 
 ``POST /uploads`` {"size": N, "studyInstanceUID": optional} → 201 with the block plan and a
 write-only SAS URL; ``GET /uploads/{id}`` → progress (and a fresh SAS) for resuming;
-``POST /uploads/{id}/commit`` → the STOW-RS answer, or 202 while the ingest goes on;
-``DELETE /uploads/{id}`` → 204. A timer removes expired sessions and their blocks.
+``POST /uploads/{id}/commit`` (body: the file's frame offset record, or nothing) → the
+STOW-RS answer, or 202 while the ingest job goes on; ``DELETE /uploads/{id}`` → 204. A
+timer sends a removal job for each expired session.
 """
 
 import json
@@ -15,7 +16,7 @@ from azurefunctions.extensions.http.fastapi import Request, Response
 from dicomweb import auth, uploads
 from dicomweb.api.http import base_url, dicom_json, endpoint, warning_header
 from dicomweb.auth import Permission
-from dicomweb.errors import BadRequest
+from dicomweb.errors import BadRequest, PayloadTooLarge
 from dicomweb.service import Service, get_service
 
 blueprint = func.Blueprint()
@@ -25,6 +26,8 @@ SESSION = "uploads/{id}"
 #: Expired sessions are looked for this often (NCRONTAB: second minute hour day month weekday).
 CLEANUP_SCHEDULE = "0 */15 * * * *"
 MAX_REQUEST_BYTES = 64 * 1024
+#: A frame offset record holds 16 bytes per frame (dicomweb.dicom.frames.FrameIndex).
+RECORD_BYTES_PER_FRAME = 16
 
 
 def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -54,23 +57,27 @@ async def create(req: Request, service: Service) -> Response:
 @endpoint(blueprint, "upload_status", SESSION, ["GET"], Permission.WRITE)
 async def status(req: Request, service: Service) -> Response:
     """Which blocks arrived (and a fresh SAS), the ingest's progress, or its result."""
-    base = base_url(req, service.settings)
-    session = await uploads.status(service, req.path_params["id"], auth.current().id, base)
-    return _json(await uploads.describe(service, session, base))
+    session = await uploads.status(service, req.path_params["id"], auth.current().id)
+    return _json(await uploads.describe(service, session, base_url(req, service.settings)))
 
 
 @endpoint(blueprint, "upload_commit", SESSION + "/commit", ["POST"], Permission.WRITE)
 async def commit(req: Request, service: Service) -> Response:
     """Commit the blocks and ingest: the STOW-RS answer, or 202 with the status URL while it runs."""
     base = base_url(req, service.settings)
-    session = await uploads.commit(service, req.path_params["id"], auth.current().id, base)
+    most = RECORD_BYTES_PER_FRAME * service.settings.max_frames + 4096
+    body = bytearray()
+    async for chunk in req.stream():
+        body += chunk
+        if len(body) > most:
+            raise PayloadTooLarge(f"a frame offset record of DICOMWEB_MAX_FRAMES frames has at most {most} bytes")
+    record = uploads.read_record(bytes(body), service.settings.max_frames)
+    session = await uploads.commit(service, req.path_params["id"], auth.current().id, base, record)
     if session.result is None:
         description = await uploads.describe(service, session, base)
         return _json(description, 202, {"location": description["statusUrl"], "retry-after": "5"})
     result = session.result
     headers = {"warning": warning_header(result["warning"])} if result["warning"] else {}
-    if result["status"] == 503:
-        headers["retry-after"] = "5"  # the session is open again: commit once more
     return dicom_json(result["body"], result["status"], headers or None)
 
 
@@ -84,7 +91,7 @@ async def abort(req: Request, service: Service) -> Response:
 @blueprint.function_name("upload_cleanup")
 @blueprint.timer_trigger(arg_name="timer", schedule=CLEANUP_SCHEDULE)
 async def cleanup(timer: func.TimerRequest) -> None:
-    """Remove expired sessions and their staged blocks."""
-    removed = await uploads.cleanup(await get_service())
-    if removed:
-        log.info("removed %d expired upload sessions", removed)
+    """Send a job removing each expired session and its staged blocks."""
+    sent = await uploads.cleanup(await get_service())
+    if sent:
+        log.info("%d expired upload sessions to remove", sent)

@@ -253,6 +253,45 @@ class Part10Parser:
         """Bytes of the stored file emitted so far."""
         return self._input + self._shift
 
+    @property
+    def position(self) -> int:
+        """Input bytes taken so far (fed or skipped)."""
+        return self._input
+
+    @property
+    def shift(self) -> int:
+        """How far the stored file's offsets lie from the input's: 0 for a Part 10 file with its preamble,
+        whose bytes are stored as they came but for the preamble."""
+        return self._shift
+
+    @property
+    def table_read(self) -> bool:
+        """Whether the header and, for encapsulated Pixel Data, the Basic Offset Table have been read."""
+        return self.header is not None and (self._item_pos < 0 or self._bot is not None or self._pixel_end is not None)
+
+    def wanted(self) -> int | None:
+        """While walking encapsulated fragments: input offset of the next item header it needs.
+
+        A reader with random access (a local file, ranged reads) may :meth:`skip_to` it and
+        feed only item headers, instead of every payload byte. None when no walk is going on.
+        """
+        if self.header is None or self._item_pos < 0 or self._pixel_end is not None:
+            return None
+        return self._item_pos
+
+    def skip_to(self, offset: int) -> None:
+        """Take input bytes up to ``offset`` as read without feeding them (never past an item header the walk needs)."""
+        if offset < self._input:
+            raise ValueError(f"cannot skip back from {self._input} to {offset}")
+        if self.header is None:
+            raise ValueError("the header must be fed, not skipped")
+        walking = self._item_pos >= 0 and self._pixel_end is None
+        if walking and offset > self._item_pos:
+            raise ValueError(f"cannot skip past the item header at {self._item_pos}")
+        self._input = offset
+        if walking:
+            self._win, self._win_start = bytearray(), offset
+
     def feed(self, chunk: bytes) -> bytes:
         """Take the next chunk of the request; return the bytes to append to the stored file."""
         self._input += len(chunk)
@@ -431,27 +470,37 @@ class Part10Parser:
             carry += data
             self._win_start = keep
 
+    def native_index(self, generation: str) -> FrameIndex | None:
+        """The frame offset record of native Pixel Data, which the header alone gives (None otherwise)."""
+        header = self.header
+        if header is None or header.pixel_value_offset is None or header.pixel_value_length is None:
+            return None
+        return frames.native_index(header.transfer_syntax, generation, header.pixel_value_offset,
+                                   header.pixel_value_length, self.frame_count, _frame_bytes(header.dataset))
+
     def frame_index(self, generation: str) -> FrameIndex | None:
         """The frame offset record of a complete instance (None without Pixel Data)."""
         header = self.header
         if header is None or header.pixel_value_offset is None:
             return None
-        ds = header.dataset
-        count = self.frame_count
-        syntax = header.transfer_syntax
         if header.pixel_value_length is not None:
-            return frames.native_index(
-                syntax, generation, header.pixel_value_offset, header.pixel_value_length, count, _frame_bytes(ds)
-            )
-        eot = ds.get("ExtendedOffsetTable")
-        if eot is not None and ds.get("ExtendedOffsetTableLengths") is not None:
-            return frames.eot_index(
-                syntax, generation, _array("Q", eot), _array("Q", ds.ExtendedOffsetTableLengths),
-                self._fragments, count,
-            )
-        if self._bot:
-            return frames.bot_index(syntax, generation, _array("I", self._bot), self._fragments, count)
-        return frames.empty_bot_index(syntax, generation, self._fragments, count)
+            return self.native_index(generation)
+        return frames.encapsulated_index(header.transfer_syntax, generation, self.offset_tables(), self._fragments,
+                                         self.frame_count)
+
+    def offset_tables(self) -> frames.OffsetTables:
+        """What the instance says about its frames' places: the Basic and Extended Offset Tables (PS3.5 §A.4).
+
+        Known once :attr:`table_read` is; an encapsulated frame offset record from elsewhere
+        (the uploading client) is checked against them.
+        """
+        assert self.header is not None and self.header.pixel_value_offset is not None
+        ds = self.header.dataset
+        eot, lengths = ds.get("ExtendedOffsetTable"), ds.get("ExtendedOffsetTableLengths")
+        first = self.header.pixel_value_offset + frames.ITEM_HEADER + len(self._bot or b"")
+        return frames.OffsetTables(
+            first, _array("I", self._bot) if self._bot else None,
+            (_array("Q", eot), _array("Q", lengths)) if eot is not None and lengths is not None else None)
 
 
 def _array(code: str, data: bytes) -> array:

@@ -1,7 +1,7 @@
-"""Starts the local stand-ins for Azure: Azurite (Blob) and a Cosmos DB protocol server.
+"""Starts the local stand-ins for Azure: Azurite (Blob and Queue) and a Cosmos DB protocol server.
 
 Both come from the committed ``package.json`` (pinned versions, ``npm ci``). Azurite
-keeps blobs in a folder, so data survives restarts; the Cosmos server keeps its data
+keeps blobs and queue messages in a folder, so data survives restarts; the Cosmos server keeps its data
 in memory only, which is why ``serve`` reindexes from Blob on start.
 """
 
@@ -49,22 +49,24 @@ def _wait_for_port(port: int, process: subprocess.Popen, name: str, timeout: flo
 
 @dataclass
 class Emulators:
-    """Azurite and the Cosmos server as child processes; :meth:`stop` ends both."""
+    """Azurite's blob and queue services and the Cosmos server as child processes; :meth:`stop` ends them."""
 
     data_dir: Path
     blob_port: int = 0
+    queue_port: int = 0
     cosmos_port: int = 0
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def start(self) -> dict[str, str]:
-        """Start both servers; return the settings that point the service at them."""
+        """Start the servers; return the settings that point the service at them."""
         if shutil.which("node") is None or not (NODE_BIN / "azurite-blob").exists():
             raise RuntimeError("Node.js and the npm packages are needed: run `npm ci` in the repository root")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.blob_port = self.blob_port or free_port()
+        self.queue_port = self.queue_port or free_port()
         self.cosmos_port = self.cosmos_port or free_port()
         try:
-            for name in ("azurite", "cosmos"):
+            for name in ("azurite", "queue", "cosmos"):
                 self.restart(name)
         except RuntimeError:
             self.stop()
@@ -72,7 +74,7 @@ class Emulators:
         return self.settings()
 
     def restart(self, name: str) -> None:
-        """(Re)start one server ("azurite" or "cosmos") on its port, and wait until it listens.
+        """(Re)start one server ("azurite" for Blob, "queue", or "cosmos") on its port, and wait until it listens.
 
         Azurite keeps its data in the data folder, so a restarted one has everything; the
         Cosmos server starts empty.
@@ -83,6 +85,11 @@ class Emulators:
                        "--location", str(self.data_dir / "azurite"), "--skipApiVersionCheck", "--loose", "--silent",
                        "--disableTelemetry"]
             port = self.blob_port
+        elif name == "queue":
+            command = [str(NODE_BIN / "azurite-queue"), "--queueHost", "127.0.0.1", "--queuePort", str(self.queue_port),
+                       "--location", str(self.data_dir / "azurite"), "--skipApiVersionCheck", "--loose", "--silent",
+                       "--disableTelemetry"]
+            port = self.queue_port
         else:
             command = [str(shutil.which("node")), str(Path(__file__).with_name("cosmos_server.js")),
                        str(self.cosmos_port)]
@@ -97,6 +104,10 @@ class Emulators:
             "DICOMWEB_STORAGE_CONNECTION_STRING": (
                 f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
                 f"BlobEndpoint=http://127.0.0.1:{self.blob_port}/{AZURITE_ACCOUNT};"
+            ),
+            "DICOMWEB_QUEUES": (
+                f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+                f"QueueEndpoint=http://127.0.0.1:{self.queue_port}/{AZURITE_ACCOUNT};"
             ),
             "DICOMWEB_COSMOS_CONNECTION_STRING": f"AccountEndpoint=https://127.0.0.1:{self.cosmos_port}/;AccountKey={COSMOS_KEY};",
         }

@@ -35,6 +35,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import (
     BlobBlock,
     BlobSasPermissions,
+    BlockState,
     ContainerSasPermissions,
     UserDelegationKey,
     generate_blob_sas,
@@ -42,7 +43,7 @@ from azure.storage.blob import (
 )
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
 
-from dicomweb.errors import Archived, ConcurrentChange, DicomWebError, NotFound, StorageFailure
+from dicomweb.errors import Archived, ConcurrentChange, DicomWebError, NotFound, StateConflict, StorageFailure
 
 #: Blob index tag the lifecycle policy filters on: ``auto`` blobs move to cool, cold and archive as they
 #: go unread; ``hot`` ones (sidecars, labels, overviews, thumbnails, small pyramid levels) stay hot.
@@ -106,6 +107,13 @@ def _failure(exc: AzureError, what: str) -> DicomWebError:
     if isinstance(exc, HttpResponseError) and exc.error_code == "BlobArchived":
         return Archived(f"{what} is in the Archive tier; rehydrate it before reading")
     return StorageFailure(f"Blob Storage failed on {what}: {exc.__class__.__name__}")
+
+
+def _fresh_block_id(taken: set[str], width: int) -> str:
+    """A block id of ``width`` characters that none of ``taken`` is (the ids of one blob have one length)."""
+    while (candidate := secrets.token_hex(width)[:width]) in taken:
+        pass
+    return candidate
 
 
 class BlockUpload:
@@ -212,6 +220,12 @@ class SasSigner:
             self._service.account_name or "", container, permission=ContainerSasPermissions(read=True),
             expiry=expiry, start=datetime.now(timezone.utc) - timedelta(minutes=5), **await self._signing(expiry))
 
+    async def read_blob(self, container: str, name: str, expiry: datetime) -> str:
+        """Read-only SAS for exactly one blob (the source of a server-side copy)."""
+        return generate_blob_sas(
+            self._service.account_name or "", container, name, permission=BlobSasPermissions(read=True),
+            expiry=expiry, start=datetime.now(timezone.utc) - timedelta(minutes=5), **await self._signing(expiry))
+
     async def write_blob(self, container: str, name: str, expiry: datetime) -> str:
         """Write-only SAS for exactly one blob: stage blocks and commit them, nothing else."""
         return generate_blob_sas(
@@ -252,9 +266,15 @@ class RangeReader:
             )
         return self._session
 
-    async def read(self, container: ContainerClient, name: str, offset: int, length: int) -> bytes:
-        """Bytes ``offset .. offset+length`` of blob ``name``; retries transient failures."""
+    async def read(self, container: ContainerClient, name: str, offset: int, length: int,
+                   etag: str | None = None) -> bytes:
+        """Bytes ``offset .. offset+length`` of blob ``name``; retries transient failures.
+
+        With ``etag``, only of that version of the blob (else :class:`StaleBlob`).
+        """
         headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
+        if etag:
+            headers["If-Match"] = etag
         url = f"{container.url}/{quote(name, safe='/')}"
         renewed = False
         for attempt in range(3):
@@ -272,6 +292,8 @@ class RangeReader:
                 continue
             if status == 404:
                 raise NotFound(f"{name} not found")
+            if status == 412:
+                raise StaleBlob(f"{name} changed while it was being read")
             if code == "BlobArchived":
                 raise Archived(f"{name} is in the Archive tier; rehydrate it before reading")
             if status == 403 and not renewed:
@@ -315,6 +337,28 @@ class InstanceStore:
         """One ranged read of a stored file."""
         return await self._ranges.read(self.container, location.instance, offset, length)
 
+    async def copy_from(self, location: Location, source_url: str, source_etag: str, tags: dict[str, str]) -> None:
+        """Make ``location``'s file a server-side copy of the blob at ``source_url`` as it was at ``source_etag``.
+
+        No byte passes through this process. Within one account the copy is done when the
+        call returns (Azurite, and Azure mostly); a pending one is waited for.
+        """
+        blob = self.container.get_blob_client(location.instance)
+        try:
+            copy = await blob.start_copy_from_url(source_url, tags=tags, source_etag=source_etag,
+                                                  source_match_condition=MatchConditions.IfNotModified)
+            status, wait = copy.get("copy_status"), 0.05
+            while status == "pending":
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 2.0)
+                status = (await blob.get_blob_properties()).copy.status
+        except AzureError as exc:
+            if isinstance(exc, HttpResponseError) and exc.status_code == 412:
+                raise StaleBlob(f"the source of {location.instance} changed before it was copied") from exc
+            raise _failure(exc, location.instance) from exc
+        if status != "success":
+            raise StorageFailure(f"the copy to {location.instance} ended {status}")
+
     async def stream(self, location: Location) -> AsyncIterator[bytes]:
         """The bytes of a stored file, chunk by chunk."""
         try:
@@ -356,6 +400,16 @@ class InstanceStore:
                     yield location, dict(blob.metadata or {})
         except AzureError as exc:
             raise _failure(exc, "instance listing") from exc
+
+    async def deletion_mark(self, location: Location) -> str | None:
+        """The DELETING mark of ``location``'s file (None when unmarked or gone)."""
+        try:
+            properties = await self.container.get_blob_client(location.instance).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        except AzureError as exc:
+            raise _failure(exc, location.instance) from exc
+        return (properties.metadata or {}).get(DELETING)
 
     async def mark_deleting(self, location: Location, sequence: int) -> bool:
         """Record in the file itself that its deletion began, as change ``sequence`` (False if it is gone).
@@ -431,6 +485,56 @@ class StagingStore:
         sas = await self._signer.write_blob(self.container.container_name, name, expiry)
         return f"{self.container.url}/{quote(name, safe='/')}?{sas}"
 
+    async def read_url(self, name: str, expiry: datetime) -> str:
+        """URL of staging blob ``name`` with a read-only SAS for it alone (a server-side copy's source)."""
+        sas = await self._signer.read_blob(self.container.container_name, name, expiry)
+        return f"{self.container.url}/{quote(name, safe='/')}?{sas}"
+
+    async def properties(self, name: str) -> tuple[str, int]:
+        """(etag, size) of committed staging blob ``name``."""
+        try:
+            properties = await self.container.get_blob_client(name).get_blob_properties()
+        except AzureError as exc:
+            raise _failure(exc, name) from exc
+        return str(properties.etag), int(properties.size)
+
+    async def read_range(self, name: str, offset: int, length: int, etag: str) -> bytes:
+        """One ranged read of version ``etag`` of staging blob ``name``."""
+        return await self._ranges.read(self.container, name, offset, length, etag)
+
+    async def restage_head(self, name: str, etag: str, size: int, head: bytes, largest_block: int) -> str:
+        """Overwrite the first ``len(head)`` bytes of version ``etag`` of ``name`` (``size`` bytes), re-writing
+        only the blocks they fall in; the new etag.
+
+        The rest of the committed block list is committed again as it is (by id, from the
+        committed list only: a block staged meanwhile through the client's SAS is never
+        picked up), conditionally on the blob being unchanged. A blob put in one piece
+        (no block list) is one block.
+        """
+        blob = self.container.get_blob_client(name)
+        try:
+            committed, _ = await blob.get_block_list("committed")
+        except AzureError as exc:
+            raise _failure(exc, name) from exc
+        blocks = [(str(b.id), int(b.size)) for b in committed or []] or [("", size)]
+        covered, count = 0, 0
+        while count < len(blocks) and covered < len(head):
+            covered += blocks[count][1]
+            count += 1
+        if covered > largest_block:
+            raise StateConflict(f"the first block of {name} is larger than {largest_block} bytes")
+        original = await self._ranges.read(self.container, name, 0, covered, etag)
+        new_id = _fresh_block_id({block_id for block_id, _ in blocks}, len(blocks[0][0]) or 8)
+        try:
+            await blob.stage_block(new_id, head + original[len(head):], length=covered)
+            result = await blob.commit_block_list(
+                [BlobBlock(block_id=new_id, state=BlockState.UNCOMMITTED)]
+                + [BlobBlock(block_id=block_id, state=BlockState.COMMITTED) for block_id, _ in blocks[count:]],
+                etag=etag, match_condition=MatchConditions.IfNotModified)
+        except AzureError as exc:
+            raise _failure(exc, name) from exc
+        return str(result["etag"])
+
     async def blocks(self, name: str) -> tuple[dict[str, int], dict[str, int]]:
         """(committed, uncommitted) blocks of staging blob ``name``: id → size; empty when none arrived."""
         try:
@@ -448,16 +552,17 @@ class StagingStore:
         except AzureError as exc:
             raise _failure(exc, name) from exc
 
-    async def read(self, name: str, size: int, chunk: int, ahead: int) -> AsyncIterator[bytes]:
-        """The bytes of committed staging blob ``name`` in order: ranged reads, ``ahead`` of them in flight."""
-        starts = list(range(0, size, chunk))
+    async def read(self, name: str, start: int, size: int, chunk: int, ahead: int, etag: str) -> AsyncIterator[bytes]:
+        """Bytes ``start .. size`` of version ``etag`` of staging blob ``name`` in order: ranged reads,
+        ``ahead`` of them in flight."""
+        starts = list(range(start, size, chunk))
         pending: list[asyncio.Task[bytes]] = []
         try:
             for index in range(len(starts)):
                 while len(pending) < ahead and index + len(pending) < len(starts):
-                    start = starts[index + len(pending)]
-                    length = min(chunk, size - start)
-                    pending.append(asyncio.create_task(self._ranges.read(self.container, name, start, length)))
+                    begin = starts[index + len(pending)]
+                    length = min(chunk, size - begin)
+                    pending.append(asyncio.create_task(self._ranges.read(self.container, name, begin, length, etag)))
                 yield await pending.pop(0)
         finally:
             for task in pending:

@@ -6,10 +6,12 @@ from azure.core.pipeline.transport import AioHttpTransport
 from azure.cosmos.aio import CosmosClient
 from azure.identity.aio import DefaultAzureCredential
 from azure.storage.blob.aio import BlobServiceClient, ExponentialRetry
+from azure.storage.queue.aio import QueueServiceClient
 
 from dicomweb.config import Settings
 from dicomweb.storage.blobs import BlobStores
 from dicomweb.storage.index import IndexStore
+from dicomweb.storage.queues import JobQueue, QueueConsumer
 
 
 def _transport(settings: Settings) -> AioHttpTransport:
@@ -59,3 +61,29 @@ def index_store(settings: Settings, credential: object | None = None) -> IndexSt
     else:
         raise ValueError("set DICOMWEB_COSMOS_CONNECTION_STRING or DICOMWEB_COSMOS_ENDPOINT")
     return IndexStore(client, settings.cosmos_database, settings.cosmos_container)
+
+
+def queue_service(settings: Settings, credential: object | None = None) -> QueueServiceClient:
+    """Queue service from the connection string, else its URL + ``credential`` (default: managed identity).
+
+    The settings are the queue trigger's connection (``DICOMWEB_QUEUES``), so the service
+    sends where the Functions host listens.
+    """
+    # The same quick retries as Blob's (the client builds its retry policy from these).
+    options = {"transport": _transport(settings), "initial_backoff": 1, "increment_base": 2, **_limits(settings)}
+    if settings.queue_connection_string:
+        return QueueServiceClient.from_connection_string(settings.queue_connection_string, **options)
+    if settings.queue_service_url:
+        return QueueServiceClient(settings.queue_service_url, credential=credential or DefaultAzureCredential(),
+                                  **options)
+    raise ValueError("set DICOMWEB_QUEUES (a connection string) or DICOMWEB_QUEUES__queueServiceUri")
+
+
+def job_queue(settings: Settings) -> JobQueue:
+    """The job queue the service sends background work to."""
+    return JobQueue(queue_service(settings), settings.jobs_queue)
+
+
+def queue_consumer(settings: Settings, name: str) -> QueueConsumer:
+    """The consumer side of queue ``name``, for the local host (the Functions host consumes in Azure)."""
+    return QueueConsumer(queue_service(settings), name)

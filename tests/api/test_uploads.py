@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from array import array
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -12,7 +13,10 @@ from typing import TYPE_CHECKING, Iterator
 import httpx
 import pytest
 from azure.storage.blob import BlobClient
+from azure.storage.queue import QueueClient
 
+from dicomweb import uploads
+from dicomweb.dicom.frames import FrameIndex, sample
 from tests.conftest import (
     Server,
     blob_names,
@@ -272,25 +276,220 @@ def test_a_long_ingest_answers_202_and_finishes_in_the_background(emulators: dic
         server.stop()
 
 
-def test_an_ingest_whose_worker_died_is_resumed_by_a_status_request(uploads_server: Server, tmp_path: Path) -> None:
-    volume: SlideFile = make_slide(tmp_path, levels=1, associated=False, base_size=(1500, 1500))[0]
-    data = volume.path.read_bytes()
+def _wait_for(session: dict, seconds: float = 120) -> dict:
+    deadline = time.monotonic() + seconds
+    while (status := httpx.get(session["statusUrl"], timeout=30).json())["status"] in ("open", "ingesting"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+    return status
+
+
+def _frames_of(server: Server, slide: SlideFile) -> list[bytes]:
+    """Every frame of ``slide`` as the service serves it, 500 per request."""
+    url = f"{server.base_url}/studies/{slide.study_uid}/series/{slide.series_uid}/instances/{slide.sop_uid}/frames/"
+    count = len(source_frames(slide.path))
+    served = []
+    for first in range(1, count + 1, 500):
+        numbers = ",".join(map(str, range(first, min(first + 500, count + 1))))
+        response = httpx.get(url + numbers, headers={"accept": OCTET_ANY}, timeout=60)
+        assert response.status_code == 200, response.text
+        served += [body for _, body in parse_multipart(response)]
+    return served
+
+
+def _record(path: Path) -> FrameIndex:
+    from dicomweb.uploader import frame_record
+
+    raw = frame_record(path)
+    assert raw is not None
+    return FrameIndex.from_bytes(raw)
+
+
+def test_the_clients_sas_cannot_change_a_stored_instance(uploads_server: Server, tmp_path: Path) -> None:
+    """After the commit the client writes and commits new blocks through its still-valid SAS: the service
+    goes on serving the stored bytes, because the stored file is a copy the SAS cannot reach."""
+    slide = make_large_instance(tmp_path / "large.dcm", frames=300, frame_bytes=20000)
+    data = slide.path.read_bytes()
     session = _open(uploads_server, len(data))
     _put(session, data)
-    # What a worker leaves behind when it dies right after committing the blocks: a silent "ingesting" session.
-    staging = blob_service(uploads_server.env).get_container_client(uploads_server.env["DICOMWEB_STAGING_CONTAINER"])
-    staging.get_blob_client(f"data/{session['id']}.dcm").commit_block_list(
-        [f"{b['index']:06d}" for b in session["blocks"]])
-    record = staging.get_blob_client(f"sessions/{session['id']}.json")
-    state = json.loads(record.download_blob().readall())
-    record.upload_blob(json.dumps({**state, "status": "ingesting", "heartbeat": "2020-01-01T00:00:00Z"}),
-                       overwrite=True)
+    committed = httpx.post(session["commitUrl"], content=_record(slide.path).to_bytes(), timeout=120)
+    assert committed.status_code == 200, committed.text
+    env = uploads_server.env
+    (name,) = blob_names(env, env["DICOMWEB_INSTANCE_CONTAINER"], slide.study_uid)
+    stored = blob_service(env).get_blob_client(env["DICOMWEB_INSTANCE_CONTAINER"], name)
+    before = stored.get_blob_properties()
+    assert before.size == len(data) and stored.download_blob().readall()[132:] == data[132:]
+    # The client's SAS still works, on the staging blob it names, and nothing else.
+    evil = b"\xff" * session["blockSize"]
+    put = httpx.put(f"{session['uploadUrl']}&comp=block&blockid={session['blocks'][0]['id']}", content=evil)
+    assert put.status_code == 201
+    block_list = f'<?xml version="1.0" encoding="utf-8"?><BlockList><Latest>{session["blocks"][0]["id"]}</Latest></BlockList>'
+    assert httpx.put(f"{session['uploadUrl']}&comp=blocklist", content=block_list).status_code == 201
+    staged = blob_service(env).get_blob_client(env["DICOMWEB_STAGING_CONTAINER"], f"data/{session['id']}.dcm")
+    assert staged.download_blob().readall() == evil
+    assert stored.get_blob_properties().etag == before.etag
+    assert _frames_of(uploads_server, slide) == source_frames(slide.path)
+    status = httpx.get(session["statusUrl"]).json()
+    assert status["status"] == "stored" and "uploadUrl" not in status
+    assert httpx.post(session["commitUrl"], timeout=60).json()["00081199"]  # the result, not a new ingest
+
+
+def test_a_wrong_record_is_refused_at_commit_and_stores_nothing(uploads_server: Server, tmp_path: Path) -> None:
+    slide = make_large_instance(tmp_path / "large.dcm", frames=300, frame_bytes=20000)
+    data = slide.path.read_bytes()
+    good = _record(slide.path)
+    wrong_count = FrameIndex(good.transfer_syntax, "", good.offsets[:-1], good.lengths[:-1], good.fragments[:-1])
+    shifted = FrameIndex(good.transfer_syntax, "", array("Q", (o + 8 for o in good.offsets)), good.lengths,
+                         good.fragments)
+    for record in (wrong_count, shifted):
+        session = _open(uploads_server, len(data))
+        _put(session, data)
+        answer = httpx.post(session["commitUrl"], content=record.to_bytes(), timeout=120)
+        assert answer.status_code == 409, answer.text
+        assert _reasons(answer.json()) == [43264] and "frame offset record" in answer.headers["warning"]
+        assert _nothing_stored(uploads_server, slide.study_uid) and f"data/{session['id']}.dcm" not in \
+            _staged_data(uploads_server)
+    garbage = _open(uploads_server, len(data))
+    _put(garbage, data)
+    refused = httpx.post(garbage["commitUrl"], content=b"not a record", timeout=60)
+    assert refused.status_code == 400 and httpx.get(garbage["statusUrl"]).json()["status"] == "open"
+
+
+def test_a_record_wrong_where_no_sample_looked_is_refused_at_read_then_rebuilt(uploads_server: Server,
+                                                                               tmp_path: Path) -> None:
+    """Frame 150 of the record is 4 bytes short (where the Basic Offset Table puts it, so it passes the
+    commit's checks, and no sampled frame): reading it answers 503, never wrong bytes, and the rescan job
+    rebuilds the record."""
+    slide = make_large_instance(tmp_path / "large.dcm", frames=300, frame_bytes=20000)
+    data = slide.path.read_bytes()
+    good = _record(slide.path)
+    number = 150
+    assert number not in sample(good, uploads.SAMPLED_FRAMES)
+    offsets, lengths = array("Q", good.offsets), array("I", good.lengths)
+    lengths[number - 1] -= 4
+    session = _open(uploads_server, len(data))
+    _put(session, data)
+    answer = httpx.post(session["commitUrl"], content=FrameIndex(good.transfer_syntax, "", offsets, lengths,
+                                                                 good.fragments).to_bytes(), timeout=120)
+    assert answer.status_code == 200, answer.text
+    url = (f"{uploads_server.base_url}/studies/{slide.study_uid}/series/{slide.series_uid}/instances/"
+           f"{slide.sop_uid}/frames/")
+    expected = source_frames(slide.path)
+    assert httpx.get(url + "1", headers={"accept": "image/jpeg"}).content == expected[0]
+    refused = httpx.get(url + str(number), headers={"accept": "image/jpeg"})
+    assert refused.status_code == 503 and "frame offset record" in refused.json()["message"]
+    assert refused.headers["retry-after"] == "30"
     deadline = time.monotonic() + 60
-    while (status := httpx.get(session["statusUrl"]).json())["status"] != "stored":
-        assert status["status"] == "ingesting" and time.monotonic() < deadline
+    while (served := httpx.get(url + str(number), headers={"accept": "image/jpeg"})).status_code != 200:
+        assert served.status_code == 503 and time.monotonic() < deadline
         time.sleep(0.2)
-    assert httpx.get(f"{uploads_server.base_url}/studies/{volume.study_uid}/series/{volume.series_uid}/instances/"
-                     f"{volume.sop_uid}/frames/1", headers={"accept": "image/jpeg"}).content == source_frames(volume.path)[0]
+    assert served.content == expected[number - 1]
+    assert _frames_of(uploads_server, slide) == expected
+
+
+def test_a_blob_the_azure_sdk_committed_without_a_record_is_scanned_byte_exact(uploads_server: Server,
+                                                                                tmp_path: Path) -> None:
+    """In blocks of the SDK's own ids, and (a smaller one) in one Put Blob; both with a preamble to zero."""
+    for frames, single_put in ((2000, 4 * 1024 * 1024), (200, 64 * 1024 * 1024)):
+        slide = make_large_instance(tmp_path / f"{frames}.dcm", frames=frames, frame_bytes=30000)
+        data = b"\x01" * 128 + slide.path.read_bytes()[128:]
+        session = _open(uploads_server, len(data))
+        BlobClient.from_blob_url(session["uploadUrl"], max_block_size=4 * 1024 * 1024,
+                                 max_single_put_size=single_put).upload_blob(data, max_concurrency=4)
+        response = _commit(session)
+        assert response.status_code == 200, response.text
+        assert _frames_of(uploads_server, slide) == source_frames(slide.path)
+        env = uploads_server.env
+        (name,) = blob_names(env, env["DICOMWEB_INSTANCE_CONTAINER"], slide.study_uid)
+        stored = blob_service(env).get_blob_client(env["DICOMWEB_INSTANCE_CONTAINER"], name).download_blob()
+        assert stored.readall() == bytes(128) + data[128:]
+
+
+def test_four_uploads_ingest_at_once(uploads_server: Server, tmp_path: Path) -> None:
+    slides = [make_large_instance(tmp_path / f"{n}.dcm", frames=2500, frame_bytes=30000) for n in range(4)]
+    sessions = []
+    for slide in slides:
+        session = _open(uploads_server, slide.path.stat().st_size)
+        _put(session, slide.path.read_bytes())
+        sessions.append(session)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(_commit, sessions))  # no records: four scans
+    assert [a.status_code for a in answers] == [200] * 4
+    log = uploads_server.log.read_text()
+    moments = {}
+    for line in log.splitlines():
+        for session in sessions:
+            if f"upload {session['id']}: ingest " in line:
+                moments.setdefault(session["id"], []).append(line[:23])
+    starts = [times[0] for times in moments.values()]
+    ends = [times[-1] for times in moments.values()]
+    assert len(moments) == 4 and max(starts) < min(ends), moments
+
+
+def test_a_scan_killed_with_the_service_is_delivered_again_and_stored_once(emulators: dict[str, str],
+                                                                           tmp_path: Path) -> None:
+    settings = fresh_settings(emulators)
+    slide = make_large_instance(tmp_path / "large.dcm", frames=12000, frame_bytes=40000)
+    data = slide.path.read_bytes()
+    first = start_server(settings, tmp_path, DICOMWEB_COMMIT_WAIT_SECONDS="1")
+    try:
+        session = _open(first, len(data))
+        _put(session, data)
+        assert _commit(session).status_code == 202
+        deadline = time.monotonic() + 30
+        while ": ingest starts" not in first.log.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        first.process.kill()
+        first.process.wait()
+    assert ": ingest ends" not in first.log.read_text()
+    second = start_server(settings, tmp_path)
+    try:
+        status = _wait_for({**session, "statusUrl": session["statusUrl"].replace(first.base_url, second.base_url)})
+        assert status["status"] == "stored", status
+        assert "(delivery 2)" in second.log.read_text()
+        env = second.env
+        assert len(blob_names(env, env["DICOMWEB_INSTANCE_CONTAINER"], slide.study_uid)) == 1
+        found = httpx.get(f"{second.base_url}/studies/{slide.study_uid}/instances").json()
+        assert [i["00080018"]["Value"] for i in found] == [[slide.sop_uid]]
+        feed = httpx.get(f"{second.base_url}/changefeed", params={"includemetadata": "false"}).json()
+        assert [(e["Action"], e["SopInstanceUid"]) for e in feed] == [("create", slide.sop_uid)]
+        assert _frames_of(second, slide)[::997] == source_frames(slide.path)[::997]
+    finally:
+        second.stop()
+
+
+def test_an_ingest_failing_every_delivery_is_poisoned_and_says_why(emulators: dict[str, str],
+                                                                   tmp_path: Path) -> None:
+    """The instance container vanishes (a storage mishap): every delivery fails, the fifth goes to the
+    poison queue, and the session says failed with the reason; the staged blob is not left behind."""
+    settings = fresh_settings(emulators)
+    server = start_server(settings, tmp_path, DICOMWEB_COMMIT_WAIT_SECONDS="1")
+    try:
+        volume = make_slide(tmp_path / "slide", levels=1, associated=False, base_size=(1024, 1024))[0]
+        data = volume.path.read_bytes()
+        session = _open(server, len(data))
+        _put(session, data)
+        blob_service(settings).delete_container(settings["DICOMWEB_INSTANCE_CONTAINER"])
+        assert _commit(session).status_code == 202
+        status = _wait_for(session, 90)
+        assert status["status"] == "failed" and status["result"]["status"] == 503
+        assert "failed 5 times" in status["result"]["warning"]
+        log = server.log.read_text()
+        assert all(f"(delivery {n})" in log for n in range(1, 6))
+        queue = QueueClient.from_connection_string(settings["DICOMWEB_QUEUES"], settings["DICOMWEB_JOBS_QUEUE"]
+                                                   + "-poison")
+        deadline = time.monotonic() + 10
+        while not (poisoned := queue.peek_messages(max_messages=32)):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert [json.loads(m.content)["session"] for m in poisoned] == [session["id"]]
+        assert f"data/{session['id']}.dcm" not in _staged_data(server)
+        assert httpx.get(f"{server.base_url}/studies/{volume.study_uid}/instances").json() == []
+    finally:
+        server.stop()
 
 
 def test_a_session_belongs_to_its_creator(secured: Server, provider: "Provider", tmp_path: Path) -> None:
