@@ -105,6 +105,7 @@ var suffix = toLower(uniqueString(subscription().id, environmentName, location))
 var instanceContainer = 'dicom-instances'
 var sidecarContainer = 'dicom-sidecars'
 var stagingContainer = 'dicom-staging'
+var jobsQueue = 'dicomweb-jobs'
 var cosmosDatabase = 'dicomweb'
 var cosmosContainer = 'index'
 
@@ -147,6 +148,7 @@ module storage 'modules/storage.bicep' = {
     sidecarContainer: sidecarContainer
     stagingContainer: stagingContainer
     deploymentContainer: 'app-package'
+    jobsQueue: jobsQueue
     coolAfterDays: coolAfterDays
     coldAfterDays: coldAfterDays
     archiveAfterDays: archiveAfterDays
@@ -182,6 +184,8 @@ module app 'modules/functionapp.bicep' = {
     identityClientId: identity.outputs.clientId
     storageAccountName: storage.outputs.name
     storageBlobEndpoint: storage.outputs.blobEndpoint
+    storageQueueEndpoint: storage.outputs.queueEndpoint
+    jobsQueue: storage.outputs.jobsQueue
     deploymentContainer: storage.outputs.deploymentContainer
     instanceContainer: storage.outputs.instanceContainer
     sidecarContainer: storage.outputs.sidecarContainer
@@ -212,6 +216,7 @@ output DICOMWEB_STORAGE_ACCOUNT_URL string = storage.outputs.blobEndpoint
 output DICOMWEB_INSTANCE_CONTAINER string = storage.outputs.instanceContainer
 output DICOMWEB_SIDECAR_CONTAINER string = storage.outputs.sidecarContainer
 output DICOMWEB_STAGING_CONTAINER string = storage.outputs.stagingContainer
+output DICOMWEB_JOBS_QUEUE string = storage.outputs.jobsQueue
 output DICOMWEB_COSMOS_ENDPOINT string = cosmos.outputs.endpoint
 output DICOMWEB_COSMOS_DATABASE string = cosmos.outputs.databaseName
 output DICOMWEB_COSMOS_CONTAINER string = cosmos.outputs.containerName

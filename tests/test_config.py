@@ -20,8 +20,9 @@ from dicomweb.api.http import ROUTE_PREFIX
 from dicomweb.config import MIB, SETTING_NAMES, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-NAME = re.compile(r"\bDICOMWEB_[A-Z0-9_]+\b")
-LITERAL = re.compile(r"""(["'])(DICOMWEB_[A-Z0-9_]+)\1""")
+#: A setting's name; ``__camelCase`` names a property of a connection (``DICOMWEB_QUEUES__queueServiceUri``).
+NAME = re.compile(r"\bDICOMWEB_[A-Z0-9_]+(?:__[a-z][A-Za-z]*)?\b")
+LITERAL = re.compile(r"""(["'])(DICOMWEB_[A-Z0-9_]+(?:__[a-z][A-Za-z]*)?)\1""")
 
 
 def example_values() -> dict[str, str]:
@@ -92,7 +93,8 @@ def test_example_values_are_the_defaults() -> None:
     assert isinstance(parsed.upload_concurrency, int) and parsed.upload_concurrency == 4
     assert all(isinstance(v, int) for v in (parsed.frame_index_cache_mb, parsed.frame_cache_mb,
                                             parsed.frame_cache_seconds))
-    local_only = dataclasses.replace(parsed, storage_connection_string="", cosmos_connection_string="")
+    local_only = dataclasses.replace(parsed, storage_connection_string="", queue_connection_string="",
+                                     cosmos_connection_string="")
     assert local_only == Settings.from_env({}) == Settings(), "example values must equal config.py's defaults"
 
 
@@ -117,7 +119,8 @@ def test_route_prefix_matches_host_json_and_readme() -> None:
 
 
 def test_readme_configuration_table_documents_every_setting_with_its_default() -> None:
-    rows = dict(re.findall(r"^\| `(DICOMWEB_[A-Z0-9_]+)` \| ([^|]*) \|", readme(), re.MULTILINE))
+    rows = dict(re.findall(r"^\| `(DICOMWEB_[A-Z0-9_]+(?:__[a-z][A-Za-z]*)?)` \| ([^|]*) \|", readme(),
+                           re.MULTILINE))
     assert set(rows) == set(SETTING_NAMES), "README configuration table out of step with SETTING_NAMES"
     values = example_values()
     for name, default in rows.items():

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from dicomweb.config import SETTING_NAMES
+from dicomweb import jobs
+from dicomweb.config import SETTING_NAMES, Settings
 from dicomweb.storage.blobs import AUTO, TIER_TAG
 from dicomweb.storage.index import INDEXING_POLICY, PARTITION_KEY
 from tests.bicep import BicepFile, Declaration, Expr, parse
@@ -26,6 +27,11 @@ INFRA = ROOT / "infra"
 BICEP_FILES = sorted(INFRA.rglob("*.bicep"))
 SECRET = re.compile(r"listKeys\(|listConnectionStrings\(|AccountKey=|SharedAccessSignature|primaryMasterKey", re.I)
 BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
+QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
+#: Connection properties the Functions host reads for the queue trigger (the code reads the URI only).
+HOST_CONNECTION = {"DICOMWEB_QUEUES__credential", "DICOMWEB_QUEUES__clientId"}
+#: Settings for local use only: connection strings the deployment has no place for (the identity is used).
+LOCAL_ONLY = {"DICOMWEB_QUEUES"}
 COSMOS_DATA_CONTRIBUTOR = "00000000-0000-0000-0000-000000000002"
 
 
@@ -109,7 +115,8 @@ def test_the_function_app_is_python_on_flex_consumption_with_http_streams() -> N
 
 def test_app_settings_name_every_setting_the_code_reads_and_nothing_stale() -> None:
     settings = _app_settings()
-    assert {name for name in settings if name.startswith("DICOMWEB_")} == set(SETTING_NAMES)
+    assert {name for name in settings if name.startswith("DICOMWEB_")} == set(SETTING_NAMES) - LOCAL_ONLY \
+        | HOST_CONNECTION
     for path in BICEP_FILES:
         assert set(re.findall(r"\bDICOMWEB_[A-Z0-9_]+\b", path.read_text())) <= set(SETTING_NAMES), path
 
@@ -198,17 +205,19 @@ def test_cosmos_is_keyless_with_the_partition_key_and_indexing_policy_of_the_cod
     assert _file("main.bicep").all("param")["cosmosServerless"].value is True
 
 
-def test_the_identity_gets_blob_and_cosmos_data_roles_and_a_developer_optionally() -> None:
+def test_the_identity_gets_blob_queue_and_cosmos_data_roles_and_a_developer_optionally() -> None:
     storage = _file("modules/storage.bicep")
     assignments = storage.resources("Microsoft.Authorization/roleAssignments")
-    assert len(assignments) == 2
-    for assignment in assignments:
-        assert BLOB_DATA_OWNER in storage.all("var")["blobDataOwner"].value
-        assert assignment.value["properties"]["roleDefinitionId"] == Expr(
-            "subscriptionResourceId('Microsoft.Authorization/roleDefinitions', blobDataOwner)")
-    app, developer = sorted(assignments, key=lambda a: a.condition or "")
-    assert app.value["properties"]["principalId"] == Expr("identityPrincipalId") and app.condition is None
-    assert developer.condition == "(!empty(principalId))"
+    assert len(assignments) == 4
+    variables = storage.all("var")
+    assert variables["blobDataOwner"].value == BLOB_DATA_OWNER
+    assert variables["queueDataContributor"].value == QUEUE_DATA_CONTRIBUTOR
+    for role in ("blobDataOwner", "queueDataContributor"):
+        granted = [a for a in assignments if a.value["properties"]["roleDefinitionId"] == Expr(
+            f"subscriptionResourceId('Microsoft.Authorization/roleDefinitions', {role})")]
+        app, developer = sorted(granted, key=lambda a: a.condition or "")
+        assert app.value["properties"]["principalId"] == Expr("identityPrincipalId") and app.condition is None
+        assert developer.condition == "(!empty(principalId))"
     cosmos = _file("modules/cosmos.bicep")
     assert cosmos.all("var")["dataContributor"].value == COSMOS_DATA_CONTRIBUTOR
     roles = cosmos.resources("Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments")
@@ -252,6 +261,25 @@ def test_there_is_no_anonymous_default() -> None:
     parameters = (INFRA / "main.parameters.json").read_text()
     assert "*" not in parameters and "allowAnonymous" not in parameters
     assert "=*" not in (ROOT / "azure.yaml").read_text()
+
+
+def test_the_job_queue_and_its_poison_queue_exist_and_the_trigger_reaches_them_with_the_identity() -> None:
+    storage = _file("modules/storage.bicep")
+    (queues,) = storage.resources("Microsoft.Storage/storageAccounts/queueServices/queues")
+    assert queues.loop is not None and "[jobsQueue, '${jobsQueue}-poison']" in queues.loop
+    assert _file("main.bicep").all("var")["jobsQueue"].value == Settings().jobs_queue
+    settings = _app_settings()
+    assert settings["DICOMWEB_JOBS_QUEUE"] == Expr("jobsQueue")
+    assert settings["DICOMWEB_QUEUES__queueServiceUri"] == Expr("storageQueueEndpoint")
+    assert settings["DICOMWEB_QUEUES__credential"] == "managedidentity"
+    assert settings["DICOMWEB_QUEUES__clientId"] == Expr("identityClientId")
+    assert "DICOMWEB_QUEUES" not in settings, "no connection string in Azure: the identity-based properties"
+    from dicomweb.api.jobs import CONNECTION, run_job
+
+    assert CONNECTION == "DICOMWEB_QUEUES" and run_job
+    host = json.loads((ROOT / "host.json").read_text())["extensions"]["queues"]
+    assert host["messageEncoding"] == "none", "the service sends JSON text"
+    assert host["maxDequeueCount"] == jobs.MAX_DELIVERIES
 
 
 def test_host_json_matches_what_the_code_and_readme_assume() -> None:

@@ -1,7 +1,7 @@
 // The service: a Python 3.11 Function App on the Flex Consumption plan with HTTP streams, running
 // as the user-assigned identity. App settings carry every DICOMWEB_* name the code reads
-// (dicomweb/config.py SETTING_NAMES) and no secret: Blob, Cosmos DB, the Functions host storage and
-// Application Insights are all reached with the identity.
+// (dicomweb/config.py SETTING_NAMES) and no secret: Blob, the job queue, Cosmos DB, the Functions host
+// storage and Application Insights are all reached with the identity.
 
 @description('Function App name.')
 param name string
@@ -23,6 +23,12 @@ param storageAccountName string
 
 @description('Blob endpoint of that account.')
 param storageBlobEndpoint string
+
+@description('Queue endpoint of that account (the job queue\'s trigger connects to it with the identity).')
+param storageQueueEndpoint string
+
+@description('Queue of the background jobs.')
+param jobsQueue string
 
 @description('Container Flex Consumption deploys the app package from.')
 param deploymentContainer string
@@ -159,6 +165,12 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'DICOMWEB_INSTANCE_CONTAINER', value: instanceContainer }
         { name: 'DICOMWEB_SIDECAR_CONTAINER', value: sidecarContainer }
         { name: 'DICOMWEB_STAGING_CONTAINER', value: stagingContainer }
+        // The job queue's connection, identity-based: the queue trigger and the service's sender both read it.
+        // (DICOMWEB_QUEUES itself, a connection string, is for local use only.)
+        { name: 'DICOMWEB_QUEUES__queueServiceUri', value: storageQueueEndpoint }
+        { name: 'DICOMWEB_QUEUES__credential', value: 'managedidentity' }
+        { name: 'DICOMWEB_QUEUES__clientId', value: identityClientId }
+        { name: 'DICOMWEB_JOBS_QUEUE', value: jobsQueue }
         { name: 'DICOMWEB_COSMOS_CONNECTION_STRING', value: '' }
         { name: 'DICOMWEB_COSMOS_ENDPOINT', value: cosmosEndpoint }
         { name: 'DICOMWEB_COSMOS_DATABASE', value: cosmosDatabase }

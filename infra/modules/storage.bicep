@@ -1,6 +1,7 @@
 // The DICOM data: one storage account (shared-key access off, TLS 1.2, no public blobs) with the
 // instance, sidecar and staging containers, soft delete, last-access tracking, and the lifecycle
-// policy that moves unread instance blobs to cool, cold and archive while pinned ones stay hot.
+// policy that moves unread instance blobs to cool, cold and archive while pinned ones stay hot;
+// and the job queue (with its poison queue) the service's queue-triggered function consumes.
 
 @description('Storage account name (3-24 lower-case letters and digits).')
 param name string
@@ -31,6 +32,9 @@ param stagingContainer string
 
 @description('Container Flex Consumption deploys the app package from.')
 param deploymentContainer string
+
+@description('Queue of the background jobs (DICOMWEB_JOBS_QUEUE); the host adds "-poison" for failed ones.')
+param jobsQueue string
 
 @description('Days deleted blobs and containers can be restored.')
 param softDeleteDays int = 14
@@ -64,6 +68,8 @@ param principalType string = 'User'
 
 // Storage Blob Data Owner: read/write, blob index tags, user-delegation keys for SAS.
 var blobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+// Storage Queue Data Contributor: send, receive, update and delete messages, create the poison queue.
+var queueDataContributor = '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: name
@@ -114,6 +120,18 @@ resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2
     properties: {
       publicAccess: 'None'
     }
+  }
+]
+
+resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
+  parent: account
+  name: 'default'
+}
+
+resource queues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = [
+  for queue in [jobsQueue, '${jobsQueue}-poison']: {
+    parent: queueService
+    name: queue
   }
 ]
 
@@ -212,8 +230,30 @@ resource developerOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = i
   }
 }
 
+resource appQueues 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: account
+  name: guid(account.id, identityPrincipalId, queueDataContributor)
+  properties: {
+    principalId: identityPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', queueDataContributor)
+  }
+}
+
+resource developerQueues 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(principalId)) {
+  scope: account
+  name: guid(account.id, principalId, queueDataContributor)
+  properties: {
+    principalId: principalId
+    principalType: principalType
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', queueDataContributor)
+  }
+}
+
 output name string = account.name
 output blobEndpoint string = account.properties.primaryEndpoints.blob
+output queueEndpoint string = account.properties.primaryEndpoints.queue
+output jobsQueue string = queues[0].name
 output instanceContainer string = containers[0].name
 output sidecarContainer string = containers[1].name
 output stagingContainer string = containers[2].name
