@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--port", type=int, default=8080)
     serve_cmd.add_argument("--data", type=Path, default=Path(".local"), help="emulator data folder")
     reindex_cmd = commands.add_parser("reindex", help="rebuild the Cosmos index from Blob")
+    reindex_cmd.add_argument("--here", action="store_true",
+                             help="rebuild in this process instead of one queue job per study (no worker needed)")
     check_cmd = commands.add_parser("check", help="compare Blob and the index; exit 1 on any inconsistency")
     check_cmd.add_argument("--repair", action="store_true", help="fix what the check finds, then check again")
     for command in (reindex_cmd, check_cmd):
@@ -152,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     _local_stack_settings(args.data)
     if args.command == "check":
         return asyncio.run(_check(args.repair))
-    asyncio.run(_reindex())
-    return 0
+    return asyncio.run(_reindex(args.here))
 
 
 def _local_stack_settings(data_dir: Path) -> None:
@@ -164,18 +165,34 @@ def _local_stack_settings(data_dir: Path) -> None:
         os.environ.update(running_settings(data_dir))
 
 
-async def _reindex() -> None:
-    from dicomweb.reindex import reindex
+async def _reindex(here: bool) -> int:
+    """Rebuild the index: fanned out over the job queue with a progress bar, or ``here`` in this process."""
+    from tqdm import tqdm
+
+    from dicomweb import reindex
     from dicomweb.service import Service
 
     service = await Service.create(Settings.from_env())
     try:
-        report = await reindex(service)
+        if here:
+            report = await reindex.reindex(service)
+        else:
+            run = await reindex.start(service)
+            print(f"reindex {run.id}: {run.total} studies sent to the job queue {service.settings.jobs_queue}",
+                  flush=True)
+            with tqdm(total=run.total, unit="study", file=sys.stderr, desc="reindex") as bar:
+                while not (progress := await reindex.progress(service, run.id)).finished:
+                    bar.update(progress.done - bar.n)
+                    await asyncio.sleep(1)
+                bar.update(progress.done - bar.n)
+            assert progress.report is not None
+            report = progress.report
     finally:
         await service.close()
     print(f"indexed {report.indexed} instances, rebuilt {report.rebuilt} sidecars, "
           f"finished {report.deleted} interrupted deletions, removed {report.removed_generations} older "
           f"generations and {report.removed_sidecars} orphan sidecars")
+    return 0
 
 
 async def _check(repair: bool) -> int:

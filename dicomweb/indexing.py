@@ -48,11 +48,13 @@ def refusal(claim: Document, study: str, series: str) -> Duplicate:
                            f"series {claim['series']}; PUT moves it")
 
 
-async def publish(service: Service, sidecar: records.JsonDict, replace: bool) -> bool:
+async def publish(service: Service, sidecar: records.JsonDict, replace: bool, newest_wins: bool = False) -> bool:
     """Make the generation ``sidecar`` describes the current one of its instance.
 
     False when a concurrent replacement with a later sequence won (this generation is
     then removed). Without ``replace`` a claimed SOP Instance UID is refused (45070).
+    With ``newest_wins`` (reindex, whose partitions may meet two generations of one
+    instance in two studies), the newer generation wins, whatever the order of the calls.
     """
     location = records.location(sidecar)
     index = service.index
@@ -61,6 +63,15 @@ async def publish(service: Service, sidecar: records.JsonDict, replace: bool) ->
     while True:
         current = await index.claim(location.sop)
         try:
+            if newest_wins and current is not None and current["generation"] > location.generation:
+                await changefeed.skip(service, sequence)
+                await remove_generation(service, location)
+                return False
+            if newest_wins and current is not None and current["sequence"] > sequence \
+                    and current["generation"] != location.generation:
+                await changefeed.skip(service, sequence)
+                sequence = await index.next_sequence()  # a claim only ever moves to a later sequence
+                continue
             if current is None:
                 action = CREATE
                 await index.create(_claim(location, sequence, CREATE))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -89,5 +90,65 @@ def test_reindex_keeps_the_newest_generation_of_each_instance(emulators: dict[st
             ("create", "replaced"), ("update", "current")]
         (study,) = httpx.get(f"{server.base_url}/studies?StudyInstanceUID={stored.study_uid}").json()
         assert study["00201208"]["Value"] == [1]
+    finally:
+        server.stop()
+
+
+def test_reindex_fans_out_one_job_per_study_and_shows_progress(emulators: dict[str, str], tmp_path: Path) -> None:
+    """Every sidecar is lost: ``dicomweb reindex`` sends a job per study, the running service's queue trigger
+    rebuilds them, and the command follows them to the end with a progress bar."""
+    settings = fresh_settings(emulators)
+    slides = [make_slide(tmp_path / f"s{n}", levels=1, base_size=(256, 256), associated=False)[0] for n in range(6)]
+    server = start_server(settings, tmp_path)
+    try:
+        for slide in slides:
+            assert httpx.post(f"{server.base_url}/studies", content=slide.path.read_bytes(),
+                              headers={"content-type": "application/dicom"}).status_code == 200
+        sidecars = blob_service(settings).get_container_client(settings["DICOMWEB_SIDECAR_CONTAINER"])
+        for blob in list(sidecars.list_blobs()):
+            sidecars.delete_blob(blob.name)
+        done = subprocess.run([sys.executable, "-m", "dicomweb", "reindex"], cwd=ROOT, env=server.env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert f"{len(slides)} studies sent to the job queue {settings['DICOMWEB_JOBS_QUEUE']}" in done.stdout
+        assert f"{len(slides)}/{len(slides)}" in done.stderr
+        assert f"indexed {len(slides)} instances, rebuilt {len(slides)} sidecars" in done.stdout
+        assert len(list(sidecars.list_blobs())) == 2 * len(slides)
+        for slide in slides:
+            url = f"{server.base_url}/studies/{slide.study_uid}/series/{slide.series_uid}/instances/{slide.sop_uid}"
+            assert httpx.get(f"{url}/metadata").status_code == 200
+        assert "queue function jobs failed" not in server.log.read_text()
+    finally:
+        server.stop()
+
+
+def test_a_move_that_died_half_way_keeps_the_newer_study_whichever_partition_runs_first(
+        emulators: dict[str, str], tmp_path: Path) -> None:
+    """Two generations of one instance in two studies (a PUT that moved it died before removing the old one):
+    the two partitions run as separate jobs, and the newer generation is what the index names."""
+    settings = fresh_settings(emulators)
+    first = make_slide(tmp_path / "a", levels=1, base_size=(256, 256), associated=False)[0]
+    moved = copy_instance(first, tmp_path / "moved.dcm", sop_uid=first.sop_uid, study_uid="1.2.3.4.5.6.7")
+    server = start_server(settings, tmp_path)
+    try:
+        assert httpx.post(f"{server.base_url}/studies", content=first.path.read_bytes(),
+                          headers={"content-type": "application/dicom"}).status_code == 200
+        container = blob_service(settings).get_container_client(settings["DICOMWEB_INSTANCE_CONTAINER"])
+        name = f"{moved.study_uid}/{moved.series_uid}/{moved.sop_uid}/{new_generation()}.dcm"
+        container.get_blob_client(name).upload_blob(moved.path.read_bytes())
+        started = httpx.post(f"{server.base_url}/operations/reindex")
+        assert started.status_code == 202 and started.headers["location"] == started.json()["statusUrl"]
+        assert started.json()["partitions"] >= 2
+        deadline = time.monotonic() + 120
+        while (status := httpx.get(started.headers["location"]).json())["status"] != "finished":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert status["report"]["indexed"] >= 1 and status["report"]["removed_generations"] >= 1
+        assert httpx.get(f"{server.base_url}/studies/{first.study_uid}/instances").json() == []
+        (found,) = httpx.get(f"{server.base_url}/studies/{moved.study_uid}/instances").json()
+        assert found["00080018"]["Value"] == [first.sop_uid]
+        assert [n for n in container.list_blobs() if n.name.split("/")[2] == first.sop_uid] and \
+            not list(container.list_blobs(name_starts_with=first.study_uid))
+        assert httpx.get(f"{server.base_url}/operations/reindex/nosuchrun").status_code == 404
     finally:
         server.stop()

@@ -1,9 +1,13 @@
-"""DELETE of studies, series and instances, and the change feed (as the Azure DICOM service offers them)."""
+"""DELETE of studies, series and instances, the change feed (as the Azure DICOM service offers them), and
+the reindex operation (rebuild the index from Blob, fanned out over the job queue)."""
+
+import dataclasses
+import json
 
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
-from dicomweb import changefeed, delete
+from dicomweb import changefeed, delete, reindex
 from dicomweb.api.http import base_url, dicom_json, endpoint
 from dicomweb.auth import Permission
 from dicomweb.dicom.syntax import bounded_int
@@ -76,3 +80,29 @@ async def latest_change(req: Request, service: Service) -> Response:
     include = req.query_params.get("includeMetadata", "true").lower() == "true"
     (item,) = await changefeed.render(service, [entry], include, base_url(req, service.settings))
     return dicom_json(item)
+
+
+def _progress(progress: reindex.Progress, base: str) -> dict[str, object]:
+    return {"id": progress.run.id, "started": progress.run.started, "partitions": progress.run.total,
+            "done": progress.done, "status": "finished" if progress.finished else "running",
+            "statusUrl": f"{base}/operations/reindex/{progress.run.id}",
+            **({"report": dataclasses.asdict(progress.report)} if progress.report is not None else {})}
+
+
+def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body).encode(), status_code=status, headers=headers, media_type="application/json")
+
+
+@endpoint(blueprint, "reindex_start", "operations/reindex", ["POST"], Permission.DELETE)
+async def start_reindex(req: Request, service: Service) -> Response:
+    """Rebuild the index from Blob: one job per study on the queue; 202 with the run's status URL."""
+    run = await reindex.start(service)
+    answer = _progress(reindex.Progress(run, 0, None), base_url(req, service.settings))
+    return _json(answer, 202, {"location": str(answer["statusUrl"])})
+
+
+@endpoint(blueprint, "reindex_status", "operations/reindex/{id}", ["GET"], Permission.DELETE)
+async def reindex_status(req: Request, service: Service) -> Response:
+    """How many partitions of a run are done, and once all are, what they did together."""
+    progress = await reindex.progress(service, req.path_params["id"])
+    return _json(_progress(progress, base_url(req, service.settings)))

@@ -311,6 +311,16 @@ class RangeReader:
             self._session = None
 
 
+async def _prefixes(container: ContainerClient, what: str) -> AsyncIterator[str]:
+    """The top-level "folders" of ``container`` (``<study>/``), without listing the blobs in them."""
+    try:
+        async for item in container.walk_blobs(delimiter="/"):
+            if item.name.endswith("/"):
+                yield item.name
+    except AzureError as exc:
+        raise _failure(exc, what) from exc
+
+
 async def _delete(container: ContainerClient, names: list[str]) -> None:
     """Delete blobs of one container; missing ones are fine."""
     for name in names:
@@ -391,6 +401,10 @@ class InstanceStore:
             raise _failure(exc, location.instance) from exc
         return True
 
+    def studies(self) -> AsyncIterator[str]:
+        """``<study>/`` of every study with a file."""
+        return _prefixes(self.container, "instance listing")
+
     async def list(self, prefix: str = "") -> AsyncIterator[tuple[Location, dict[str, str]]]:
         """(location, metadata) of every committed file under ``prefix``, in name order."""
         try:
@@ -453,6 +467,10 @@ class SidecarStore:
     async def delete(self, names: list[str]) -> None:
         """Delete sidecars; missing ones are fine."""
         await _delete(self.container, names)
+
+    def studies(self) -> AsyncIterator[str]:
+        """``<study>/`` of every study with a sidecar."""
+        return _prefixes(self.container, "sidecar listing")
 
     async def list(self, prefix: str = "") -> AsyncIterator[Location]:
         """The generation of every metadata sidecar under ``prefix``."""

@@ -90,25 +90,33 @@ def identity_server(emulators: dict[str, str],
         [str(NODE_BIN / "azurite-blob"), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location",
          str(work / "azurite"), "--oauth", "basic", "--cert", str(cert), "--key", str(key), "--skipApiVersionCheck",
          "--loose", "--silent", "--disableTelemetry"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    queue_port = free_port()
+    queues = subprocess.Popen(
+        [str(NODE_BIN / "azurite-queue"), "--queueHost", "127.0.0.1", "--queuePort", str(queue_port), "--location",
+         str(work / "azurite"), "--oauth", "basic", "--cert", str(cert), "--key", str(key), "--skipApiVersionCheck",
+         "--loose", "--silent", "--disableTelemetry"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = IdentityEndpoint()
     endpoint.server.start()
     try:
         _wait_for_port(port, azurite, "Azurite (HTTPS, OAuth)")
+        _wait_for_port(queue_port, queues, "Azurite queues (HTTPS, OAuth)")
         cosmos = emulators["DICOMWEB_COSMOS_CONNECTION_STRING"].split("AccountEndpoint=")[1].split(";")[0]
         settings = {
             "DICOMWEB_STORAGE_ACCOUNT_URL": f"https://127.0.0.1:{port}/devstoreaccount1",
+            "DICOMWEB_QUEUES__queueServiceUri": f"https://127.0.0.1:{queue_port}/devstoreaccount1",
             "DICOMWEB_COSMOS_ENDPOINT": cosmos, "DICOMWEB_COSMOS_DATABASE": f"db-{uuid.uuid4().hex[:8]}",
             "IDENTITY_ENDPOINT": f"{endpoint.server.url}/msi/token", "IDENTITY_HEADER": endpoint.SECRET, "AZURE_CLIENT_ID": CLIENT_ID,
             "SSL_CERT_FILE": str(cert),
         }
         server = start_server(settings, work)
-        assert "DICOMWEB_STORAGE_CONNECTION_STRING" not in server.env
+        assert "DICOMWEB_STORAGE_CONNECTION_STRING" not in server.env and "DICOMWEB_QUEUES" not in server.env
         yield server, endpoint
         server.stop()
     finally:
         endpoint.server.stop()
-        azurite.terminate()
-        azurite.wait(10)
+        for process in (azurite, queues):
+            process.terminate()
+            process.wait(10)
 
 
 def test_the_service_runs_on_its_managed_identity(identity_server: tuple[Server, IdentityEndpoint],
