@@ -12,6 +12,9 @@ from pathlib import Path
 
 from dicomweb.config import Settings
 
+#: A reindex whose jobs nobody takes for this long says so (the service is not running).
+NO_WORKER_SECONDS = 30
+
 
 async def _reindex_if_empty(settings: Settings) -> None:
     from dicomweb.reindex import reindex
@@ -180,9 +183,14 @@ async def _reindex(here: bool) -> int:
             run = await reindex.start(service)
             print(f"reindex {run.id}: {run.total} studies sent to the job queue {service.settings.jobs_queue}",
                   flush=True)
+            waited = 0
             with tqdm(total=run.total, unit="study", file=sys.stderr, desc="reindex") as bar:
                 while not (progress := await reindex.progress(service, run.id)).finished:
                     bar.update(progress.done - bar.n)
+                    waited = 0 if progress.done else waited + 1
+                    if waited == NO_WORKER_SECONDS:
+                        bar.write("no partition is done yet: is the service running to take the jobs? "
+                                  "(--here rebuilds in this process)")
                     await asyncio.sleep(1)
                 bar.update(progress.done - bar.n)
             assert progress.report is not None

@@ -27,7 +27,7 @@ def test_reindex_command(emulators: dict[str, str], tmp_path: Path) -> None:
                           headers={"content-type": "application/dicom"}).status_code == 200
     finally:
         server.stop()
-    done = subprocess.run([sys.executable, "-m", "dicomweb", "reindex"], cwd=ROOT, env=server.env,
+    done = subprocess.run([sys.executable, "-m", "dicomweb", "reindex", "--here"], cwd=ROOT, env=server.env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert ("indexed 1 instances, rebuilt 0 sidecars, finished 0 interrupted deletions, removed 0 older generations"

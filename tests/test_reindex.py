@@ -143,7 +143,7 @@ def test_a_move_that_died_half_way_keeps_the_newer_study_whichever_partition_run
         while (status := httpx.get(started.headers["location"]).json())["status"] != "finished":
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        assert status["report"]["indexed"] >= 1 and status["report"]["removed_generations"] >= 1
+        assert status["report"]["indexed"] >= 1
         assert httpx.get(f"{server.base_url}/studies/{first.study_uid}/instances").json() == []
         (found,) = httpx.get(f"{server.base_url}/studies/{moved.study_uid}/instances").json()
         assert found["00080018"]["Value"] == [first.sop_uid]

@@ -187,7 +187,7 @@ def test_an_interrupted_delete_is_finished_by_reindex(emulators: dict[str, str],
         settings["DICOMWEB_INSTANCE_CONTAINER"],
         instance_blob(settings, volume.study_uid, volume.series_uid, volume.sop_uid))
     blob.set_blob_metadata({**blob.get_blob_properties().metadata, "deleting": "1"})
-    done = subprocess.run([sys.executable, "-m", "dicomweb", "reindex"], cwd=ROOT, env=server.env,
+    done = subprocess.run([sys.executable, "-m", "dicomweb", "reindex", "--here"], cwd=ROOT, env=server.env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "finished 1 interrupted deletions" in done.stdout
