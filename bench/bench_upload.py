@@ -65,16 +65,9 @@ def raw_read(settings: dict[str, str], container: str, name: str) -> float:
     """Read a blob with the SDK's parallel ranged download (8 MiB ranges, 8 at once), discarding it; seconds."""
     blob = _service(settings).get_blob_client(container, name)
     started = time.perf_counter()
-    blob.download_blob(max_concurrency=8).readinto(_Discard())
+    with open(os.devnull, "wb") as sink:
+        blob.download_blob(max_concurrency=8).readinto(sink)
     return time.perf_counter() - started
-
-
-class _Discard:
-    def write(self, data: bytes) -> int:
-        return len(data)
-
-    def seekable(self) -> bool:
-        return False
 
 
 def upload(server: Server, path: Path, state: Path) -> dict:
@@ -135,6 +128,7 @@ def main() -> None:
                     [("large.dcm", args.frames), ("small.dcm", args.frames // 10), ("stow.dcm", args.frames // 4)])
             generate_s = time.perf_counter() - started
             large_size, small_size = large.path.stat().st_size, small.path.stat().st_size
+            stow_size = stowed.path.stat().st_size
             print(f"generated 4 GB-class, 400 MB-class and 1 GB-class instances in {generate_s:.1f} s", flush=True)
             os.sync()
             raw_before = raw_upload(settings, large.path)
@@ -170,7 +164,6 @@ def main() -> None:
                 stow_server.stop()
         finally:
             emulators.stop()
-    stow_size = stowed.path.stat().st_size
     commit_large, commit_small = large_result["ingest_seconds"], small_result["ingest_seconds"]
     figures = {
         "large_mb": round(large_size / MB), "large_frames": args.frames, "small_mb": round(small_size / MB),

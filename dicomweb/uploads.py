@@ -74,7 +74,7 @@ MAX_SIZE = MAX_BLOCKS * 4000 * MIB
 HEAD_CHUNK = MIB
 #: A scan (a blob committed without a frame offset record): ranged reads of this size, this many in flight.
 SCAN_CHUNK = 8 * MIB
-SCAN_AHEAD = 8
+SCAN_AHEAD = 6
 #: How often a scan records its progress in the session.
 PROGRESS_SECONDS = 5.0
 #: Frames of a client's record whose bytes are checked on the stored copy (the first, the last, spread between).
@@ -83,8 +83,8 @@ SAMPLED_FRAMES = 64
 MAX_HEAD_BLOCK = 256 * MIB
 #: A session still ingesting this long after it expired lost its job (a worker died on the last delivery).
 STUCK_SECONDS = 3600
-#: The commit looks whether the ingest finished after this wait, growing to the second.
-COMMIT_POLL = (0.05, 0.5)
+#: The commit looks whether the ingest finished after this wait (seconds), growing to the second.
+COMMIT_POLL = (0.05, 0.2)
 PREAMBLE_BYTES = 128
 OPEN, INGESTING, STORED, FAILED = "open", "ingesting", "stored", "failed"
 INGEST, EXPIRE = "upload-ingest", "upload-expire"
@@ -349,6 +349,7 @@ async def _ingest_job(service: Service, delivery: jobs.Delivery) -> None:
                         delivery.attempt, exc.__class__.__name__)
             raise
         log.exception("upload %s: the ingest failed on its last delivery", session.id)
+        await _undo(service, session, None)
         reason = exc.message if isinstance(exc, DicomWebError) else exc.__class__.__name__
         await _finish(service, session, Outcome(None, None, error=StorageFailure(
             f"the ingest failed {delivery.attempt} times; the last time: {reason}")))
@@ -429,7 +430,7 @@ async def _store(service: Service, session: Session, parser: Part10Parser) -> Lo
     frames = await _frame_record(service, session, parser, etag, size)
     if preamble.strip(b"\x00"):
         etag = await staging.restage_head(session.data, etag, size, bytes(PREAMBLE_BYTES), MAX_HEAD_BLOCK)
-    source = await staging.read_url(session.data, datetime.now(timezone.utc) + timedelta(hours=1))
+    source = await staging.copy_source(session.data, datetime.now(timezone.utc) + timedelta(hours=1))
     tags = {TIER_TAG: tier(header.dataset, size, service.settings.hot_pin_bytes)}
     await service.blobs.instances.copy_from(location, source, etag, tags)
     if session.record and frames is not None:

@@ -220,6 +220,11 @@ class SasSigner:
             self._service.account_name or "", container, permission=ContainerSasPermissions(read=True),
             expiry=expiry, start=datetime.now(timezone.utc) - timedelta(minutes=5), **await self._signing(expiry))
 
+    @property
+    def shared_key(self) -> bool:
+        """Whether requests are signed with the account key (then a same-account copy source needs no SAS)."""
+        return bool(getattr(self._service.credential, "account_key", None))
+
     async def read_blob(self, container: str, name: str, expiry: datetime) -> str:
         """Read-only SAS for exactly one blob (the source of a server-side copy)."""
         return generate_blob_sas(
@@ -503,10 +508,16 @@ class StagingStore:
         sas = await self._signer.write_blob(self.container.container_name, name, expiry)
         return f"{self.container.url}/{quote(name, safe='/')}?{sas}"
 
-    async def read_url(self, name: str, expiry: datetime) -> str:
-        """URL of staging blob ``name`` with a read-only SAS for it alone (a server-side copy's source)."""
-        sas = await self._signer.read_blob(self.container.container_name, name, expiry)
-        return f"{self.container.url}/{quote(name, safe='/')}?{sas}"
+    async def copy_source(self, name: str, expiry: datetime) -> str:
+        """URL of staging blob ``name`` as the source of a server-side copy within the account.
+
+        Under the account key the copy request's own signature authorizes the source; under
+        a managed identity the source carries a read-only user-delegation SAS for it alone.
+        """
+        url = f"{self.container.url}/{quote(name, safe='/')}"
+        if self._signer.shared_key:
+            return url
+        return f"{url}?{await self._signer.read_blob(self.container.container_name, name, expiry)}"
 
     async def properties(self, name: str) -> tuple[str, int]:
         """(etag, size) of committed staging blob ``name``."""
