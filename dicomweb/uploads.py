@@ -83,7 +83,7 @@ SAMPLED_FRAMES = 64
 MAX_HEAD_BLOCK = 256 * MIB
 #: A session still ingesting this long after it expired lost its job (a worker died on the last delivery).
 STUCK_SECONDS = 3600
-#: The commit looks whether the ingest finished after this wait (seconds), growing to the second.
+#: The commit looks whether the ingest finished after the first wait (seconds), growing to the second.
 COMMIT_POLL = (0.05, 0.2)
 PREAMBLE_BYTES = 128
 OPEN, INGESTING, STORED, FAILED = "open", "ingesting", "stored", "failed"
