@@ -57,16 +57,6 @@ class JobQueue:
         except AzureError as exc:
             raise _failure(exc, self.name) from exc
 
-    async def poisoned(self, most: int = 32) -> list[dict[str, Any]]:
-        """Bodies of messages in the poison queue, without taking them (operators and tests look here)."""
-        try:
-            messages = await self.poison.peek_messages(max_messages=min(most, 32))
-        except ResourceNotFoundError:
-            return []
-        except AzureError as exc:
-            raise _failure(exc, self.poison.queue_name) from exc
-        return [json.loads(m.content) for m in messages]
-
     async def close(self) -> None:
         """Release the HTTP session."""
         await self._service.close()

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
 import httpx
 import pydicom
 import pytest
+from azure.storage.queue import QueueClient
 
 from dicomweb.config import Settings
 from dicomweb.service import Service
@@ -231,3 +234,32 @@ def test_a_repeated_delete_finishes_one_that_died_half_way(own_server: Server, t
     assert httpx.delete(url).status_code == 204
     assert _blobs(own_server, volume.study_uid) == []
     assert httpx.delete(url).status_code == 404
+
+
+def test_a_finish_delete_job_ends_a_deletion_that_failed_half_way(own_server: Server, tmp_path: Path) -> None:
+    """What a DELETE that failed after marking the file sends (dicomweb.delete._finish_later): the service's
+    queue trigger finishes the deletion and records it; the same job for an unmarked instance does nothing."""
+    files = make_slide(tmp_path / "slide", levels=2, base_size=(600, 600), associated=False)
+    doomed, kept = files[0], files[1]
+    assert _store(own_server, files).status_code == 200
+    env = own_server.env
+    jobs = QueueClient.from_connection_string(env["DICOMWEB_QUEUES"], env["DICOMWEB_JOBS_QUEUE"])
+    for volume, mark in ((doomed, True), (kept, False)):
+        name = instance_blob(env, volume.study_uid, volume.series_uid, volume.sop_uid)
+        if mark:
+            blob = blob_service(env).get_blob_client(env["DICOMWEB_INSTANCE_CONTAINER"], name)
+            blob.set_blob_metadata({**blob.get_blob_properties().metadata, "deleting": "1"})
+        jobs.send_message(json.dumps({"kind": "finish-delete", "actor": {"id": "oid-deleter"},
+                                      "study": volume.study_uid, "series": volume.series_uid,
+                                      "sop": volume.sop_uid, "generation": name.rsplit("/", 1)[1][:-4]}))
+    url = f"{own_server.base_url}/studies/{doomed.study_uid}/series/{doomed.series_uid}/instances/"
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{url}{doomed.sop_uid}/metadata").status_code != 404:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1)
+    assert httpx.get(f"{url}{kept.sop_uid}/metadata").status_code == 200
+    assert [b for b in _blobs(own_server, doomed.study_uid) if doomed.sop_uid in b] == []
+    feed = httpx.get(f"{own_server.base_url}/changefeed").json()
+    deleted = [e for e in feed if e["SopInstanceUid"] == doomed.sop_uid and e["Action"] == "delete"]
+    assert len(deleted) == 1 and deleted[0]["Principal"]["Id"] == "oid-deleter"
