@@ -301,6 +301,9 @@ class Uploader:
                 return _stow_outcome(status, json.loads(content) if content else {})
         else:
             self._advance(size)
+            if session["status"] == "ingesting":
+                # Resumed while ingesting: committing again makes sure an ingest job is on its way.
+                await self._request("POST", session["commitUrl"], ok=(202,))
         while True:
             status, described = await self._json("GET", session["statusUrl"])
             if status != 200:

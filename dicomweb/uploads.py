@@ -304,13 +304,18 @@ async def commit(service: Service, session_id: str, owner: str, base: str, recor
             await _save(service, session)
         except StaleBlob:
             session = await load(service, session_id)  # another request committed it first
-        else:
-            try:
-                await jobs.enqueue(service, INGEST, session=session.id)
-            except DicomWebError:
-                session.status = OPEN
-                await _save(service, session)
-                raise
+            return await _wait(service, session)
+        try:
+            await jobs.enqueue(service, INGEST, session=session.id)
+        except DicomWebError:
+            session.status = OPEN
+            await _save(service, session)
+            raise
+    elif session.status == INGESTING:
+        # A commit again: the first may have failed after the session turned ingesting and before its job
+        # was sent (its answer a 503). Another job is harmless: an ingest is idempotent, and the first to
+        # finish records the verdict.
+        await jobs.enqueue(service, INGEST, session=session.id)
     return await _wait(service, session)
 
 
@@ -519,13 +524,15 @@ async def _check_sample(service: Service, location: Location, frames: FrameIndex
 
 
 async def _stored_before(service: Service, session: Session) -> Location:
-    """The staged blob is gone: an earlier delivery stored it (and died before saying so), or it was lost."""
+    """The staged blob is gone: an earlier (or a concurrent) delivery stored it, or it was lost."""
     uids = session.instance
     if uids is not None:
         claim = await service.index.claim(uids["sop"])
         if claim is not None and claim["generation"] == session.generation:
             return Location(uids["study"], uids["series"], uids["sop"], session.generation)
-    raise StateConflict("the staged blob is gone: open a new upload session")
+    # Another delivery of this ingest may be publishing it right now: try again; after the last
+    # delivery the session says why it failed.
+    raise StorageFailure("the staged blob is gone")
 
 
 async def _undo(service: Service, session: Session, location: Location | None) -> None:

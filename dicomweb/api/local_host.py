@@ -125,12 +125,15 @@ async def _deliver(consumer: QueueConsumer, delivery: Delivery, name: str,
     async def keep_holding() -> None:
         while True:
             await asyncio.sleep(HOLD_SECONDS / 2)
-            await consumer.hold(delivery, HOLD_SECONDS)
+            try:
+                await consumer.hold(delivery, HOLD_SECONDS)
+            except Exception:  # noqa: BLE001 - the queue service blinked: the next renewal may pass
+                log.warning("queue function %s: could not renew the hold of its message", name)
 
     holder = asyncio.create_task(keep_holding())
     try:
         await function(QueueMessage(id=delivery.id, body=delivery.content.encode(),
-                                          dequeue_count=delivery.dequeue_count, pop_receipt=delivery.pop_receipt))
+                                    dequeue_count=delivery.dequeue_count, pop_receipt=delivery.pop_receipt))
         failed = False
     except Exception:  # noqa: BLE001 - a failed delivery is retried (or poisoned), as the host does
         log.exception("queue function %s failed (delivery %d)", name, delivery.dequeue_count)
