@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from dicomweb.auth import Authenticator
 from dicomweb.config import Settings
+from dicomweb.dicom.codecs import PixelFormat
 from dicomweb.dicom.frames import FrameIndex
 from dicomweb.framecache import FrameCache
 from dicomweb.storage.blobs import BlobStores, Location
@@ -26,6 +27,8 @@ class CachedIndex:
 
     frames: FrameIndex
     location: Location
+    #: The generation's Image Pixel attributes, read from its sidecar once something needs to decode a frame.
+    pixels: PixelFormat | None = None
 
 
 class FrameIndexCache:

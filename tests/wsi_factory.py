@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import imagecodecs
@@ -21,17 +21,28 @@ import numpy as np
 from PIL import Image, ImageCms
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended
+from pydicom.pixels import get_encoder
 from pydicom.uid import (
+    HTJ2K,
     JPEG2000,
     PYDICOM_IMPLEMENTATION_UID,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
     VLWholeSlideMicroscopyImageStorage,
     generate_uid,
 )
 
 TILE = 256
+#: Every transfer syntax a slide can be written in, and the lossy ones with their compression method.
+SYNTAXES = (JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000,
+            HTJ2KLossless, HTJ2K, RLELossless, ExplicitVRLittleEndian)
+LOSSY_METHODS = {JPEG2000: "ISO_15444_1", JPEGLSNearLossless: "ISO_14495_1", HTJ2K: "ISO_15444_15"}
 
 
 @dataclass(frozen=True)
@@ -47,10 +58,12 @@ class SlideFile:
     number_of_frames: int
     offset_table: str  # "bot" | "eot" | "empty" | "native"
     fragments_per_frame: int
+    #: The pixels each frame was encoded from (rows, columns, 3), where the factory made them.
+    tiles: tuple[np.ndarray, ...] = field(default=(), compare=False, repr=False)
 
 
-def textured_tile(size: tuple[int, int], seed: int) -> np.ndarray:
-    """A deterministic RGB image (rows, columns, 3) with stripes, gradients and noise."""
+def textured_tile(size: tuple[int, int], seed: int, noise: float = 12.0) -> np.ndarray:
+    """A deterministic RGB image (rows, columns, 3) with stripes, gradients and noise of ``noise`` sigma."""
     columns, rows = size
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:rows, 0:columns].astype(np.float32)
@@ -58,7 +71,7 @@ def textured_tile(size: tuple[int, int], seed: int) -> np.ndarray:
     red = 150 + 70 * np.sin(x / (9 + seed % 5) + phase) * np.cos(y / 13)
     green = 110 + 60 * np.cos((x + y) / (17 + seed % 7) + phase)
     blue = 170 + 50 * np.sin(np.hypot(x - columns / 2, y - rows / 2) / 11 + phase)
-    image = np.stack([red, green, blue], axis=-1) + rng.normal(0, 12, (rows, columns, 3))
+    image = np.stack([red, green, blue], axis=-1) + rng.normal(0, noise, (rows, columns, 3))
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
@@ -78,6 +91,19 @@ def _encode(tile: np.ndarray, transfer_syntax: str) -> bytes:
         return bytes(imagecodecs.jpeg2k_encode(tile, level=38, codecformat="j2k", reversible=False, mct=True))
     if transfer_syntax == ExplicitVRLittleEndian:
         return tile.tobytes()
+    if transfer_syntax == JPEGLosslessSV1:
+        return bytes(imagecodecs.jpeg8_encode(tile, lossless=True, predictor=1))
+    if transfer_syntax in (JPEGLSLossless, JPEGLSNearLossless):
+        return bytes(imagecodecs.jpegls_encode(tile, level=0 if transfer_syntax == JPEGLSLossless else 3))
+    if transfer_syntax == HTJ2KLossless:
+        return bytes(imagecodecs.htj2k_encode(tile, reversible=True))
+    if transfer_syntax == HTJ2K:
+        return bytes(imagecodecs.htj2k_encode(tile, level=0.01, reversible=False))
+    if transfer_syntax == RLELossless:
+        return get_encoder(RLELossless).encode(
+            tile.tobytes(), rows=tile.shape[0], columns=tile.shape[1], samples_per_pixel=3, bits_allocated=8,
+            bits_stored=8, pixel_representation=0, photometric_interpretation="RGB", planar_configuration=0,
+            number_of_frames=1, byteorder="<", encoding_plugin="pydicom")
     raise ValueError(f"unsupported transfer syntax {transfer_syntax}")
 
 
@@ -255,9 +281,9 @@ def _instance(directory: Path, base: Dataset, number: int, image: np.ndarray, ti
         ds.LossyImageCompression = "01"
         ds.LossyImageCompressionMethod = "ISO_10918_1"
         ds.LossyImageCompressionRatio = 10.0
-    elif transfer_syntax == JPEG2000:
+    elif transfer_syntax in LOSSY_METHODS:
         ds.LossyImageCompression = "01"
-        ds.LossyImageCompressionMethod = "ISO_15444_1"
+        ds.LossyImageCompressionMethod = LOSSY_METHODS[transfer_syntax]
         ds.LossyImageCompressionRatio = 10.0
     else:
         ds.LossyImageCompression = "00"
@@ -270,7 +296,7 @@ def _instance(directory: Path, base: Dataset, number: int, image: np.ndarray, ti
     path = directory / f"{number:02d}-{image_type[2].lower()}.dcm"
     _write(ds, path, transfer_syntax)
     return SlideFile(path, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, image_type,
-                     transfer_syntax, len(tiles), offset_table, fragments)
+                     transfer_syntax, len(tiles), offset_table, fragments, tuple(tiles))
 
 
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -281,14 +307,18 @@ def make_slide(directory: Path, *, transfer_syntax: str = JPEGBaseline8Bit, offs
                fragments_per_frame: int = 1, levels: int = 3, base_size: tuple[int, int] = (1024, 768),
                tile_size: int = TILE, associated: bool = True, study_uid: str | None = None,
                patient_id: str = "P-1", patient_name: str = "Doe^Jane",
-               with_icc_profile: bool = True) -> list[SlideFile]:
-    """Write one slide (pyramid levels first, then label, overview, thumbnail) into ``directory``."""
+               with_icc_profile: bool = True, noise: float = 12.0) -> list[SlideFile]:
+    """Write one slide (pyramid levels first, then label, overview, thumbnail) into ``directory``.
+
+    ``noise`` is the sigma of the pixel noise: the default gives realistic compressed sizes, a low
+    one an image lossy codecs keep above 40 dB PSNR.
+    """
     offset_table = _layout(transfer_syntax, offset_table, fragments_per_frame)
     directory.mkdir(parents=True, exist_ok=True)
     study_uid = study_uid or generate_uid()
     base = _base_dataset(study_uid, generate_uid(), generate_uid(), patient_id, patient_name)
     width, height = base_size
-    image = textured_tile((width, height), seed=int(study_uid.replace(".", "")[-6:]) % 997)
+    image = textured_tile((width, height), seed=int(study_uid.replace(".", "")[-6:]) % 997, noise=noise)
     spacing = 0.00025
     files = []
     for level in range(levels):

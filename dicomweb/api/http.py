@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
 #: Response headers a browser client may read.
-EXPOSED = "Content-Type, Warning, Location, WWW-Authenticate, Retry-After"
+EXPOSED = "Content-Type, Warning, Location, WWW-Authenticate, Retry-After, ETag"
 Handler = Callable[[Request, Service], Awaitable[Response]]
 #: The permission each HTTP function needs, by function name: declared by :func:`endpoint`, where it is registered.
 REQUIREMENTS: dict[str, Permission] = {}
@@ -186,7 +186,10 @@ async def _answer(req: Request, handler: Handler, name: str, needs: Permission) 
         audit.record("request", "done" if response.status_code < 400 else "refused", route=name,
                      status=response.status_code, **{field: req.path_params.get(param) for param, field in _AUDITED.items()})
     if settings is not None:
-        response.headers.update(_cors_headers(req.headers.get("origin"), settings))
+        cors = _cors_headers(req.headers.get("origin"), settings)
+        if (vary := cors.pop("vary", None)) is not None:
+            response.headers["vary"] = ", ".join(filter(None, (response.headers.get("vary"), vary)))
+        response.headers.update(cors)
     return response
 
 

@@ -5,7 +5,8 @@ from typing import AsyncIterator
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
-from dicomweb import records, retrieve
+from dicomweb import records, retrieve, transcode
+from dicomweb.api import conditional
 from dicomweb.api.http import DICOM_JSON, base_url, endpoint, streaming
 from dicomweb.auth import Permission
 from dicomweb.dicom import media
@@ -126,22 +127,32 @@ async def _frames(
     index = cached.frames
     numbers = numbers if numbers is not None else list(range(1, len(index) + 1))
     retrieve.check_frames(index, numbers)
-    choice = media.negotiate_frames(req.headers.get("accept"), index.transfer_syntax, single=len(numbers) == 1)
+    choice = await transcode.choose(service, cached, req.headers.get("accept"), single=len(numbers) == 1)
+    tag = conditional.etag(index.generation, "frames", ",".join(map(str, numbers)), choice)
+    if (unchanged := conditional.not_modified(req, tag, conditional.IMMUTABLE)) is not None:
+        return unchanged
+    cache = conditional.headers(tag, conditional.IMMUTABLE)
     frames = retrieve.read_frames(service, study, series, instance, numbers)
+    stored = media.frame_label(index.transfer_syntax)
+    size = sum(index.span(n)[1] for n in numbers)
+    if choice.transfer_syntax != stored:
+        fmt = await transcode.pixel_format(service, cached)
+        frames = transcode.frames(frames, numbers, index.transfer_syntax, choice.transfer_syntax, fmt)
+        size = len(numbers) * fmt.decoded().native_length
     media_type = f"{choice.media_type}; transfer-syntax={choice.transfer_syntax}"
     if not choice.multipart:
-        return Response(b"".join([frame async for frame in frames]), media_type=media_type)
+        return Response(b"".join([frame async for frame in frames]), media_type=media_type, headers=cache)
     part_headers = {"Content-Type": media_type}
-    boundary = new_boundary()
-    if sum(index.span(n)[1] for n in numbers) <= WHOLE_ANSWER_BYTES:
+    boundary = conditional.boundary(tag)
+    if size <= WHOLE_ANSWER_BYTES:
         body = multipart_body([(part_headers, frame) async for frame in frames], boundary)
-        return Response(body, media_type=_multipart_type(choice.media_type, boundary))
+        return Response(body, media_type=_multipart_type(choice.media_type, boundary), headers=cache)
 
     async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
         async for frame in frames:
             yield part_headers, _once(frame)
 
-    return await streaming(write_multipart(parts(), boundary), _multipart_type(choice.media_type, boundary))
+    return await streaming(write_multipart(parts(), boundary), _multipart_type(choice.media_type, boundary), cache)
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
@@ -158,10 +169,14 @@ async def retrieve_bulkdata(req: Request, service: Service) -> Response:
         return await _frames(req, service, study, series, instance, None)
     multipart = media.negotiate_bulkdata(req.headers.get("accept"))
     (doc,) = await retrieve.instance_documents(service, study, series, instance)
+    tag = conditional.etag(doc["generation"], "bulkdata", path, multipart)
+    if (unchanged := conditional.not_modified(req, tag, conditional.IMMUTABLE)) is not None:
+        return unchanged
+    cache = conditional.headers(tag, conditional.IMMUTABLE)
     offset, length = retrieve.bulk_span(await retrieve.load_sidecar(service, doc), path)
     data = await service.blobs.instances.read_range(retrieve.location(doc), offset, length)
     if not multipart:
-        return Response(data, media_type=media.OCTET_STREAM)
-    boundary = new_boundary()
+        return Response(data, media_type=media.OCTET_STREAM, headers=cache)
+    boundary = conditional.boundary(tag)
     body = multipart_body([({"Content-Type": media.OCTET_STREAM}, data)], boundary)
-    return Response(body, media_type=_multipart_type(media.OCTET_STREAM, boundary))
+    return Response(body, media_type=_multipart_type(media.OCTET_STREAM, boundary), headers=cache)

@@ -1,7 +1,7 @@
 """Accept-header negotiation for WADO-RS (PS3.18 §8.7: media types and transfer syntaxes).
 
-No transcoding happens yet, so every negotiation picks between the stored bytes
-under some label and 406; it never promises a syntax that is not stored.
+Negotiation lists what the client accepts, stored representation first where the client's
+preferences allow it; :mod:`dicomweb.transcode` decides which of those it can produce.
 """
 
 from __future__ import annotations
@@ -70,25 +70,58 @@ def _matches(pattern: str, media_type: str) -> bool:
     return pattern == media_type
 
 
-def negotiate_frames(header: str | None, stored_syntax: str, single: bool) -> Choice:
-    """Frames go out unchanged: as their own media type, or as octet-stream of the stored syntax."""
-    native = stored_syntax in NATIVE_SYNTAXES
+def _tiers(entries: list[Acceptable]) -> list[list[Acceptable]]:
+    """Entries grouped by equal quality, best first (``parse_accept`` sorted them)."""
+    tiers: list[list[Acceptable]] = []
+    for entry in entries:
+        if tiers and tiers[-1][0].quality == entry.quality:
+            tiers[-1].append(entry)
+        else:
+            tiers.append([entry])
+    return tiers
+
+
+def _frame_choice(entry: Acceptable, stored_label: str, own: str) -> Choice | None:
+    """What one Accept entry asks for frames stored as ``stored_label`` to be, if it names anything."""
+    multipart = entry.multipart is not False
+    wanted = entry.transfer_syntax
+    if entry.media_type == OCTET_STREAM:
+        syntax = EXPLICIT_VR_LITTLE_ENDIAN if wanted is None else stored_label if wanted == "*" else wanted
+        return Choice(multipart, OCTET_STREAM, syntax)
+    if entry.media_type in DEFAULT_SYNTAX and entry.media_type != DICOM:
+        if wanted in (None, "*"):
+            syntax = stored_label if own == entry.media_type else DEFAULT_SYNTAX[entry.media_type]
+        elif frame_media_type(wanted) == entry.media_type:
+            syntax = wanted
+        else:
+            return None
+        return Choice(multipart, entry.media_type, syntax)
+    if _matches(entry.media_type, own):  # a wildcard: the stored frames as they are
+        return Choice(multipart, own, stored_label)
+    return None
+
+
+def frame_choices(header: str | None, stored_syntax: str, single: bool) -> list[Choice]:
+    """Every representation of frames the Accept header allows, the client's preference first.
+
+    Among entries of equal quality the stored representation comes first, so a client that
+    lists several syntaxes (Slim) gets the stored bytes whenever it accepts them; the caller
+    takes the first choice that is stored or that it can transcode to.
+    """
     own = frame_media_type(stored_syntax)
-    label = EXPLICIT_VR_LITTLE_ENDIAN if native else stored_syntax
-    for entry in parse_accept(header):
-        if entry.multipart is False and not single:
-            continue
-        multipart = entry.multipart is not False
-        wanted = entry.transfer_syntax
-        if entry.media_type == OCTET_STREAM:
-            if wanted in ("*", label) or (wanted is None and native):
-                return Choice(multipart, OCTET_STREAM, label)
-        elif _matches(entry.media_type, own) and wanted in (None, "*", label):
-            return Choice(multipart, own, label)
-    raise NotAcceptable(
-        f"frames are stored as {own} ({stored_syntax}) and cannot be transcoded; "
-        f'ask for type="{own}" or transfer-syntax=*'
-    )
+    label = frame_label(stored_syntax)
+    choices: list[Choice] = []
+    for tier in _tiers(parse_accept(header)):
+        found = [c for e in tier if (e.multipart is not False or single) and (c := _frame_choice(e, label, own))]
+        for choice in sorted(found, key=lambda c: c.transfer_syntax != label):
+            if choice not in choices:
+                choices.append(choice)
+    return choices
+
+
+def frame_label(stored_syntax: str) -> str:
+    """The transfer syntax that names stored frames as served: native frames are Explicit VR Little Endian."""
+    return EXPLICIT_VR_LITTLE_ENDIAN if stored_syntax in NATIVE_SYNTAXES else stored_syntax
 
 
 def negotiate_instance(header: str | None, stored_syntaxes: set[str], single_allowed: bool) -> Choice:

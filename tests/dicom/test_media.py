@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from dicomweb.dicom.media import Choice, accepts_json, negotiate_bulkdata, negotiate_frames, negotiate_instance
+from dicomweb.dicom.media import Choice, accepts_json, frame_choices, negotiate_bulkdata, negotiate_instance
 from dicomweb.errors import NotAcceptable
 
 JPEG = "1.2.840.10008.1.2.4.50"
 J2K = "1.2.840.10008.1.2.4.90"
 ELE = "1.2.840.10008.1.2.1"
+HTJ2K = "1.2.840.10008.1.2.4.203"
 SLIM = (
     'multipart/related; type="image/jls"; transfer-syntax=1.2.840.10008.1.2.4.80, '
     'multipart/related; type="image/jp2"; transfer-syntax=1.2.840.10008.1.2.4.90, '
@@ -35,25 +36,33 @@ SLIM = (
         ("application/octet-stream; transfer-syntax=*", JPEG, True, Choice(False, "application/octet-stream", JPEG)),
         ("image/jpeg", JPEG, True, Choice(False, "image/jpeg", JPEG)),
         ("image/jpeg, multipart/related; type=\"image/jpeg\"", JPEG, False, Choice(True, "image/jpeg", JPEG)),
+        # Transcodes: what the client names, the media type's default syntax when it names none.
+        ('multipart/related; type="application/octet-stream"', JPEG, False, Choice(True, "application/octet-stream", ELE)),
+        ('multipart/related; type="image/jpeg"', J2K, False, Choice(True, "image/jpeg", JPEG)),
+        ('multipart/related; type="image/jp2"', ELE, False, Choice(True, "image/jp2", J2K)),
+        (f'multipart/related; type="image/jphc"; transfer-syntax={HTJ2K}', JPEG, False, Choice(True, "image/jphc", HTJ2K)),
+        # Quality first; the stored syntax first among equals.
+        (f'multipart/related; type="application/octet-stream"; q=0.5, multipart/related; type="image/jp2"; q=0.9',
+         JPEG, False, Choice(True, "image/jp2", J2K)),
+        (f'multipart/related; type="application/octet-stream", multipart/related; type="image/jpeg"',
+         JPEG, False, Choice(True, "image/jpeg", JPEG)),
     ],
 )
-def test_frames(accept: str | None, stored: str, single: bool, expected: Choice) -> None:
-    assert negotiate_frames(accept, stored, single) == expected
+def test_first_frame_choice(accept: str | None, stored: str, single: bool, expected: Choice) -> None:
+    assert frame_choices(accept, stored, single)[0] == expected
 
 
 @pytest.mark.parametrize(
     ("accept", "stored", "single"),
     [
-        ('multipart/related; type="image/jpeg"', J2K, False),  # no transcoding to JPEG
-        ('multipart/related; type="application/octet-stream"', JPEG, False),  # would need decoding
-        (f'multipart/related; type="image/jp2"; transfer-syntax={J2K}', ELE, False),  # wsidicom probes: 406
+        (f'multipart/related; type="image/jp2"; transfer-syntax={JPEG}', J2K, False),  # a JPEG syntax is no jp2
         ("image/jpeg", JPEG, False),  # single part needs a single frame
         ("text/html", JPEG, True),
+        ('multipart/related; type="image/*"', ELE, False),  # a wildcard names the stored frames only
     ],
 )
-def test_frames_not_acceptable(accept: str, stored: str, single: bool) -> None:
-    with pytest.raises(NotAcceptable):
-        negotiate_frames(accept, stored, single)
+def test_frames_nothing_named(accept: str, stored: str, single: bool) -> None:
+    assert frame_choices(accept, stored, single) == []
 
 
 def test_instances() -> None:
