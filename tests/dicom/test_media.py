@@ -42,9 +42,9 @@ SLIM = (
         ('multipart/related; type="image/jp2"', ELE, False, Choice(True, "image/jp2", J2K)),
         (f'multipart/related; type="image/jphc"; transfer-syntax={HTJ2K}', JPEG, False, Choice(True, "image/jphc", HTJ2K)),
         # Quality first; the stored syntax first among equals.
-        (f'multipart/related; type="application/octet-stream"; q=0.5, multipart/related; type="image/jp2"; q=0.9',
+        ('multipart/related; type="application/octet-stream"; q=0.5, multipart/related; type="image/jp2"; q=0.9',
          JPEG, False, Choice(True, "image/jp2", J2K)),
-        (f'multipart/related; type="application/octet-stream", multipart/related; type="image/jpeg"',
+        ('multipart/related; type="application/octet-stream", multipart/related; type="image/jpeg"',
          JPEG, False, Choice(True, "image/jpeg", JPEG)),
     ],
 )
