@@ -62,6 +62,7 @@ class Settings:
     frame_index_cache_mb: int = 64
     frame_cache_mb: int = 64
     frame_cache_seconds: int = 30
+    metadata_cache_mb: int = 48
     max_request_bytes: int = 100 * MIB
     upload_sas_seconds: int = 900
     upload_session_seconds: int = 86400
@@ -74,6 +75,7 @@ class Settings:
     max_sequence_depth: int = 32
     max_frames: int = 1_000_000
     max_parts_per_request: int = 1000
+    max_inline_binary: int = 256 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -106,6 +108,7 @@ class Settings:
             frame_index_cache_mb=_int(env, "DICOMWEB_FRAME_INDEX_CACHE_MB", 64),
             frame_cache_mb=_int(env, "DICOMWEB_FRAME_CACHE_MB", 64),
             frame_cache_seconds=_int(env, "DICOMWEB_FRAME_CACHE_SECONDS", 30),
+            metadata_cache_mb=_int(env, "DICOMWEB_METADATA_CACHE_MB", 48),
             max_request_bytes=_int(env, "DICOMWEB_MAX_REQUEST_MB", 100) * MIB,
             upload_sas_seconds=_int(env, "DICOMWEB_UPLOAD_SAS_SECONDS", 900),
             upload_session_seconds=_int(env, "DICOMWEB_UPLOAD_SESSION_SECONDS", 86400),
@@ -118,6 +121,7 @@ class Settings:
             max_sequence_depth=_int(env, "DICOMWEB_MAX_SEQUENCE_DEPTH", 32),
             max_frames=_int(env, "DICOMWEB_MAX_FRAMES", 1_000_000),
             max_parts_per_request=_int(env, "DICOMWEB_MAX_PARTS_PER_REQUEST", 1000),
+            max_inline_binary=_int(env, "DICOMWEB_MAX_INLINE_BINARY_KB", 256) * 1024,
         )
 
     @property
@@ -163,6 +167,7 @@ SETTING_NAMES = (
     "DICOMWEB_FRAME_INDEX_CACHE_MB",
     "DICOMWEB_FRAME_CACHE_MB",
     "DICOMWEB_FRAME_CACHE_SECONDS",
+    "DICOMWEB_METADATA_CACHE_MB",
     "DICOMWEB_MAX_REQUEST_MB",
     "DICOMWEB_UPLOAD_SAS_SECONDS",
     "DICOMWEB_UPLOAD_SESSION_SECONDS",
@@ -175,4 +180,5 @@ SETTING_NAMES = (
     "DICOMWEB_MAX_SEQUENCE_DEPTH",
     "DICOMWEB_MAX_FRAMES",
     "DICOMWEB_MAX_PARTS_PER_REQUEST",
+    "DICOMWEB_MAX_INLINE_BINARY_KB",
 )

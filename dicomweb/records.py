@@ -26,14 +26,15 @@ def _value(dataset: JsonDict, key: str) -> Any:
     return values[0] if values else None
 
 
-def describe(header: Header) -> JsonDict:
+def describe(header: Header, inline_bytes: int = 0) -> JsonDict:
     """What the header says, as the sidecar holds it: DICOM JSON without bulk values, and their byte ranges.
 
+    Binary values up to ``inline_bytes`` are included inline (DICOMWEB_MAX_INLINE_BINARY_KB).
     Made as soon as the header has arrived, so that a value pydicom cannot convert is an
     invalid dataset (43264) before any byte is stored. CPU-heavy for large headers: run it
     with :func:`dicomweb.cpu.run`.
     """
-    dataset, bulk = dataset_to_json(header.dataset, header.dataset_base)
+    dataset, bulk = dataset_to_json(header.dataset, header.dataset_base, inline_bytes)
     if header.pixel_vr is not None:
         dataset[PIXEL_DATA_KEY] = {"vr": header.pixel_vr, "BulkDataURI": BULKDATA + PIXEL_DATA_KEY}
     dataset[AVAILABLE_TRANSFER_SYNTAX] = {"vr": "UI", "Value": [header.transfer_syntax]}

@@ -66,7 +66,7 @@ async def derive_sidecars(service: Service, location: Location) -> records.JsonD
             parser.feed(chunk)
     await cpu.run(parser.close)
     assert parser.header is not None
-    description = await cpu.run(records.describe, parser.header)
+    description = await cpu.run(records.describe, parser.header, service.settings.max_inline_binary)
     made = await cpu.run(records.make_sidecars, parser, description, location.generation)
     await service.blobs.sidecars.put(location.sidecar("json"), made.metadata)
     if made.frames is not None:

@@ -10,6 +10,7 @@ import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from dicomweb.answers import AnswerCache
 from dicomweb.auth import Authenticator
 from dicomweb.config import Settings
 from dicomweb.dicom.codecs import PixelFormat
@@ -75,6 +76,8 @@ class Service:
     jobs: JobQueue
     frame_indexes: FrameIndexCache = field(init=False)
     frames: FrameCache = field(init=False)
+    #: Metadata answers ready to send, by ETag.
+    answers: AnswerCache = field(init=False)
     #: Who calls and what they may do (fails closed when authentication is not configured).
     auth: Authenticator = field(init=False)
 
@@ -82,6 +85,7 @@ class Service:
         self.auth = Authenticator(self.settings)
         self.frame_indexes = FrameIndexCache(self.settings.frame_index_cache_mb * 1024 * 1024)
         self.frames = FrameCache(self.settings.frame_cache_mb * 1024 * 1024, self.settings.frame_cache_seconds)
+        self.answers = AnswerCache(self.settings.metadata_cache_mb * 1024 * 1024)
 
     @classmethod
     async def create(cls, settings: Settings) -> "Service":

@@ -201,7 +201,7 @@ async def _begin(
     """Validate the header, describe it, and refuse a stored SOP Instance UID (POST) before any byte is staged."""
     assert parser.header is not None
     study, series, sop, _ = validate(parser.header.dataset, expected_study)
-    description = await cpu.run(records.describe, parser.header)
+    description = await cpu.run(records.describe, parser.header, service.settings.max_inline_binary)
     if not replace and (claim := await service.index.claim(sop)) is not None and claim["generation"] != generation:
         raise refusal(claim, study, series)
     location = Location(study, series, sop, generation)

@@ -425,7 +425,7 @@ async def _store(service: Service, session: Session, parser: Part10Parser) -> Lo
         raise InvalidDataset("an upload session takes a DICOM Part 10 file: a 128-byte preamble, DICM and the "
                              "File Meta Information (STOW-RS takes bare datasets)")
     study, series, sop, sop_class = validate(header.dataset, session.study)
-    description = await cpu.run(records.describe, header)
+    description = await cpu.run(records.describe, header, service.settings.max_inline_binary)
     if (claim := await service.index.claim(sop)) is not None and claim["generation"] != session.generation:
         raise refusal(claim, study, series)
     if session.instance is None:

@@ -10,6 +10,7 @@ BOT, and frames split over several fragments.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import struct
@@ -75,8 +76,17 @@ def textured_tile(size: tuple[int, int], seed: int, noise: float = 12.0) -> np.n
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def _icc_profile() -> bytes:
+@functools.cache
+def srgb_profile() -> bytes:
+    """The sRGB ICC profile lcms2 builds (what most scanners embed); made once, as it carries a timestamp."""
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+@functools.cache
+def wide_gamut_profile() -> bytes:
+    """An RGB ICC profile with Adobe RGB (1998) primaries and gamma 2.2: not sRGB, so colour management shows."""
+    return imagecodecs.cms_profile("rgb", whitepoint=[0.3127, 0.3290, 1.0],
+                                   primaries=[0.64, 0.33, 1.0, 0.21, 0.71, 1.0, 0.15, 0.06, 1.0], gamma=2.2)
 
 
 def _encode(tile: np.ndarray, transfer_syntax: str) -> bytes:
@@ -200,7 +210,7 @@ def _base_dataset(study_uid: str, series_uid: str, frame_of_reference: str, pati
     return ds
 
 
-def _optical_path(with_icc_profile: bool) -> Dataset:
+def _optical_path(icc_profile: bytes | None) -> Dataset:
     path = Dataset()
     path.OpticalPathIdentifier = "1"
     illumination = Dataset()
@@ -210,14 +220,15 @@ def _optical_path(with_icc_profile: bool) -> Dataset:
     color = Dataset()
     color.CodeValue, color.CodingSchemeDesignator, color.CodeMeaning = "414298005", "SCT", "Full Spectrum"
     path.IlluminationColorCodeSequence = [color]
-    if with_icc_profile:
-        path.ICCProfile = _icc_profile()
-        path.ColorSpace = "SRGB"
+    if icc_profile is not None:
+        path.ICCProfile = icc_profile
+        if icc_profile == srgb_profile():
+            path.ColorSpace = "SRGB"
     return path
 
 
 def _image_attributes(ds: Dataset, size: tuple[int, int], tile: tuple[int, int], frames: int,
-                      spacing_mm: float, image_type: tuple[str, ...], with_icc_profile: bool) -> None:
+                      spacing_mm: float, image_type: tuple[str, ...], icc_profile: bytes | None) -> None:
     """Attributes of one image: its matrix, tiling, pixel spacing and optical path."""
     width, height = size
     ds.ImageType = list(image_type)
@@ -246,7 +257,7 @@ def _image_attributes(ds: Dataset, size: tuple[int, int], tile: tuple[int, int],
     shared.WholeSlideMicroscopyImageFrameTypeSequence = [frame_type]
     shared.OpticalPathIdentificationSequence = [optical]
     ds.SharedFunctionalGroupsSequence = [shared]
-    ds.OpticalPathSequence = [_optical_path(with_icc_profile)]
+    ds.OpticalPathSequence = [_optical_path(icc_profile)]
 
 
 def _add_file_meta(ds: Dataset, transfer_syntax: str) -> None:
@@ -266,14 +277,14 @@ def _write(ds: Dataset, path: Path, transfer_syntax: str) -> None:
 
 def _instance(directory: Path, base: Dataset, number: int, image: np.ndarray, tile: int, spacing_mm: float,
               image_type: tuple[str, ...], transfer_syntax: str, offset_table: str, fragments: int,
-              with_icc_profile: bool) -> SlideFile:
+              icc_profile: bytes | None) -> SlideFile:
     ds = base.copy()
     ds.SOPInstanceUID = generate_uid()
     ds.InstanceNumber = number
     tiles = _tiles(image, tile)
     encoded = [_encode(t, transfer_syntax) for t in tiles]
     _image_attributes(ds, (image.shape[1], image.shape[0]), (tile, tile), len(tiles), spacing_mm, image_type,
-                      with_icc_profile)
+                      icc_profile)
     ds.PhotometricInterpretation = _photometric(transfer_syntax)
     if image_type[2] == "LABEL":
         ds.SpecimenLabelInImage = ds.BurnedInAnnotation = "YES"
@@ -307,12 +318,14 @@ def make_slide(directory: Path, *, transfer_syntax: str = JPEGBaseline8Bit, offs
                fragments_per_frame: int = 1, levels: int = 3, base_size: tuple[int, int] = (1024, 768),
                tile_size: int = TILE, associated: bool = True, study_uid: str | None = None,
                patient_id: str = "P-1", patient_name: str = "Doe^Jane",
-               with_icc_profile: bool = True, noise: float = 12.0) -> list[SlideFile]:
+               with_icc_profile: bool = True, noise: float = 12.0, wide_gamut: bool = False) -> list[SlideFile]:
     """Write one slide (pyramid levels first, then label, overview, thumbnail) into ``directory``.
 
     ``noise`` is the sigma of the pixel noise: the default gives realistic compressed sizes, a low
-    one an image lossy codecs keep above 40 dB PSNR.
+    one an image lossy codecs keep above 40 dB PSNR. ``wide_gamut`` embeds :func:`wide_gamut_profile`
+    instead of sRGB.
     """
+    icc_profile = (wide_gamut_profile() if wide_gamut else srgb_profile()) if with_icc_profile else None
     offset_table = _layout(transfer_syntax, offset_table, fragments_per_frame)
     directory.mkdir(parents=True, exist_ok=True)
     study_uid = study_uid or generate_uid()
@@ -327,7 +340,7 @@ def make_slide(directory: Path, *, transfer_syntax: str = JPEGBaseline8Bit, offs
         image_type = ("ORIGINAL", "PRIMARY", "VOLUME", "NONE") if level == 0 else (
             "DERIVED", "PRIMARY", "VOLUME", "RESAMPLED")
         files.append(_instance(directory, base, level + 1, level_image, tile_size, spacing * 2**level, image_type,
-                               transfer_syntax, offset_table, fragments_per_frame, with_icc_profile))
+                               transfer_syntax, offset_table, fragments_per_frame, icc_profile))
     if associated:
         label = textured_tile((200, 120), seed=11)
         overview = textured_tile((240, 160), seed=12)
@@ -337,7 +350,7 @@ def make_slide(directory: Path, *, transfer_syntax: str = JPEGBaseline8Bit, offs
              (thumbnail, ("DERIVED", "PRIMARY", "THUMBNAIL", "RESAMPLED"))), start=levels + 1):
             tile = max(picture.shape[0], picture.shape[1])
             files.append(_instance(directory, base, number, picture, tile, spacing * width / picture.shape[1],
-                                   kind, transfer_syntax, offset_table, fragments_per_frame, with_icc_profile))
+                                   kind, transfer_syntax, offset_table, fragments_per_frame, icc_profile))
     return files
 
 
@@ -394,7 +407,7 @@ def make_large_instance(path: Path, *, frames: int = 20000, frame_bytes: int = 5
     ds.SOPInstanceUID = generate_uid()
     ds.InstanceNumber = 1
     image_type = ("ORIGINAL", "PRIMARY", "VOLUME", "NONE")
-    _image_attributes(ds, (columns * TILE, rows * TILE), (TILE, TILE), frames, 0.00025, image_type, True)
+    _image_attributes(ds, (columns * TILE, rows * TILE), (TILE, TILE), frames, 0.00025, image_type, srgb_profile())
     ds.PhotometricInterpretation = "YBR_FULL_422"
     ds.LossyImageCompression = "01"
     ds.LossyImageCompressionMethod = "ISO_10918_1"

@@ -93,14 +93,25 @@ async def instance_metadata(req: Request, service: Service) -> Response:
 
 
 async def _metadata(req: Request, service: Service) -> Response:
-    """A DICOM JSON array streamed instance by instance, BulkDataURIs made absolute."""
+    """A DICOM JSON array, instance by instance, BulkDataURIs made absolute; revalidated by ETag, gzip on request."""
     if not media.accepts_json(req.headers.get("accept")):
         raise NotAcceptable(f"metadata is served as {DICOM_JSON}")
     study, series, instance = _uids(req)
     docs = await retrieve.instance_documents(service, study, series, instance)
     base = base_url(req, service.settings)
+    compress = media.accepts_gzip(req.headers.get("accept-encoding"))
+    tag = conditional.etag("metadata", base, compress, *(d["generation"] for d in docs))
+    vary = "Accept, Accept-Encoding"
+    if (unchanged := conditional.not_modified(req, tag, conditional.REVALIDATE, vary)) is not None:
+        return unchanged
+    headers = conditional.headers(tag, conditional.REVALIDATE, vary)
+    if compress:
+        headers["content-encoding"] = "gzip"
+    kept = service.answers.get(tag)
+    if kept is not None:
+        return Response(kept, media_type=DICOM_JSON, headers=headers)
 
-    async def body() -> AsyncIterator[bytes]:
+    async def instances() -> AsyncIterator[bytes]:
         separator = b"["
         async for doc, sidecar in retrieve.metadata(service, docs):
             url = f"{base}/studies/{doc['studyInstanceUID']}/series/{doc['seriesInstanceUID']}/instances/{doc['sopInstanceUID']}"
@@ -108,7 +119,24 @@ async def _metadata(req: Request, service: Service) -> Response:
             separator = b","
         yield b"]"
 
-    return await streaming(body(), DICOM_JSON)
+    return await streaming(_kept(service, tag, retrieve.gzipped(instances()) if compress else instances()),
+                           DICOM_JSON, headers)
+
+
+async def _kept(service: Service, tag: str, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``body`` passed on, and kept whole under ``tag`` once complete if it is small enough."""
+    collected: list[bytes] | None = []
+    size = 0
+    async for chunk in body:
+        if collected is not None:
+            size += len(chunk)
+            if size <= service.answers.largest:
+                collected.append(chunk)
+            else:
+                collected = None
+        yield chunk
+    if collected is not None:
+        service.answers.put(tag, b"".join(collected))
 
 
 @endpoint(blueprint, "retrieve_frames", INSTANCE + "/frames/{frames}", ["GET"], Permission.READ)

@@ -8,6 +8,7 @@ recorded beside them so the bulkdata resource serves it with one ranged read.
 
 from __future__ import annotations
 
+import base64
 import math
 from typing import Any
 
@@ -24,16 +25,19 @@ PIXEL_DATA_KEY = "7FE00010"
 JsonDict = dict[str, Any]
 
 
-def dataset_to_json(dataset: Dataset, base: int) -> tuple[JsonDict, dict[str, tuple[int, int]]]:
+def dataset_to_json(dataset: Dataset, base: int, inline_bytes: int = 0) -> tuple[JsonDict, dict[str, tuple[int, int]]]:
     """DICOM JSON of ``dataset`` and the stored (offset, length) of each bulk value by tag path.
 
-    ``base`` is the stored-file offset pydicom's ``value_tell`` positions count from.
+    ``base`` is the stored-file offset pydicom's ``value_tell`` positions count from. Binary
+    values of at most ``inline_bytes`` go in as ``InlineBinary`` (PS3.18 §F.2.7), so clients
+    that build datasets from the metadata alone (wsidicom) get the ICC profile; their byte
+    ranges are kept all the same, so the bulkdata resource serves them too.
     """
     bulk: dict[str, tuple[int, int]] = {}
-    return _convert(dataset, "", base, bulk), bulk
+    return _convert(dataset, "", base, bulk, inline_bytes), bulk
 
 
-def _convert(dataset: Dataset, prefix: str, base: int, bulk: dict[str, tuple[int, int]]) -> JsonDict:
+def _convert(dataset: Dataset, prefix: str, base: int, bulk: dict[str, tuple[int, int]], inline: int) -> JsonDict:
     out: JsonDict = {}
     for tag in sorted(dataset.keys()):
         if tag.element == 0:
@@ -49,12 +53,15 @@ def _convert(dataset: Dataset, prefix: str, base: int, bulk: dict[str, tuple[int
             # pydicom parses a defined-length sequence from its own value bytes: positions inside
             # count from that value; an undefined-length one is read in place.
             inner = base + raw.value_tell if isinstance(raw, RawDataElement) else base
-            items = [_convert(item, f"{prefix}{key}.{i}.", inner, bulk) for i, item in enumerate(element.value)]
+            items = [_convert(item, f"{prefix}{key}.{i}.", inner, bulk, inline) for i, item in enumerate(element.value)]
             out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
         elif element.VR in BULK_VRS and isinstance(raw, RawDataElement) and raw.length:
             path = prefix + key
             bulk[path] = (base + raw.value_tell, raw.length)
-            out[key] = {"vr": element.VR, "BulkDataURI": BULKDATA + path}
+            if raw.length <= inline and isinstance(raw.value, bytes):
+                out[key] = {"vr": element.VR, "InlineBinary": base64.b64encode(raw.value).decode()}
+            else:
+                out[key] = {"vr": element.VR, "BulkDataURI": BULKDATA + path}
         else:
             try:
                 out[key] = element.to_json_dict(None, 0x7FFFFFFF)

@@ -157,3 +157,16 @@ def accepts_json(header: str | None) -> bool:
         entry.multipart is not True and (_matches(entry.media_type, DICOM_JSON) or entry.media_type == "application/json")
         for entry in parse_accept(header)
     )
+
+
+def accepts_gzip(header: str | None) -> bool:
+    """Whether an Accept-Encoding header (RFC 9110 §12.5.3) takes gzip, by name or by ``*``."""
+    for item in split_list(header or ""):
+        coding, params = parse_media_type(item)
+        try:
+            quality = float(params.get("q", "1"))
+        except ValueError:
+            quality = 1.0
+        if coding in ("gzip", "x-gzip", "*") and quality > 0:
+            return True
+    return False

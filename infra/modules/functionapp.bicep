@@ -189,6 +189,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'DICOMWEB_FRAME_INDEX_CACHE_MB', value: '64' }
         { name: 'DICOMWEB_FRAME_CACHE_MB', value: '64' }
         { name: 'DICOMWEB_FRAME_CACHE_SECONDS', value: '30' }
+        { name: 'DICOMWEB_METADATA_CACHE_MB', value: '48' }
         { name: 'DICOMWEB_MAX_REQUEST_MB', value: string(maxRequestMB) }
         { name: 'DICOMWEB_UPLOAD_SAS_SECONDS', value: '900' }
         { name: 'DICOMWEB_UPLOAD_SESSION_SECONDS', value: '86400' }
@@ -201,6 +202,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'DICOMWEB_MAX_SEQUENCE_DEPTH', value: '32' }
         { name: 'DICOMWEB_MAX_FRAMES', value: '1000000' }
         { name: 'DICOMWEB_MAX_PARTS_PER_REQUEST', value: '1000' }
+        { name: 'DICOMWEB_MAX_INLINE_BINARY_KB', value: '256' }
       ]
     }
   }

@@ -12,7 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8B
 from wsidicom import WsiDicom, WsiDicomWebClient
 
 from tests.conftest import Server, source_frames
-from tests.wsi_factory import SlideFile, make_slide
+from tests.wsi_factory import SlideFile, make_slide, wide_gamut_profile
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_dicomweb_client_sees_a_duplicate(client: DICOMwebClient, tmp_path: Path
 @pytest.mark.parametrize("syntax", [JPEGBaseline8Bit, JPEG2000Lossless], ids=["jpeg", "j2k"])
 def test_wsidicom_opens_the_slide_over_dicomweb(client: DICOMwebClient, server: Server, tmp_path: Path,
                                                 syntax: str) -> None:
-    files = make_slide(tmp_path / "slide", transfer_syntax=syntax, levels=3, base_size=(1000, 800))
+    files = make_slide(tmp_path / "slide", transfer_syntax=syntax, levels=3, base_size=(1000, 800), wide_gamut=True)
     _stow(client, files)
     local = WsiDicom.open(tmp_path / "slide")
     remote = WsiDicom.open_web(WsiDicomWebClient(DICOMwebClient(server.base_url)), files[0].study_uid,
@@ -89,3 +89,6 @@ def test_wsidicom_opens_the_slide_over_dicomweb(client: DICOMwebClient, server: 
             assert np.array_equal(np.asarray(remote.read_region(corner, level, (200, 150))),
                                   np.asarray(local.read_region(corner, level, (200, 150))))
         assert np.array_equal(np.asarray(remote.read_label()), np.asarray(local.read_label()))
+        # wsidicom builds datasets from the metadata alone: the profile reaches it inline (it would
+        # otherwise put its own sRGB default in place).
+        assert remote.metadata.pyramid.optical_paths[0].icc_profile == wide_gamut_profile()

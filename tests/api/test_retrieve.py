@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,7 +180,8 @@ def test_metadata_at_every_level(server: Server, slide: Stored) -> None:
     assert dataset["00280008"]["Value"] == [int(source.NumberOfFrames)]
     assert dataset["00209311"]["Value"] == ["TILED_FULL"]
     assert dataset["7FE00010"]["BulkDataURI"] == f"{slide.url(server, file)}/bulkdata/7FE00010"
-    assert "InlineBinary" not in str(dataset)
+    icc = dataset["00480105"]["Value"][0]["00282000"]
+    assert icc == {"vr": "OB", "InlineBinary": base64.b64encode(source.OpticalPathSequence[0].ICCProfile).decode()}
 
 
 def test_metadata_is_not_offered_as_anything_but_json(server: Server, slide: Stored) -> None:
@@ -188,12 +190,9 @@ def test_metadata_is_not_offered_as_anything_but_json(server: Server, slide: Sto
 
 
 @pytest.mark.parametrize("accept", ['multipart/related; type="application/octet-stream"', "application/octet-stream"])
-def test_icc_profile_from_its_absolute_bulk_data_uri(server: Server, slide: Stored, accept: str) -> None:
+def test_an_inline_icc_profile_is_bulk_data_too(server: Server, slide: Stored, accept: str) -> None:
     file = slide.files[0]
-    (dataset,) = httpx.get(f"{slide.url(server, file)}/metadata").json()
-    uri = dataset["00480105"]["Value"][0]["00282000"]["BulkDataURI"]
-    assert uri.startswith(server.base_url + "/studies/")
-    response = httpx.get(uri, headers={"accept": accept})
+    response = httpx.get(f"{slide.url(server, file)}/bulkdata/00480105.0.00282000", headers={"accept": accept})
     assert response.status_code == 200
     body = parse_multipart(response)[0][1] if accept.startswith("multipart") else response.content
     assert body == pydicom.dcmread(file.path).OpticalPathSequence[0].ICCProfile
@@ -313,3 +312,26 @@ def test_archived_and_vanished_instances_fail_before_the_body(server: Server, tm
     assert series.status_code in (404, 409) and "warning" in series.headers
     assert "rehydrate" in httpx.get(stored.url(server, archived), headers={
         "accept": f"application/dicom; {any_syntax}"}).headers["warning"]
+
+
+def test_metadata_is_revalidated_and_compressed(server: Server, tmp_path: Path) -> None:
+    files = make_slide(tmp_path, levels=2, base_size=(600, 400), associated=False)
+    _store(server, files[:1])
+    url = f"{server.base_url}/studies/{files[0].study_uid}/series/{files[0].series_uid}/metadata"
+    with httpx.Client(headers={"accept-encoding": "identity"}) as plain, httpx.Client() as gzip:
+        first = plain.get(url)
+        assert first.headers["cache-control"] == "private, no-cache"
+        assert first.headers["vary"] == "Accept, Accept-Encoding"
+        assert "content-encoding" not in first.headers
+        tag = first.headers["etag"]
+        unchanged = plain.get(url, headers={"if-none-match": tag})
+        assert unchanged.status_code == 304 and unchanged.content == b""
+        compressed = gzip.get(url)  # httpx asks for gzip and decodes it
+        assert compressed.headers["content-encoding"] == "gzip"
+        assert compressed.headers["etag"] != tag
+        assert compressed.json() == first.json()
+        assert gzip.get(url).content == compressed.content, "kept and served again"
+        _store(server, files[1:])
+        grown = plain.get(url, headers={"if-none-match": tag})
+        assert grown.status_code == 200, "a new instance in the series is a new answer"
+        assert len(grown.json()) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import random
 import struct
@@ -134,6 +135,16 @@ def test_bulk_ranges_point_at_values(undefined: bool, syntax: str) -> None:
     path = dataset["00480105"]["Value"][0]
     assert path["00282000"] == {"vr": "OB", "BulkDataURI": "bulkdata/00480105.0.00282000"}
     assert path["00480108"]["Value"][0]["00080100"]["Value"] == ["A"]
+    parser, _ = _parse(_encode(ds, True))  # conversion caches pydicom's values: parse afresh for each
+    assert parser.header is not None
+    inline, same = dataset_to_json(parser.header.dataset, parser.header.dataset_base, inline_bytes=768)
+    assert inline["00480105"]["Value"][0]["00282000"] == {
+        "vr": "OB", "InlineBinary": base64.b64encode(bytes(range(256)) * 3).decode()}
+    assert same == bulk, "an inline value is still served as bulk data"
+    parser, _ = _parse(_encode(ds, True))
+    assert parser.header is not None
+    below, _ = dataset_to_json(parser.header.dataset, parser.header.dataset_base, inline_bytes=767)
+    assert "BulkDataURI" in below["00480105"]["Value"][0]["00282000"]
 
 
 def test_preamble_is_sanitised() -> None:
