@@ -47,8 +47,8 @@ def _stop_on_signals() -> None:
 
 
 def _local_defaults() -> None:
-    """What ``serve`` assumes unless told otherwise: no authentication, any browser origin, the default job
-    queue, logs on stderr.
+    """What ``serve`` assumes unless told otherwise: no authentication, any browser origin, forwarding
+    headers believed from this machine, the default job queue, logs on stderr.
 
     Authentication is off only when neither an issuer nor ``DICOMWEB_AUTH_DISABLED`` is
     set: an explicit ``DICOMWEB_AUTH_DISABLED=false`` keeps the service failing closed.
@@ -59,6 +59,9 @@ def _local_defaults() -> None:
               "DICOMWEB_AUTH_AUDIENCE to require tokens", flush=True)
     if not os.environ.get("DICOMWEB_CORS_ORIGINS", "").strip():
         os.environ["DICOMWEB_CORS_ORIGINS"] = "*"
+    if not os.environ.get("DICOMWEB_TRUSTED_PROXIES", "").strip():
+        # A reverse proxy on this machine (nginx, a dev server) tells which origin the viewer used.
+        os.environ["DICOMWEB_TRUSTED_PROXIES"] = "127.0.0.1,::1"
     # The queue trigger names its queue by this setting (%DICOMWEB_JOBS_QUEUE%), as the Functions host reads it.
     os.environ["DICOMWEB_JOBS_QUEUE"] = Settings.from_env().jobs_queue
     handler = logging.StreamHandler()
@@ -95,7 +98,6 @@ def serve(host: str, port: int, data_dir: Path) -> None:
         from dicomweb.api.local_host import build_app
 
         base = f"http://{host}:{port}" + (f"/{ROUTE_PREFIX}" if ROUTE_PREFIX else "")
-        os.environ.setdefault("DICOMWEB_PUBLIC_BASE_URL", base)
         _local_defaults()
         asyncio.run(_reindex_if_empty(Settings.from_env()))
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -50,6 +50,7 @@ class Settings:
     cosmos_container: str = "index"
     public_base_url: str = ""
     cors_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
     auth_issuer: str = ""
     auth_audiences: tuple[str, ...] = ()
     auth_disabled: bool = False
@@ -96,6 +97,7 @@ class Settings:
             cosmos_container=env.get("DICOMWEB_COSMOS_CONTAINER", "") or cls.cosmos_container,
             public_base_url=env.get("DICOMWEB_PUBLIC_BASE_URL", "").rstrip("/"),
             cors_origins=_names(env, "DICOMWEB_CORS_ORIGINS", ""),
+            trusted_proxies=_names(env, "DICOMWEB_TRUSTED_PROXIES", ""),
             auth_issuer=env.get("DICOMWEB_AUTH_ISSUER", "").strip(),
             auth_audiences=_names(env, "DICOMWEB_AUTH_AUDIENCE", ""),
             auth_disabled=_bool(env, "DICOMWEB_AUTH_DISABLED"),
@@ -155,6 +157,7 @@ SETTING_NAMES = (
     "DICOMWEB_COSMOS_CONTAINER",
     "DICOMWEB_PUBLIC_BASE_URL",
     "DICOMWEB_CORS_ORIGINS",
+    "DICOMWEB_TRUSTED_PROXIES",
     "DICOMWEB_AUTH_ISSUER",
     "DICOMWEB_AUTH_AUDIENCE",
     "DICOMWEB_AUTH_DISABLED",

@@ -31,6 +31,9 @@ param corsOrigins string = ''
 @description('Public DICOMweb base URL when a proxy or custom domain fronts the app; empty: taken from each request.')
 param publicBaseUrl string = ''
 
+@description('Proxies (IP addresses or CIDR ranges, comma-separated; * for any) whose Forwarded / X-Forwarded-* headers name the public origin when publicBaseUrl is empty; empty: none.')
+param trustedProxies string = ''
+
 @description('OpenID Connect issuer whose bearer tokens the API requires, e.g. https://login.microsoftonline.com/<tenant>/v2.0. Required unless allowAnonymousAccessToPatientData is true.')
 param authIssuer string = ''
 
@@ -196,6 +199,7 @@ module app 'modules/functionapp.bicep' = {
     appInsightsConnectionString: monitoring.outputs.connectionString
     corsOrigins: corsOrigins
     publicBaseUrl: publicBaseUrl
+    trustedProxies: trustedProxies
     authIssuer: authIssuer
     authAudience: authAudience
     authDisabled: authDisabled

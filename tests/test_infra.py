@@ -111,6 +111,7 @@ def test_the_function_app_is_python_on_flex_consumption_with_http_streams() -> N
     assert settings["FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"] == Expr("string((maxRequestMB + 1) * 1048576)")
     assert settings["DICOMWEB_MAX_REQUEST_MB"] == Expr("string(maxRequestMB)")
     assert "FUNCTIONS_WORKER_RUNTIME" not in settings, "Flex Consumption sets the runtime in functionAppConfig"
+    assert app.value["properties"]["siteConfig"]["http20Enabled"] is True, "browsers fetch tiles over HTTP/2"
 
 
 def test_app_settings_name_every_setting_the_code_reads_and_nothing_stale() -> None:
@@ -243,6 +244,8 @@ def test_cors_and_openid_connect_parameters_reach_the_app() -> None:
     assert settings["DICOMWEB_AUTH_DISABLED"] == Expr("authDisabled ? 'true' : 'false'")
     for name in ("readerRoles", "writerRoles", "ownerRoles"):
         assert params[name] == Expr(name)
+    assert params["trustedProxies"] == Expr("trustedProxies") and params["publicBaseUrl"] == Expr("publicBaseUrl")
+    assert settings["DICOMWEB_TRUSTED_PROXIES"] == Expr("trustedProxies")
 
 
 def test_there_is_no_anonymous_default() -> None:

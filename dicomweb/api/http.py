@@ -7,6 +7,7 @@ the Functions worker reads them to pick the streams model.
 """
 
 import functools
+import ipaddress
 import json
 import logging
 import re
@@ -43,17 +44,65 @@ def _route_prefix() -> str:
 ROUTE_PREFIX = _route_prefix()
 
 
-def base_url(req: Request, settings: Settings) -> str:
-    """The public DICOMweb base URL: configured, else from X-Forwarded-*, else from the request.
+_HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+_PREFIX = re.compile(r"(/[A-Za-z0-9._~\-]+)*")
 
-    Never from ``Host`` alone when a proxy says otherwise: some clients drop the port.
+
+def _trusted(peer: str | None, proxies: tuple[str, ...]) -> bool:
+    """Whether the connection comes from a proxy whose forwarding headers are believed (DICOMWEB_TRUSTED_PROXIES)."""
+    if "*" in proxies:
+        return True
+    try:
+        address = ipaddress.ip_address(peer or "")
+    except ValueError:
+        return False
+    for proxy in proxies:
+        try:
+            if address in ipaddress.ip_network(proxy, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def _forwarded(req: Request) -> tuple[str | None, str | None, str | None]:
+    """(proto, host, path prefix) the client used, as the nearest proxy tells: ``Forwarded`` (RFC 7239,
+    its first element: the proxy the client reached), else ``X-Forwarded-Proto`` / ``-Host`` / ``-Prefix``."""
+    proto = host = None
+    if forwarded := req.headers.get("forwarded"):
+        for pair in forwarded.split(",")[0].split(";"):
+            name, _, value = pair.strip().partition("=")
+            name, value = name.strip().lower(), value.strip().strip('"')
+            if name == "proto":
+                proto = value
+            elif name == "host":
+                host = value
+    proto = proto or (req.headers.get("x-forwarded-proto") or "").split(",")[0].strip() or None
+    host = host or (req.headers.get("x-forwarded-host") or "").split(",")[0].strip() or None
+    prefix = (req.headers.get("x-forwarded-prefix") or "").split(",")[0].strip().rstrip("/") or None
+    return proto, host, prefix
+
+
+def base_url(req: Request, settings: Settings) -> str:
+    """The public DICOMweb base URL, for RetrieveURLs and BulkDataURIs.
+
+    ``DICOMWEB_PUBLIC_BASE_URL`` when set; else what a trusted proxy says the client used
+    (a viewer behind a reverse proxy must fetch the ICC profile and frames through it); else
+    the request's own ``Host``. Forwarded values that are no host name, scheme or path are ignored.
     """
     if settings.public_base_url:
         return settings.public_base_url
-    proto = req.headers.get("x-forwarded-proto") or req.url.scheme
-    host = req.headers.get("x-forwarded-host") or req.headers.get("host") or req.url.netloc
-    prefix = f"/{ROUTE_PREFIX}" if ROUTE_PREFIX else ""
-    return f"{proto}://{host}{prefix}"
+    proto, host, prefix = req.url.scheme, req.headers.get("host") or req.url.netloc, ""
+    if _trusted(req.client.host if req.client else None, settings.trusted_proxies):
+        said_proto, said_host, said_prefix = _forwarded(req)
+        if said_proto in ("http", "https"):
+            proto = said_proto
+        if said_host and _HOST.fullmatch(said_host):
+            host = said_host
+        if said_prefix and _PREFIX.fullmatch(said_prefix):
+            prefix = said_prefix
+    route = f"/{ROUTE_PREFIX}" if ROUTE_PREFIX else ""
+    return f"{proto}://{host}{prefix}{route}"
 
 
 async def streaming(body: AsyncIterator[bytes], media_type: str, headers: dict[str, str] | None = None

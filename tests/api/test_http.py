@@ -107,3 +107,33 @@ def test_storage_outages_answer_503_with_retry_after_and_the_service_recovers(tm
     finally:
         server.stop()
         stack.stop()
+
+
+def _upload_location(base_url: str, headers: dict[str, str]) -> str:
+    """Where the service says a new upload session lives: a URL it builds from its public base URL."""
+    response = httpx.post(f"{base_url}/uploads", json={"size": 1000}, headers=headers)
+    assert response.status_code == 201, response.text
+    return response.headers["location"]
+
+
+@pytest.mark.parametrize(("headers", "origin"), [
+    ({}, None),
+    ({"host": "localhost:1234"}, "http://localhost:1234/v1"),
+    ({"x-forwarded-host": "pacs.example.org", "x-forwarded-proto": "https", "x-forwarded-prefix": "/dicom"},
+     "https://pacs.example.org/dicom/v1"),
+    ({"forwarded": 'for=192.0.2.60;proto=https;host="viewer.example:8443", for=10.0.0.1;host=inner'},
+     "https://viewer.example:8443/v1"),
+    ({"x-forwarded-host": "evil.example/path?x=", "x-forwarded-proto": "javascript"}, None),
+])
+def test_urls_name_the_origin_the_client_used(server: Server, headers: dict[str, str], origin: str | None) -> None:
+    """``serve`` pins no public URL and believes a proxy on this machine (DICOMWEB_TRUSTED_PROXIES)."""
+    assert _upload_location(server.base_url, headers).startswith((origin or server.base_url) + "/uploads/")
+
+
+def test_forwarding_headers_of_an_untrusted_peer_are_ignored(emulators: dict[str, str], tmp_path: Path) -> None:
+    server = start_server(emulators, tmp_path, DICOMWEB_TRUSTED_PROXIES="10.0.0.0/8")
+    try:
+        location = _upload_location(server.base_url, {"x-forwarded-host": "pacs.example.org"})
+        assert location.startswith(server.base_url + "/uploads/")
+    finally:
+        server.stop()
