@@ -2,13 +2,14 @@
 
 import azure.functions as func
 
-from dicomweb.api import http, jobs, manage, qido, retrieve, stow, uploads
+from dicomweb.api import http, jobs, manage, qido, rendered, retrieve, stow, uploads
 
 http.start_up()
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 app.register_blueprint(stow.blueprint)
 app.register_blueprint(retrieve.blueprint)
+app.register_blueprint(rendered.blueprint)
 app.register_blueprint(qido.blueprint)
 app.register_blueprint(manage.blueprint)
 app.register_blueprint(uploads.blueprint)

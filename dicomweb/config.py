@@ -77,6 +77,8 @@ class Settings:
     max_frames: int = 1_000_000
     max_parts_per_request: int = 1000
     max_inline_binary: int = 256 * 1024
+    max_rendered_pixels: int = 4096 * 4096
+    max_rendered_frames: int = 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -124,6 +126,8 @@ class Settings:
             max_frames=_int(env, "DICOMWEB_MAX_FRAMES", 1_000_000),
             max_parts_per_request=_int(env, "DICOMWEB_MAX_PARTS_PER_REQUEST", 1000),
             max_inline_binary=_int(env, "DICOMWEB_MAX_INLINE_BINARY_KB", 256) * 1024,
+            max_rendered_pixels=_int(env, "DICOMWEB_MAX_RENDERED_PIXELS", 4096 * 4096),
+            max_rendered_frames=_int(env, "DICOMWEB_MAX_RENDERED_FRAMES", 1024),
         )
 
     @property
@@ -184,4 +188,6 @@ SETTING_NAMES = (
     "DICOMWEB_MAX_FRAMES",
     "DICOMWEB_MAX_PARTS_PER_REQUEST",
     "DICOMWEB_MAX_INLINE_BINARY_KB",
+    "DICOMWEB_MAX_RENDERED_PIXELS",
+    "DICOMWEB_MAX_RENDERED_FRAMES",
 )

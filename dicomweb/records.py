@@ -26,6 +26,12 @@ def _value(dataset: JsonDict, key: str) -> Any:
     return values[0] if values else None
 
 
+def _flavor(dataset: JsonDict) -> str | None:
+    """Value 3 of Image Type: VOLUME, THUMBNAIL, OVERVIEW, LABEL for whole-slide images (PS3.3 §C.8.12.4.1.1)."""
+    values = dataset.get("00080008", {}).get("Value") or []
+    return values[2] if len(values) >= 3 else None
+
+
 def describe(header: Header, inline_bytes: int = 0) -> JsonDict:
     """What the header says, as the sidecar holds it: DICOM JSON without bulk values, and their byte ranges.
 
@@ -125,6 +131,11 @@ def documents(sidecar: JsonDict) -> list[Document]:
         "size": sidecar["size"],
         "generation": sidecar["generation"],
         "modality": _value(dataset, "00080060"),
+        # What thumbnails and pyramid-aware rendering choose instances by (PS3.3 §C.8.12.4).
+        "imageType": _flavor(dataset),
+        "totalPixelMatrix": [_value(dataset, "00480006"), _value(dataset, "00480007")]
+        if _value(dataset, "00480006") else None,
+        "frameOfReferenceUID": _value(dataset, "00200052"),
     })
     return docs
 

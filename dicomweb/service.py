@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from dicomweb.answers import AnswerCache
 from dicomweb.auth import Authenticator
@@ -30,6 +31,8 @@ class CachedIndex:
     location: Location
     #: The generation's Image Pixel attributes, read from its sidecar once something needs to decode a frame.
     pixels: PixelFormat | None = None
+    #: What rendering needs of the generation (:class:`dicomweb.rendered.Source`), read once something renders.
+    render: Any = None
 
 
 class FrameIndexCache:

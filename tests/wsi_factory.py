@@ -316,14 +316,15 @@ def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def make_slide(directory: Path, *, transfer_syntax: str = JPEGBaseline8Bit, offset_table: str = "bot",
                fragments_per_frame: int = 1, levels: int = 3, base_size: tuple[int, int] = (1024, 768),
-               tile_size: int = TILE, associated: bool = True, study_uid: str | None = None,
+               tile_size: int = TILE, associated: bool | tuple[str, ...] = True, study_uid: str | None = None,
                patient_id: str = "P-1", patient_name: str = "Doe^Jane",
                with_icc_profile: bool = True, noise: float = 12.0, wide_gamut: bool = False) -> list[SlideFile]:
     """Write one slide (pyramid levels first, then label, overview, thumbnail) into ``directory``.
 
     ``noise`` is the sigma of the pixel noise: the default gives realistic compressed sizes, a low
     one an image lossy codecs keep above 40 dB PSNR. ``wide_gamut`` embeds :func:`wide_gamut_profile`
-    instead of sRGB.
+    instead of sRGB. ``associated`` is True for a label, an overview and a thumbnail, or the Image Type
+    flavours of those wanted (``("OVERVIEW",)``).
     """
     icc_profile = (wide_gamut_profile() if wide_gamut else srgb_profile()) if with_icc_profile else None
     offset_table = _layout(transfer_syntax, offset_table, fragments_per_frame)
@@ -341,13 +342,17 @@ def make_slide(directory: Path, *, transfer_syntax: str = JPEGBaseline8Bit, offs
             "DERIVED", "PRIMARY", "VOLUME", "RESAMPLED")
         files.append(_instance(directory, base, level + 1, level_image, tile_size, spacing * 2**level, image_type,
                                transfer_syntax, offset_table, fragments_per_frame, icc_profile))
-    if associated:
+    wanted = ("LABEL", "OVERVIEW", "THUMBNAIL") if associated is True else associated or ()
+    if wanted:
         label = textured_tile((200, 120), seed=11)
         overview = textured_tile((240, 160), seed=12)
-        thumbnail = _resize(image, (max(width // 8, 1), max(height // 8, 1)))
-        for number, (picture, kind) in enumerate(
-            ((label, ("ORIGINAL", "PRIMARY", "LABEL", "NONE")), (overview, ("ORIGINAL", "PRIMARY", "OVERVIEW", "NONE")),
-             (thumbnail, ("DERIVED", "PRIMARY", "THUMBNAIL", "RESAMPLED"))), start=levels + 1):
+        # A sixth of the base: no pyramid level has that size (a viewer takes an image as big as a
+        # level for a level, and refuses two of one size outside a concatenation).
+        thumbnail = _resize(image, (max(width // 6, 1), max(height // 6, 1)))
+        pictures = ((label, ("ORIGINAL", "PRIMARY", "LABEL", "NONE")),
+                    (overview, ("ORIGINAL", "PRIMARY", "OVERVIEW", "NONE")),
+                    (thumbnail, ("DERIVED", "PRIMARY", "THUMBNAIL", "RESAMPLED")))
+        for number, (picture, kind) in enumerate(((p, k) for p, k in pictures if k[2] in wanted), start=levels + 1):
             tile = max(picture.shape[0], picture.shape[1])
             files.append(_instance(directory, base, number, picture, tile, spacing * width / picture.shape[1],
                                    kind, transfer_syntax, offset_table, fragments_per_frame, icc_profile))

@@ -170,3 +170,14 @@ def accepts_gzip(header: str | None) -> bool:
         if coding in ("gzip", "x-gzip", "*") and quality > 0:
             return True
     return False
+
+
+def negotiate_rendered(header: str | None, types: tuple[str, ...], single: bool) -> Choice:
+    """The consumer image format of a rendered answer: the client's preference among ``types``, the first of
+    them for a wildcard; multipart where asked for, or where several images go out (``single`` False: a
+    single-part type then names the type of the parts)."""
+    for entry in parse_accept(header):
+        for media_type in types:
+            if _matches(entry.media_type, media_type):
+                return Choice(entry.multipart is True or not single, media_type, "")
+    raise NotAcceptable(f"rendered images are served as {', '.join(types)}")

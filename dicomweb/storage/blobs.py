@@ -51,7 +51,7 @@ TIER_TAG = "dicomweb_tier"
 HOT, AUTO = "hot", "auto"
 #: Metadata on an instance blob whose deletion has begun; its value is the change-feed sequence of the delete.
 DELETING = "deleting"
-SIDECAR_KINDS = ("json", "frames")
+SIDECAR_KINDS = ("json", "frames", "thumbnail")
 
 
 class StaleBlob(ConcurrentChange):
@@ -82,7 +82,8 @@ class Location:
         return f"{self.stem}.dcm"
 
     def sidecar(self, kind: str) -> str:
-        """Blob name of a sidecar: ``kind`` is "json" (metadata) or "frames" (frame offset record)."""
+        """Blob name of a sidecar: ``kind`` is "json" (metadata), "frames" (frame offset record) or
+        "thumbnail" (a PNG made on first request)."""
         return f"{self.stem}.{kind}"
 
     @property

@@ -209,6 +209,8 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'DICOMWEB_MAX_FRAMES', value: '1000000' }
         { name: 'DICOMWEB_MAX_PARTS_PER_REQUEST', value: '1000' }
         { name: 'DICOMWEB_MAX_INLINE_BINARY_KB', value: '256' }
+        { name: 'DICOMWEB_MAX_RENDERED_PIXELS', value: '16777216' }
+        { name: 'DICOMWEB_MAX_RENDERED_FRAMES', value: '1024' }
       ]
     }
   }
