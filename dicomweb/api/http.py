@@ -83,6 +83,20 @@ def _forwarded(req: Request) -> tuple[str | None, str | None, str | None]:
     return proto, host, prefix
 
 
+def _own_host(req: Request) -> str:
+    """The request's ``Host``, with the port the connection came in on when a client dropped it.
+
+    A client that reached this server directly sends its address as ``Host``, port included
+    (RFC 9110 §7.2); dicomweb-client sends the address alone. A name other than the listening
+    address came through a name or a proxy, and stays as it is.
+    """
+    host = req.headers.get("host") or req.url.netloc
+    server = req.scope.get("server")
+    if server and host == server[0] and server[1] not in (None, 80, 443):
+        return f"{host}:{server[1]}"
+    return host
+
+
 def base_url(req: Request, settings: Settings) -> str:
     """The public DICOMweb base URL, for RetrieveURLs and BulkDataURIs.
 
@@ -92,7 +106,7 @@ def base_url(req: Request, settings: Settings) -> str:
     """
     if settings.public_base_url:
         return settings.public_base_url
-    proto, host, prefix = req.url.scheme, req.headers.get("host") or req.url.netloc, ""
+    proto, host, prefix = req.url.scheme, _own_host(req), ""
     if _trusted(req.client.host if req.client else None, settings.trusted_proxies):
         said_proto, said_host, said_prefix = _forwarded(req)
         if said_proto in ("http", "https"):

@@ -53,22 +53,21 @@ async def retrieve_instance(req: Request, service: Service) -> Response:
 async def _instances(req: Request, service: Service) -> Response:
     study, series, instance = _uids(req)
     docs = await retrieve.instance_documents(service, study, series, instance)
-    choice = media.negotiate_instance(
-        req.headers.get("accept"), {d["transferSyntaxUID"] for d in docs}, single_allowed=instance is not None
-    )
+    choice = await transcode.choose_instances(service, docs, req.headers.get("accept"),
+                                              single_allowed=instance is not None)
     if not choice.multipart:
-        doc = docs[0]
-        return await streaming(
-            service.blobs.instances.stream(retrieve.location(doc)),
-            f"{media.DICOM}; transfer-syntax={doc['transferSyntaxUID']}", {"content-length": str(doc["size"])},
-        )
+        syntax, size, body = await transcode.instance(service, docs[0], choice.transfer_syntax)
+        return await streaming(body, f"{media.DICOM}; transfer-syntax={syntax}",
+                               {"content-length": str(size)} if size is not None else None)
     await retrieve.check_readable(service, docs)
 
     async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
         for doc in docs:
-            headers = {"Content-Type": f"{media.DICOM}; transfer-syntax={doc['transferSyntaxUID']}",
-                       "Content-Length": str(doc["size"])}
-            yield headers, service.blobs.instances.stream(retrieve.location(doc))
+            syntax, size, body = await transcode.instance(service, doc, choice.transfer_syntax)
+            headers = {"Content-Type": f"{media.DICOM}; transfer-syntax={syntax}"}
+            if size is not None:
+                headers["Content-Length"] = str(size)
+            yield headers, body
 
     boundary = new_boundary()
     return await streaming(write_multipart(parts(), boundary), _multipart_type(media.DICOM, boundary))

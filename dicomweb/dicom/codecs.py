@@ -31,6 +31,9 @@ RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 
 #: Syntaxes whose encoding loses information (PS3.5 §8.2): produced only when a client asks for one.
 LOSSY = frozenset({JPEG_BASELINE, JPEG_EXTENDED, JPEG_LS_NEAR_LOSSLESS, JPEG_2000, HTJ2K})
+#: Lossy Image Compression Method (0028,2114) of each lossy syntax written here (PS3.3 §C.7.6.1.1.5.1).
+LOSSY_METHODS = {JPEG_BASELINE: "ISO_10918_1", JPEG_LS_NEAR_LOSSLESS: "ISO_14495_1", JPEG_2000: "ISO_15444_1",
+                 HTJ2K: "ISO_15444_15"}
 #: Quality of lossy output: JPEG quality (1-100), JPEG 2000 PSNR (dB), JPEG-LS NEAR, HTJ2K quantisation step.
 JPEG_QUALITY = 90
 JPEG_2000_PSNR = 48

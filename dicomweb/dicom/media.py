@@ -124,23 +124,27 @@ def frame_label(stored_syntax: str) -> str:
     return EXPLICIT_VR_LITTLE_ENDIAN if stored_syntax in NATIVE_SYNTAXES else stored_syntax
 
 
-def negotiate_instance(header: str | None, stored_syntaxes: set[str], single_allowed: bool) -> Choice:
-    """Instances go out as stored; a default or named syntax must be the stored one of every instance."""
-    for entry in parse_accept(header):
-        if entry.multipart is False and not single_allowed:
-            continue
-        if not _matches(entry.media_type, DICOM):
-            continue
-        wanted = entry.transfer_syntax
-        if entry.media_type != DICOM and wanted is None:
-            wanted = "*"
-        wanted = wanted or DEFAULT_SYNTAX[DICOM]
-        if wanted == "*" or stored_syntaxes <= {wanted}:
-            return Choice(entry.multipart is not False, DICOM, wanted)
-    raise NotAcceptable(
-        f"instances are stored as {', '.join(sorted(stored_syntaxes))} and cannot be transcoded; "
-        'ask for type="application/dicom"; transfer-syntax=*'
-    )
+def instance_choices(header: str | None, stored_syntaxes: set[str], single_allowed: bool) -> list[Choice]:
+    """Every transfer syntax the Accept header allows instances in, the client's preference first.
+
+    ``application/dicom`` without a syntax means Explicit VR Little Endian (PS3.18 Table 8.7.3-2);
+    ``transfer-syntax=*`` and wildcard types mean the stored files. Among entries of equal
+    quality the stored files come first.
+    """
+    choices: list[Choice] = []
+    for tier in _tiers(parse_accept(header)):
+        found = []
+        for entry in tier:
+            if (entry.multipart is False and not single_allowed) or not _matches(entry.media_type, DICOM):
+                continue
+            wanted = entry.transfer_syntax
+            if entry.media_type != DICOM and wanted is None:
+                wanted = "*"
+            found.append(Choice(entry.multipart is not False, DICOM, wanted or DEFAULT_SYNTAX[DICOM]))
+        for choice in sorted(found, key=lambda c: not (c.transfer_syntax == "*" or stored_syntaxes <= {c.transfer_syntax})):
+            if choice not in choices:
+                choices.append(choice)
+    return choices
 
 
 def negotiate_bulkdata(header: str | None) -> bool:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pydicom
 import pytest
 from PIL import Image
@@ -218,7 +219,14 @@ def test_single_part_instance_is_the_stored_file(server: Server, slide: Stored, 
         assert response.headers["content-type"] == f"application/dicom; transfer-syntax={file.transfer_syntax}"
         assert response.content == file.path.read_bytes()
     else:
-        assert response.status_code == 406, "the default syntax (explicit VR LE) would need transcoding"
+        assert response.status_code == 200
+        assert response.headers["content-type"] == f"application/dicom; transfer-syntax={ExplicitVRLittleEndian}"
+        transcoded = pydicom.dcmread(io.BytesIO(response.content))
+        assert transcoded.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert int(response.headers["content-length"]) == len(response.content)
+        assert transcoded.PhotometricInterpretation == "RGB" and transcoded.SOPInstanceUID == file.sop_uid
+        source = pydicom.dcmread(file.path).pixel_array
+        assert np.abs(transcoded.pixel_array.astype(int) - source).max() <= 1
 
 
 def test_series_and_study_retrieve_stream_every_instance(server: Server, slide: Stored) -> None:
@@ -232,10 +240,16 @@ def test_series_and_study_retrieve_stream_every_instance(server: Server, slide: 
         assert bodies == {f.sop_uid: f.path.read_bytes() for f in slide.files}
 
 
-def test_instances_need_transcoding_answer_406(server: Server, slide: Stored) -> None:
+def test_a_study_in_the_default_syntax_is_transcoded(server: Server, slide: Stored) -> None:
     response = httpx.get(f"{server.base_url}/studies/{slide.files[0].study_uid}",
-                         headers={"accept": 'multipart/related; type="application/dicom"'})
-    assert response.status_code == 406
+                         headers={"accept": 'multipart/related; type="application/dicom"'}, timeout=60)
+    assert response.status_code == 200
+    parts = parse_multipart(response)
+    assert {h["content-type"] for h, _ in parts} == {f"application/dicom; transfer-syntax={ExplicitVRLittleEndian}"}
+    datasets = {d.SOPInstanceUID: d for d in (pydicom.dcmread(io.BytesIO(body)) for _, body in parts)}
+    for file in slide.files:
+        assert datasets[file.sop_uid].NumberOfFrames == file.number_of_frames
+        assert len(datasets[file.sop_uid].PixelData) == sum(tile.size for tile in file.tiles)
 
 
 def test_native_instance_in_the_default_syntax(server: Server, variants: dict[str, Stored]) -> None:

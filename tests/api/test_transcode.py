@@ -8,9 +8,11 @@ from pathlib import Path
 import httpx
 import imagecodecs
 import numpy as np
+import pydicom
 import pytest
 from dicomweb_client import DICOMwebClient
 from PIL import Image
+from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from dicomweb.dicom import codecs
@@ -141,3 +143,30 @@ def test_a_frame_answer_is_revalidated_with_its_etag(server: Server, slides: dic
     assert other.status_code == 200 and other.headers["etag"] != tag, "another representation, another tag"
     multipart = httpx.get(f"{_url(server, file)}/frames/1,2")
     assert multipart.content == httpx.get(f"{_url(server, file)}/frames/1,2").content, "a strong tag: same bytes"
+
+
+@pytest.mark.parametrize("target", [ExplicitVRLittleEndian, codecs.JPEG_2000_LOSSLESS, codecs.HTJ2K_LOSSLESS,
+                                    JPEGBaseline8Bit, codecs.RLE_LOSSLESS])
+@pytest.mark.parametrize("source", [JPEGBaseline8Bit, codecs.JPEG_2000_LOSSLESS, ExplicitVRLittleEndian,
+                                    codecs.JPEG_LS_LOSSLESS])
+def test_instances_in_another_syntax(server: Server, slides: dict[str, SlideFile], source: str, target: str) -> None:
+    file = slides[source]
+    response = httpx.get(_url(server, file), headers={"accept": f"application/dicom; transfer-syntax={target}"},
+                         timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == f"application/dicom; transfer-syntax={target}"
+    dataset = pydicom.dcmread(io.BytesIO(response.content))
+    assert dataset.file_meta.TransferSyntaxUID == target
+    assert dataset.SOPInstanceUID == file.sop_uid and dataset.NumberOfFrames == 2
+    if target == ExplicitVRLittleEndian:
+        frames = [dataset.PixelData[i * 256 * 256 * 3 : (i + 1) * 256 * 256 * 3] for i in range(2)]
+    else:
+        frames = list(generate_frames(dataset.PixelData, number_of_frames=2))
+        assert "ExtendedOffsetTable" not in dataset
+    assert (dataset.LossyImageCompression == "01") == (source in LOSSY or target in LOSSY)
+    for number, frame in enumerate(frames):
+        got = _decode(frame, target, 256, 256)
+        if source not in LOSSY and target not in LOSSY:
+            assert np.array_equal(got, file.tiles[number])
+        else:
+            assert _psnr(got, file.tiles[number]) >= 35

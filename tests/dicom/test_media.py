@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dicomweb.dicom.media import Choice, accepts_json, frame_choices, negotiate_bulkdata, negotiate_instance
+from dicomweb.dicom.media import Choice, accepts_json, frame_choices, instance_choices, negotiate_bulkdata
 from dicomweb.errors import NotAcceptable
 
 JPEG = "1.2.840.10008.1.2.4.50"
@@ -66,14 +66,17 @@ def test_frames_nothing_named(accept: str, stored: str, single: bool) -> None:
 
 
 def test_instances() -> None:
-    assert negotiate_instance('multipart/related; type="application/dicom"', {ELE}, False) == Choice(True, "application/dicom", ELE)
-    assert negotiate_instance('multipart/related; type="application/dicom"; transfer-syntax=*', {JPEG, ELE}, False).transfer_syntax == "*"
-    assert negotiate_instance("application/dicom; transfer-syntax=*", {JPEG}, True) == Choice(False, "application/dicom", "*")
-    assert negotiate_instance("*/*", {JPEG}, True).multipart
-    with pytest.raises(NotAcceptable):
-        negotiate_instance('multipart/related; type="application/dicom"', {JPEG}, False)
-    with pytest.raises(NotAcceptable):
-        negotiate_instance("application/dicom; transfer-syntax=*", {JPEG}, False)
+    def first(accept: str | None, stored: set[str], single: bool) -> Choice:
+        return instance_choices(accept, stored, single)[0]
+
+    assert first('multipart/related; type="application/dicom"', {ELE}, False) == Choice(True, "application/dicom", ELE)
+    assert first('multipart/related; type="application/dicom"; transfer-syntax=*', {JPEG, ELE}, False).transfer_syntax == "*"
+    assert first("application/dicom; transfer-syntax=*", {JPEG}, True) == Choice(False, "application/dicom", "*")
+    assert first("*/*", {JPEG}, True).multipart
+    assert first('multipart/related; type="application/dicom"', {JPEG}, False).transfer_syntax == ELE, "the default"
+    assert first(f'multipart/related; type="application/dicom", multipart/related; type="application/dicom"; '
+                 f'transfer-syntax={JPEG}', {JPEG}, False).transfer_syntax == JPEG, "stored first among equals"
+    assert instance_choices("application/dicom; transfer-syntax=*", {JPEG}, False) == [], "several: multipart only"
 
 
 def test_bulkdata_and_json() -> None:
