@@ -440,6 +440,39 @@ def make_large_instance(path: Path, *, frames: int = 20000, frame_bytes: int = 5
                      "bot" if with_bot else "empty", 1)
 
 
+def make_sparse_instance(path: Path, frames: int) -> SlideFile:
+    """A TILED_SPARSE instance of ``frames`` 1-pixel native frames: a header of one functional group per frame
+    (PS3.3 §C.8.12.6.1, Plane Position (Slide)), the largest kind of header a WSI level has."""
+    ds = Dataset()
+    ds.SOPClassUID = VLWholeSlideMicroscopyImageStorage
+    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.PatientID = "P-sparse"
+    ds.Modality = "SM"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    ds.DimensionOrganizationType = "TILED_SPARSE"
+    ds.Rows = ds.Columns = 1
+    ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = 1000, max(1, math.ceil(frames / 1000))
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.NumberOfFrames = frames
+    items = []
+    for n in range(frames):
+        position = Dataset()
+        position.ColumnPositionInTotalImagePixelMatrix = n % 1000 + 1
+        position.RowPositionInTotalImagePixelMatrix = n // 1000 + 1
+        position.XOffsetInSlideCoordinateSystem = f"{n * 0.00025:.5f}"
+        position.YOffsetInSlideCoordinateSystem = "1.0"
+        item = Dataset()
+        item.PlanePositionSlideSequence = [position]
+        items.append(item)
+    ds.PerFrameFunctionalGroupsSequence = items
+    ds.PixelData = bytes(3 * frames)
+    _write(ds, path, ExplicitVRLittleEndian)
+    return SlideFile(path, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, tuple(ds.ImageType),
+                     ExplicitVRLittleEndian, frames, "native", 1)
+
+
 def make_image(path: Path, *, modality: str, study_uid: str, series_uid: str, patient_id: str, patient_name: str,
                study_date: str = "20260101", study_time: str = "101500", instance_number: int = 1) -> SlideFile:
     """A small single-frame radiology image (CT/MR/...): the non-pathology part of a test corpus."""

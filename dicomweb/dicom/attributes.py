@@ -222,7 +222,8 @@ def match_fields(dataset: JsonDict, level: str) -> tuple[dict[str, list[Any]], d
 
 
 def _has_bulk(element: JsonDict) -> bool:
-    if "BulkDataURI" in element:
+    """Whether an element holds a binary value, by URI or inline (those stay in the metadata, out of QIDO)."""
+    if "BulkDataURI" in element or "InlineBinary" in element:
         return True
     return element.get("vr") == "SQ" and any(
         _has_bulk(child) for item in element.get("Value", []) for child in item.values())

@@ -209,7 +209,7 @@ def test_instance_defaults_and_includefield(qido_server: Server, corpus: Corpus)
     (everything,) = httpx.get(f"{url}?SOPInstanceUID={volume.sop_uid}&includefield=all").json()
     assert set(item) <= set(everything) and "00400560" in everything and "00100010" in everything
     assert "52009229" in everything, "SharedFunctionalGroupsSequence (PixelSpacing) is small enough to return"
-    assert "00480105" not in everything, "OpticalPathSequence carries the ICC profile as bulk data: metadata only"
+    assert "00480105" not in everything, "OpticalPathSequence carries the ICC profile (binary): metadata only"
     assert "7FE00010" not in everything
 
 

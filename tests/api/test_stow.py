@@ -17,7 +17,7 @@ from pydicom.uid import generate_uid
 
 from dicomweb.storage.blobs import AUTO, HOT, TIER_TAG
 from tests.conftest import Server, blob_names, blob_service, fresh_settings, instance_blob, start_server
-from tests.wsi_factory import SlideFile, make_slide
+from tests.wsi_factory import SlideFile, make_slide, make_sparse_instance
 
 INSTANCES = "dicom-instances"
 SIDECARS = "dicom-sidecars"
@@ -337,42 +337,11 @@ def test_parts_per_request_are_bounded(emulators: dict[str, str], tmp_path: Path
         server.stop()
 
 
-def _sparse_header_instance(frames: int) -> tuple[bytes, str]:
-    """A TILED_SPARSE instance of ``frames`` 1-pixel frames: a header of one functional group item per frame."""
-    ds = pydicom.Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"
-    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid(), generate_uid()
-    ds.PatientID = "P-sparse"
-    ds.Modality = "SM"
-    ds.DimensionOrganizationType = "TILED_SPARSE"
-    ds.Rows = ds.Columns = 1
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
-    ds.NumberOfFrames = frames
-    items = []
-    for n in range(frames):
-        position = pydicom.Dataset()
-        position.ColumnPositionInTotalImagePixelMatrix = n % 1000 + 1
-        position.RowPositionInTotalImagePixelMatrix = n // 1000 + 1
-        position.XOffsetInSlideCoordinateSystem = f"{n * 0.00025:.5f}"
-        position.YOffsetInSlideCoordinateSystem = "1.0"
-        item = pydicom.Dataset()
-        item.PlanePositionSlideSequence = pydicom.Sequence([position])
-        items.append(item)
-    ds.PerFrameFunctionalGroupsSequence = pydicom.Sequence(items)
-    ds.PixelData = bytes(3 * frames)
-    ds.file_meta = pydicom.dataset.FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue(), ds.StudyInstanceUID
-
-
-def test_a_large_header_does_not_stall_other_requests(server: Server) -> None:
+def test_a_large_header_does_not_stall_other_requests(server: Server, tmp_path: Path) -> None:
     """A 20,000-frame TILED_SPARSE header took 6.3 s of CPU on the event loop, stalling every other request
     (10,000 here, to keep the suite quick)."""
-    data, study = _sparse_header_instance(10_000)
+    sparse = make_sparse_instance(tmp_path / "sparse.dcm", 10_000)
+    data, study = sparse.path.read_bytes(), sparse.study_uid
     answers: list[httpx.Response] = []
     stored = threading.Thread(target=lambda: answers.append(httpx.post(
         f"{server.base_url}/studies", content=data, headers={"content-type": "application/dicom"}, timeout=120)))
