@@ -80,7 +80,10 @@ async def source(service: Service, cached: CachedIndex) -> Source:
     return cached.render
 
 
-async def _profile(service: Service, cached: CachedIndex, src: Source) -> bytes | None:
+async def _profile(service: Service, cached: CachedIndex, src: Source, params: RenderParams) -> bytes | None:
+    """The instance's ICC profile when the rendering uses it (read from the file when it is no inline value)."""
+    if params.icc == "no":
+        return None
     if isinstance(src.icc, tuple):
         return await service.blobs.instances.read_range(cached.location, *src.icc)
     return src.icc
@@ -170,7 +173,7 @@ async def prepare(service: Service, doc: Document, params: RenderParams) -> Prep
                                         doc["sopInstanceUID"])
     src = await source(service, cached)
     full = render.plan(src.geometry, params.viewport, settings.max_rendered_pixels)
-    profile = await _profile(service, cached, src)
+    profile = await _profile(service, cached, src, params)
     level, level_src, plan = await _level(service, doc, cached, src, full)
     render.check_budget(len(plan.tiles), settings.max_rendered_frames)
     return Prepared(level, level_src, plan, profile)
@@ -199,7 +202,7 @@ async def frames(service: Service, cached: CachedIndex, numbers: list[int], para
     one = Geometry(src.fmt.columns, src.fmt.rows, src.fmt.columns, src.fmt.rows, np.ones((1, 1), np.int32))
     frame_src = Source(src.fmt, one, src.display, src.icc)
     plan = render.plan(one, params.viewport, service.settings.max_rendered_pixels, 1)
-    profile = await _profile(service, cached, src)
+    profile = await _profile(service, cached, src, params)
     loc = cached.location
     out = []
     async for data in retrieve.read_frames(service, loc.study, loc.series, loc.sop, numbers):

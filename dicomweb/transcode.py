@@ -26,6 +26,8 @@ from dicomweb.storage.index import Document
 
 #: The first read of a stored header; each further read is four times larger.
 HEADER_READ = 256 * 1024
+#: The largest defined length of an element (0xFFFFFFFF means undefined; lengths are even).
+MAX_ELEMENT_LENGTH = 0xFFFFFFFE
 
 
 async def pixel_format(service: Service, cached: CachedIndex) -> PixelFormat:
@@ -120,6 +122,13 @@ def _is_stored(doc: Document, target: str) -> bool:
     return target == "*" or doc["transferSyntaxUID"] == target
 
 
+def native_fits(frames: int, fmt: PixelFormat) -> bool:
+    """Whether ``frames`` native frames fit one Pixel Data element: its length is 32 bits (PS3.5 §7.1.1),
+    so a native copy of more than 4 GB of pixels cannot be written, only encapsulated ones."""
+    length = frames * fmt.decoded().native_length
+    return length + length % 2 <= MAX_ELEMENT_LENGTH
+
+
 async def _producible(service: Service, doc: Document, target: str) -> bool:
     """Whether instance ``doc`` can be sent as ``target``."""
     if _is_stored(doc, target):
@@ -131,7 +140,10 @@ async def _producible(service: Service, doc: Document, target: str) -> bool:
     stored = cached.frames.transfer_syntax
     if media.frame_label(stored) == target:
         return True
-    return stored in codecs.DECODABLE and codecs.encodable(target, await pixel_format(service, cached))
+    fmt = await pixel_format(service, cached)
+    if not is_encapsulated(target) and not native_fits(len(cached.frames), fmt):
+        return False
+    return stored in codecs.DECODABLE and codecs.encodable(target, fmt)
 
 
 async def choose_instances(service: Service, docs: list[Document], accept: str | None,
@@ -144,7 +156,7 @@ async def choose_instances(service: Service, docs: list[Document], accept: str |
             return choice
     asked = ", ".join(c.transfer_syntax for c in choices) or "no application/dicom"
     raise NotAcceptable(f"the instances are stored as {', '.join(sorted(stored))}; the request accepts {asked}, "
-                        "which they cannot all be sent in")
+                        "which they cannot all be sent in (native pixel data holds at most 4 GB)")
 
 
 def _pixel_element(target: str, fmt: PixelFormat, frames: int) -> tuple[bytes, int]:

@@ -12,7 +12,7 @@ from dicomweb.api.retrieve import INSTANCE, SERIES, STUDY
 from dicomweb.auth import Permission
 from dicomweb.dicom import media, render
 from dicomweb.dicom.multipart import multipart_body, write_multipart
-from dicomweb.errors import BadRequest
+from dicomweb.errors import BadRequest, NotAcceptable
 from dicomweb.service import Service
 from dicomweb.storage.index import Document
 
@@ -48,7 +48,7 @@ async def _rendered_instances(req: Request, service: Service) -> Response:
                                              params_.get("instance"))
     docs = [d for d in docs if d.get("numberOfFrames")]
     if not docs:
-        raise BadRequest("nothing here has pixel data to render")
+        raise NotAcceptable("nothing here has pixel data, so nothing is rendered")
     single = params_.get("instance") is not None
     choice, params = _params(req, single)
     tag = _tag(docs, "rendered", choice, params)

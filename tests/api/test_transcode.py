@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from dicomweb_client import DICOMwebClient
 from PIL import Image
-from pydicom.encaps import generate_frames
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from dicomweb.dicom import codecs
@@ -170,3 +170,26 @@ def test_instances_in_another_syntax(server: Server, slides: dict[str, SlideFile
             assert np.array_equal(got, file.tiles[number])
         else:
             assert _psnr(got, file.tiles[number]) >= 35
+
+
+def test_native_pixels_beyond_four_gigabytes_are_406(server: Server, tmp_path: Path) -> None:
+    """17 frames of 16384² grey: 4.5 GB of native pixels, more than the 32-bit length of Pixel Data holds."""
+    side, count = 16384, 17
+    frame = bytes(imagecodecs.jpeg8_encode(np.zeros((side, side), np.uint8), level=50))
+    ds = pydicom.dcmread(make_image(tmp_path / "small.dcm", modality="CT", study_uid="1.2.826.0.1.3680043.8.498.91",
+                                    series_uid="1.2.826.0.1.3680043.8.498.92", patient_id="P-4G",
+                                    patient_name="Four^Gigabytes").path)
+    ds.Rows = ds.Columns = side
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.NumberOfFrames = count
+    ds.PixelData = encapsulate([frame] * count)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    path = tmp_path / "big.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert httpx.post(f"{server.base_url}/studies", content=path.read_bytes(),
+                      headers={"content-type": "application/dicom"}).status_code == 200
+    url = f"{server.base_url}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    refused = httpx.get(url, headers={"accept": "application/dicom"})
+    assert refused.status_code == 406 and "4 GB" in refused.json()["message"]
+    assert httpx.get(url, headers={"accept": "application/dicom; transfer-syntax=*"}).content == path.read_bytes()
