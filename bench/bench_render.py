@@ -31,6 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import aiohttp
 import httpx
 import imagecodecs
 import numpy as np
@@ -67,24 +68,28 @@ def _stow(server: Server, files: list[SlideFile]) -> None:
 
 
 async def _concurrent(urls: list[str], headers: dict[str, str], clients: int = CLIENTS) -> Result:
-    """Each URL once, ``clients`` at a time; latencies of each."""
+    """Each URL once, ``clients`` at a time; latencies of each (aiohttp: the client costs little CPU of the two
+    cores it shares with the service)."""
     latencies: list[float] = []
     queue = list(urls)
 
-    async def client(http: httpx.AsyncClient) -> None:
+    async def client(http: aiohttp.ClientSession) -> None:
         while queue:
             url = queue.pop()
             started = time.perf_counter()
-            response = await http.get(url, headers=headers)
-            if response.status_code not in (200, 304):
-                raise RuntimeError(f"{url}: {response.status_code} {response.text[:300]}")
+            async with http.get(url, headers=headers) as response:
+                body = await response.read()
+                if response.status not in (200, 304):
+                    raise RuntimeError(f"{url}: {response.status} {body[:300]!r}")
             latencies.append(time.perf_counter() - started)
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120),
+                                     auto_decompress=False) as http:
         started = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(clients)))
     return Result(latencies, time.perf_counter() - started)
+
 
 
 def _reference(work: list[bytes], job) -> Result:  # noqa: ANN001 - a callable of one frame
@@ -102,18 +107,19 @@ def _reference(work: list[bytes], job) -> Result:  # noqa: ANN001 - a callable o
     return Result(latencies, time.perf_counter() - started)
 
 
-def pixel_paths(server: Server, directory: Path, requests: int) -> dict[str, tuple[Result, Result]]:
-    """Rendered JPEG of native frames and JPEG → native, each against its in-process reference."""
-    native = make_slide(directory / "native", transfer_syntax="1.2.840.10008.1.2.1", levels=1,
-                        base_size=(4096, 2048), associated=False, noise=4)[0]
-    jpeg = make_slide(directory / "jpeg", levels=1, base_size=(4096, 2048), associated=False, noise=4)[0]
+def pixel_paths(server: Server, directory: Path, requests: int, tile: int) -> dict[str, tuple[Result, Result]]:
+    """Rendered JPEG of native frames and JPEG → native of ``tile``² frames, each against its in-process reference."""
+    native = make_slide(directory / f"native-{tile}", transfer_syntax="1.2.840.10008.1.2.1", levels=1,
+                        base_size=(4096, 2048), tile_size=tile, associated=False, noise=4)[0]
+    jpeg = make_slide(directory / f"jpeg-{tile}", levels=1, base_size=(4096, 2048), tile_size=tile,
+                      associated=False, noise=4)[0]
     _stow(server, [native, jpeg])
     rng = random.Random(7)
     out = {}
     for name, file, path, headers, job in (
-        ("rendered JPEG of a native frame", native, "/rendered", {"accept": "image/jpeg"},
-         lambda f: imagecodecs.jpeg8_encode(np.frombuffer(f, np.uint8).reshape(256, 256, 3), level=90)),
-        ("JPEG → native transcode", jpeg, "", {"accept": "application/octet-stream"},
+        (f"rendered JPEG of a native {tile}² frame", native, "/rendered", {"accept": "image/jpeg"},
+         lambda f: imagecodecs.jpeg8_encode(np.frombuffer(f, np.uint8).reshape(tile, tile, 3), level=90)),
+        (f"JPEG → native transcode, {tile}² frame", jpeg, "", {"accept": "application/octet-stream"},
          lambda f: imagecodecs.jpeg8_decode(f).tobytes()),
     ):
         frames = source_frames(file.path)
@@ -156,8 +162,18 @@ def big_series(server: Server, directory: Path, base_gb: float) -> tuple[SlideFi
     return base, upload_s, {"cold_ms": cold * 1000, "warm_p50_ms": warm.p50_ms}
 
 
-def memory(server: Server, base: SlideFile, seconds: float) -> dict[str, float]:
-    """Peak RSS while a 1,024-tile region of the big level renders and its native transcode streams."""
+def memory(settings: dict[str, str], directory: Path, base: SlideFile, seconds: float) -> dict[str, float]:
+    """Peak RSS of a fresh ``serve`` on the same store while a 1,024-tile region of the big level renders
+    and its transcode streams (a process of its own, so the peak is these answers' alone)."""
+    (directory / "fresh").mkdir(exist_ok=True)
+    server = start_server(settings, directory / "fresh")
+    try:
+        return _memory(server, base, seconds)
+    finally:
+        server.stop()
+
+
+def _memory(server: Server, base: SlideFile, seconds: float) -> dict[str, float]:
     process = psutil.Process(server.process.pid)
     started = time.perf_counter()
     region = httpx.get(f"{_url(server, base)}/rendered?viewport=2048,2048,0,0,8192,8192", timeout=600)
@@ -198,7 +214,8 @@ def sparse_metadata(server: Server, directory: Path, requests: int) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-gb", type=float, default=4.0, help="size of the big slide's base level")
-    parser.add_argument("--requests", type=int, default=800, help="frame requests per pixel scenario")
+    parser.add_argument("--requests", type=int, default=800, help="256² frame requests per pixel scenario")
+    parser.add_argument("--tiles", default="256,512,1024", help="frame sizes of the pixel scenarios")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-render-") as temp:
         directory = Path(temp)
@@ -206,11 +223,13 @@ def main() -> None:
         settings = emulators.start()
         server = start_server(settings, directory)
         try:
-            pixels = pixel_paths(server, directory, args.requests)
+            pixels = {}
+            for tile in map(int, args.tiles.split(",")):
+                pixels.update(pixel_paths(server, directory, max(50, args.requests * 256**2 // tile**2), tile))
             unchanged, full = revalidation(server, directory, 300)
             metadata = sparse_metadata(server, directory, 50)
             base, upload_s, thumbnail = big_series(server, directory, args.base_gb)
-            rss = memory(server, base, 30)
+            rss = memory(settings, directory, base, 30)
         except Exception:
             print(server.log.read_text()[-6000:], file=sys.stderr)
             raise

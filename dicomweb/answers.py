@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 
 class AnswerCache:
-    """An LRU of answer bodies by ETag, bounded in bytes; an answer above a quarter of the budget is not kept."""
+    """An LRU of answer bodies by ETag, bounded in bytes; an answer above half the budget is not kept."""
 
     def __init__(self, max_bytes: int) -> None:
         self._max = max_bytes
@@ -22,7 +22,7 @@ class AnswerCache:
     @property
     def largest(self) -> int:
         """The size of the largest answer worth collecting for :meth:`put`."""
-        return self._max // 4
+        return self._max // 2
 
     def get(self, tag: str) -> bytes | None:
         """The body named ``tag``, marking it recently used."""

@@ -89,13 +89,27 @@ async def _profile(service: Service, cached: CachedIndex, src: Source, params: R
     return src.icc
 
 
-def _tile(canvas: np.ndarray, data: bytes, syntax: str, src: Source, window: render.Window | None,
-          column: int, row: int, plan: Plan) -> None:
+def _shown(data: bytes, syntax: str, src: Source, window: render.Window | None) -> np.ndarray:
     try:
         image = codecs.decode(data, syntax, src.fmt)
     except CodecError as exc:
         raise NotAcceptable(f"a frame cannot be rendered: {exc}") from None
-    render.paste(canvas, render.display(image, src.fmt, src.display, window), column, row, src.geometry, plan)
+    return render.display(image, src.fmt, src.display, window)
+
+
+def _tile(canvas: np.ndarray, data: bytes, syntax: str, src: Source, window: render.Window | None,
+          column: int, row: int, plan: Plan) -> None:
+    render.paste(canvas, _shown(data, syntax, src, window), column, row, src.geometry, plan)
+
+
+def _frame(data: bytes, syntax: str, src: Source, params: RenderParams, plan: Plan, profile: bytes | None) -> bytes:
+    """One frame rendered in one job: decoded, shown, cut and scaled when the viewport asks, encoded."""
+    shown = _shown(data, syntax, src, params.window)
+    if plan.region != (0, 0, src.fmt.columns, src.fmt.rows) or plan.size != (src.fmt.columns, src.fmt.rows):
+        canvas = _canvas(src, plan)
+        render.paste(canvas, shown, 0, 0, src.geometry, plan)
+        shown = canvas
+    return render.encode(render.flipped(shown, plan.flip), params, profile)
 
 
 async def _compose(service: Service, cached: CachedIndex, src: Source, plan: Plan, params: RenderParams,
@@ -206,7 +220,5 @@ async def frames(service: Service, cached: CachedIndex, numbers: list[int], para
     loc = cached.location
     out = []
     async for data in retrieve.read_frames(service, loc.study, loc.series, loc.sop, numbers):
-        canvas = _canvas(src, plan)
-        await cpu.run(_tile, canvas, data, cached.frames.transfer_syntax, frame_src, params.window, 0, 0, plan)
-        out.append(await cpu.run(render.encode, render.flipped(canvas, plan.flip), params, profile))
+        out.append(await cpu.run(_frame, data, cached.frames.transfer_syntax, frame_src, params, plan, profile))
     return out

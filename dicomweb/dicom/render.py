@@ -325,7 +325,18 @@ def _transform(source: bytes, target: bytes) -> ImageCms.ImageCmsTransform:
 
 
 def encode(canvas: np.ndarray, params: RenderParams, instance_profile: bytes | None) -> bytes:
-    """The composed canvas as the asked media type, flipped as the viewport asked, colour-managed."""
+    """The composed canvas as the asked media type, colour-managed as ``iccprofile`` asks.
+
+    Without a profile to embed, JPEG, PNG and WebP are encoded by imagecodecs straight from
+    the array (no image object, no copy); Pillow embeds profiles and writes GIF.
+    """
+    if params.icc == "no" or canvas.ndim == 2:
+        if params.media_type == JPEG:
+            return bytes(imagecodecs.jpeg8_encode(canvas, level=params.quality))
+        if params.media_type == PNG:
+            return bytes(imagecodecs.png_encode(canvas, level=1))
+        if params.media_type == WEBP:
+            return bytes(imagecodecs.webp_encode(canvas, level=params.quality))
     image = Image.fromarray(canvas)
     image, profile = colour_manage(image, params.icc, instance_profile)
     out = io.BytesIO()
@@ -340,6 +351,8 @@ def encode(canvas: np.ndarray, params: RenderParams, instance_profile: bytes | N
 
 def flipped(canvas: np.ndarray, flip: tuple[bool, bool]) -> np.ndarray:
     """The canvas mirrored where the viewport's sw or sh was negative."""
+    if not any(flip):
+        return canvas
     if flip[0]:
         canvas = canvas[:, ::-1]
     if flip[1]:
