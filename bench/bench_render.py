@@ -3,9 +3,10 @@
 Starts Azurite and the Cosmos server, runs ``dicomweb serve`` against them, stores the
 test data it makes, and measures in the same run:
 
-* rendered JPEG of native frames and JPEG → native transcodes at 16 concurrent clients:
-  p50 and frames/s, against decoding + encoding the same frames with imagecodecs
-  in-process on as many threads as the service's CPU pool (target ≥ 0.7×);
+* rendered JPEG of native frames and JPEG → native transcodes at 16 concurrent clients,
+  for 256², 512² and 1024² frames: p50 and frames/s, against decoding + encoding the same
+  frames with imagecodecs in-process on as many threads as the service's CPU pool
+  (target ≥ 0.7×; the HTTP client runs on the same two cores, which bounds small frames);
 * the series thumbnail of a slide whose base level is 4 GB (100,000 frames), warm p50
   (target ≤ 50 ms), and the service's peak RSS while it renders a 1,024-tile region of
   that level and streams its transcode (to HTJ2K: native pixels of that level are beyond the
