@@ -165,7 +165,7 @@ async def _level(service: Service, doc: Document, cached: CachedIndex, src: Sour
     level = await retrieve.frame_index(service, other["studyInstanceUID"], other["seriesInstanceUID"],
                                        other["sopInstanceUID"])
     level_src = await source(service, level)
-    return level, level_src, render.scaled(plan, factor, level_src.geometry, None)
+    return level, level_src, render.scaled(plan, factor, level_src.geometry)
 
 
 @dataclass(frozen=True)

@@ -226,7 +226,7 @@ def plan(geo: Geometry, viewport: Viewport | None, max_pixels: int, max_frames: 
     return Plan((x, y, width, height), flip, size, tiles)
 
 
-def scaled(plan_: Plan, factor: float, geo: Geometry, viewport: Viewport | None) -> Plan:
+def scaled(plan_: Plan, factor: float, geo: Geometry) -> Plan:
     """``plan_`` moved to a pyramid level ``factor`` times the size of the one it was made for."""
     x, y, width, height = plan_.region
     region = (int(x * factor), int(y * factor), max(1, round(width * factor)), max(1, round(height * factor)))
