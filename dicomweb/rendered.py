@@ -10,7 +10,6 @@ by the output canvas whatever the size of the level.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from dataclasses import dataclass
@@ -122,12 +121,8 @@ async def _compose(service: Service, cached: CachedIndex, src: Source, plan: Pla
     syntax = cached.frames.transfer_syntax
 
     async def paste(batch: list[tuple[int, bytes]]) -> None:
-        # Every job of a batch ends before the next read (or the answer): none outlives the request.
-        done = await asyncio.gather(*(cpu.run(_tile, canvas, data, syntax, src, params.window, *places[number], plan)
-                                      for number, data in batch), return_exceptions=True)
-        for outcome in done:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        await cpu.run_all((_tile, (canvas, data, syntax, src, params.window, *places[number], plan))
+                          for number, data in batch)
 
     batch: list[tuple[int, bytes]] = []
     read = 0

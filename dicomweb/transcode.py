@@ -9,7 +9,6 @@ client named a lossy syntax (or a media type whose default is one, like ``image/
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import struct
@@ -72,10 +71,10 @@ async def frames(stored: AsyncIterator[bytes], numbers: list[int], source: str, 
     async for data in stored:
         batch.append((next(numbered), data))
         if len(batch) == cpu.WORKERS:
-            for out in await asyncio.gather(*(cpu.run(_transcode, d, source, target, fmt, n) for n, d in batch)):
+            for out in await cpu.run_all((_transcode, (d, source, target, fmt, n)) for n, d in batch):
                 yield out
             batch = []
-    for out in await asyncio.gather(*(cpu.run(_transcode, d, source, target, fmt, n) for n, d in batch)):
+    for out in await cpu.run_all((_transcode, (d, source, target, fmt, n)) for n, d in batch):
         yield out
 
 
