@@ -303,7 +303,12 @@ async def commit(service: Service, session_id: str, owner: str, base: str, recor
         try:
             await _save(service, session)
         except StaleBlob:
-            session = await load(service, session_id)  # another request committed it first
+            # Another commit got there first, or this one did and its answer was lost (the SDK's retry of
+            # the write then fails on the etag it changed itself): either way the ingesting session gets its
+            # job, since none may have been sent (a second one is harmless).
+            session = await load(service, session_id)
+            if session.status == INGESTING:
+                await jobs.enqueue(service, INGEST, session=session.id)
             return await _wait(service, session)
         try:
             await jobs.enqueue(service, INGEST, session=session.id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 
@@ -61,6 +62,41 @@ def test_sessions_expire_and_cleanup_removes_them_with_their_blocks(emulators: d
                 lasting.record_name]
             assert (await uploads.load(service, lasting.id)).status == uploads.OPEN
         finally:
+            await service.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_commit_whose_own_write_came_back_stale_still_sends_its_job(emulators: dict[str, str],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under storage pauses the SDK retries a write whose answer was lost; the retry then fails on the etag the
+    first try changed. The commit took that for another commit's work and sent no job: the upload stayed
+    ingesting forever (found by the fault test)."""
+    settings = Settings.from_env({**fresh_settings(emulators), "DICOMWEB_COMMIT_WAIT_SECONDS": "1"})
+    sealed = uploads._seal
+
+    async def seal_and_lose_the_answer(service: Service, session: uploads.Session) -> None:
+        await sealed(service, session)
+        landed = dataclasses.replace(session, status=uploads.INGESTING)
+        await uploads._save(service, landed)  # the write that landed, its answer lost
+
+    monkeypatch.setattr(uploads, "_seal", seal_and_lose_the_answer)
+
+    async def scenario() -> None:
+        service = await Service.create(settings)
+        consumer = queue_consumer(settings, settings.jobs_queue)
+        try:
+            session = await uploads.create(service, 100, None, "oid-a")
+            block = (await uploads.describe(service, session, "http://dicomweb.test"))["blocks"][0]
+            async with httpx.AsyncClient() as client:
+                url = (await uploads.describe(service, session, "http://dicomweb.test"))["uploadUrl"]
+                assert (await client.put(f"{url}&comp=block&blockid={block['id']}", content=b"1" * 100)).status_code == 201
+            assert (await uploads.commit(service, session.id, "oid-a", "http://dicomweb.test")).status == uploads.INGESTING
+            sent = [json.loads(d.content) for d in await consumer.receive(32, 30)]
+            assert {"kind": uploads.INGEST, "session": session.id} in [
+                {k: v for k, v in body.items() if k in ("kind", "session")} for body in sent]
+        finally:
+            await consumer.close()
             await service.close()
 
     asyncio.run(scenario())
