@@ -86,11 +86,14 @@ def _forwarded(req: Request) -> tuple[str | None, str | None, str | None]:
 def _own_host(req: Request) -> str:
     """The request's ``Host``, with the port the connection came in on when a client dropped it.
 
+    A ``Host`` that is no host name or address is refused: it would be written into URLs (and JSON).
     A client that reached this server directly sends its address as ``Host``, port included
     (RFC 9110 §7.2); dicomweb-client sends the address alone. A name other than the listening
     address came through a name or a proxy, and stays as it is.
     """
     host = req.headers.get("host") or req.url.netloc
+    if not _HOST.fullmatch(host):
+        raise BadRequest("the Host header names no host (it goes into the URLs of the answer)")
     server = req.scope.get("server")
     if server and host == server[0] and server[1] not in (None, 80, 443):
         return f"{host}:{server[1]}"

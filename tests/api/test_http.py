@@ -131,6 +131,11 @@ def test_urls_name_the_origin_the_client_used(server: Server, headers: dict[str,
     assert _upload_location(server.base_url, headers).startswith((origin or server.base_url) + "/uploads/")
 
 
+def test_a_host_header_that_names_no_host_is_refused(server: Server) -> None:
+    response = httpx.post(f"{server.base_url}/uploads", json={"size": 1000}, headers={"host": 'pacs"x'})
+    assert response.status_code == 400 and "Host" in response.json()["message"]
+
+
 def test_forwarding_headers_of_an_untrusted_peer_are_ignored(emulators: dict[str, str], tmp_path: Path) -> None:
     server = start_server(emulators, tmp_path, DICOMWEB_TRUSTED_PROXIES="10.0.0.0/8")
     try:
