@@ -76,6 +76,7 @@ async def source(service: Service, cached: CachedIndex) -> Source:
     if cached.render is None:
         raw = await service.blobs.sidecars.get(cached.location.sidecar("json"))
         cached.render = await cpu.run(_source, raw, len(cached.frames))
+        cached.pixels = cached.pixels or cached.render.fmt  # transcodes need no second parse of the sidecar
     return cached.render
 
 
@@ -208,7 +209,7 @@ def _canvas(src: Source, plan: Plan) -> np.ndarray:
 async def frames(service: Service, cached: CachedIndex, numbers: list[int], params: RenderParams) -> list[bytes]:
     """Each requested frame rendered on its own (the viewport applies to the frame), in order."""
     src = await source(service, cached)
-    one = Geometry(src.fmt.columns, src.fmt.rows, src.fmt.columns, src.fmt.rows, np.ones((1, 1), np.int32))
+    one = Geometry.single(src.fmt.columns, src.fmt.rows)
     frame_src = Source(src.fmt, one, src.display, src.icc)
     plan = render.plan(one, params.viewport, service.settings.max_rendered_pixels, 1)
     profile = await _profile(service, cached, src, params)

@@ -59,17 +59,13 @@ async def _rendered_instances(req: Request, service: Service) -> Response:
     # Every instance is planned (and refused) before the answer starts; each is drawn as its part goes out.
     plans = [await rendered.prepare(service, doc, params) for doc in docs]
 
-    async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
+    async def parts() -> AsyncIterator[tuple[dict[str, str], bytes]]:
         for prepared in plans:
-            yield {"Content-Type": choice.media_type}, _once(await rendered.draw(service, prepared, params))
+            yield {"Content-Type": choice.media_type}, await rendered.draw(service, prepared, params)
 
     return await streaming(write_multipart(parts(), conditional.boundary(tag)),
                            f'multipart/related; type="{choice.media_type}"; boundary={conditional.boundary(tag)}',
                            conditional.headers(tag, conditional.IMMUTABLE))
-
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data
 
 
 @endpoint(blueprint, "rendered_study", STUDY + "/rendered", ["GET"], Permission.READ)

@@ -175,15 +175,11 @@ async def _frames(
         body = multipart_body([(part_headers, frame) async for frame in frames], boundary)
         return Response(body, media_type=_multipart_type(choice.media_type, boundary), headers=cache)
 
-    async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
+    async def parts() -> AsyncIterator[tuple[dict[str, str], bytes]]:
         async for frame in frames:
-            yield part_headers, _once(frame)
+            yield part_headers, frame
 
     return await streaming(write_multipart(parts(), boundary), _multipart_type(choice.media_type, boundary), cache)
-
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data
 
 
 @endpoint(blueprint, "retrieve_bulkdata", INSTANCE + "/bulkdata/{path}", ["GET"], Permission.READ)

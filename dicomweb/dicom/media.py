@@ -42,15 +42,20 @@ class Choice:
     transfer_syntax: str
 
 
+def _quality(params: dict[str, str]) -> float:
+    """The ``q`` of a list entry (RFC 9110 §12.4.2); 1 when absent or unreadable."""
+    try:
+        return float(params.get("q", "1"))
+    except ValueError:
+        return 1.0
+
+
 def parse_accept(header: str | None) -> list[Acceptable]:
     """Entries of ``header`` by descending quality, keeping the client's order among equals."""
     entries = []
     for item in split_list(header or "*/*"):
         media, params = parse_media_type(item)
-        try:
-            quality = float(params.get("q", "1"))
-        except ValueError:
-            quality = 1.0
+        quality = _quality(params)
         syntax = params.get("transfer-syntax")
         if media == MULTIPART:
             inner = parse_media_type(params.get("type", "*/*"))[0]
@@ -167,11 +172,7 @@ def accepts_gzip(header: str | None) -> bool:
     """Whether an Accept-Encoding header (RFC 9110 §12.5.3) takes gzip, by name or by ``*``."""
     for item in split_list(header or ""):
         coding, params = parse_media_type(item)
-        try:
-            quality = float(params.get("q", "1"))
-        except ValueError:
-            quality = 1.0
-        if coding in ("gzip", "x-gzip", "*") and quality > 0:
+        if coding in ("gzip", "x-gzip", "*") and _quality(params) > 0:
             return True
     return False
 

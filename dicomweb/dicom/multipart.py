@@ -158,15 +158,18 @@ def new_boundary() -> str:
 
 
 async def write_multipart(
-    parts: AsyncIterable[tuple[dict[str, str], AsyncIterable[bytes]]], boundary: str
+    parts: AsyncIterable[tuple[dict[str, str], AsyncIterable[bytes] | bytes]], boundary: str
 ) -> AsyncIterator[bytes]:
-    """Frame each (headers, body) pair as a part, streaming the bodies."""
+    """Frame each (headers, body) pair as a part, streaming the bodies (a body made whole is sent as it is)."""
     opener = f"--{boundary}\r\n".encode()
     async for headers, body in parts:
         head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         yield opener + head.encode("latin-1") + b"\r\n"
-        async for chunk in body:
-            yield chunk
+        if isinstance(body, bytes):
+            yield body
+        else:
+            async for chunk in body:
+                yield chunk
         yield b"\r\n"
     yield f"--{boundary}--\r\n".encode()
 

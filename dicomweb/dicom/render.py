@@ -140,6 +140,11 @@ class Geometry:
     def columns(self) -> int:
         return self.grid.shape[1]
 
+    @classmethod
+    def single(cls, columns: int, rows: int) -> "Geometry":
+        """An image that is one frame."""
+        return cls(columns, rows, columns, rows, np.ones((1, 1), np.int32))
+
     def frames_in(self, x: int, y: int, width: int, height: int) -> list[tuple[int, int, int]]:
         """(frame, tile column, tile row) of every tile that intersects a region, row by row."""
         first_col, last_col = x // self.tile_width, (x + width - 1) // self.tile_width
@@ -158,7 +163,7 @@ def geometry(dataset: Mapping[str, Any], frames: int) -> Geometry:
     total_columns = _value(dataset, "00480006")
     total_rows = _value(dataset, "00480007")
     if not total_columns or not total_rows or frames <= 1 or not rows or not columns:
-        return Geometry(columns, rows, columns, rows, np.ones((1, 1), np.int32))
+        return Geometry.single(columns, rows)
     width, height = int(total_columns), int(total_rows)
     grid = np.zeros((math.ceil(height / rows), math.ceil(width / columns)), np.int32)
     organisation = _value(dataset, "00209311", "")
