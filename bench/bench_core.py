@@ -64,6 +64,10 @@ class Result:
         return statistics.quantiles(self.latencies, n=20)[18] * 1000
 
     @property
+    def p99_ms(self) -> float:
+        return statistics.quantiles(self.latencies, n=100)[98] * 1000
+
+    @property
     def per_second(self) -> float:
         return len(self.latencies) / self.seconds
 

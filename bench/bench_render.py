@@ -68,7 +68,7 @@ def _stow(server: Server, files: list[SlideFile]) -> None:
                    headers={"content-type": "application/dicom"}, timeout=600).raise_for_status()
 
 
-async def _concurrent(urls: list[str], headers: dict[str, str], clients: int = CLIENTS) -> Result:
+async def concurrent_gets(urls: list[str], headers: dict[str, str], clients: int = CLIENTS) -> Result:
     """Each URL once, ``clients`` at a time; latencies of each (aiohttp: the client costs little CPU of the two
     cores it shares with the service)."""
     latencies: list[float] = []
@@ -125,9 +125,9 @@ def pixel_paths(server: Server, directory: Path, requests: int, tile: int) -> di
     ):
         frames = source_frames(file.path)
         numbers = [rng.randrange(1, len(frames) + 1) for _ in range(requests)]
-        asyncio.run(_concurrent([f"{_url(server, file)}/frames/{n}{path}" for n in range(1, len(frames) + 1)],
+        asyncio.run(concurrent_gets([f"{_url(server, file)}/frames/{n}{path}" for n in range(1, len(frames) + 1)],
                                 headers))  # warm: the frames are read from Blob once
-        served = asyncio.run(_concurrent([f"{_url(server, file)}/frames/{n}{path}" for n in numbers], headers))
+        served = asyncio.run(concurrent_gets([f"{_url(server, file)}/frames/{n}{path}" for n in numbers], headers))
         reference = _reference([frames[n - 1] for n in numbers], job)
         out[name] = (served, reference)
     return out
@@ -138,8 +138,8 @@ def revalidation(server: Server, directory: Path, requests: int) -> tuple[Result
     _stow(server, [file])
     url = f"{_url(server, file)}/frames/1"
     tag = httpx.get(url, headers={"accept": "image/jpeg"}).headers["etag"]
-    full = asyncio.run(_concurrent([url] * requests, {"accept": "image/jpeg"}, clients=1))
-    unchanged = asyncio.run(_concurrent([url] * requests, {"accept": "image/jpeg", "if-none-match": tag}, clients=1))
+    full = asyncio.run(concurrent_gets([url] * requests, {"accept": "image/jpeg"}, clients=1))
+    unchanged = asyncio.run(concurrent_gets([url] * requests, {"accept": "image/jpeg", "if-none-match": tag}, clients=1))
     return unchanged, full
 
 
@@ -159,7 +159,7 @@ def big_series(server: Server, directory: Path, base_gb: float) -> tuple[SlideFi
     started = time.perf_counter()
     httpx.get(url, timeout=120).raise_for_status()
     cold = time.perf_counter() - started
-    warm = asyncio.run(_concurrent([url] * 200, {"accept": "image/jpeg"}, clients=1))
+    warm = asyncio.run(concurrent_gets([url] * 200, {"accept": "image/jpeg"}, clients=1))
     return base, upload_s, {"cold_ms": cold * 1000, "warm_p50_ms": warm.p50_ms}
 
 
@@ -208,7 +208,7 @@ def sparse_metadata(server: Server, directory: Path, requests: int) -> dict[str,
         first.raise_for_status()
         out[f"{name}_cold_ms"] = (time.perf_counter() - started) * 1000
         out[f"{name}_mb"] = len(first.content) / MB
-        out[f"{name}_warm_p50_ms"] = asyncio.run(_concurrent([url] * requests, headers, clients=1)).p50_ms
+        out[f"{name}_warm_p50_ms"] = asyncio.run(concurrent_gets([url] * requests, headers, clients=1)).p50_ms
     return out
 
 

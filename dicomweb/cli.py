@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -14,6 +15,13 @@ from dicomweb.config import Settings
 
 #: A reindex whose jobs nobody takes for this long says so (the service is not running).
 NO_WORKER_SECONDS = 30
+#: The Flex Consumption scale settings the Bicep deploys (its per-instance HTTP concurrency among them).
+SCALE_JSON = Path(__file__).resolve().parents[1] / "infra" / "scale.json"
+
+
+def deployed_concurrency() -> int:
+    """The per-instance HTTP concurrency Azure runs the app with, so that ``serve`` admits as many requests."""
+    return int(json.loads(SCALE_JSON.read_text())["httpPerInstanceConcurrency"])
 
 
 async def _reindex_if_empty(settings: Settings) -> None:
@@ -72,8 +80,9 @@ def _local_defaults() -> None:
     service_log.propagate = False
 
 
-def serve(host: str, port: int, data_dir: Path) -> None:
-    """Serve the registered functions; start Azurite and the Cosmos server when no storage is configured.
+def serve(host: str, port: int, data_dir: Path, concurrency: int) -> None:
+    """Serve the registered functions, ``concurrency`` requests at a time; start Azurite and the Cosmos server
+    when no storage is configured.
 
     Only one ``serve`` may use a data folder (:mod:`dicomweb.local.datadir`).
     """
@@ -104,7 +113,7 @@ def serve(host: str, port: int, data_dir: Path) -> None:
         import function_app
 
         print(f"DICOMweb base URL: {base}", flush=True)
-        uvicorn.run(build_app(function_app.app), host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.run(build_app(function_app.app, concurrency), host=host, port=port, log_level="warning", access_log=False)
     finally:
         if emulators is not None:
             emulators.stop()
@@ -120,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--port", type=int, default=8080)
     serve_cmd.add_argument("--data", type=Path, default=Path(".local"), help="emulator data folder")
+    serve_cmd.add_argument("--concurrency", type=int, help="HTTP requests in flight at once, the rest waiting "
+                           "(default: the per-instance concurrency the Bicep gives each Azure instance)")
     reindex_cmd = commands.add_parser("reindex", help="rebuild the Cosmos index from Blob")
     reindex_cmd.add_argument("--here", action="store_true",
                              help="rebuild in this process instead of one queue job per study (no worker needed)")
@@ -146,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         from dicomweb.local.datadir import DataDirInUse
 
         try:
-            serve(args.host, args.port, args.data)
+            concurrency = deployed_concurrency() if args.concurrency is None else args.concurrency
+            serve(args.host, args.port, args.data, concurrency)
         except DataDirInUse as exc:
             print(f"dicomweb serve: {exc}", file=sys.stderr)
             return 1
@@ -202,6 +214,9 @@ async def _reindex(here: bool) -> int:
     print(f"indexed {report.indexed} instances, rebuilt {report.rebuilt} sidecars, "
           f"finished {report.deleted} interrupted deletions, removed {report.removed_generations} older "
           f"generations and {report.removed_sidecars} orphan sidecars")
+    if report.unindexable:
+        print(f"{report.unindexable} files cannot be indexed (the service log names them and why)", file=sys.stderr)
+        return 1
     return 0
 
 

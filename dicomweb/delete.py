@@ -82,7 +82,7 @@ async def _finish_job(service: Service, delivery: jobs.Delivery) -> None:
 
 
 async def finish_deletion(service: Service, location: Location, mark: str) -> None:
-    """Finish the deletion of a file marked (with ``mark``, the value of its DELETING metadata) as being deleted."""
+    """Finish the deletion of a file marked (with ``mark``, the value of its DELETING tag) as being deleted."""
     await delete_instance(service, location, marked=int(mark) if mark.isdigit() else None)
 
 

@@ -89,6 +89,18 @@ class NotAcceptable(DicomWebError):
     status = 406
 
 
+class UndecodableFrame(DicomWebError):
+    """A stored frame is not decoded: its codestream header is malformed or declares another image than the
+    instance's Image Pixel attributes (say 30000×30000 pixels in a 256×256 instance).
+
+    Not 406: no other representation the client could ask for avoids it (only the stored bytes, served as
+    they are). The stored data contradict themselves, a conflict with the resource's state that storing a
+    corrected instance resolves (409).
+    """
+
+    status = 409
+
+
 class UnsupportedMediaType(DicomWebError):
     """The request body has a media type the resource does not take."""
 

@@ -22,8 +22,8 @@ import hashlib
 import logging
 from typing import Any
 
-from dicomweb import audit, changefeed, records
-from dicomweb.errors import Duplicate, StoredElsewhere
+from dicomweb import audit, changefeed, jobs, records
+from dicomweb.errors import DicomWebError, Duplicate, StoredElsewhere
 from dicomweb.service import Service
 from dicomweb.storage.blobs import Location
 from dicomweb.storage.index import NO_MATCH_FIELDS, Conflict, Document, claim_partition, document_id, patch_path
@@ -31,6 +31,9 @@ from dicomweb.storage.index import NO_MATCH_FIELDS, Conflict, Document, claim_pa
 log = logging.getLogger(__name__)
 
 CREATE, UPDATE, DELETE = "create", "update", "delete"
+#: The job that removes a generation a failed store wrote, when the stores could not be reached to do it at once.
+ABANDON = "abandon-generation"
+ABANDON_DELAY_SECONDS = 5
 
 
 def _claim(location: Location, sequence: int, action: str) -> Document:
@@ -159,6 +162,37 @@ async def remove_generation(service: Service, location: Location) -> None:
     await service.blobs.sidecars.delete(location.sidecars)
     await service.blobs.instances.delete(location)
     service.forget(location)
+
+
+async def abandon(service: Service, location: Location) -> None:
+    """Remove the generation a failed store wrote, unless the index names it (its publication got through
+    after all); never anything stored before it.
+
+    The failure that ends a store is often the stores being unreachable, and then so is this cleanup: a
+    job does it once they are back (with the queue's retries), so no orphan file is left behind.
+    """
+    try:
+        await _abandon(service, location)
+    except DicomWebError:
+        log.warning("cleanup after a failed store failed; a job will retry it")
+        try:
+            await jobs.enqueue(service, ABANDON, ABANDON_DELAY_SECONDS, study=location.study,
+                               series=location.series, sop=location.sop, generation=location.generation)
+        except DicomWebError:
+            log.exception("cleanup after a failed store could not be queued either; reindex will reconcile")
+
+
+async def _abandon(service: Service, location: Location) -> None:
+    claim = await service.index.claim(location.sop)
+    if claim is None or claim["generation"] != location.generation:
+        await remove_generation(service, location)
+
+
+@jobs.handler(ABANDON)
+async def _abandon_job(service: Service, delivery: jobs.Delivery) -> None:
+    """The cleanup :func:`abandon` could not do at once (raises to be delivered again)."""
+    fields = delivery.fields
+    await _abandon(service, Location(fields["study"], fields["series"], fields["sop"], fields["generation"]))
 
 
 def _attribute_ops(doc: Document) -> list[dict[str, Any]]:

@@ -14,11 +14,17 @@ from dicomweb.dicom.attributes import level_attributes, match_fields
 from dicomweb.dicom.dicomjson import BULKDATA, PIXEL_DATA_KEY, JsonDict, dataset_to_json
 from dicomweb.dicom.frames import FrameIndex
 from dicomweb.dicom.part10 import Header, Part10Parser
+from dicomweb.errors import InvalidDataset
 from dicomweb.storage.blobs import Location
 from dicomweb.storage.index import Document, document_id
 
 SIDECAR_VERSION = 1
 AVAILABLE_TRANSFER_SYNTAX = "00083002"
+#: The most one level's attributes may take in the index, as JSON (returned, matched and name words): Cosmos DB
+#: refuses an item above 2 MB, and a study or series summary also holds its members. A value may be far longer
+#: than its VR allows (an implicit-VR file gives each element a 32-bit length): 1.5 MB in StudyDescription
+#: made documents Cosmos refused after the file was stored.
+MAX_INDEX_BYTES = 512 * 1024
 
 
 def _value(dataset: JsonDict, key: str) -> Any:
@@ -36,14 +42,21 @@ def describe(header: Header, inline_bytes: int = 0) -> JsonDict:
     """What the header says, as the sidecar holds it: DICOM JSON without bulk values, and their byte ranges.
 
     Binary values up to ``inline_bytes`` are included inline (DICOMWEB_MAX_INLINE_BINARY_KB).
-    Made as soon as the header has arrived, so that a value pydicom cannot convert is an
-    invalid dataset (43264) before any byte is stored. CPU-heavy for large headers: run it
-    with :func:`dicomweb.cpu.run`.
+    Made as soon as the header has arrived, so that a value pydicom cannot convert, or
+    attributes too large for the index (:data:`MAX_INDEX_BYTES`), are an invalid dataset
+    (43264) before any byte is stored. CPU-heavy for large headers: run it with
+    :func:`dicomweb.cpu.run`.
     """
     dataset, bulk = dataset_to_json(header.dataset, header.dataset_base, inline_bytes)
     if header.pixel_vr is not None:
         dataset[PIXEL_DATA_KEY] = {"vr": header.pixel_vr, "BulkDataURI": BULKDATA + PIXEL_DATA_KEY}
     dataset[AVAILABLE_TRANSFER_SYNTAX] = {"vr": "UI", "Value": [header.transfer_syntax]}
+    for level in ("study", "series", "instance"):
+        values, words = match_fields(dataset, level)
+        size = len(json.dumps([level_attributes(dataset, level), values, words]))
+        if size > MAX_INDEX_BYTES:
+            raise InvalidDataset(f"the {level}-level attributes take {size} bytes in the index, more than "
+                                 f"{MAX_INDEX_BYTES}")
     return {
         "transferSyntaxUID": header.transfer_syntax,
         "bulk": {path: list(span) for path, span in bulk.items()},

@@ -22,16 +22,19 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from dicomweb import cpu, jobs, records
 from dicomweb.delete import finish_deletion
 from dicomweb.dicom.part10 import Part10Parser
-from dicomweb.errors import NotFound
+from dicomweb.errors import InvalidDataset, NotFound
 from dicomweb.indexing import publish, recount, remove_generation
 from dicomweb.service import Service
 from dicomweb.storage.blobs import DELETING, Location, new_generation
+
+log = logging.getLogger(__name__)
 
 #: Where runs keep their record (``<run>.json``) and their partitions' reports (``<run>/<hash>.json``).
 RUNS = "operations/reindex/"
@@ -50,6 +53,8 @@ class ReindexReport:
     removed_sidecars: int = 0
     deleted: int = 0
     removed_generations: int = 0
+    #: Files the index cannot take (stored before a limit they break, e.g. attributes beyond the 2 MB item).
+    unindexable: int = 0
 
     def add(self, other: "ReindexReport") -> None:
         for name, value in dataclasses.asdict(other).items():
@@ -139,7 +144,13 @@ async def reindex_study(service: Service, prefix: str) -> ReindexReport:
         for old in live[:-1]:
             await remove_generation(service, old)
             report.removed_generations += 1
-        sidecar = await _sidecar(service, keep, present.get(keep, set()), report)
+        try:
+            sidecar = await _sidecar(service, keep, present.get(keep, set()), report)
+        except InvalidDataset as exc:
+            log.error("reindex: %s/%s/%s (generation %s) cannot be indexed, left as it is: %s", keep.study,
+                      keep.series, keep.sop, keep.generation, exc.message)
+            report.unindexable += 1
+            continue
         if await _indexed(service, keep) or await publish(service, sidecar, replace=True, newest_wins=True):
             report.indexed += 1
         else:

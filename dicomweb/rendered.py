@@ -19,9 +19,9 @@ import numpy as np
 
 from dicomweb import cpu, retrieve
 from dicomweb.dicom import codecs, render
-from dicomweb.dicom.codecs import CodecError, PixelFormat
+from dicomweb.dicom.codecs import CodecError, FrameRefused, PixelFormat
 from dicomweb.dicom.render import Geometry, Plan, RenderParams
-from dicomweb.errors import NotAcceptable
+from dicomweb.errors import NotAcceptable, UndecodableFrame
 from dicomweb.service import CachedIndex, Service
 from dicomweb.storage.index import Document
 
@@ -92,6 +92,8 @@ async def _profile(service: Service, cached: CachedIndex, src: Source, params: R
 def _shown(data: bytes, syntax: str, src: Source, window: render.Window | None) -> np.ndarray:
     try:
         image = codecs.decode(data, syntax, src.fmt)
+    except FrameRefused as exc:
+        raise UndecodableFrame(f"a frame is not rendered: {exc}") from None
     except CodecError as exc:
         raise NotAcceptable(f"a frame cannot be rendered: {exc}") from None
     return render.display(image, src.fmt, src.display, window)
@@ -186,6 +188,7 @@ async def prepare(service: Service, doc: Document, params: RenderParams) -> Prep
     profile = await _profile(service, cached, src, params)
     level, level_src, plan = await _level(service, doc, cached, src, full)
     render.check_budget(len(plan.tiles), settings.max_rendered_frames)
+    _check_frame_size(level_src, settings.max_rendered_pixels)
     return Prepared(level, level_src, plan, profile)
 
 
@@ -199,6 +202,14 @@ async def instance(service: Service, doc: Document, params: RenderParams) -> byt
     return await draw(service, await prepare(service, doc, params), params)
 
 
+def _check_frame_size(src: Source, max_pixels: int) -> None:
+    """A frame is decoded whole whatever the viewport: one larger than the largest rendering is not decoded
+    (Rows × Columns are the client's to declare; their codestream is checked against them at decode)."""
+    if src.fmt.rows * src.fmt.columns > max_pixels:
+        raise NotAcceptable(f"frames of {src.fmt.columns}×{src.fmt.rows} pixels are larger than the service decodes "
+                         f"({max_pixels} pixels, DICOMWEB_MAX_RENDERED_PIXELS): retrieve them as stored")
+
+
 def _canvas(src: Source, plan: Plan) -> np.ndarray:
     """The output image before any tile: white for colour (the glass of a slide), black for monochrome."""
     if src.fmt.samples == 3:
@@ -209,6 +220,7 @@ def _canvas(src: Source, plan: Plan) -> np.ndarray:
 async def frames(service: Service, cached: CachedIndex, numbers: list[int], params: RenderParams) -> list[bytes]:
     """Each requested frame rendered on its own (the viewport applies to the frame), in order."""
     src = await source(service, cached)
+    _check_frame_size(src, service.settings.max_rendered_pixels)
     one = Geometry.single(src.fmt.columns, src.fmt.rows)
     frame_src = Source(src.fmt, one, src.display, src.icc)
     plan = render.plan(one, params.viewport, service.settings.max_rendered_pixels, 1)

@@ -92,12 +92,13 @@ class Service:
 
     @classmethod
     async def create(cls, settings: Settings) -> "Service":
-        """Connect to Blob, Queue and Cosmos and make sure containers and queues exist."""
-        service = cls(settings, blob_store(settings), index_store(settings), job_queue(settings))
-        await service.blobs.ensure_containers()
-        await service.jobs.ensure()
-        await service.index.ensure()
-        return service
+        """Clients of Blob, Queue and Cosmos; no call yet.
+
+        The containers, queues and database are not created here: that is control-plane work,
+        which Cosmos DB rate-limits and the Bicep owns (``infra/``); the local stack provisions
+        its emulators itself (:mod:`dicomweb.local.provision`). A missing one answers 503 naming it.
+        """
+        return cls(settings, blob_store(settings), index_store(settings), job_queue(settings))
 
     def forget(self, location: Location) -> None:
         """Drop what this process cached of one generation (it was replaced or deleted here)."""

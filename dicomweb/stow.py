@@ -5,28 +5,34 @@ Per instance, in this order, so that a failure at any step leaves nothing behind
    already stored (POST) early;
 2. stage the bytes as blocks (bounded parallelism) while walking the fragments;
 3. commit the block list as a new generation (a blob name never used before);
-4. write the generation's metadata and frame-offset sidecars;
-5. make the generation current (:func:`dicomweb.indexing.publish`): the claim is the
+4. check the first and the last frame's codestream header against the Image Pixel attributes
+   (from the bytes the walk kept; a ranged read when the header lies beyond them);
+5. write the generation's metadata and frame-offset sidecars;
+6. make the generation current (:func:`dicomweb.indexing.publish`): the claim is the
    atomic store-wide uniqueness check, then the index and the change feed follow.
 Any failure deletes the generation this request wrote; until step 3 the uncommitted
-blocks never become a blob. Nothing stored before is touched until step 5 displaces it.
+blocks never become a blob. Nothing stored before is touched until step 6 displaces it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
-from typing import AsyncIterable
+from typing import AsyncIterable, Awaitable, Callable, Mapping
 
 from pydicom.dataset import Dataset
 
 from dicomweb import audit, cpu, records
+from dicomweb.dicom import codestream
+from dicomweb.dicom.codecs import CodecError, PixelFormat
 from dicomweb.dicom.dicomjson import JsonDict
+from dicomweb.dicom.frames import FrameIndex, payload_head
 from dicomweb.dicom.part10 import Part10Parser
 from dicomweb.dicom.syntax import is_valid_uid
 from dicomweb.errors import DicomWebError, InvalidDataset, PayloadTooLarge, StorageFailure, StudyMismatch
-from dicomweb.indexing import publish, refusal, remove_generation
+from dicomweb.indexing import abandon, publish, refusal
 from dicomweb.service import Service
 from dicomweb.storage.blobs import AUTO, HOT, TIER_TAG, BlockUpload, Location, new_generation
 
@@ -122,11 +128,14 @@ async def _store(service: Service, chunks: AsyncIterable[bytes], expected_study:
             location, upload, description = await _begin(service, parser, expected_study, replace, generation)
         await upload.write(out)
         assert location is not None
-        made = await cpu.run(records.make_sidecars, parser, description, generation)
+        record = await cpu.run(parser.frame_index, generation)
+        made = await cpu.run(records.make_sidecars, parser, description, generation, record)
         header = parser.header
         assert header is not None
         await upload.commit({}, {TIER_TAG: tier(header.dataset, parser.stored_size, settings.hot_pin_bytes)})
         committed = True
+        await check_codestreams(record, description, parser.frame_heads,
+                                functools.partial(service.blobs.instances.read_range, location))
         writes = [service.blobs.sidecars.put(location.sidecar("json"), made.metadata)]
         if made.frames is not None:
             writes.append(service.blobs.sidecars.put(location.sidecar("frames"), made.frames))
@@ -148,6 +157,48 @@ async def _store(service: Service, chunks: AsyncIterable[bytes], expected_study:
             _text(dataset, "SOPClassUID"), _text(dataset, "SOPInstanceUID"),
             _text(dataset, "StudyInstanceUID"), _text(dataset, "SeriesInstanceUID"), error,
         )
+
+
+def pixel_format(description: records.JsonDict) -> PixelFormat | None:
+    """The Image Pixel attributes of a described instance; None when it has none to decode its frames with."""
+    try:
+        return PixelFormat.from_json(description["dataset"])
+    except CodecError:
+        return None
+
+
+def check_frame(head: bytes, number: int, record: FrameIndex, fmt: PixelFormat) -> bool:
+    """43264 unless frame ``number``'s codestream header, in ``head`` (the frame or its first bytes), declares
+    the image ``fmt`` describes; False when ``head`` ends before the header does."""
+    try:
+        codestream.check(head, record.transfer_syntax, fmt, record.payload_length(number))
+    except codestream.Truncated:
+        return False
+    except codestream.HeaderError as exc:
+        raise InvalidDataset(f"frame {number} is not the image the instance describes: {exc}") from None
+    return True
+
+
+async def check_codestreams(record: FrameIndex | None, description: records.JsonDict, heads: Mapping[int, bytes],
+                            read: Callable[[int, int], Awaitable[bytes]]) -> None:
+    """43264 unless the first and the last frame's codestream header (JPEG SOF, JPEG 2000 SIZ, JPEG-LS SOF55, RLE
+    header) declares the image the Image Pixel attributes describe: decoders allocate what the header says, so a
+    frame claiming 30000×30000 pixels is refused before it is ever decoded.
+
+    Each header comes from ``heads`` (what the parser kept of the fragments it walked), else from ``read``
+    (offset, length) of at most :data:`~dicomweb.dicom.codestream.MAX_HEADER` bytes of the stored frame.
+    """
+    if record is None or record.transfer_syntax not in codestream.HEADERS or (fmt := pixel_format(description)) is None:
+        return
+    for number in sorted({1, len(record)}):
+        head = heads.get(record.item_start(number))
+        if head is not None and check_frame(head, number, record, fmt):
+            continue
+        offset, length = record.read_span(number)
+        data = await read(offset, min(length, codestream.MAX_HEADER))
+        if not check_frame(payload_head(data, record.fragments[number - 1]), number, record, fmt):
+            raise InvalidDataset(f"frame {number}'s codestream header does not end within its first "
+                                 f"{codestream.MAX_HEADER} bytes")
 
 
 def response(outcomes: list[Outcome], base: str) -> tuple[int, JsonDict, str | None]:
@@ -212,12 +263,11 @@ async def _begin(
 
 async def _undo(service: Service, upload: BlockUpload | None, location: Location | None, committed: bool) -> None:
     """Remove the generation this request wrote; never anything stored before it."""
+    if committed and location is not None:
+        await abandon(service, location)
+        return
     try:
-        if upload is not None and not committed:
+        if upload is not None:
             await upload.abort()
-        if committed and location is not None:
-            claim = await service.index.claim(location.sop)
-            if claim is None or claim["generation"] != location.generation:
-                await remove_generation(service, location)
     except DicomWebError:
-        log.exception("cleanup after a failed STOW failed; reindex will reconcile")
+        log.warning("could not drop the uncommitted blocks of a failed STOW; Blob discards them within 7 days")

@@ -16,10 +16,10 @@ from typing import AsyncIterator
 
 from dicomweb import cpu, retrieve
 from dicomweb.dicom import codecs, media
-from dicomweb.dicom.codecs import CodecError, PixelFormat
+from dicomweb.dicom.codecs import CodecError, FrameRefused, PixelFormat
 from dicomweb.dicom.part10 import UNDEFINED, Header, Part10Parser
 from dicomweb.dicom.syntax import NATIVE_SYNTAXES, is_encapsulated
-from dicomweb.errors import NotAcceptable
+from dicomweb.errors import NotAcceptable, UndecodableFrame
 from dicomweb.service import CachedIndex, Service
 from dicomweb.storage.index import Document
 
@@ -49,16 +49,26 @@ async def choose(service: Service, cached: CachedIndex, accept: str | None, sing
     for choice in choices:
         if choice.transfer_syntax == label:
             return choice
-        if stored in codecs.DECODABLE and codecs.encodable(choice.transfer_syntax, await pixel_format(service, cached)):
+        if stored in codecs.DECODABLE and _decodable(service, fmt := await pixel_format(service, cached)) \
+                and codecs.encodable(choice.transfer_syntax, fmt):
             return choice
     asked = ", ".join(f"{c.media_type} ({c.transfer_syntax})" for c in choices) or "nothing this resource serves"
     raise NotAcceptable(f"frames are stored as {media.frame_media_type(stored)} ({stored}); the request accepts "
-                        f"{asked}, which cannot be produced from them")
+                        f"{asked}, which cannot be produced from them (frames are decoded up to "
+                        f"{service.settings.max_rendered_pixels} pixels)")
+
+
+def _decodable(service: Service, fmt: PixelFormat) -> bool:
+    """Whether frames of ``fmt`` are small enough to decode: Rows × Columns are the client's to declare, and a
+    decoder allocates them whole (the codestream is checked against them at decode)."""
+    return fmt.rows * fmt.columns <= service.settings.max_rendered_pixels
 
 
 def _transcode(data: bytes, source: str, target: str, fmt: PixelFormat, number: int) -> bytes:
     try:
         return codecs.transcode(data, source, target, fmt)
+    except FrameRefused as exc:
+        raise UndecodableFrame(f"frame {number} is not decoded: {exc}") from None
     except CodecError as exc:
         raise NotAcceptable(f"frame {number} cannot be transcoded to {target}: {exc}") from None
 
@@ -142,7 +152,7 @@ async def _producible(service: Service, doc: Document, target: str) -> bool:
     fmt = await pixel_format(service, cached)
     if not is_encapsulated(target) and not native_fits(len(cached.frames), fmt):
         return False
-    return stored in codecs.DECODABLE and codecs.encodable(target, fmt)
+    return stored in codecs.DECODABLE and _decodable(service, fmt) and codecs.encodable(target, fmt)
 
 
 async def choose_instances(service: Service, docs: list[Document], accept: str | None,
@@ -201,10 +211,13 @@ async def instance(service: Service, doc: Document, target: str) -> tuple[str, i
     else:
         body = frames(stored, numbers, source, target, fmt)
     element, pad = _pixel_element(target, fmt, count)
+    pixels = _items(body) if is_encapsulated(target) else body
+    # The first frame is re-encoded before the answer starts: one that is not decoded is a status, not a cut body.
+    first = await anext(pixels, b"")
     if is_encapsulated(target):
-        return target, None, _chain(head + element, _items(body))
+        return target, None, _chain(head + element + first, pixels)
     size = len(head) + len(element) + count * fmt.decoded().native_length + pad
-    return target, size, _chain(head + element, body, b"\0" * pad)
+    return target, size, _chain(head + element + first, pixels, b"\0" * pad)
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

@@ -15,12 +15,13 @@ carries (100 MB and 230 s by default). The protocol:
    the committed version of the blob, validates it as STOW-RS does, and takes a frame
    offset record: the client's, once checked against the header; a native one from the
    header alone; or, for a blob committed without one, a scan of the blob with large
-   parallel ranged reads. It zeroes the preamble by re-writing only the first block (the
-   other committed blocks are committed again as they are), makes the generation a
+   parallel ranged reads, after which the first and the last frame's codestream header is
+   checked as STOW-RS checks it. It zeroes the preamble by re-writing only the first block
+   (the other committed blocks are committed again as they are), makes the generation a
    server-side copy of the staged blob in the instance container, checks a sample of the
-   copy's frames against a client's record, writes the sidecars and publishes the
-   generation, then deletes the staged blob. No byte of the instance passes through a
-   function, so the commit costs the same for 400 MB and for 40 GB.
+   copy's frames (their items and codestream headers) against a client's record, writes
+   the sidecars and publishes the generation, then deletes the staged blob. No byte of the
+   instance passes through a function, so the commit costs the same for 400 MB and for 40 GB.
 
 Every read and write of the staged blob is conditioned on the etag of the version that
 was parsed, and the stored file is a copy in another container: whatever the client
@@ -44,8 +45,10 @@ from datetime import datetime, timedelta, timezone
 
 from dicomweb import audit, cpu, jobs, records
 from dicomweb.config import MIB
+from dicomweb.dicom import codestream
+from dicomweb.dicom.codecs import PixelFormat
 from dicomweb.dicom.dicomjson import JsonDict
-from dicomweb.dicom.frames import SAMPLE_TAIL, FrameIndex, check_record, check_sampled, sample
+from dicomweb.dicom.frames import SAMPLE_TAIL, FrameIndex, check_record, check_sampled, frame_payload, sample
 from dicomweb.dicom.part10 import Part10Parser
 from dicomweb.dicom.syntax import is_valid_uid
 from dicomweb.errors import (
@@ -57,10 +60,10 @@ from dicomweb.errors import (
     StateConflict,
     StorageFailure,
 )
-from dicomweb.indexing import publish, refusal, remove_generation
+from dicomweb.indexing import abandon, publish, refusal
 from dicomweb.service import Service
 from dicomweb.storage.blobs import TIER_TAG, Location, StaleBlob, new_generation
-from dicomweb.stow import Outcome, response, tier, validate
+from dicomweb.stow import Outcome, check_codestreams, check_frame, pixel_format, response, tier, validate
 
 log = logging.getLogger(__name__)
 
@@ -438,13 +441,16 @@ async def _store(service: Service, session: Session, parser: Part10Parser) -> Lo
         await _save(service, session)
     location = Location(study, series, sop, session.generation)
     frames = await _frame_record(service, session, parser, etag, size)
+    if not session.record:
+        await check_codestreams(frames, description, parser.frame_heads,
+                                lambda offset, length: staging.read_range(session.data, offset, length, etag))
     if preamble.strip(b"\x00"):
         etag = await staging.restage_head(session.data, etag, size, bytes(PREAMBLE_BYTES), MAX_HEAD_BLOCK)
     source = await staging.copy_source(session.data, datetime.now(timezone.utc) + timedelta(hours=1))
     tags = {TIER_TAG: tier(header.dataset, size, service.settings.hot_pin_bytes)}
     await service.blobs.instances.copy_from(location, source, etag, tags)
     if session.record and frames is not None:
-        await _check_sample(service, location, frames)
+        await _check_sample(service, location, frames, pixel_format(description))
     made = await cpu.run(records.make_sidecars, parser, description, session.generation, frames, size)
     writes = [service.blobs.sidecars.put(location.sidecar("json"), made.metadata)]
     if made.frames is not None:
@@ -515,14 +521,17 @@ async def _scan(service: Service, session: Session, parser: Part10Parser, etag: 
     return await cpu.run(parser.frame_index, session.generation)
 
 
-async def _check_sample(service: Service, location: Location, frames: FrameIndex) -> None:
-    """Read a sample of the stored copy's frames where the client's record puts them; 43264 unless they fit."""
+async def _check_sample(service: Service, location: Location, frames: FrameIndex, fmt: PixelFormat | None) -> None:
+    """Read a sample of the stored copy's frames where the client's record puts them; 43264 unless they fit,
+    and their codestream headers declare the image ``fmt`` describes."""
     numbers = sample(frames, SAMPLED_FRAMES)
 
     async def one(number: int) -> None:
         offset, length = frames.read_span(number)
         data = await service.blobs.instances.read_range(location, offset, length + SAMPLE_TAIL)
         check_sampled(data, frames, number)
+        if fmt is not None and frames.transfer_syntax in codestream.HEADERS:
+            check_frame(frame_payload(data[:length], frames.fragments[number - 1]), number, frames, fmt)
 
     for start in range(0, len(numbers), 16):
         await asyncio.gather(*(one(n) for n in numbers[start : start + 16]))
@@ -545,13 +554,7 @@ async def _undo(service: Service, session: Session, location: Location | None) -
     uids = session.instance
     if uids is None:
         return
-    target = location or Location(uids["study"], uids["series"], uids["sop"], session.generation)
-    try:
-        claim = await service.index.claim(target.sop)
-        if claim is None or claim["generation"] != target.generation:
-            await remove_generation(service, target)
-    except DicomWebError:
-        log.exception("upload %s: cleanup after a failed ingest failed; reindex will reconcile", session.id)
+    await abandon(service, location or Location(uids["study"], uids["series"], uids["sop"], session.generation))
 
 
 async def abort(service: Service, session_id: str, owner: str) -> None:

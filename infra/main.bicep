@@ -28,7 +28,7 @@ param principalType string = 'User'
 @description('Origins allowed to call the API from a browser (comma-separated), e.g. the Slim site; empty: none.')
 param corsOrigins string = ''
 
-@description('Public DICOMweb base URL when a proxy or custom domain fronts the app; empty: taken from each request.')
+@description('Public DICOMweb base URL (RetrieveURL, BulkDataURI) when a proxy or custom domain fronts the app; empty: https://<the app\'s default host name>/v1.')
 param publicBaseUrl string = ''
 
 @description('Proxies (IP addresses or CIDR ranges, comma-separated; * for any) whose Forwarded / X-Forwarded-* headers name the public origin when publicBaseUrl is empty; empty: none.')
@@ -68,38 +68,45 @@ param instanceMemoryMB int = 2048
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
+@description('HTTP requests one instance serves at once (default: infra/scale.json, which dicomweb serve applies too).')
+@minValue(1)
+@maxValue(1000)
+param httpPerInstanceConcurrency int = loadJsonContent('scale.json').httpPerInstanceConcurrency
+
+@description('Instances kept running for the HTTP functions (always ready, billed while idle); 0: none, every instance starts on demand.')
+@minValue(0)
+param alwaysReady int = 0
+
 @description('Cosmos DB serverless (pay per request); false: provisioned autoscale throughput.')
 param cosmosServerless bool = true
 
-@description('Replication of the DICOM storage account.')
+@description('Replication of the DICOM storage account. Zone-redundant SKUs (ZRS, GZRS, RA-GZRS) have no Archive tier: deploy them with archiveUnreadInstances=false.')
 @allowed([
   'Standard_LRS'
   'Standard_ZRS'
   'Standard_GRS'
   'Standard_RAGRS'
+  'Standard_GZRS'
+  'Standard_RAGZRS'
 ])
 param storageSku string = 'Standard_LRS'
 
-@description('Days without a read before an instance blob moves to Cool.')
-param coolAfterDays int = 30
-
-@description('Days without a read before an instance blob moves to Cold.')
-param coldAfterDays int = 90
-
-@description('Days without a read before an instance blob moves to Archive.')
-param archiveAfterDays int = 365
+@description('Move instance blobs unread for a year to the Archive tier (the lifecycle rules of dicomweb/storage/lifecycle-policy.json, where the day counts are).')
+param archiveUnreadInstances bool = true
 
 @description('Instances at most this size in MB (and every label, overview and thumbnail) stay in the hot tier.')
 param hotPinMB int = 256
 
-// Fail closed: the deployment stops unless authentication is configured or explicitly waived.
-var authDisabled = empty(authIssuer)
-  ? (allowAnonymousAccessToPatientData
-      ? true
-      : fail('Set authIssuer and authAudience (Entra ID), or allowAnonymousAccessToPatientData=true to deploy without authentication.'))
-  : (allowAnonymousAccessToPatientData
-      ? fail('authIssuer and allowAnonymousAccessToPatientData=true contradict each other: choose one.')
-      : (empty(authAudience) ? fail('authAudience must name the accepted token audiences when authIssuer is set.') : false))
+// Fail closed: the deployment stops unless authentication is configured or explicitly waived. (Each
+// expression of this file stays on one line: checkov's Bicep parser reads no line that starts with ?.)
+var noAuthentication = 'Set authIssuer and authAudience (Entra ID), or allowAnonymousAccessToPatientData=true to deploy without authentication.'
+var contradictoryAuthentication = 'authIssuer and allowAnonymousAccessToPatientData=true contradict each other: choose one.'
+var noAudience = 'authAudience must name the accepted token audiences when authIssuer is set.'
+var authDisabled = empty(authIssuer) ? (allowAnonymousAccessToPatientData ? true : fail(noAuthentication)) : (allowAnonymousAccessToPatientData ? fail(contradictoryAuthentication) : (empty(authAudience) ? fail(noAudience) : false))
+// The Archive tier exists on LRS, GRS and RA-GRS accounts only: on a zone-redundant one the archive rule
+// would be accepted and never run, so the deployment stops instead.
+var noArchiveTier = '${storageSku} has no Archive tier: deploy it with archiveUnreadInstances=false, or choose Standard_LRS, Standard_GRS or Standard_RAGRS.'
+var archive = archiveUnreadInstances && contains(storageSku, 'ZRS') ? fail(noArchiveTier) : archiveUnreadInstances
 var tags = {
   'azd-env-name': environmentName
 }
@@ -152,9 +159,7 @@ module storage 'modules/storage.bicep' = {
     stagingContainer: stagingContainer
     deploymentContainer: 'app-package'
     jobsQueue: jobsQueue
-    coolAfterDays: coolAfterDays
-    coldAfterDays: coldAfterDays
-    archiveAfterDays: archiveAfterDays
+    archive: archive
     identityPrincipalId: identity.outputs.principalId
     principalId: principalId
     principalType: principalType
@@ -210,6 +215,8 @@ module app 'modules/functionapp.bicep' = {
     hotPinMB: hotPinMB
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
+    httpPerInstanceConcurrency: httpPerInstanceConcurrency
+    alwaysReady: alwaysReady
   }
 }
 

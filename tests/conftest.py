@@ -27,6 +27,7 @@ from azure.storage.blob import BlobServiceClient
 from pydicom.encaps import generate_frames
 
 from dicomweb.local.emulators import Emulators, free_port
+from dicomweb.local.provision import provision
 
 if TYPE_CHECKING:
     from tests.oidc import Provider
@@ -54,8 +55,12 @@ class Server:
                 self.process.kill()
 
 
-def start_server(settings: dict[str, str], data_dir: Path, **extra: str) -> Server:
-    """Start ``python -m dicomweb serve`` with ``settings`` (plus ``extra``) and wait until it answers."""
+def start_server(settings: dict[str, str], data_dir: Path, *, python: str = sys.executable, app_root: Path = ROOT,
+                 concurrency: int | None = None, **extra: str) -> Server:
+    """Start ``python -m dicomweb serve`` with ``settings`` (plus ``extra``) and wait until it answers.
+
+    ``python`` and ``app_root`` name another environment and copy of the app (the deployment-parity test).
+    """
     port = free_port()
     env = {**os.environ, **settings, **extra}
     env.pop("DICOMWEB_PUBLIC_BASE_URL", None)
@@ -63,8 +68,9 @@ def start_server(settings: dict[str, str], data_dir: Path, **extra: str) -> Serv
     SERVE_LOGS.append(log_path)
     log = open(log_path, "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "dicomweb", "serve", "--port", str(port), "--data", str(data_dir)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [python, "-m", "dicomweb", "serve", "--port", str(port), "--data", str(data_dir),
+         *(["--concurrency", str(concurrency)] if concurrency else [])],
+        cwd=app_root, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 60
@@ -198,11 +204,14 @@ def server(emulators: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
 
 
 def fresh_settings(emulators: dict[str, str]) -> dict[str, str]:
-    """The emulators' settings with containers and a database of their own."""
+    """The emulators' settings with containers, queues and a database of their own, provisioned (the service
+    creates none of them, as in Azure)."""
     suffix = uuid.uuid4().hex[:8]
-    return {**emulators, "DICOMWEB_INSTANCE_CONTAINER": f"inst-{suffix}",
-            "DICOMWEB_SIDECAR_CONTAINER": f"side-{suffix}", "DICOMWEB_STAGING_CONTAINER": f"stage-{suffix}",
-            "DICOMWEB_COSMOS_DATABASE": f"db-{suffix}", "DICOMWEB_JOBS_QUEUE": f"jobs-{suffix}"}
+    settings = {**emulators, "DICOMWEB_INSTANCE_CONTAINER": f"inst-{suffix}",
+                "DICOMWEB_SIDECAR_CONTAINER": f"side-{suffix}", "DICOMWEB_STAGING_CONTAINER": f"stage-{suffix}",
+                "DICOMWEB_COSMOS_DATABASE": f"db-{suffix}", "DICOMWEB_JOBS_QUEUE": f"jobs-{suffix}"}
+    provision(settings)
+    return settings
 
 
 @pytest.fixture

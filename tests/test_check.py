@@ -64,7 +64,7 @@ def _scenario(server: Server, tmp_path: Path) -> None:
     sidecars.delete_blob(Location.parse(names[lost_sidecar.sop_uid]).sidecar("frames"))  # type: ignore[union-attr]
     instances.delete_blob(names[vanished.sop_uid])
     client = instances.get_blob_client(names[half_deleted.sop_uid])
-    client.set_blob_metadata({**client.get_blob_properties().metadata, DELETING: "1"})
+    client.set_blob_tags({**client.get_blob_tags(), DELETING: "1"})
     older = Location(lost_sidecar.study_uid, lost_sidecar.series_uid, lost_sidecar.sop_uid, "00000000000001" + "a" * 12)
     instances.upload_blob(older.instance, lost_sidecar.path.read_bytes())
     _break_a_summary(env, lost_sidecar.study_uid)

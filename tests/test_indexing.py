@@ -7,6 +7,7 @@ counts, frames, blobs, and the change feed.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +19,12 @@ import pytest
 from dicomweb import records
 from dicomweb.config import Settings
 from dicomweb.dicom.part10 import Part10Parser
-from dicomweb.indexing import member_key, publish
+from dicomweb.errors import StorageFailure
+from dicomweb.indexing import ABANDON, abandon, member_key, publish
+from dicomweb.jobs import run
 from dicomweb.service import Service
-from dicomweb.storage.blobs import new_generation
+from dicomweb.storage.blobs import Location, new_generation
+from dicomweb.storage.clients import queue_consumer
 from tests.conftest import ROOT, Server, blob_names, fresh_settings, instance_blob, source_frames, start_server
 from tests.wsi_factory import SlideFile, copy_instance, make_slide
 
@@ -193,7 +197,6 @@ def test_a_resumed_publish_counts_what_the_first_attempt_did_not(emulators: dict
             parser.close()
             assert parser.header is not None
             sidecar = records.make_sidecars(parser, records.describe(parser.header), new_generation()).sidecar
-            await service.index.ensure()
             assert await publish(service, sidecar, replace=False)
             study = file.study_uid
             key = member_key(file.sop_uid)
@@ -209,6 +212,58 @@ def test_a_resumed_publish_counts_what_the_first_attempt_did_not(emulators: dict
             assert (series_doc["numberOfInstances"], list(series_doc["members"])) == (1, [key])
             assert (study_doc["numberOfInstances"], study_doc["numberOfSeries"], list(study_doc["members"])) == (
                 1, 1, [key])
+        finally:
+            await service.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_store_whose_cleanup_cannot_reach_the_index_leaves_it_to_a_job(emulators: dict[str, str],
+                                                                                 tmp_path: Path) -> None:
+    """A store that failed while the index was away cannot tell at once whether its generation is named: a
+    job removes the orphan once the index answers again, and never a generation the index names."""
+    (file,) = make_slide(tmp_path, levels=1, base_size=(256, 256), associated=False)
+    settings = Settings.from_env(fresh_settings(emulators))
+
+    async def scenario() -> None:
+        service = await Service.create(settings)
+        try:
+            orphan, named = (Location(file.study_uid, file.series_uid, file.sop_uid, new_generation())
+                             for _ in range(2))
+            for location in (orphan, named):
+                upload = service.blobs.instances.upload(location, 1 << 20, 1)
+                await upload.write(file.path.read_bytes())
+                await upload.commit({})
+            parser = Part10Parser(settings.limits)
+            parser.feed(file.path.read_bytes())
+            parser.close()
+            assert parser.header is not None
+            sidecar = records.make_sidecars(parser, records.describe(parser.header), named.generation).sidecar
+            assert await publish(service, sidecar, replace=False)
+            reachable = service.index.claim
+
+            async def away(sop: str) -> None:
+                raise StorageFailure("the index is paused")
+
+            service.index.claim = away  # type: ignore[method-assign]
+            for location in (orphan, named):
+                await abandon(service, location)
+            service.index.claim = reachable  # type: ignore[method-assign]
+            assert await service.blobs.instances.exists(orphan), "nothing could be decided while the index was away"
+            consumer = queue_consumer(settings, settings.jobs_queue)
+            deliveries = []
+            for _ in range(40):
+                deliveries += await consumer.receive(32, 30)
+                if len(deliveries) == 2:
+                    break
+                await asyncio.sleep(0.25)
+            assert [jobs_.get("kind") for jobs_ in (json.loads(d.content) for d in deliveries)] == [ABANDON] * 2
+            for delivery in deliveries:
+                await run(service, json.loads(delivery.content), 1)
+                await consumer.complete(delivery)
+            await consumer.close()
+            assert not await service.blobs.instances.exists(orphan)
+            assert await service.blobs.instances.exists(named)
         finally:
             await service.close()
 

@@ -3,23 +3,32 @@
 Nothing can be deployed from here, so the templates are checked by construction: they
 parse with tree-sitter-bicep without error nodes, modules get exactly the parameters they
 declare, and the resources carry the properties the code relies on (Flex Consumption with
-Python and HTTP streams, managed identity everywhere and no secret, the lifecycle policy
-filtering on the tag the code writes, the Cosmos partition key and indexing policy the
-QIDO code uses), with app settings and outputs named as ``dicomweb/config.py`` reads them.
+Python and HTTP streams, managed identity everywhere and no secret, the Cosmos partition key
+and indexing policy the QIDO code uses), with app settings and outputs named as
+``dicomweb/config.py`` reads them. The lifecycle policy is checked rule by rule against the
+management-policy API's documented constraints, and checkov's Bicep checks must all pass or
+be suppressed with a reason.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dicomweb import jobs
 from dicomweb.config import SETTING_NAMES, Settings
-from dicomweb.storage.blobs import AUTO, TIER_TAG
+from dicomweb.reindex import RUNS
+from dicomweb.storage.blobs import AUTO, HOT, TIER_TAG
 from dicomweb.storage.index import INDEXING_POLICY, PARTITION_KEY
+from dicomweb.storage.queues import POISON_SUFFIX
+from dicomweb.uploads import STUCK_SECONDS, Session
 from tests.bicep import BicepFile, Declaration, Expr, parse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +42,202 @@ HOST_CONNECTION = {"DICOMWEB_QUEUES__credential", "DICOMWEB_QUEUES__clientId"}
 #: Settings for local use only: connection strings the deployment has no place for (the identity is used).
 LOCAL_ONLY = {"DICOMWEB_QUEUES"}
 COSMOS_DATA_CONTRIBUTOR = "00000000-0000-0000-0000-000000000002"
+LIFECYCLE_JSON = ROOT / "dicomweb" / "storage" / "lifecycle-policy.json"
+SCALE_JSON = INFRA / "scale.json"
+#: The tag value rehydration gives an instance blob before it leaves the Archive tier, so that the archive
+#: rule (which matches ``auto`` only) leaves it alone: rehydrating updates neither its last-access nor its
+#: last-modified time, so an ``auto`` blob would be archived again at the next daily run.
+REHYDRATED = "rehydrated"
+CHECKOV = ROOT / ".venv" / "checkov" / "bin" / "checkov"
+
+
+# --- The management-policy API's rules, as documented ---------------------------------------------------------------
+
+#: Age conditions of an action on the current version: an action takes exactly one of them.
+AGES = ("daysAfterModificationGreaterThan", "daysAfterCreationGreaterThan", "daysAfterLastAccessTimeGreaterThan")
+LAST_ACCESS = "daysAfterLastAccessTimeGreaterThan"
+TIER_CHANGE = "daysAfterLastTierChangeGreaterThan"
+#: Per target: the actions it takes, the age conditions an action takes exactly one of, and the one age
+#: condition that ``daysAfterLastTierChangeGreaterThan`` may join (on ``tierToArchive`` only).
+TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
+    "baseBlob": (("tierToCool", "tierToCold", "tierToArchive", "delete"), AGES, "daysAfterModificationGreaterThan"),
+    "snapshot": (("tierToCool", "tierToCold", "tierToArchive", "delete"), ("daysAfterCreationGreaterThan",),
+                 "daysAfterCreationGreaterThan"),
+    "version": (("tierToCool", "tierToCold", "tierToArchive", "delete"), ("daysAfterCreationGreaterThan",),
+                "daysAfterCreationGreaterThan"),
+}
+AUTO_TIER = "enableAutoTierToHotFromCool"
+BLOB_TYPES = {"blockBlob", "appendBlob"}
+RULE_NAME = re.compile(r"[A-Za-z0-9]{1,256}")
+#: Characters of blob index tag names and values.
+TAG_TEXT = re.compile(r"[A-Za-z0-9 +\-./:=_]*")
+MAX_RULES, MAX_PREFIXES, MAX_TAG_FILTERS = 100, 10, 10
+
+
+def _condition_errors(target: str, action: str, condition: Any, last_access_tracking: bool) -> list[str]:
+    actions, ages, tier_change_partner = TARGETS[target]
+    where = f"{target}.{action}"
+    if action not in actions:
+        return [f"{where}: {target} takes no action {action!r} (only {', '.join(actions)})"]
+    if not isinstance(condition, dict):
+        return [f"{where}: an object of run conditions"]
+    errors = []
+    given = [name for name in condition if name in ages]
+    if len(given) != 1:
+        errors.append(f"{where}: exactly one of {', '.join(ages)}, not {given or 'none'}")
+    for name in set(condition) - set(ages) - {TIER_CHANGE}:
+        errors.append(f"{where}: {target} takes no condition {name!r}")
+    if TIER_CHANGE in condition and action != "tierToArchive":
+        errors.append(f"{where}: {TIER_CHANGE} is accepted on tierToArchive only")
+    elif TIER_CHANGE in condition and given != [tier_change_partner]:
+        errors.append(f"{where}: {TIER_CHANGE} only together with {tier_change_partner}, not {given}")
+    for name, days in condition.items():
+        if isinstance(days, bool) or not isinstance(days, int) or days < 0:
+            errors.append(f"{where}.{name}: a whole number of days, not {days!r}")
+    if LAST_ACCESS in condition and not last_access_tracking:
+        errors.append(f"{where}: {LAST_ACCESS} needs the blob service's lastAccessTimeTrackingPolicy enabled")
+    return errors
+
+
+def _filter_errors(filters: Any, containers: set[str], delete_only: bool) -> list[str]:
+    if not isinstance(filters, dict):
+        return ["filters: an object with blobTypes"]
+    errors = [f"filters: no filter {name!r}" for name in set(filters) - {"blobTypes", "prefixMatch", "blobIndexMatch"}]
+    types = filters.get("blobTypes")
+    if not isinstance(types, list) or not types or not set(types) <= BLOB_TYPES:
+        errors.append(f"filters.blobTypes: required, some of {sorted(BLOB_TYPES)}, not {types!r}")
+    elif "appendBlob" in types and not delete_only:
+        errors.append("filters.blobTypes: appendBlob takes the delete action only")
+    prefixes = filters.get("prefixMatch", [])
+    if not isinstance(prefixes, list) or len(prefixes) > MAX_PREFIXES:
+        errors.append(f"filters.prefixMatch: at most {MAX_PREFIXES} prefixes")
+    else:
+        errors += [f"filters.prefixMatch: {prefix!r} does not start with a container name ({sorted(containers)})"
+                   for prefix in prefixes if not isinstance(prefix, str) or prefix.split("/")[0] not in containers]
+    tags = filters.get("blobIndexMatch", [])
+    if not isinstance(tags, list) or len(tags) > MAX_TAG_FILTERS:
+        return errors + [f"filters.blobIndexMatch: at most {MAX_TAG_FILTERS} tag conditions"]
+    for tag in tags:
+        if not isinstance(tag, dict) or set(tag) != {"name", "op", "value"}:
+            errors.append(f"filters.blobIndexMatch: {tag!r} is not {{name, op, value}}")
+            continue
+        name, value = tag["name"], tag["value"]
+        if tag["op"] != "==":
+            errors.append(f"filters.blobIndexMatch: op {tag['op']!r}: only == is supported")
+        if not isinstance(name, str) or not 1 <= len(name) <= 128 or not TAG_TEXT.fullmatch(name):
+            errors.append(f"filters.blobIndexMatch: tag name {name!r}: 1 to 128 of letters, digits, space, +-./:=_")
+        if not isinstance(value, str) or len(value) > 256 or not TAG_TEXT.fullmatch(value):
+            errors.append(f"filters.blobIndexMatch: tag value {value!r}: 0 to 256 of letters, digits, space, +-./:=_")
+    return errors
+
+
+def _rule_errors(rule: Any, containers: set[str], last_access_tracking: bool) -> list[str]:
+    if not isinstance(rule, dict):
+        return ["a rule is an object"]
+    errors = [f"no rule property {name!r}" for name in set(rule) - {"name", "enabled", "type", "definition"}]
+    if not isinstance(rule.get("name"), str) or not RULE_NAME.fullmatch(rule["name"]):
+        errors.append(f"name {rule.get('name')!r}: 1 to 256 letters and digits")
+    if rule.get("type") != "Lifecycle":
+        errors.append(f"type {rule.get('type')!r}: the only type is Lifecycle")
+    if not isinstance(rule.get("enabled", True), bool):
+        errors.append("enabled: true or false")
+    definition = rule.get("definition")
+    if not isinstance(definition, dict) or not isinstance(definition.get("actions"), dict):
+        return errors + ["definition: filters and actions"]
+    actions = definition["actions"]
+    errors += [f"actions: no target {target!r}" for target in set(actions) - set(TARGETS)]
+    delete_only = True
+    found = 0
+    for target, group in actions.items():
+        if target not in TARGETS or not isinstance(group, dict):
+            continue
+        for action, condition in group.items():
+            if action == AUTO_TIER:
+                cool = group.get("tierToCool")
+                if target != "baseBlob" or not isinstance(condition, bool):
+                    errors.append(f"{target}.{AUTO_TIER}: a boolean, on baseBlob only")
+                elif not isinstance(cool, dict) or LAST_ACCESS not in cool:
+                    errors.append(f"{target}.{AUTO_TIER}: only with tierToCool.{LAST_ACCESS}")
+                continue
+            found += 1
+            delete_only = delete_only and action == "delete"
+            errors += _condition_errors(target, action, condition, last_access_tracking)
+    if not found:
+        errors.append("actions: at least one action")
+    return errors + _filter_errors(definition.get("filters"), containers, delete_only)
+
+
+def policy_errors(policy: Any, containers: set[str], last_access_tracking: bool) -> list[str]:
+    """What the management-policy API would refuse in ``policy`` (empty: nothing).
+
+    A table-driven reading of the documented constraints: Azure Blob Storage lifecycle management policy
+    structure (learn.microsoft.com/azure/storage/blobs/lifecycle-management-policy-structure: up to 100 rules;
+    names of up to 256 alphanumeric characters, unique; blobTypes required; up to 10 prefixes, each starting
+    with a container name; up to 10 blob index tag conditions; enableAutoTierToHotFromCool only with
+    daysAfterLastAccessTimeGreaterThan; daysAfterLastTierChangeGreaterThan on tierToArchive only) and the
+    ARM reference of Microsoft.Storage/storageAccounts/managementPolicies (ManagementPolicyBaseBlob:
+    enableAutoTierToHotFromCool "requires tierToCool.daysAfterLastAccessTimeGreaterThan";
+    DateAfterModification.daysAfterLastTierChangeGreaterThan "only applicable for tierToArchive actions and
+    requires daysAfterModificationGreaterThan"; snapshot and version actions age by
+    daysAfterCreationGreaterThan; TagFilter: name of 1 to 128 characters, value of 0 to 256, op "==" only;
+    daysAfterLastAccessTimeGreaterThan "can only be used in conjunction with last access time tracking
+    policy"). Each action takes exactly one of its age conditions (the API refuses several, and an action
+    without one has nothing to run on). ``containers`` are the account's containers.
+    """
+    if not isinstance(policy, dict) or not isinstance(policy.get("rules"), list):
+        return ["a policy is an object with rules"]
+    rules = policy["rules"]
+    errors = [f"no policy property {name!r}" for name in set(policy) - {"rules"}]
+    if not 1 <= len(rules) <= MAX_RULES:
+        errors.append(f"1 to {MAX_RULES} rules, not {len(rules)}")
+    names = [rule.get("name") for rule in rules if isinstance(rule, dict)]
+    errors += [f"rule name {name!r} is not unique" for name in sorted({n for n in names if names.count(n) > 1})]
+    for rule in rules:
+        name = rule.get("name") if isinstance(rule, dict) else None
+        errors += [f"{name}: {error}" for error in _rule_errors(rule, containers, last_access_tracking)]
+    return errors
+
+
+def rules_for(policy: dict[str, Any], blob: str, tags: dict[str, str]) -> list[str]:
+    """Names of the enabled rules whose filters match block blob ``blob`` ("container/name") with index ``tags``
+    (a rule's filters AND together; its prefixes and its tag conditions each OR, AND)."""
+    found = []
+    for rule in policy["rules"]:
+        filters = rule["definition"]["filters"]
+        if not rule.get("enabled", True) or "blockBlob" not in filters["blobTypes"]:
+            continue
+        prefixes = filters.get("prefixMatch", [])
+        if prefixes and not any(blob.startswith(prefix) for prefix in prefixes):
+            continue
+        if all(tags.get(tag["name"]) == tag["value"] for tag in filters.get("blobIndexMatch", [])):
+            found.append(rule["name"])
+    return found
+
+
+def without_archive(policy: dict[str, Any]) -> dict[str, Any]:
+    """``policy`` as storage.bicep deploys it with archive=false: without the rules that tier to Archive."""
+    return {"rules": [rule for rule in policy["rules"] if "tierToArchive" not in rule["definition"]["actions"]
+                      .get("baseBlob", {})]}
+
+
+#: The rule the Bicep deployed before: refused, as daysAfterLastTierChangeGreaterThan goes with
+#: daysAfterModificationGreaterThan only (and a rule name has no hyphen).
+OLD_TIERING_RULE = {
+    "name": "tier-unread-instances",
+    "enabled": True,
+    "type": "Lifecycle",
+    "definition": {
+        "filters": {"blobTypes": ["blockBlob"], "prefixMatch": ["dicom-instances/"],
+                    "blobIndexMatch": [{"name": TIER_TAG, "op": "==", "value": AUTO}]},
+        "actions": {"baseBlob": {
+            "enableAutoTierToHotFromCool": True,
+            "tierToCool": {"daysAfterLastAccessTimeGreaterThan": 30},
+            "tierToCold": {"daysAfterLastAccessTimeGreaterThan": 90},
+            "tierToArchive": {"daysAfterLastAccessTimeGreaterThan": 365, "daysAfterLastTierChangeGreaterThan": 30},
+        }},
+    },
+}
+CONTAINERS = {"dicom-instances", "dicom-sidecars", "dicom-staging", "app-package"}
 
 
 def _file(name: str) -> BicepFile:
@@ -45,8 +250,10 @@ def _one(file: BicepFile, resource_type: str) -> Declaration:
 
 
 def _app_settings() -> dict[str, object]:
-    app = _one(_file("modules/functionapp.bicep"), "Microsoft.Web/sites")
-    return {entry["name"]: entry["value"] for entry in app.value["properties"]["siteConfig"]["appSettings"]}
+    (settings,) = [c for c in _file("modules/functionapp.bicep").resources("Microsoft.Web/sites/config")
+                   if c.value["name"] == "appsettings"]
+    assert settings.value["parent"] == Expr("app")
+    return settings.value["properties"]
 
 
 @pytest.mark.parametrize("path", BICEP_FILES, ids=lambda p: str(p.relative_to(INFRA)))
@@ -100,18 +307,61 @@ def test_the_function_app_is_python_on_flex_consumption_with_http_streams() -> N
     assert app.value["identity"]["type"] == "UserAssigned"
     config = app.value["properties"]["functionAppConfig"]
     assert config["runtime"] == {"name": "python", "version": "3.11"}
-    assert config["scaleAndConcurrency"] == {"instanceMemoryMB": Expr("instanceMemoryMB"),
-                                             "maximumInstanceCount": Expr("maximumInstanceCount")}
     storage = config["deployment"]["storage"]
     assert storage["type"] == "blobContainer" and storage["authentication"]["type"] == "UserAssignedIdentity"
     params = template.all("param")
     assert "@allowed([\n  512\n  2048\n  4096\n])" in params["instanceMemoryMB"].decorators
+    assert "siteConfig" in app.value["properties"] and "appSettings" not in app.value["properties"]["siteConfig"]
     settings = _app_settings()
     assert settings["PYTHON_ENABLE_INIT_INDEXING"] == "1"
     assert settings["FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"] == Expr("string((maxRequestMB + 1) * 1048576)")
     assert settings["DICOMWEB_MAX_REQUEST_MB"] == Expr("string(maxRequestMB)")
     assert "FUNCTIONS_WORKER_RUNTIME" not in settings, "Flex Consumption sets the runtime in functionAppConfig"
     assert app.value["properties"]["siteConfig"]["http20Enabled"] is True, "browsers fetch tiles over HTTP/2"
+
+
+def test_http_concurrency_comes_from_the_scale_file_and_always_ready_instances_are_optional() -> None:
+    """One number for Azure and ``dicomweb serve``: the Bicep's default per-instance concurrency is infra/scale.json's
+    (shapes as in Azure-Samples/azure-functions-flex-consumption-samples and the Flex Consumption docs)."""
+    scale = json.loads(SCALE_JSON.read_text())
+    assert isinstance(scale["httpPerInstanceConcurrency"], int) and 1 <= scale["httpPerInstanceConcurrency"] <= 1000
+    main = _file("main.bicep")
+    declared = main.all("param")
+    assert declared["httpPerInstanceConcurrency"].value == Expr(
+        "loadJsonContent('scale.json').httpPerInstanceConcurrency")
+    assert {"@minValue(1)", "@maxValue(1000)"} <= set(declared["httpPerInstanceConcurrency"].decorators)
+    assert declared["alwaysReady"].value == 0 and "@minValue(0)" in declared["alwaysReady"].decorators
+    given = main.all("module")["app"].value["params"]
+    assert given["httpPerInstanceConcurrency"] == Expr("httpPerInstanceConcurrency")
+    assert given["alwaysReady"] == Expr("alwaysReady")
+    app = _one(_file("modules/functionapp.bicep"), "Microsoft.Web/sites")
+    assert app.value["properties"]["functionAppConfig"]["scaleAndConcurrency"] == {
+        "alwaysReady": Expr("alwaysReady == 0 ? [] : [\n          {\n            name: 'http'\n"
+                            "            instanceCount: alwaysReady\n          }\n        ]"),
+        "instanceMemoryMB": Expr("instanceMemoryMB"),
+        "maximumInstanceCount": Expr("maximumInstanceCount"),
+        "triggers": {"http": {"perInstanceConcurrency": Expr("httpPerInstanceConcurrency")}},
+    }
+
+
+def test_ftp_and_basic_auth_publishing_are_off() -> None:
+    template = _file("modules/functionapp.bicep")
+    app = _one(template, "Microsoft.Web/sites")
+    assert app.value["properties"]["siteConfig"]["ftpsState"] == "Disabled"
+    assert app.value["properties"]["httpsOnly"] is True
+    (policies,) = template.resources("Microsoft.Web/sites/basicPublishingCredentialsPolicies")
+    assert policies.loop is not None and "['ftp', 'scm']" in policies.loop
+    assert policies.value == {"parent": Expr("app"), "name": Expr("protocol"), "properties": {"allow": False}}
+
+
+def test_the_public_base_url_defaults_to_the_app_host_name_under_the_route_prefix() -> None:
+    """RetrieveURL and BulkDataURI must not depend on the Host and scheme the worker sees behind the platform's
+    proxy. The site's default host name is assigned by the platform (regional names carry a hash), so the
+    settings are a resource of their own, written once the site exists."""
+    prefix = json.loads((ROOT / "host.json").read_text())["extensions"]["http"]["routePrefix"]
+    assert _app_settings()["DICOMWEB_PUBLIC_BASE_URL"] == Expr(
+        f"empty(publicBaseUrl) ? 'https://${{app.properties.defaultHostName}}/{prefix}' : publicBaseUrl")
+    assert _file("main.bicep").all("param")["publicBaseUrl"].value == ""
 
 
 def test_app_settings_name_every_setting_the_code_reads_and_nothing_stale() -> None:
@@ -158,37 +408,215 @@ def test_storage_is_private_keyless_and_recoverable() -> None:
     account = _one(template, "Microsoft.Storage/storageAccounts").value["properties"]
     assert account["allowSharedKeyAccess"] is False and account["allowBlobPublicAccess"] is False
     assert account["minimumTlsVersion"] == "TLS1_2" and account["supportsHttpsTrafficOnly"] is True
+    assert account["publicNetworkAccess"] == "Enabled" and account["networkAcls"]["defaultAction"] == "Allow", \
+        "upload clients write through a SAS and the app has no virtual network: the network posture is explicit"
     service = _one(template, "Microsoft.Storage/storageAccounts/blobServices").value["properties"]
     assert service["deleteRetentionPolicy"]["enabled"] is True
     assert service["lastAccessTimeTrackingPolicy"]["enable"] is True
     containers = _one(template, "Microsoft.Storage/storageAccounts/blobServices/containers")
     assert containers.loop is not None and "stagingContainer" in containers.loop
     assert containers.value["properties"] == {"publicAccess": "None"}
-    main = _file("main.bicep")
-    names = {name: d.value for name, d in main.all("var").items()}
-    assert {names["instanceContainer"], names["sidecarContainer"], names["stagingContainer"]} == {
-        "dicom-instances", "dicom-sidecars", "dicom-staging"}
 
 
-def test_lifecycle_tiers_unread_instances_and_never_pinned_ones() -> None:
+def test_the_bicep_creates_every_container_queue_and_cosmos_container_the_code_uses() -> None:
+    """In Azure the service creates nothing at start (control-plane calls are rate-limited): the Bicep owns it all."""
+    defaults = Settings()
+    names = {name: d.value for name, d in _file("main.bicep").all("var").items()}
+    assert (names["instanceContainer"], names["sidecarContainer"], names["stagingContainer"]) == (
+        defaults.instance_container, defaults.sidecar_container, defaults.staging_container)
+    assert (names["cosmosDatabase"], names["cosmosContainer"]) == (defaults.cosmos_database, defaults.cosmos_container)
+    assert names["jobsQueue"] == defaults.jobs_queue
+    storage = _file("modules/storage.bicep")
+    containers = _one(storage, "Microsoft.Storage/storageAccounts/blobServices/containers")
+    assert "for container in [instanceContainer, sidecarContainer, stagingContainer, deploymentContainer]:" \
+        in (containers.loop or "")
+    queues = _one(storage, "Microsoft.Storage/storageAccounts/queueServices/queues")
+    assert queues.loop is not None and f"[jobsQueue, '${{jobsQueue}}{POISON_SUFFIX}']" in queues.loop
+    given = _file("main.bicep").all("module")["storage"].value["params"]
+    assert (given["instanceContainer"], given["sidecarContainer"], given["stagingContainer"], given["jobsQueue"]) == (
+        Expr("instanceContainer"), Expr("sidecarContainer"), Expr("stagingContainer"), Expr("jobsQueue"))
+    cosmos = _file("modules/cosmos.bicep")
+    assert _one(cosmos, "Microsoft.DocumentDB/databaseAccounts/sqlDatabases").value["name"] == Expr("databaseName")
+    index = _one(cosmos, "Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers")
+    assert index.value["name"] == Expr("containerName")
+
+
+def test_the_bicep_deploys_the_lifecycle_policy_file() -> None:
+    """One policy: the JSON file the local tools read is what the Bicep deploys, less the archive rules when
+    archiving is off."""
     template = _file("modules/storage.bicep")
     policy = _one(template, "Microsoft.Storage/storageAccounts/managementPolicies")
     assert policy.value["name"] == "default"
-    rules = {rule["name"]: rule["definition"] for rule in policy.value["properties"]["policy"]["rules"]}
-    tiering = rules["tier-unread-instances"]
-    assert tiering["filters"]["prefixMatch"] == [Expr("'${instanceContainer}/'")]
-    assert tiering["filters"]["blobIndexMatch"] == [{"name": Expr("tierTag"), "op": "==", "value": AUTO}]
-    assert template.all("param")["tierTag"].value == TIER_TAG
-    actions = tiering["actions"]["baseBlob"]
-    assert actions["tierToCool"] == {"daysAfterLastAccessTimeGreaterThan": Expr("coolAfterDays")}
-    assert actions["tierToCold"] == {"daysAfterLastAccessTimeGreaterThan": Expr("coldAfterDays")}
-    assert actions["tierToArchive"] == {"daysAfterLastAccessTimeGreaterThan": Expr("archiveAfterDays"),
-                                        "daysAfterLastTierChangeGreaterThan": Expr("rehydratedStayDays")}
-    staging = rules["expire-staged-uploads"]
-    assert staging["filters"]["prefixMatch"] == [Expr("'${stagingContainer}/'")]
-    assert staging["actions"]["baseBlob"] == {"delete": {"daysAfterModificationGreaterThan": Expr("stagingExpiryDays")}}
-    days = {name: template.all("param")[name].value for name in ("coolAfterDays", "coldAfterDays", "archiveAfterDays")}
-    assert days["coolAfterDays"] < days["coldAfterDays"] < days["archiveAfterDays"]
+    assert policy.value["properties"] == {"policy": {"rules": Expr("lifecycleRules")}}
+    variables = template.all("var")
+    assert variables["lifecyclePolicy"].value == Expr(
+        "loadJsonContent('../../dicomweb/storage/lifecycle-policy.json', '$.policy')")
+    assert (INFRA / "modules" / "../../dicomweb/storage/lifecycle-policy.json").resolve() == LIFECYCLE_JSON
+    assert variables["lifecycleRules"].value == Expr(
+        "filter(lifecyclePolicy.rules, rule => archive || !contains(rule.definition.actions.baseBlob, 'tierToArchive'))")
+    assert _file("main.bicep").all("module")["storage"].value["params"]["archive"] == Expr("archive")
+
+
+def test_every_lifecycle_rule_is_one_the_api_accepts() -> None:
+    policy = json.loads(LIFECYCLE_JSON.read_text())["policy"]
+    service = _one(_file("modules/storage.bicep"), "Microsoft.Storage/storageAccounts/blobServices").value
+    tracking = service["properties"]["lastAccessTimeTrackingPolicy"]["enable"] is True
+    names = {name: d.value for name, d in _file("main.bicep").all("var").items()}
+    containers = {names["instanceContainer"], names["sidecarContainer"], names["stagingContainer"], "app-package"}
+    assert _file("main.bicep").all("module")["storage"].value["params"]["deploymentContainer"] == "app-package"
+    assert policy_errors(policy, containers, tracking) == []
+    assert policy_errors(without_archive(policy), containers, tracking) == []
+    assert "archiveUnreadInstances" not in {rule["name"] for rule in without_archive(policy)["rules"]}
+
+
+def test_the_policy_the_bicep_deployed_before_is_refused() -> None:
+    """``azd up`` failed on this rule: the validator says why."""
+    errors = policy_errors({"rules": [OLD_TIERING_RULE]}, CONTAINERS, last_access_tracking=True)
+    assert errors == [
+        "tier-unread-instances: name 'tier-unread-instances': 1 to 256 letters and digits",
+        ("tier-unread-instances: baseBlob.tierToArchive: daysAfterLastTierChangeGreaterThan only together with "
+         "daysAfterModificationGreaterThan, not ['daysAfterLastAccessTimeGreaterThan']"),
+    ]
+
+
+def _valid_rule() -> dict[str, Any]:
+    return {"name": "rule1", "enabled": True, "type": "Lifecycle", "definition": {
+        "filters": {"blobTypes": ["blockBlob"], "prefixMatch": ["dicom-instances/"],
+                    "blobIndexMatch": [{"name": TIER_TAG, "op": "==", "value": AUTO}]},
+        "actions": {"baseBlob": {"enableAutoTierToHotFromCool": True,
+                                 "tierToCool": {"daysAfterLastAccessTimeGreaterThan": 30},
+                                 "tierToArchive": {"daysAfterModificationGreaterThan": 90,
+                                                   "daysAfterLastTierChangeGreaterThan": 7}},
+                    "snapshot": {"delete": {"daysAfterCreationGreaterThan": 30}}}}}
+
+
+def _set(path: str, value: Any) -> Any:
+    def mutate(rule: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node = rule
+        for key in parents:
+            node = node[key]
+        if value is KeyError:
+            del node[last]
+        else:
+            node[last] = value
+    return mutate
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [
+    (_set("name", "rule-1"), "1 to 256 letters and digits"),
+    (_set("name", "r" * 257), "1 to 256 letters and digits"),
+    (_set("type", "Delete"), "the only type is Lifecycle"),
+    (_set("definition.filters.blobTypes", KeyError), "filters.blobTypes: required"),
+    (_set("definition.filters.blobTypes", ["pageBlob"]), "filters.blobTypes: required"),
+    (_set("definition.filters.blobTypes", ["appendBlob"]), "appendBlob takes the delete action only"),
+    (_set("definition.filters.prefixMatch", [f"dicom-instances/{i}" for i in range(11)]), "at most 10 prefixes"),
+    (_set("definition.filters.prefixMatch", ["instances/"]), "does not start with a container name"),
+    (_set("definition.filters.blobIndexMatch", [{"name": f"t{i}", "op": "==", "value": "v"} for i in range(11)]),
+     "at most 10 tag conditions"),
+    (_set("definition.filters.blobIndexMatch", [{"name": TIER_TAG, "op": "!=", "value": AUTO}]), "only == is supported"),
+    (_set("definition.filters.blobIndexMatch", [{"name": "", "op": "==", "value": AUTO}]), "tag name ''"),
+    (_set("definition.filters.blobIndexMatch", [{"name": "t" * 129, "op": "==", "value": AUTO}]), "1 to 128"),
+    (_set("definition.filters.blobIndexMatch", [{"name": TIER_TAG, "op": "==", "value": "v" * 257}]), "0 to 256"),
+    (_set("definition.filters.blobIndexMatch", [{"name": "tier?", "op": "==", "value": AUTO}]), "tag name 'tier?'"),
+    (_set("definition.actions.baseBlob.tierToCool", {"daysAfterLastAccessTimeGreaterThan": 30,
+                                                     "daysAfterModificationGreaterThan": 30}), "exactly one of"),
+    (_set("definition.actions.baseBlob.tierToCool", {}), "exactly one of"),
+    (_set("definition.actions.baseBlob.tierToCool", {"daysAfterModificationGreaterThan": 30}),
+     "enableAutoTierToHotFromCool: only with tierToCool.daysAfterLastAccessTimeGreaterThan"),
+    (_set("definition.actions.baseBlob.tierToCool", KeyError), "enableAutoTierToHotFromCool: only with"),
+    (_set("definition.actions.baseBlob.tierToCool", {"daysAfterLastAccessTimeGreaterThan": 30,
+                                                     "daysAfterLastTierChangeGreaterThan": 7}),
+     "daysAfterLastTierChangeGreaterThan is accepted on tierToArchive only"),
+    (_set("definition.actions.baseBlob.tierToArchive", {"daysAfterCreationGreaterThan": 90,
+                                                        "daysAfterLastTierChangeGreaterThan": 7}),
+     "only together with daysAfterModificationGreaterThan"),
+    (_set("definition.actions.baseBlob.tierToArchive", {"daysAfterModificationGreaterThan": -1}), "whole number"),
+    (_set("definition.actions.baseBlob.tierToArchive", {"daysAfterModificationGreaterThan": True}), "whole number"),
+    (_set("definition.actions.baseBlob.tierToHot", {"daysAfterModificationGreaterThan": 1}), "takes no action"),
+    (_set("definition.actions.snapshot.delete", {"daysAfterModificationGreaterThan": 30}),
+     "exactly one of daysAfterCreationGreaterThan"),
+    (_set("definition.actions.snapshot.enableAutoTierToHotFromCool", True), "on baseBlob only"),
+    (_set("definition.actions", {"baseBlob": {}}), "at least one action"),
+    (_set("definition.actions.previous", {}), "no target 'previous'"),
+])
+def test_the_validator_refuses_what_the_api_refuses(mutate: Any, expected: str) -> None:
+    assert policy_errors({"rules": [_valid_rule()]}, CONTAINERS, last_access_tracking=True) == []
+    rule = copy.deepcopy(_valid_rule())
+    mutate(rule)
+    errors = policy_errors({"rules": [rule]}, CONTAINERS, last_access_tracking=True)
+    assert any(expected in error for error in errors), errors
+
+
+def test_the_validator_checks_the_policy_as_a_whole() -> None:
+    one = _valid_rule()
+    assert policy_errors({"rules": []}, CONTAINERS, True) == ["1 to 100 rules, not 0"]
+    many = [dict(copy.deepcopy(one), name=f"rule{i}") for i in range(101)]
+    assert policy_errors({"rules": many}, CONTAINERS, True) == ["1 to 100 rules, not 101"]
+    assert policy_errors({"rules": [one, copy.deepcopy(one)]}, CONTAINERS, True) == [
+        "rule name 'rule1' is not unique"]
+    assert policy_errors({"rules": [one]}, CONTAINERS, last_access_tracking=False) == [
+        ("rule1: baseBlob.tierToCool: daysAfterLastAccessTimeGreaterThan needs the blob service's "
+         "lastAccessTimeTrackingPolicy enabled")]
+
+
+def test_unread_auto_instances_tier_down_and_pinned_ones_never_do() -> None:
+    policy = json.loads(LIFECYCLE_JSON.read_text())["policy"]
+    rules = {rule["name"]: rule["definition"] for rule in policy["rules"]}
+    instance = f"{Settings().instance_container}/1.2/3.4/5.6/0123456789abcdef.dcm"
+    assert rules_for(policy, instance, {TIER_TAG: AUTO}) == ["tierUnreadInstances", "archiveUnreadInstances"]
+    assert rules_for(policy, instance, {TIER_TAG: HOT}) == []
+    assert rules_for(policy, instance, {}) == [], "an untagged blob stays where it is"
+    sidecar = f"{Settings().sidecar_container}/1.2/3.4/5.6/0123456789abcdef.json"
+    assert rules_for(policy, sidecar, {TIER_TAG: AUTO}) == [], "sidecars stay hot, whatever their tag"
+    tiering = rules["tierUnreadInstances"]["actions"]["baseBlob"]
+    archiving = rules["archiveUnreadInstances"]["actions"]["baseBlob"]
+    days = (tiering["tierToCool"][LAST_ACCESS], tiering["tierToCold"][LAST_ACCESS], archiving["tierToArchive"][LAST_ACCESS])
+    assert days == (30, 90, 365)
+    assert tiering["enableAutoTierToHotFromCool"] is True, "a read of a Cool blob brings it back to Hot"
+    assert {tag["name"] for rule in rules.values() for tag in rule["filters"].get("blobIndexMatch", [])} == {TIER_TAG}
+
+
+def test_a_rehydrated_slide_is_never_archived_again_by_the_policy() -> None:
+    """Rehydrating updates neither the last-access nor the last-modified time, so an ``auto`` blob would go back to
+    Archive at the next daily run; re-tagged ``rehydrated`` first, it ages to Cool and Cold only."""
+    policy = json.loads(LIFECYCLE_JSON.read_text())["policy"]
+    instance = f"{Settings().instance_container}/1.2/3.4/5.6/0123456789abcdef.dcm"
+    assert rules_for(policy, instance, {TIER_TAG: REHYDRATED}) == ["tierUnreadRehydrated"]
+    (rule,) = [rule for rule in policy["rules"] if rule["name"] == "tierUnreadRehydrated"]
+    actions = rule["definition"]["actions"]["baseBlob"]
+    assert "tierToArchive" not in actions
+    assert (actions["tierToCool"], actions["tierToCold"]) == ({LAST_ACCESS: 30}, {LAST_ACCESS: 90})
+
+
+def test_staged_uploads_expire_and_reindex_records_stay() -> None:
+    policy = json.loads(LIFECYCLE_JSON.read_text())["policy"]
+    staging = Settings().staging_container
+    session = Session(id="0" * 32, size=1, block_size=1, study=None, created="", expires="", generation="g")
+    for name in (session.data, session.record_name, session.frames_name):
+        assert rules_for(policy, f"{staging}/{name}", {}) == ["expireStagedUploads"], name
+    for name in (f"{RUNS}run1.json", f"{RUNS}run1/1.2.3.json"):
+        assert rules_for(policy, f"{staging}/{name}", {}) == [], f"{name}: a reindex operation record is kept"
+    (expiry,) = [rule["definition"]["actions"]["baseBlob"]["delete"] for rule in policy["rules"]
+                 if rule["name"] == "expireStagedUploads"]
+    longest = Settings().upload_session_seconds + STUCK_SECONDS
+    assert expiry["daysAfterModificationGreaterThan"] * 86400 >= longest, \
+        "nothing is deleted that the service's own cleanup would not have removed"
+
+
+def test_zone_redundant_storage_with_archiving_is_refused_at_deployment() -> None:
+    """Archive does not exist on ZRS, GZRS and RA-GZRS: the rule would be accepted and never run."""
+    main = _file("main.bicep")
+    declared = main.all("param")
+    allowed = re.findall(r"'(Standard_\w+)'", next(d for d in declared["storageSku"].decorators if "allowed" in d))
+    assert {sku for sku in allowed if "ZRS" in sku} == {"Standard_ZRS", "Standard_GZRS", "Standard_RAGZRS"}
+    assert declared["archiveUnreadInstances"].value is True
+    variables = main.all("var")
+    assert variables["archive"].value == Expr(
+        "archiveUnreadInstances && contains(storageSku, 'ZRS') ? fail(noArchiveTier) : archiveUnreadInstances")
+    storage_skus = _file("modules/storage.bicep").all("param")["sku"].decorators
+    assert [d for d in storage_skus if "allowed" in d] == [d for d in declared["storageSku"].decorators
+                                                            if "allowed" in d]
 
 
 def test_cosmos_is_keyless_with_the_partition_key_and_indexing_policy_of_the_code() -> None:
@@ -283,6 +711,34 @@ def test_the_job_queue_and_its_poison_queue_exist_and_the_trigger_reaches_them_w
     host = json.loads((ROOT / "host.json").read_text())["extensions"]["queues"]
     assert host["messageEncoding"] == "none", "the service sends JSON text"
     assert host["maxDequeueCount"] == jobs.MAX_DELIVERIES
+
+
+def test_checkov_finds_no_failed_check_and_every_suppression_has_a_reason(tmp_path: Path) -> None:
+    """``checkov -d infra --framework bicep`` with no failed check; each inline ``checkov:skip`` gives its reason.
+
+    checkov's Bicep parser (pycep) knows Bicep functions by name and ``fail`` is not among them, so on infra/ it
+    reports main.bicep as not parsed; the scan runs on a copy where ``fail(`` reads ``string(`` so that every
+    file is parsed and checked (main.bicep holds the resource group and the module calls).
+    """
+    assert CHECKOV.exists(), f"{CHECKOV} is missing: bash .ci/run installs checkov into its own environment"
+    copied = tmp_path / "infra"
+    shutil.copytree(INFRA, copied)
+    replaced = 0
+    for path in copied.rglob("*.bicep"):
+        text = path.read_text()
+        replaced += text.count("fail(")
+        path.write_text(text.replace("fail(", "string("))
+    assert replaced == 4, "fail() is called only in main.bicep's checks"
+    result = subprocess.run([str(CHECKOV), "-d", str(copied), "--framework", "bicep", "--skip-download",
+                             "--output", "json"], check=False, capture_output=True, text=True, timeout=240)
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    summary = report["summary"]
+    assert summary["parsing_errors"] == 0, report["results"].get("parsing_errors")
+    assert summary["failed"] == 0, [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
+    assert summary["passed"] >= 20
+    skipped = report["results"]["skipped_checks"]
+    assert skipped and all(len(check["check_result"].get("suppress_comment", "").strip()) > 20 for check in skipped)
 
 
 def test_host_json_matches_what_the_code_and_readme_assume() -> None:

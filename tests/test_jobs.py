@@ -83,8 +83,8 @@ def test_nothing_runs_after_an_http_function_answered(emulators: dict[str, str],
         return [name for name in names if name.split(".")[-1] not in HOST_TASKS]
 
     async def scenario() -> None:
-        app = build_app(function_app.app)
-        async with app.router.lifespan_context(app):
+        app = build_app(function_app.app, 16)
+        async with app.app.router.lifespan_context(app.app):
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://local/v1",
                                          timeout=60) as client:
                 stored = await client.post("/studies", content=small.path.read_bytes(),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from dicomweb.local.provision import provision
 from dicomweb.storage.blobs import new_generation
 from tests.conftest import (
     ROOT,
@@ -45,6 +46,7 @@ def test_serve_reindexes_an_empty_index_and_reindex_repairs_sidecars(emulators: 
 
     # A new Cosmos database is an empty index over existing blobs, as after a restart of the local server.
     settings["DICOMWEB_COSMOS_DATABASE"] = f"db-{uuid.uuid4().hex[:8]}"
+    provision(settings, index_only=True)  # as the local stack does after that restart
     second = start_server(settings, tmp_path)
     try:
         log = next(tmp_path.glob(f"serve-{second.base_url.split(':')[2].split('/')[0]}.log")).read_text()
@@ -150,5 +152,39 @@ def test_a_move_that_died_half_way_keeps_the_newer_study_whichever_partition_run
         assert [n for n in container.list_blobs() if n.name.split("/")[2] == first.sop_uid] and \
             not list(container.list_blobs(name_starts_with=first.study_uid))
         assert httpx.get(f"{server.base_url}/operations/reindex/nosuchrun").status_code == 404
+    finally:
+        server.stop()
+
+
+def test_reindex_leaves_a_file_the_index_cannot_take_and_indexes_the_rest(emulators: dict[str, str],
+                                                                          tmp_path: Path) -> None:
+    """A file stored before a limit it breaks (attributes beyond what a Cosmos item holds) stops nothing: the
+    others of its study are indexed, it is named in the log, and the command exits 1."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    from dicomweb import records
+
+    settings = fresh_settings(emulators)
+    files = make_slide(tmp_path / "slide", levels=2, base_size=(512, 512), associated=False,
+                       transfer_syntax=ExplicitVRLittleEndian)
+    ds = pydicom.dcmread(files[1].path)
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian  # each value has a 32-bit length
+    ds.StudyDescription = "x" * records.MAX_INDEX_BYTES
+    big = tmp_path / "big.dcm"
+    ds.save_as(big, implicit_vr=True, little_endian=True)
+    instances = blob_service(settings).get_container_client(settings["DICOMWEB_INSTANCE_CONTAINER"])
+    for file, path in ((files[0], files[0].path), (files[1], big)):
+        instances.upload_blob(f"{file.study_uid}/{file.series_uid}/{file.sop_uid}/{new_generation()}.dcm",
+                              path.read_bytes())
+    server = start_server(settings, tmp_path)
+    try:
+        done = subprocess.run([sys.executable, "-m", "dicomweb", "reindex", "--here"], cwd=ROOT, env=server.env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1 and "1 files cannot be indexed" in done.stderr, done.stdout + done.stderr
+        assert "indexed 1 instances" in done.stdout
+        assert f"{files[1].sop_uid} (generation" in server.log.read_text(), "serve's reindex at start named it"
+        found = httpx.get(f"{server.base_url}/studies/{files[0].study_uid}/instances").json()
+        assert [d["00080018"]["Value"][0] for d in found] == [files[0].sop_uid]
     finally:
         server.stop()

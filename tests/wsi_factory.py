@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -519,3 +520,51 @@ def copy_instance(source: SlideFile, path: Path, *, sop_uid: str | None = None, 
     return SlideFile(path, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, source.image_type,
                      source.transfer_syntax, source.number_of_frames, "bot" if variant is not None else
                      source.offset_table, source.fragments_per_frame)
+
+
+#: The size a pixel bomb's frame claims: decoding it takes 2.5 GB and more (issue 20 measured +2.5 GB RSS).
+BOMB_SIDE = 30000
+
+
+def rle_bomb(segments: int, segment_bytes: int) -> bytes:
+    """An RLE frame (PS3.5 Annex G) of ``segments`` segments, each of PackBits runs repeating a byte 128 times:
+    decoded without a bound it takes 64 × ``segment_bytes`` bytes per segment, whatever the image's size."""
+    offsets = [64 + i * segment_bytes for i in range(segments)]
+    header = struct.pack("<16I", segments, *offsets, *[0] * (15 - segments))
+    return header + bytes([0x81, 0x7F]) * (segments * segment_bytes // 2)
+
+
+def bomb_frame(frame: bytes, transfer_syntax: str, side: int = BOMB_SIDE) -> bytes:
+    """``frame`` with its codestream header claiming ``side`` × ``side`` pixels: Y and X of the JPEG or
+    JPEG-LS frame header (ITU-T T.81 §B.2.2), Xsiz and Ysiz of JPEG 2000's SIZ (ISO/IEC 15444-1 §A.5.1, right
+    after SOC). An RLE frame names no size: its bomb is 15 segments (an 8-bit RGB image has 3) of runs that
+    decode to 15 × 8 MiB."""
+    if transfer_syntax == RLELossless:
+        return rle_bomb(15, 128 * 1024)
+    out = bytearray(frame)
+    if transfer_syntax in (JPEG2000Lossless, JPEG2000, HTJ2KLossless, HTJ2K):
+        assert out[:4] == b"\xff\x4f\xff\x51", "a raw codestream: SOC, then SIZ"
+        struct.pack_into(">II", out, 8, side, side)
+        return bytes(out)
+    # The first frame header marker: SOF55 for JPEG-LS, SOF0-SOF15 (not DHT C4, JPG C8, DAC CC) for JPEG.
+    marker = rb"\xff\xf7" if transfer_syntax in (JPEGLSLossless, JPEGLSNearLossless) else \
+        rb"\xff[\xc0-\xc3\xc5-\xc7\xc9-\xcb\xcd-\xcf]"
+    found = re.search(marker, out)
+    assert found is not None, "a frame header"
+    struct.pack_into(">HH", out, found.start() + 5, side, side)
+    return bytes(out)
+
+
+def make_bomb(directory: Path, transfer_syntax: str, frame: bytes | None = None) -> SlideFile:
+    """A one-frame 256×256 slide image in ``transfer_syntax`` whose frame is ``frame``, by default
+    :func:`bomb_frame` of the real one."""
+    import pydicom
+    from pydicom.encaps import generate_frames
+
+    (file,) = make_slide(directory, transfer_syntax=transfer_syntax, levels=1, base_size=(TILE, TILE),
+                         associated=False, with_icc_profile=False)
+    ds = pydicom.dcmread(file.path)
+    real = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame if frame is not None else bomb_frame(real, transfer_syntax)])
+    ds.save_as(file.path, enforce_file_format=True)
+    return file

@@ -8,7 +8,10 @@ service uses; the Functions host runs any NCRONTAB). Queue-triggered functions g
 their messages as the Functions host delivers them, with ``host.json``'s
 ``extensions.queues`` settings: up to ``batchSize`` at once, each kept invisible while
 its function runs, made visible again ``visibilityTimeout`` after a failure, and moved
-to the poison queue after ``maxDequeueCount`` deliveries.
+to the poison queue after ``maxDequeueCount`` deliveries. HTTP requests are let in
+``concurrency`` at a time, the rest waiting their turn, as one Flex Consumption
+instance gets at most ``perInstanceConcurrency`` requests in flight (the platform sends
+the others to other instances): a local load test sees what one Azure instance sees.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomweb.api.http import ROUTE_PREFIX
 from dicomweb.config import Settings
@@ -192,6 +196,24 @@ async def _listen(queue: str, name: str, function: Callable[[func.QueueMessage],
         await consumer.close()
 
 
+class PerInstanceConcurrency:
+    """ASGI middleware: at most ``limit`` HTTP requests in flight, each until its last body byte is sent."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"the per-instance concurrency must be at least 1, not {limit}")
+        self.app = app
+        self.limit = limit
+        self._slots = asyncio.Semaphore(limit)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        async with self._slots:
+            await self.app(scope, receive, send)
+
+
 @functools.cache
 def registered(app: func.FunctionApp) -> list[Any]:
     """The functions ``app`` registers. ``FunctionApp.get_functions`` builds them anew and fails when
@@ -199,9 +221,9 @@ def registered(app: func.FunctionApp) -> list[Any]:
     return app.get_functions()
 
 
-def build_app(app: func.FunctionApp) -> Starlette:
-    """An ASGI app with one route per registered HTTP function, under host.json's route prefix; timers and
-    queue listeners run while it does."""
+def build_app(app: func.FunctionApp, concurrency: int) -> PerInstanceConcurrency:
+    """An ASGI app with one route per registered HTTP function, under host.json's route prefix, letting in
+    ``concurrency`` requests at a time; timers and queue listeners run while it does."""
     routes = []
     timers: list[tuple[int, str, Callable[[TimerRequest], Awaitable[None]]]] = []
     queues: list[tuple[str, str, Callable[[func.QueueMessage], Awaitable[None]]]] = []
@@ -231,4 +253,4 @@ def build_app(app: func.FunctionApp) -> Starlette:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    return Starlette(routes=routes, lifespan=lifespan)
+    return PerInstanceConcurrency(Starlette(routes=routes, lifespan=lifespan), concurrency)

@@ -15,6 +15,7 @@ import imagecodecs
 import numpy as np
 from pydicom.pixels import get_encoder
 
+from dicomweb.dicom import codestream
 from dicomweb.dicom.syntax import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, JPEG_BASELINE
 
 JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
@@ -45,6 +46,12 @@ class CodecError(ValueError):
     """A frame cannot be decoded, or the pixels cannot be encoded in the asked syntax."""
 
 
+class FrameRefused(CodecError):
+    """A frame is not decoded because its codestream header is malformed or declares another image than the
+    instance's Image Pixel attributes (:mod:`dicomweb.dicom.codestream`): the stored data contradict
+    themselves, whatever the representation asked for."""
+
+
 @dataclass(frozen=True)
 class PixelFormat:
     """The Image Pixel module attributes (PS3.3 §C.7.6.3) a codec needs."""
@@ -60,7 +67,7 @@ class PixelFormat:
 
     @classmethod
     def from_json(cls, dataset: dict[str, Any]) -> "PixelFormat":
-        """From a DICOM JSON dataset (CodecError when an attribute is missing)."""
+        """From a DICOM JSON dataset (CodecError when an attribute is missing or not a number)."""
         def value(tag: str, default: object = None) -> Any:
             values = dataset.get(tag, {}).get("Value")
             if values:
@@ -69,10 +76,16 @@ class PixelFormat:
                 raise CodecError(f"the instance has no ({tag[:4]},{tag[4:]}) to decode its pixels with")
             return default
 
-        bits_allocated = int(value("00280100"))
-        return cls(int(value("00280010")), int(value("00280011")), int(value("00280002", 1)), bits_allocated,
-                   int(value("00280101", bits_allocated)), bool(value("00280103", 0)),
-                   str(value("00280004", "MONOCHROME2")).strip(), int(value("00280006", 0)))
+        def number(tag: str, default: object = None) -> int:
+            try:
+                return int(value(tag, default))
+            except (TypeError, ValueError):
+                raise CodecError(f"the instance's ({tag[:4]},{tag[4:]}) is not a number") from None
+
+        bits_allocated = number("00280100")
+        return cls(number("00280010"), number("00280011"), number("00280002", 1), bits_allocated,
+                   number("00280101", bits_allocated), bool(value("00280103", 0)),
+                   str(value("00280004", "MONOCHROME2")).strip(), number("00280006", 0))
 
     @property
     def dtype(self) -> np.dtype:
@@ -105,9 +118,6 @@ def _ybr_to_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def _native(data: bytes, fmt: PixelFormat) -> np.ndarray:
-    if len(data) < fmt.native_length:
-        raise CodecError(f"a native frame of {fmt.rows}×{fmt.columns}×{fmt.samples} needs {fmt.native_length} "
-                         f"bytes, not {len(data)}")
     flat = np.frombuffer(data, fmt.dtype, fmt.rows * fmt.columns * fmt.samples)
     if fmt.samples == 1:
         return flat.reshape(fmt.rows, fmt.columns)
@@ -133,10 +143,12 @@ def _jpeg(data: bytes, fmt: PixelFormat) -> np.ndarray:
 
 
 def _rle(data: bytes, fmt: PixelFormat) -> np.ndarray:
-    segments = np.frombuffer(
-        imagecodecs.dicomrle_decode(data, f">{'i' if fmt.signed else 'u'}{fmt.bits_allocated // 8}"),
-        np.dtype(f">{'i' if fmt.signed else 'u'}{fmt.bits_allocated // 8}"))
-    planes = segments[: fmt.rows * fmt.columns * fmt.samples].reshape(fmt.samples, fmt.rows, fmt.columns)
+    dtype = np.dtype(f">{'i' if fmt.signed else 'u'}{fmt.bits_allocated // 8}")
+    # Decoded into a buffer of the size the instance declares: PackBits repeats a byte up to 128 times
+    # (PS3.5 §G.3.1), so runs could expand far beyond it; there they fail instead of allocating more.
+    out = np.zeros(fmt.rows * fmt.columns * fmt.samples * dtype.itemsize, np.uint8)
+    imagecodecs.dicomrle_decode(data, dtype.str, out=out)
+    planes = out.view(dtype).reshape(fmt.samples, fmt.rows, fmt.columns)
     image = planes.transpose(1, 2, 0) if fmt.samples > 1 else planes[0]
     image = image.astype(fmt.dtype)
     return _ybr_to_rgb(image) if fmt.photometric == "YBR_FULL" else image
@@ -166,10 +178,18 @@ DECODABLE = frozenset(_DECODERS)
 
 
 def decode(data: bytes, transfer_syntax: str, fmt: PixelFormat) -> np.ndarray:
-    """One frame as an array of ``fmt.decoded().shape`` (RGB for colour)."""
+    """One frame as an array of ``fmt.decoded().shape`` (RGB for colour).
+
+    Its codestream header is checked against ``fmt`` first (:class:`FrameRefused`): decoders allocate what
+    the header declares, so a frame claiming more pixels than the instance never reaches one.
+    """
     decoder = _DECODERS.get(transfer_syntax)
     if decoder is None:
         raise CodecError(f"frames of transfer syntax {transfer_syntax} are not decoded here")
+    try:
+        codestream.check(data, transfer_syntax, fmt)
+    except codestream.HeaderError as exc:
+        raise FrameRefused(str(exc)) from None
     try:
         image = decoder(data, fmt)
     except CodecError:

@@ -68,6 +68,11 @@ class FrameIndex:
             return offset - ITEM_HEADER, length + ITEM_HEADER
         return offset, length
 
+    def payload_length(self, number: int) -> int:
+        """Bytes of frame ``number`` itself: its fragments' payloads, without their item headers."""
+        fragments = self.fragments[number - 1]
+        return self.lengths[number - 1] - (ITEM_HEADER * fragments if fragments > 1 else 0)
+
     def item_start(self, number: int) -> int:
         """File offset of the first item header of encapsulated frame ``number``."""
         return self.read_span(number)[0]
@@ -339,6 +344,20 @@ def check_sampled(data: bytes, record: FrameIndex, number: int) -> None:
     expected = _SEQUENCE_DELIMITER if number == len(record) else _ITEM_TAG
     if bytes(data[end : end + 4]) != expected:
         raise InvalidDataset(f"the frame offset record does not fit the file after frame {number}")
+
+
+def payload_head(data: bytes, fragments: int) -> bytes:
+    """The first bytes of an encapsulated frame, from the first bytes of its :meth:`~FrameIndex.read_span`: its
+    fragments' payloads joined as far as ``data`` goes (a codestream header may run over a fragment's end)."""
+    parts = []
+    pos = 0
+    for _ in range(fragments):
+        if len(data) - pos < ITEM_HEADER or bytes(data[pos : pos + 4]) != _ITEM_TAG:
+            break
+        (length,) = struct.unpack_from("<I", data, pos + 4)
+        parts.append(bytes(data[pos + ITEM_HEADER : pos + ITEM_HEADER + length]))
+        pos += ITEM_HEADER + length
+    return b"".join(parts)
 
 
 def join_fragments(span: bytes, fragments: int) -> bytes:

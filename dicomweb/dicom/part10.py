@@ -47,6 +47,9 @@ UNDEFINED = 0xFFFFFFFF
 _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _VRS = _LONG_VRS | frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
 _HEAD_SNIFF = 8
+#: Bytes kept of a fragment's payload for its codestream header (JPEG's frame header after its tables,
+#: JPEG 2000's SIZ right after SOC, RLE's 64-byte header): of the first fragment and of the latest one.
+FRAME_HEAD = 4096
 
 
 #: Fragments an encapsulated Pixel Data may hold: this many per frame, and never fewer than the floor
@@ -71,6 +74,22 @@ class Limits:
 
 class _NeedMore(Exception):
     """The buffered bytes end inside an element; wait for the next chunk."""
+
+
+@dataclass
+class _Head:
+    """The first bytes of one fragment's payload, collected as they arrive."""
+
+    #: Stored-file offset of the fragment's item header (as :attr:`Fragment.offset`).
+    offset: int
+    #: Input offset of its payload.
+    start: int
+    wanted: int
+    data: bytearray
+
+    @property
+    def done(self) -> bool:
+        return len(self.data) == self.wanted
 
 
 @dataclass(frozen=True)
@@ -247,6 +266,8 @@ class Part10Parser:
         self._bot: bytes | None = None
         self._fragments: list[Fragment] = []
         self._pixel_end: int | None = None
+        self._first_head: _Head | None = None
+        self._last_head: _Head | None = None
 
     @property
     def stored_size(self) -> int:
@@ -263,6 +284,13 @@ class Part10Parser:
         """How far the stored file's offsets lie from the input's: 0 for a Part 10 file with its preamble,
         whose bytes are stored as they came but for the preamble."""
         return self._shift
+
+    @property
+    def frame_heads(self) -> dict[int, bytes]:
+        """The first :data:`FRAME_HEAD` bytes of the first and of the last fragment walked, by the stored-file
+        offset of their item header: where the first and the last frame's codestream headers usually are."""
+        return {head.offset: bytes(head.data) for head in (self._first_head, self._last_head)
+                if head is not None and head.done}
 
     @property
     def table_read(self) -> bool:
@@ -291,6 +319,8 @@ class Part10Parser:
         self._input = offset
         if walking:
             self._win, self._win_start = bytearray(), offset
+            if self._last_head is not None and not self._last_head.done:  # its bytes were skipped
+                self._last_head = None
 
     def feed(self, chunk: bytes) -> bytes:
         """Take the next chunk of the request; return the bytes to append to the stored file."""
@@ -432,6 +462,18 @@ class Part10Parser:
             head = bytes(carry[pos - carry_start :])
             return (head + data[: size - len(head)])[:size]
 
+        def collect(head: _Head) -> None:
+            """Add to ``head`` what it still wants of the bytes at hand."""
+            pos = head.start + len(head.data)
+            stop = min(head.start + head.wanted, end)
+            if stop > pos:
+                if pos < data_start:
+                    head.data += carry[pos - carry_start : min(stop, data_start) - carry_start]
+                    pos = data_start
+                head.data += data[pos - data_start : stop - data_start]
+
+        if self._last_head is not None and not self._last_head.done:
+            collect(self._last_head)
         while self._pixel_end is None:
             header = peek(self._item_pos, 8)
             if header is None:
@@ -459,6 +501,10 @@ class Part10Parser:
                     raise InvalidDataset(f"Pixel Data holds more than {self._fragment_budget} fragments for "
                                          f"{self.frame_count} frames")
                 self._fragments.append(Fragment(self._item_pos + self._shift, length, head))
+                self._last_head = _Head(self._item_pos + self._shift, self._item_pos + 8, min(length, FRAME_HEAD),
+                                        bytearray())
+                self._first_head = self._first_head or self._last_head
+                collect(self._last_head)
             self._item_pos += 8 + length
         keep = max(self._item_pos, carry_start)
         if keep >= end:

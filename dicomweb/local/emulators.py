@@ -1,8 +1,12 @@
 """Starts the local stand-ins for Azure: Azurite (Blob and Queue) and a Cosmos DB protocol server.
 
-Both come from the committed ``package.json`` (pinned versions, ``npm ci``). Azurite
-keeps blobs and queue messages in a folder, so data survives restarts; the Cosmos server keeps its data
-in memory only, which is why ``serve`` reindexes from Blob on start.
+Both come from the committed ``package.json`` (pinned versions, ``npm ci``), each behind a
+wrapper in this folder that enforces what Azure enforces and they do not: the Archive tier
+and slow rehydration (``azurite_blob.js``), Cosmos DB's item size limit and, on request,
+throttling (``cosmos_server.js``). Azurite keeps blobs and queue messages in a folder, so
+data survives restarts; the Cosmos server keeps its data in memory only, which is why
+``serve`` reindexes from Blob on start. After every start the emulators are provisioned
+(:mod:`dicomweb.local.provision`), as the Bicep provisions Azure.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
+
+from dicomweb.local.provision import provision
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_BIN = ROOT / "node_modules" / ".bin"
@@ -55,7 +62,13 @@ class Emulators:
     blob_port: int = 0
     queue_port: int = 0
     cosmos_port: int = 0
+    #: Fraction of Cosmos document requests answered 429 with x-ms-retry-after-ms (0: never, as by default).
+    cosmos_throttle: float = 0.0
+    #: How long a rehydration from the Archive tier stays pending (Azure: up to 15 h at standard priority).
+    rehydrate_seconds: float = 60.0
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    #: The setting overrides (resource names) provisioned so far: made again when the Cosmos server restarts empty.
+    provisioned: list[dict[str, str]] = field(default_factory=list)
 
     def start(self) -> dict[str, str]:
         """Start the servers; return the settings that point the service at them."""
@@ -68,20 +81,31 @@ class Emulators:
         try:
             for name in ("azurite", "queue", "cosmos"):
                 self.restart(name)
-        except RuntimeError:
+            self.provision()
+        except BaseException:
             self.stop()
             raise
         return self.settings()
+
+    def provision(self, names: Mapping[str, str] | None = None) -> None:
+        """Create the containers, queues, database and index container the service's settings name: those of
+        this process's environment with ``names`` (e.g. ``DICOMWEB_COSMOS_DATABASE``) over them."""
+        overrides = dict(names or {})
+        if overrides not in self.provisioned:
+            self.provisioned.append(overrides)
+        provision({**os.environ, **self.settings(), **overrides})
 
     def restart(self, name: str) -> None:
         """(Re)start one server ("azurite" for Blob, "queue", or "cosmos") on its port, and wait until it listens.
 
         Azurite keeps its data in the data folder, so a restarted one has everything; the
-        Cosmos server starts empty.
+        Cosmos server starts empty, so its databases and containers are provisioned again.
         """
         log = open(self.data_dir / "emulators.log", "ab")
         if name == "azurite":
-            command = [str(NODE_BIN / "azurite-blob"), "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
+            command = [str(shutil.which("node")), str(Path(__file__).with_name("azurite_blob.js")),
+                       "--rehydrateSeconds", str(self.rehydrate_seconds),
+                       "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
                        "--location", str(self.data_dir / "azurite"), "--skipApiVersionCheck", "--loose", "--silent",
                        "--disableTelemetry"]
             port = self.blob_port
@@ -92,11 +116,14 @@ class Emulators:
             port = self.queue_port
         else:
             command = [str(shutil.which("node")), str(Path(__file__).with_name("cosmos_server.js")),
-                       str(self.cosmos_port)]
+                       str(self.cosmos_port), "--throttle", str(self.cosmos_throttle)]
             port = self.cosmos_port
         process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True, cwd=ROOT)
         self.processes[name] = process
         _wait_for_port(port, process, name)
+        if name == "cosmos":
+            for overrides in self.provisioned:
+                provision({**os.environ, **self.settings(), **overrides}, index_only=True)
 
     def settings(self) -> dict[str, str]:
         """Environment settings for the running servers."""

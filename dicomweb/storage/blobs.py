@@ -49,7 +49,9 @@ from dicomweb.errors import Archived, ConcurrentChange, DicomWebError, NotFound,
 #: go unread; ``hot`` ones (sidecars, labels, overviews, thumbnails, small pyramid levels) stay hot.
 TIER_TAG = "dicomweb_tier"
 HOT, AUTO = "hot", "auto"
-#: Metadata on an instance blob whose deletion has begun; its value is the change-feed sequence of the delete.
+#: Blob index tag on an instance blob whose deletion has begun; its value is the change-feed sequence of the
+#: delete. A tag, not metadata: Azure refuses Set Blob Metadata on an Archive blob (409 BlobArchived) but
+#: allows Set Blob Tags, and a tag leaves the blob's ETag alone (readers holding it keep reading).
 DELETING = "deleting"
 SIDECAR_KINDS = ("json", "frames", "thumbnail")
 
@@ -101,7 +103,10 @@ class Location:
 
 def _failure(exc: AzureError, what: str) -> DicomWebError:
     """One mapping from Azure SDK errors to service errors."""
-    if isinstance(exc, ResourceNotFoundError) and exc.error_code != "ContainerNotFound":
+    if isinstance(exc, ResourceNotFoundError) and exc.error_code == "ContainerNotFound":
+        return StorageFailure(f"Blob Storage has no container for {what}: the infrastructure (infra/) deploys it",
+                              retry_after=5)
+    if isinstance(exc, ResourceNotFoundError):
         return NotFound(f"{what} not found")
     if isinstance(exc, ResourceModifiedError):
         return StaleBlob(f"{what} changed while it was being written")
@@ -412,36 +417,35 @@ class InstanceStore:
         return _prefixes(self.container, "instance listing")
 
     async def list(self, prefix: str = "") -> AsyncIterator[tuple[Location, dict[str, str]]]:
-        """(location, metadata) of every committed file under ``prefix``, in name order."""
+        """(location, blob index tags) of every committed file under ``prefix``, in name order."""
         try:
-            async for blob in self.container.list_blobs(name_starts_with=prefix or None, include=["metadata"]):
+            async for blob in self.container.list_blobs(name_starts_with=prefix or None, include=["tags"]):
                 location = Location.parse(blob.name)
                 if location is not None and blob.name == location.instance:
-                    yield location, dict(blob.metadata or {})
+                    yield location, dict(blob.tags or {})
         except AzureError as exc:
             raise _failure(exc, "instance listing") from exc
 
     async def deletion_mark(self, location: Location) -> str | None:
         """The DELETING mark of ``location``'s file (None when unmarked or gone)."""
         try:
-            properties = await self.container.get_blob_client(location.instance).get_blob_properties()
+            tags = await self.container.get_blob_client(location.instance).get_blob_tags()
         except ResourceNotFoundError:
             return None
         except AzureError as exc:
             raise _failure(exc, location.instance) from exc
-        return (properties.metadata or {}).get(DELETING)
+        return tags.get(DELETING)
 
     async def mark_deleting(self, location: Location, sequence: int) -> bool:
         """Record in the file itself that its deletion began, as change ``sequence`` (False if it is gone).
 
         Blob is the system of record: a deletion that dies half way is finished by
-        ``reindex`` instead of being indexed again.
+        ``reindex`` instead of being indexed again. The mark joins the file's other tags
+        (set at commit, never changed after), so an archived file can be marked too.
         """
         blob = self.container.get_blob_client(location.instance)
         try:
-            properties = await blob.get_blob_properties()
-            await blob.set_blob_metadata({**properties.metadata, DELETING: str(sequence)}, etag=properties.etag,
-                                         match_condition=MatchConditions.IfNotModified)
+            await blob.set_blob_tags({**await blob.get_blob_tags(), DELETING: str(sequence)})
         except ResourceNotFoundError:
             return False
         except AzureError as exc:
@@ -657,8 +661,9 @@ class BlobStores:
         self.sidecars = SidecarStore(service.get_container_client(sidecar_container))
         self.staging = StagingStore(service.get_container_client(staging_container), self.signer, self._ranges)
 
-    async def ensure_containers(self) -> None:
-        """Create the containers if they do not exist (idempotent)."""
+    async def provision(self) -> None:
+        """Create the containers where missing (idempotent): for the local stack only
+        (:mod:`dicomweb.local.provision`); in Azure the Bicep owns them."""
         for store in (self.instances, self.sidecars, self.staging):
             try:
                 await store.container.create_container()

@@ -51,9 +51,17 @@ def blob_store(settings: Settings, credential: object | None = None) -> BlobStor
                       settings.storage_timeout_seconds)
 
 
+def _throttle_retries(settings: Settings) -> dict[str, int]:
+    """How the Cosmos SDK retries a 429 (it waits the x-ms-retry-after-ms Cosmos sends): up to 9 times, as by
+    default, but for at most the storage timeout in all. Given alone, ``retry_total`` would also cap these
+    retries (at 2, too few for a partition briefly over its request units); a 429 that outlasts them is a
+    503 with Retry-After (:func:`dicomweb.storage.index._unavailable`)."""
+    return {"retry_throttle_total": 9, "retry_throttle_backoff_max": settings.storage_timeout_seconds}
+
+
 def index_store(settings: Settings, credential: object | None = None) -> IndexStore:
     """Cosmos adapter from a connection string, else endpoint + ``credential`` (default: managed identity)."""
-    limits = {**_limits(settings), "timeout": settings.storage_timeout_seconds}
+    limits = {**_limits(settings), **_throttle_retries(settings), "timeout": settings.storage_timeout_seconds}
     if settings.cosmos_connection_string:
         client = CosmosClient.from_connection_string(settings.cosmos_connection_string, **limits)
     elif settings.cosmos_endpoint:

@@ -22,6 +22,7 @@ import asyncio
 import json
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import urlparse
 
 import aiohttp
 from azure.core import MatchConditions
@@ -33,9 +34,10 @@ from azure.cosmos.exceptions import (
     CosmosResourceExistsError,
     CosmosResourceNotFoundError,
 )
+from azure.cosmos.http_constants import SubStatusCodes
 
 from dicomweb.dicom.query import Filter
-from dicomweb.errors import BadRequest, ConcurrentChange, StorageFailure
+from dicomweb.errors import BadRequest, ConcurrentChange, DicomWebError, StorageFailure
 
 PARTITION_KEY = "/studyInstanceUID"
 #: What Cosmos indexes: the match fields and keys, never the returned attributes (the Bicep deploys the same file).
@@ -80,23 +82,29 @@ class IndexStore:
         self._client = client
         self._database_name = database
         self._container_name = container
-        self._container: ContainerProxy | None = None
+        #: A proxy only: opening the store costs no call, and makes no control-plane call ever.
+        self.container: ContainerProxy = client.get_database_client(database).get_container_client(container)
 
-    @property
-    def container(self) -> ContainerProxy:
-        """The container, once :meth:`ensure` ran."""
-        assert self._container is not None, "IndexStore.ensure() not called"
-        return self._container
+    async def provision(self) -> None:
+        """Create the database and the container (partition key, indexing policy) where missing (idempotent).
 
-    async def ensure(self) -> None:
-        """Create the database and container if missing (idempotent)."""
+        For the local stack only (:mod:`dicomweb.local.provision`): in Azure the Bicep owns
+        them (``infra/``), the service does no control-plane call, and a missing one is a 503
+        that names it.
+        """
         try:
             database = await self._client.create_database_if_not_exists(self._database_name)
-            self._container = await database.create_container_if_not_exists(
+            await database.create_container_if_not_exists(
                 self._container_name, partition_key=PartitionKey(path=PARTITION_KEY), indexing_policy=INDEXING_POLICY
             )
         except UNAVAILABLE as exc:
-            raise _unavailable(exc, "open the index") from exc
+            raise _unavailable(exc, "provision the index") from exc
+
+    def _missing(self, exc: CosmosResourceNotFoundError, what: str) -> StorageFailure:
+        """The 503 of a call that found no container (or no database) to work in."""
+        return StorageFailure(f"Cosmos DB has no container '{self._container_name}' in database "
+                              f"'{self._database_name}' ({what}): the infrastructure (infra/) deploys them",
+                              retry_after=5)
 
     async def close(self) -> None:
         """Release the HTTP session."""
@@ -109,7 +117,9 @@ class IndexStore:
         """One document by id: a point read (None when there is none)."""
         try:
             return await self.container.read_item(document_id(level, uid), partition_key=study)
-        except CosmosResourceNotFoundError:
+        except CosmosResourceNotFoundError as exc:
+            if _owner_missing(exc):
+                raise self._missing(exc, "read") from exc
             return None
         except UNAVAILABLE as exc:
             raise _unavailable(exc, "read") from exc
@@ -138,19 +148,13 @@ class IndexStore:
             {"@study": study}, study)
 
     async def create(self, document: Document) -> None:
-        """Insert a document that must not exist yet (else Conflict); remakes a container that is gone."""
+        """Insert a document that must not exist yet (else Conflict)."""
         try:
             await self.container.create_item(document)
         except CosmosResourceExistsError as exc:
             raise Conflict(f"{document['id']} was changed by another writer") from exc
-        except CosmosResourceNotFoundError:
-            await self.ensure()
-            try:
-                await self.container.create_item(document)
-            except CosmosResourceExistsError as exc:
-                raise Conflict(f"{document['id']} was changed by another writer") from exc
-            except UNAVAILABLE as exc:
-                raise _unavailable(exc, "index") from exc
+        except CosmosResourceNotFoundError as exc:
+            raise self._missing(exc, "index") from exc
         except UNAVAILABLE as exc:
             raise _unavailable(exc, "index") from exc
 
@@ -161,6 +165,8 @@ class IndexStore:
                 document["id"], _body(document), etag=document["_etag"], match_condition=MatchConditions.IfNotModified
             )
         except (CosmosAccessConditionFailedError, CosmosResourceNotFoundError) as exc:
+            if _owner_missing(exc):
+                raise self._missing(exc, "index") from exc
             raise Conflict(f"{document['id']} was changed by another writer") from exc
         except UNAVAILABLE as exc:
             raise _unavailable(exc, "index") from exc
@@ -177,6 +183,8 @@ class IndexStore:
         try:
             return await self.container.patch_item(doc_id, partition, operations, **kwargs)
         except (CosmosAccessConditionFailedError, CosmosResourceNotFoundError) as exc:
+            if _owner_missing(exc):
+                raise self._missing(exc, f"update {doc_id.split(':')[0]}") from exc
             raise Conflict(f"{doc_id} was changed by another writer") from exc
         except UNAVAILABLE as exc:
             raise _unavailable(exc, f"update {doc_id.split(':')[0]}") from exc
@@ -188,7 +196,9 @@ class IndexStore:
             await self.container.delete_item(document_id(level, uid), partition_key=study, **kwargs)
         except CosmosAccessConditionFailedError as exc:
             raise Conflict(f"{document_id(level, uid)} was changed by another writer") from exc
-        except CosmosResourceNotFoundError:
+        except CosmosResourceNotFoundError as exc:
+            if _owner_missing(exc):
+                raise self._missing(exc, "delete") from exc
             return False
         except UNAVAILABLE as exc:
             raise _unavailable(exc, "delete") from exc
@@ -205,35 +215,28 @@ class IndexStore:
 
     async def _page(self, sql: str, parameters: dict[str, Any], partition: str | None, offset: int,
                     limit: int | None) -> list[Document]:
-        """Results ``offset .. offset+limit`` (all with no limit) of a query, page by page with continuation tokens.
-
-        A container that is gone (a Cosmos account emptied under a running service) is made again, once.
-        """
+        """Results ``offset .. offset+limit`` (all with no limit) of a query, page by page with continuation tokens."""
         params = [{"name": name, "value": value} for name, value in parameters.items()]
         kwargs: dict[str, Any] = {"partition_key": partition} if partition is not None else {}
-        for attempt in range(2):
-            found: list[Document] = []
-            skipped = 0
-            try:
-                pages = self.container.query_items(
-                    sql, parameters=params, max_item_count=min(offset + (limit or 1000), 1000), **kwargs
-                ).by_page()
-                async for page in pages:
-                    async for doc in page:
-                        if skipped < offset:
-                            skipped += 1
-                            continue
-                        found.append(doc)
-                        if len(found) == limit:
-                            return found
-                return found
-            except CosmosResourceNotFoundError as exc:
-                if attempt:
-                    raise _unavailable(exc, "query") from exc
-                await self.ensure()
-            except UNAVAILABLE as exc:
-                raise _unavailable(exc, "query") from exc
-        raise AssertionError("unreachable")
+        found: list[Document] = []
+        skipped = 0
+        try:
+            pages = self.container.query_items(
+                sql, parameters=params, max_item_count=min(offset + (limit or 1000), 1000), **kwargs
+            ).by_page()
+            async for page in pages:
+                async for doc in page:
+                    if skipped < offset:
+                        skipped += 1
+                        continue
+                    found.append(doc)
+                    if len(found) == limit:
+                        return found
+            return found
+        except CosmosResourceNotFoundError as exc:
+            raise self._missing(exc, "query") from exc
+        except UNAVAILABLE as exc:
+            raise _unavailable(exc, "query") from exc
 
     # Claims: one per SOP Instance UID, in a partition of its own.
 
@@ -344,9 +347,25 @@ class IndexStore:
 UNAVAILABLE = (AzureError, aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 
-def _unavailable(exc: BaseException, what: str) -> StorageFailure:
-    """The one mapping from a failed Cosmos call to a 503; throttling passes its wait on as Retry-After."""
+def _owner_missing(exc: CosmosResourceNotFoundError) -> bool:
+    """Whether a 404 means the container (or its database) is missing rather than a document.
+
+    Cosmos DB says so with substatus 1003 on a document operation; before its first call on
+    a container the SDK reads the container itself, and that read answers a plain 404.
+    """
+    if exc.sub_status == SubStatusCodes.OWNER_RESOURCE_NOT_FOUND:
+        return True
+    request = getattr(getattr(exc, "response", None), "request", None)
+    segments = [part for part in urlparse(getattr(request, "url", "")).path.split("/") if part]
+    return bool(segments) and len(segments) <= 4  # dbs/<db>[/colls/<container>], no docs/<id>
+
+
+def _unavailable(exc: BaseException, what: str) -> DicomWebError:
+    """The one mapping from a failed Cosmos call to a 503 (throttling passes its wait on as Retry-After), but
+    for an item above Cosmos DB's size limit."""
     status = getattr(exc, "status_code", None)
+    if status == 413:  # retrying cannot help: not a 503
+        return DicomWebError(f"Cosmos DB refused a document above its 2 MB item limit ({what})")
     if status == 429:
         headers = getattr(getattr(exc, "response", None), "headers", None) or {}
         wait_ms = str(headers.get("x-ms-retry-after-ms", "1000"))

@@ -27,6 +27,9 @@ POISON_SUFFIX = "-poison"
 
 
 def _failure(exc: AzureError, what: str) -> StorageFailure:
+    if isinstance(exc, ResourceNotFoundError):
+        return StorageFailure(f"Queue Storage has no queue '{what}': the infrastructure (infra/) deploys it",
+                              retry_after=5)
     return StorageFailure(f"Queue Storage failed on {what}: {exc.__class__.__name__}")
 
 
@@ -39,8 +42,9 @@ class JobQueue:
         self.client: QueueClient = service.get_queue_client(name)
         self.poison: QueueClient = service.get_queue_client(name + POISON_SUFFIX)
 
-    async def ensure(self) -> None:
-        """Create the queue and its poison queue if they do not exist (idempotent)."""
+    async def provision(self) -> None:
+        """Create the queue and its poison queue where missing (idempotent): for the local stack only
+        (:mod:`dicomweb.local.provision`); in Azure the Bicep owns them."""
         for client in (self.client, self.poison):
             try:
                 await client.create_queue()

@@ -1,7 +1,8 @@
 // The service: a Python 3.11 Function App on the Flex Consumption plan with HTTP streams, running
 // as the user-assigned identity. App settings carry every DICOMWEB_* name the code reads
 // (dicomweb/config.py SETTING_NAMES) and no secret: Blob, the job queue, Cosmos DB, the Functions host
-// storage and Application Insights are all reached with the identity.
+// storage and Application Insights are all reached with the identity. FTP and basic-auth publishing
+// are off: deployments authenticate with Entra ID.
 
 @description('Function App name.')
 param name string
@@ -57,7 +58,7 @@ param appInsightsConnectionString string
 @description('Origins allowed to call the API from a browser (comma-separated; empty: none).')
 param corsOrigins string
 
-@description('Public DICOMweb base URL when a proxy or custom domain fronts the app; empty: taken from each request.')
+@description('Public DICOMweb base URL when a proxy or custom domain fronts the app; empty: https://<default host name>/v1.')
 param publicBaseUrl string
 
 @description('Proxies whose Forwarded / X-Forwarded-* headers are believed (comma-separated addresses or CIDR ranges).')
@@ -100,7 +101,17 @@ param instanceMemoryMB int
 @maxValue(1000)
 param maximumInstanceCount int
 
+@description('HTTP requests one instance serves at once; the platform sends the others to other instances.')
+@minValue(1)
+@maxValue(1000)
+param httpPerInstanceConcurrency int
+
+@description('Instances kept running for the HTTP functions (the "http" group); 0: none.')
+@minValue(0)
+param alwaysReady int = 0
+
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  // checkov:skip=CKV_AZURE_225: Flex Consumption zone redundancy exists in some regions only; left off so the template deploys in every Flex region
   name: 'plan-${name}'
   location: location
   tags: tags
@@ -115,6 +126,10 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 }
 
 resource app 'Microsoft.Web/sites@2024-04-01' = {
+  // checkov:skip=CKV_AZURE_222: a public DICOMweb API; every request needs an Entra ID bearer token unless the deployment explicitly waived authentication
+  // checkov:skip=CKV_AZURE_17: clients authenticate with OpenID Connect bearer tokens; browser viewers cannot present client certificates
+  // checkov:skip=CKV_AZURE_212: Flex Consumption scales from zero on demand; the alwaysReady parameter keeps warm instances
+  // checkov:skip=CKV_AZURE_213: health check is not available on the Flex Consumption plan (Azure Functions docs: Premium and Dedicated plans only)
   name: name
   location: location
   tags: union(tags, {
@@ -146,73 +161,114 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         version: '3.11'
       }
       scaleAndConcurrency: {
+        alwaysReady: alwaysReady == 0 ? [] : [
+          {
+            name: 'http'
+            instanceCount: alwaysReady
+          }
+        ]
         instanceMemoryMB: instanceMemoryMB
         maximumInstanceCount: maximumInstanceCount
+        // Unset, Flex picks a default by instance memory: each tile of a viewer could land on an
+        // instance of its own, missing the per-process frame cache, read-ahead and single-flight.
+        triggers: {
+          http: {
+            perInstanceConcurrency: httpPerInstanceConcurrency
+          }
+        }
       }
     }
     siteConfig: {
       minTlsVersion: '1.2'
+      ftpsState: 'Disabled'
       // HTTP/2 to browsers: a viewer fetches many tiles at once over one connection instead of six.
       http20Enabled: true
       // CORS is answered by the app itself (DICOMWEB_CORS_ORIGINS), so platform CORS stays off.
-      appSettings: [
-        { name: 'AzureWebJobsStorage__accountName', value: storageAccountName }
-        { name: 'AzureWebJobsStorage__credential', value: 'managedidentity' }
-        { name: 'AzureWebJobsStorage__clientId', value: identityClientId }
-        { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: appInsightsConnectionString }
-        { name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING', value: 'ClientId=${identityClientId};Authorization=AAD' }
-        { name: 'AZURE_CLIENT_ID', value: identityClientId }
-        { name: 'PYTHON_ENABLE_INIT_INDEXING', value: '1' }
-        // The host's own cap sits just above ours, so oversized STOW requests get our 413, not its 500.
-        { name: 'FUNCTIONS_REQUEST_BODY_SIZE_LIMIT', value: string((maxRequestMB + 1) * 1048576) }
-        { name: 'DICOMWEB_STORAGE_CONNECTION_STRING', value: '' }
-        { name: 'DICOMWEB_STORAGE_ACCOUNT_URL', value: storageBlobEndpoint }
-        { name: 'DICOMWEB_INSTANCE_CONTAINER', value: instanceContainer }
-        { name: 'DICOMWEB_SIDECAR_CONTAINER', value: sidecarContainer }
-        { name: 'DICOMWEB_STAGING_CONTAINER', value: stagingContainer }
-        // The job queue's connection, identity-based: the queue trigger and the service's sender both read it.
-        // (DICOMWEB_QUEUES itself, a connection string, is for local use only.)
-        { name: 'DICOMWEB_QUEUES__queueServiceUri', value: storageQueueEndpoint }
-        { name: 'DICOMWEB_QUEUES__credential', value: 'managedidentity' }
-        { name: 'DICOMWEB_QUEUES__clientId', value: identityClientId }
-        { name: 'DICOMWEB_JOBS_QUEUE', value: jobsQueue }
-        { name: 'DICOMWEB_COSMOS_CONNECTION_STRING', value: '' }
-        { name: 'DICOMWEB_COSMOS_ENDPOINT', value: cosmosEndpoint }
-        { name: 'DICOMWEB_COSMOS_DATABASE', value: cosmosDatabase }
-        { name: 'DICOMWEB_COSMOS_CONTAINER', value: cosmosContainer }
-        { name: 'DICOMWEB_PUBLIC_BASE_URL', value: publicBaseUrl }
-        { name: 'DICOMWEB_TRUSTED_PROXIES', value: trustedProxies }
-        { name: 'DICOMWEB_CORS_ORIGINS', value: corsOrigins }
-        { name: 'DICOMWEB_AUTH_ISSUER', value: authIssuer }
-        { name: 'DICOMWEB_AUTH_AUDIENCE', value: authAudience }
-        { name: 'DICOMWEB_AUTH_DISABLED', value: authDisabled ? 'true' : 'false' }
-        { name: 'DICOMWEB_READER_ROLES', value: readerRoles }
-        { name: 'DICOMWEB_WRITER_ROLES', value: writerRoles }
-        { name: 'DICOMWEB_OWNER_ROLES', value: ownerRoles }
-        { name: 'DICOMWEB_BLOCK_SIZE_MB', value: '8' }
-        { name: 'DICOMWEB_UPLOAD_CONCURRENCY', value: '4' }
-        { name: 'DICOMWEB_MAX_HEADER_MB', value: '64' }
-        { name: 'DICOMWEB_FRAME_INDEX_CACHE_MB', value: '64' }
-        { name: 'DICOMWEB_FRAME_CACHE_MB', value: '64' }
-        { name: 'DICOMWEB_FRAME_CACHE_SECONDS', value: '30' }
-        { name: 'DICOMWEB_METADATA_CACHE_MB', value: '48' }
-        { name: 'DICOMWEB_MAX_REQUEST_MB', value: string(maxRequestMB) }
-        { name: 'DICOMWEB_UPLOAD_SAS_SECONDS', value: '900' }
-        { name: 'DICOMWEB_UPLOAD_SESSION_SECONDS', value: '86400' }
-        { name: 'DICOMWEB_COMMIT_WAIT_SECONDS', value: '200' }
-        { name: 'DICOMWEB_HOT_PIN_MB', value: string(hotPinMB) }
-        { name: 'DICOMWEB_CHANGEFEED_GAP_SECONDS', value: '10' }
-        { name: 'DICOMWEB_MAX_FRAMES_PER_REQUEST', value: '1000' }
-        { name: 'DICOMWEB_STORAGE_TIMEOUT_SECONDS', value: '20' }
-        { name: 'DICOMWEB_MAX_ELEMENTS', value: '2000000' }
-        { name: 'DICOMWEB_MAX_SEQUENCE_DEPTH', value: '32' }
-        { name: 'DICOMWEB_MAX_FRAMES', value: '1000000' }
-        { name: 'DICOMWEB_MAX_PARTS_PER_REQUEST', value: '1000' }
-        { name: 'DICOMWEB_MAX_INLINE_BINARY_KB', value: '256' }
-        { name: 'DICOMWEB_MAX_RENDERED_PIXELS', value: '16777216' }
-        { name: 'DICOMWEB_MAX_RENDERED_FRAMES', value: '1024' }
-      ]
     }
+  }
+}
+
+// No FTP or Kudu user name and password: azd and the Functions tools deploy with Entra ID.
+resource publishingCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = [
+  for protocol in ['ftp', 'scm']: {
+    parent: app
+    name: protocol
+    properties: {
+      allow: false
+    }
+  }
+]
+
+// The app settings, as a resource of their own: the public base URL default needs the site's default
+// host name, which the platform assigns (regional names carry a hash) and is known only once it exists.
+resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
+  // checkov:skip=CKV_AZURE_13: checkov reads every sites/config resource as the site's web configuration; this one holds app settings only (authentication is the app's own OpenID Connect check)
+  // checkov:skip=CKV_AZURE_63: checkov reads every sites/config resource as the site's web configuration; this one holds app settings only (logs go to Application Insights)
+  // checkov:skip=CKV_AZURE_65: checkov reads every sites/config resource as the site's web configuration; this one holds app settings only (logs go to Application Insights)
+  // checkov:skip=CKV_AZURE_66: checkov reads every sites/config resource as the site's web configuration; this one holds app settings only (logs go to Application Insights)
+  // checkov:skip=CKV_AZURE_80: checkov reads every sites/config resource as the site's web configuration; this one holds app settings only (a Python app)
+  // checkov:skip=CKV_AZURE_88: checkov reads every sites/config resource as the site's web configuration; this one holds app settings only (the app keeps no files: Blob and Cosmos DB hold everything)
+  // checkov:skip=CKV_AZURE_222: checkov reads every sites/config resource as the site's web configuration; this one holds app settings only (the site's network access is set, and suppressed with its reason, on the site)
+  parent: app
+  name: 'appsettings'
+  properties: {
+    AzureWebJobsStorage__accountName: storageAccountName
+    AzureWebJobsStorage__credential: 'managedidentity'
+    AzureWebJobsStorage__clientId: identityClientId
+    APPLICATIONINSIGHTS_CONNECTION_STRING: appInsightsConnectionString
+    APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+    AZURE_CLIENT_ID: identityClientId
+    PYTHON_ENABLE_INIT_INDEXING: '1'
+    // The host's own cap sits just above ours, so oversized STOW requests get our 413, not its 500.
+    FUNCTIONS_REQUEST_BODY_SIZE_LIMIT: string((maxRequestMB + 1) * 1048576)
+    DICOMWEB_STORAGE_CONNECTION_STRING: ''
+    DICOMWEB_STORAGE_ACCOUNT_URL: storageBlobEndpoint
+    DICOMWEB_INSTANCE_CONTAINER: instanceContainer
+    DICOMWEB_SIDECAR_CONTAINER: sidecarContainer
+    DICOMWEB_STAGING_CONTAINER: stagingContainer
+    // The job queue's connection, identity-based: the queue trigger and the service's sender both read it.
+    // (DICOMWEB_QUEUES itself, a connection string, is for local use only.)
+    DICOMWEB_QUEUES__queueServiceUri: storageQueueEndpoint
+    DICOMWEB_QUEUES__credential: 'managedidentity'
+    DICOMWEB_QUEUES__clientId: identityClientId
+    DICOMWEB_JOBS_QUEUE: jobsQueue
+    DICOMWEB_COSMOS_CONNECTION_STRING: ''
+    DICOMWEB_COSMOS_ENDPOINT: cosmosEndpoint
+    DICOMWEB_COSMOS_DATABASE: cosmosDatabase
+    DICOMWEB_COSMOS_CONTAINER: cosmosContainer
+    // RetrieveURL and BulkDataURI name this base, not whatever Host and scheme reach the worker behind the
+    // platform's front ends.
+    DICOMWEB_PUBLIC_BASE_URL: empty(publicBaseUrl) ? 'https://${app.properties.defaultHostName}/v1' : publicBaseUrl
+    DICOMWEB_TRUSTED_PROXIES: trustedProxies
+    DICOMWEB_CORS_ORIGINS: corsOrigins
+    DICOMWEB_AUTH_ISSUER: authIssuer
+    DICOMWEB_AUTH_AUDIENCE: authAudience
+    DICOMWEB_AUTH_DISABLED: authDisabled ? 'true' : 'false'
+    DICOMWEB_READER_ROLES: readerRoles
+    DICOMWEB_WRITER_ROLES: writerRoles
+    DICOMWEB_OWNER_ROLES: ownerRoles
+    DICOMWEB_BLOCK_SIZE_MB: '8'
+    DICOMWEB_UPLOAD_CONCURRENCY: '4'
+    DICOMWEB_MAX_HEADER_MB: '64'
+    DICOMWEB_FRAME_INDEX_CACHE_MB: '64'
+    DICOMWEB_FRAME_CACHE_MB: '64'
+    DICOMWEB_FRAME_CACHE_SECONDS: '30'
+    DICOMWEB_METADATA_CACHE_MB: '48'
+    DICOMWEB_MAX_REQUEST_MB: string(maxRequestMB)
+    DICOMWEB_UPLOAD_SAS_SECONDS: '900'
+    DICOMWEB_UPLOAD_SESSION_SECONDS: '86400'
+    DICOMWEB_COMMIT_WAIT_SECONDS: '200'
+    DICOMWEB_HOT_PIN_MB: string(hotPinMB)
+    DICOMWEB_CHANGEFEED_GAP_SECONDS: '10'
+    DICOMWEB_MAX_FRAMES_PER_REQUEST: '1000'
+    DICOMWEB_STORAGE_TIMEOUT_SECONDS: '20'
+    DICOMWEB_MAX_ELEMENTS: '2000000'
+    DICOMWEB_MAX_SEQUENCE_DEPTH: '32'
+    DICOMWEB_MAX_FRAMES: '1000000'
+    DICOMWEB_MAX_PARTS_PER_REQUEST: '1000'
+    DICOMWEB_MAX_INLINE_BINARY_KB: '256'
+    DICOMWEB_MAX_RENDERED_PIXELS: '16777216'
+    DICOMWEB_MAX_RENDERED_FRAMES: '1024'
   }
 }
 

@@ -2,6 +2,7 @@
 // instance, sidecar and staging containers, soft delete, last-access tracking, and the lifecycle
 // policy that moves unread instance blobs to cool, cold and archive while pinned ones stay hot;
 // and the job queue (with its poison queue) the service's queue-triggered function consumes.
+// Every container and queue the code uses is created here: in Azure the service creates none.
 
 @description('Storage account name (3-24 lower-case letters and digits).')
 param name string
@@ -12,12 +13,14 @@ param location string
 @description('Tags of every resource.')
 param tags object
 
-@description('Replication: LRS is cheapest; ZRS survives a zone outage.')
+@description('Replication: LRS is cheapest; ZRS and GZRS survive a zone outage but have no Archive tier.')
 @allowed([
   'Standard_LRS'
   'Standard_ZRS'
   'Standard_GRS'
   'Standard_RAGRS'
+  'Standard_GZRS'
+  'Standard_RAGZRS'
 ])
 param sku string = 'Standard_LRS'
 
@@ -39,23 +42,8 @@ param jobsQueue string
 @description('Days deleted blobs and containers can be restored.')
 param softDeleteDays int = 14
 
-@description('Days without a read before an instance blob moves to Cool.')
-param coolAfterDays int = 30
-
-@description('Days without a read before an instance blob moves to Cold.')
-param coldAfterDays int = 90
-
-@description('Days without a read before an instance blob moves to Archive.')
-param archiveAfterDays int = 365
-
-@description('Days a blob stays out of Archive after a tier change (a rehydrated slide is not re-archived at once).')
-param rehydratedStayDays int = 30
-
-@description('Days after which an upload session\'s staged blobs are deleted.')
-param stagingExpiryDays int = 2
-
-@description('Blob index tag the lifecycle policy filters on (dicomweb/storage/blobs.py TIER_TAG).')
-param tierTag string = 'dicomweb_tier'
+@description('Move unread instance blobs to the Archive tier (false: the rules with tierToArchive are left out; main.bicep refuses archiving on zone-redundant SKUs).')
+param archive bool = true
 
 @description('Principal id of the app identity.')
 param identityPrincipalId string
@@ -70,8 +58,15 @@ param principalType string = 'User'
 var blobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
 // Storage Queue Data Contributor: send, receive, update and delete messages, create the poison queue.
 var queueDataContributor = '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
+// The lifecycle policy: its rules name the containers of main.bicep and the tag values of
+// dicomweb/storage/blobs.py (tests/test_infra.py checks both, and every rule against the API's rules).
+var lifecyclePolicy = loadJsonContent('../../dicomweb/storage/lifecycle-policy.json', '$.policy')
+var lifecycleRules = filter(lifecyclePolicy.rules, rule => archive || !contains(rule.definition.actions.baseBlob, 'tierToArchive'))
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  // checkov:skip=CKV_AZURE_35: public endpoint by design: clients upload through a SAS of one staging blob and the app runs without a virtual network; every request needs an Entra token or a user-delegation SAS (shared keys are off)
+  // checkov:skip=CKV_AZURE_59: same reason as CKV_AZURE_35: the blob endpoint is public, the data is not (no anonymous access, no shared key)
+  // checkov:skip=CKV_AZURE_206: LRS is the default for cost; storageSku offers GRS and RA-GRS (which keep the Archive tier) and ZRS/GZRS (which lose it)
   name: name
   location: location
   tags: tags
@@ -86,7 +81,14 @@ resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     defaultToOAuthAuthentication: true
     minimumTlsVersion: 'TLS1_2'
     supportsHttpsTrafficOnly: true
+    allowCrossTenantReplication: false
+    // Reachable from the internet (upload clients, the app without a virtual network); only Entra
+    // identities and user-delegation SAS get in.
     publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
   }
 }
 
@@ -135,6 +137,8 @@ resource queues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-
   }
 ]
 
+// The lifecycle policy of dicomweb/storage/lifecycle-policy.json (the local tools read the same file), as-is
+// but for the rules that move blobs to Archive, left out when archiving is off.
 resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
   parent: account
   name: 'default'
@@ -143,69 +147,7 @@ resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05
   ]
   properties: {
     policy: {
-      rules: [
-        {
-          name: 'tier-unread-instances'
-          enabled: true
-          type: 'Lifecycle'
-          definition: {
-            filters: {
-              blobTypes: [
-                'blockBlob'
-              ]
-              prefixMatch: [
-                '${instanceContainer}/'
-              ]
-              // Only blobs the service tagged "auto": labels, overviews, thumbnails, small levels
-              // and every sidecar are tagged "hot" and never leave the hot tier.
-              blobIndexMatch: [
-                {
-                  name: tierTag
-                  op: '=='
-                  value: 'auto'
-                }
-              ]
-            }
-            actions: {
-              baseBlob: {
-                enableAutoTierToHotFromCool: true
-                tierToCool: {
-                  daysAfterLastAccessTimeGreaterThan: coolAfterDays
-                }
-                tierToCold: {
-                  daysAfterLastAccessTimeGreaterThan: coldAfterDays
-                }
-                tierToArchive: {
-                  daysAfterLastAccessTimeGreaterThan: archiveAfterDays
-                  daysAfterLastTierChangeGreaterThan: rehydratedStayDays
-                }
-              }
-            }
-          }
-        }
-        {
-          name: 'expire-staged-uploads'
-          enabled: true
-          type: 'Lifecycle'
-          definition: {
-            filters: {
-              blobTypes: [
-                'blockBlob'
-              ]
-              prefixMatch: [
-                '${stagingContainer}/'
-              ]
-            }
-            actions: {
-              baseBlob: {
-                delete: {
-                  daysAfterModificationGreaterThan: stagingExpiryDays
-                }
-              }
-            }
-          }
-        }
-      ]
+      rules: lifecycleRules
     }
   }
 }

@@ -97,7 +97,7 @@ def test_storage_outages_answer_503_with_retry_after_and_the_service_recovers(tm
             assert frozen.status_code == 503 and time.monotonic() - started < 30, "a frozen store is a 503 in seconds"
         finally:
             os.killpg(azurite.pid, signal.SIGCONT)
-        # The Cosmos server comes back empty: the service makes its database and container again by itself.
+        # The Cosmos server comes back empty; the local stack provisions it again (the service creates nothing).
         stack.restart("cosmos")
         deadline = time.monotonic() + 30
         while (answer := httpx.get(f"{server.base_url}/studies", timeout=60)).status_code != 200:

@@ -193,3 +193,25 @@ def test_a_thumbnail_is_kept_beside_its_instance(server: Server, slides: dict[st
     _thumbnail(server, f"/studies/{file.study_uid}/series/{file.series_uid}/instances/{file.sop_uid}")
     names = blob_names(server.env, "dicom-sidecars", f"{file.study_uid}/{file.series_uid}/{file.sop_uid}/")
     assert sum(name.endswith(".thumbnail") for name in names) == 1
+
+
+def test_frames_larger_than_the_service_decodes_are_served_as_stored_only(emulators: dict[str, str],
+                                                                          tmp_path: Path) -> None:
+    """Rows × Columns are the client's to declare: a frame above DICOMWEB_MAX_RENDERED_PIXELS is never decoded
+    (no transcode, no rendering at any viewport), while its stored bytes are served."""
+    from tests.conftest import fresh_settings
+
+    (level,) = make_slide(tmp_path / "slide", levels=1, base_size=(1024, 512), tile_size=512, associated=False)
+    server = start_server(fresh_settings(emulators), tmp_path, DICOMWEB_MAX_RENDERED_PIXELS=str(256 * 256))
+    try:
+        _store(server, [level])
+        url = _url(server, level)
+        stored = httpx.get(f"{url}/frames/1", headers={"accept": "image/jpeg"}, timeout=60)
+        assert stored.status_code == 200 and stored.content == source_frames(level.path)[0]
+        for path, accept in (("frames/1", "application/octet-stream"), ("frames/1/rendered?viewport=64,64", "image/png"),
+                             ("rendered?viewport=64,32", "image/png"), ("thumbnail", "image/png")):
+            refused = httpx.get(f"{url}/{path}", headers={"accept": accept}, timeout=60)
+            assert refused.status_code == 406, (path, refused.status_code, refused.text)
+            assert "DICOMWEB_MAX_RENDERED_PIXELS" in refused.text or "decoded up to" in refused.text, refused.text
+    finally:
+        server.stop()

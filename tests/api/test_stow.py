@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -13,11 +14,13 @@ from typing import Iterator
 import httpx
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.uid import JPEG2000, HTJ2KLossless, JPEGBaseline8Bit, JPEGLSLossless, RLELossless, generate_uid
 
+from dicomweb.dicom.part10 import FRAME_HEAD
 from dicomweb.storage.blobs import AUTO, HOT, TIER_TAG
 from tests.conftest import Server, blob_names, blob_service, fresh_settings, instance_blob, start_server
-from tests.wsi_factory import SlideFile, make_slide, make_sparse_instance
+from tests.wsi_factory import SlideFile, bomb_frame, make_bomb, make_slide, make_sparse_instance
 
 INSTANCES = "dicom-instances"
 SIDECARS = "dicom-sidecars"
@@ -194,7 +197,7 @@ def test_storage_failure_mid_upload_leaves_nothing(isolated_server: Server, tmp_
     container = isolated_server.env["DICOMWEB_INSTANCE_CONTAINER"]
     blobs = blob_service(isolated_server.env)
     with httpx.Client(base_url=isolated_server.base_url, timeout=60) as client:
-        assert client.options("/studies").status_code == 204  # the service is up and made its containers
+        assert client.options("/studies").status_code == 204  # the service is up (its containers provisioned)
 
         def body() -> Iterator[bytes]:
             yield data[:65536]
@@ -358,3 +361,42 @@ def test_a_large_header_does_not_stall_other_requests(server: Server, tmp_path: 
     assert slowest < 1.5, f"a search waited {slowest:.1f} s while the header was parsed"
     metadata = httpx.get(f"{server.base_url}/studies/{study}/metadata", timeout=60).json()
     assert len(metadata[0]["52009230"]["Value"]) == 10_000
+
+
+@pytest.mark.parametrize("syntax", [JPEGBaseline8Bit, JPEG2000, HTJ2KLossless, JPEGLSLossless, RLELossless])
+def test_a_pixel_bomb_is_refused_and_nothing_stored(http: httpx.Client, server: Server, tmp_path: Path,
+                                                    syntax: str) -> None:
+    """A 256×256 instance whose frame header claims 30000×30000 pixels (an RLE one: 15 segments of 8 MiB runs)."""
+    bomb = make_bomb(tmp_path, syntax)
+    response = http.post("/studies", content=bomb.path.read_bytes(), headers={"content-type": "application/dicom"})
+    assert response.status_code == 409, response.text
+    assert _reasons(response.json()) == [43264]
+    warning = response.headers["warning"]
+    assert "frame 1 is not the image the instance describes" in warning
+    assert "30000\\xd730000 pixels of 3 samples, not the instance's 256\\xd7256" in warning or "15 segments" in warning
+    assert not _stored_anything(server, bomb.study_uid)
+
+
+@pytest.mark.parametrize("bomb", [False, True], ids=["sound", "bomb"])
+def test_the_last_frame_is_checked_where_its_header_lies_beyond_the_bytes_kept(
+        http: httpx.Client, server: Server, tmp_path: Path, bomb: bool) -> None:
+    """A comment segment before the last frame's JPEG frame header puts it beyond the first bytes the walk kept:
+    the stored frame's header is read back (and a bomb removed again, leaving nothing)."""
+    (file,) = make_slide(tmp_path, levels=1, base_size=(512, 256), associated=False)
+    ds = pydicom.dcmread(file.path)
+    first, last = generate_frames(ds.PixelData, number_of_frames=2)
+    last = last[:2] + b"\xff\xfe" + struct.pack(">H", 2 + FRAME_HEAD) + bytes(FRAME_HEAD) + last[2:]
+    if bomb:
+        last = bomb_frame(last, JPEGBaseline8Bit)
+    ds.PixelData = encapsulate([first, last])
+    ds.save_as(file.path, enforce_file_format=True)
+    response = http.post("/studies", content=file.path.read_bytes(), headers={"content-type": "application/dicom"})
+    if bomb:
+        assert response.status_code == 409 and _reasons(response.json()) == [43264], response.text
+        assert "frame 2 is not the image" in response.headers["warning"]
+        assert not _stored_anything(server, file.study_uid)
+        return
+    assert response.status_code == 200, response.text
+    url = f"/studies/{file.study_uid}/series/{file.series_uid}/instances/{file.sop_uid}/frames/2"
+    served = http.get(url, headers={"accept": "image/jpeg; transfer-syntax=*"})
+    assert served.status_code == 200 and served.content == last

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from azure.storage.blob import BlobClient
 from azure.storage.queue import QueueClient
+from pydicom.uid import JPEGBaseline8Bit
 
 from dicomweb import uploads
 from dicomweb.dicom.frames import FrameIndex, sample
@@ -26,7 +27,7 @@ from tests.conftest import (
     source_frames,
     start_server,
 )
-from tests.wsi_factory import SlideFile, make_large_instance, make_slide
+from tests.wsi_factory import SlideFile, make_bomb, make_large_instance, make_slide
 
 if TYPE_CHECKING:
     from tests.oidc import Provider
@@ -512,3 +513,23 @@ def test_a_session_belongs_to_its_creator(secured: Server, provider: "Provider",
     assert committed.status_code == 200, committed.text
     assert httpx.get(session["statusUrl"], headers=alice).json()["status"] == "stored"
     assert httpx.get(session["statusUrl"], headers=others[0]).status_code == 404
+
+
+@pytest.mark.parametrize("with_record", [False, True], ids=["scanned", "client-record"])
+def test_a_pixel_bomb_is_refused_at_ingest_and_stores_nothing(uploads_server: Server, tmp_path: Path,
+                                                               with_record: bool) -> None:
+    """A 256×256 instance whose JPEG frame header claims 30000×30000: refused whether the ingest scans the blob
+    (the walk's kept bytes) or checks a sample of the client's record (the frames it reads)."""
+    bomb = make_bomb(tmp_path, JPEGBaseline8Bit)
+    data = bomb.path.read_bytes()
+    session = _open(uploads_server, len(data))
+    _put(session, data)
+    answer = httpx.post(session["commitUrl"], content=_record(bomb.path).to_bytes() if with_record else b"",
+                        timeout=120)
+    assert answer.status_code == 409, answer.text
+    assert _reasons(answer.json()) == [43264]
+    assert "frame 1 is not the image the instance describes" in answer.headers["warning"]
+    assert "30000\\xd730000 pixels" in answer.headers["warning"]
+    assert _nothing_stored(uploads_server, bomb.study_uid) and f"data/{session['id']}.dcm" not in \
+        _staged_data(uploads_server)
+    assert httpx.get(session["statusUrl"]).json()["status"] == "failed"

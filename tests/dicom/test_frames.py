@@ -52,3 +52,14 @@ def test_eot_must_point_at_fragments() -> None:
 def test_join_fragments_strips_item_headers() -> None:
     span = b"\xfe\xff\x00\xe0\x02\x00\x00\x00ab" + b"\xfe\xff\x00\xe0\x03\x00\x00\x00cde"
     assert frames.join_fragments(span, 2) == b"abcde"
+
+
+def test_a_frame_head_is_read_from_the_start_of_its_span() -> None:
+    index = frames.bot_index(JPEG, "g", [0, 18], _fragments(10, 4, 6), 2)
+    assert index.payload_length(1) == 10 and index.payload_length(2) == 10  # two fragments: 4 + 6 bytes
+    item = b"\xfe\xff\x00\xe0"
+    span = item + b"\x04\x00\x00\x00abcd" + item + b"\x06\x00\x00\x00efghij"
+    assert frames.payload_head(span, 2) == b"abcdefghij"
+    assert frames.payload_head(span[:23], 2) == b"abcdefg", "as far as the bytes read go"
+    assert frames.payload_head(span[:10], 2) == b"ab"
+    assert frames.payload_head(b"\x00" * 20, 1) == b"", "no item header: nothing"

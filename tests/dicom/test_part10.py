@@ -19,8 +19,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBase
 
 from dicomweb.dicom.dicomjson import dataset_to_json
 from dicomweb.dicom.frames import join_fragments
-from dicomweb.dicom.part10 import Limits, Part10Parser
+from dicomweb.dicom.part10 import FRAME_HEAD, Limits, Part10Parser
 from dicomweb.errors import InvalidDataset
+from tests.wsi_factory import make_slide
 
 FRAMES = 6
 
@@ -121,6 +122,47 @@ def test_frames_match_pydicom(layout: str, part10: bool) -> None:
     assert stored[128:132] == b"DICM" and stored[:128] == b"\x00" * 128
     assert again.SOPInstanceUID == ds.SOPInstanceUID
     assert again.file_meta.TransferSyntaxUID == syntax
+
+
+@pytest.mark.parametrize(("offset_table", "fragments"), [("bot", 1), ("eot", 1), ("empty", 1), ("bot", 3)])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_walk_keeps_the_heads_of_the_first_and_the_last_fragment(tmp_path, offset_table: str,  # noqa: ANN001
+                                                                     fragments: int, seed: int) -> None:
+    """What the first and the last frame's codestream headers are checked with at ingest, kept whatever
+    the chunks the bytes arrive in: the first bytes of the first and of the last fragment's payload."""
+    (file,) = make_slide(tmp_path, levels=1, base_size=(768, 512), associated=False, offset_table=offset_table,
+                         fragments_per_frame=fragments, with_icc_profile=False)
+    parser, stored = _parse(file.path.read_bytes(), seed)
+    index = parser.frame_index("g")
+    assert index is not None
+
+    def payload(item: int) -> bytes:
+        (length,) = struct.unpack_from("<I", stored, item + 4)
+        return stored[item + 8 : item + 8 + min(length, FRAME_HEAD)]
+
+    heads = parser.frame_heads
+    first, last = index.item_start(1), index.item_start(len(index))
+    assert len(heads) == 2 and heads[first] == payload(first) and len(heads[first]) == FRAME_HEAD
+    if fragments == 1:
+        assert heads[last] == payload(last)
+    else:
+        assert last not in heads, "the last frame starts three fragments before the last one"
+
+
+def test_a_walk_that_skips_payloads_keeps_no_partial_head(tmp_path) -> None:  # noqa: ANN001
+    (file,) = make_slide(tmp_path, levels=1, base_size=(2048, 512), associated=False, with_icc_profile=False)
+    data = file.path.read_bytes()
+    parser = Part10Parser(Limits())
+    while not parser.table_read:
+        parser.feed(data[parser.position : parser.position + 65536])
+    while (wanted := parser.wanted()) is not None:  # as ``dicomweb upload`` walks a local file
+        parser.skip_to(max(wanted, parser.position))
+        parser.feed(data[parser.position : parser.position + 16])
+    index = parser.frame_index("g")
+    assert index is not None
+    for item, head in parser.frame_heads.items():  # the first fragment came whole with the header's read
+        assert head == data[item + 8 : item + 8 + FRAME_HEAD]
+    assert index.item_start(len(index)) not in parser.frame_heads, "its payload was skipped"
 
 
 @pytest.mark.parametrize("undefined", [False, True], ids=["defined-length", "undefined-length"])

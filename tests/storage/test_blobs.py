@@ -21,7 +21,7 @@ def _run(emulators: dict[str, str], scenario: Callable[[BlobStores], Awaitable[N
         suffix = uuid.uuid4().hex[:8]
         client = BlobServiceClient.from_connection_string(emulators["DICOMWEB_STORAGE_CONNECTION_STRING"])
         store = BlobStores(client, f"i-{suffix}", f"s-{suffix}", f"t-{suffix}")
-        await store.ensure_containers()
+        await store.provision()
         try:
             await scenario(store)
         finally:

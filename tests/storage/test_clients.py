@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -108,6 +110,9 @@ def identity_server(emulators: dict[str, str],
             "IDENTITY_ENDPOINT": f"{endpoint.server.url}/msi/token", "IDENTITY_HEADER": endpoint.SECRET, "AZURE_CLIENT_ID": CLIENT_ID,
             "SSL_CERT_FILE": str(cert),
         }
+        # What the Bicep deploys in Azure, made here through the same identity.
+        subprocess.run([sys.executable, "-m", "dicomweb.local.provision"], env={**os.environ, **settings}, check=True,
+                       timeout=60)
         server = start_server(settings, work)
         assert "DICOMWEB_STORAGE_CONNECTION_STRING" not in server.env and "DICOMWEB_QUEUES" not in server.env
         yield server, endpoint

@@ -11,7 +11,7 @@ from azure.cosmos.aio import CosmosClient
 
 from dicomweb.dicom.attributes import BY_KEYWORD
 from dicomweb.dicom.query import Filter
-from dicomweb.errors import BadRequest
+from dicomweb.errors import BadRequest, DicomWebError, StorageFailure
 from dicomweb.storage.index import CHANGEFEED, Conflict, IndexStore, build_search, document_id, patch_path
 
 
@@ -24,7 +24,7 @@ def _run(emulators: dict[str, str], scenario: Callable[[IndexStore], Awaitable[N
     async def main() -> None:
         store = IndexStore(CosmosClient.from_connection_string(emulators["DICOMWEB_COSMOS_CONNECTION_STRING"]),
                            f"db-{uuid.uuid4().hex[:8]}", "index")
-        await store.ensure()
+        await store.provision()
         try:
             await scenario(store)
         finally:
@@ -102,6 +102,21 @@ def test_sequences_are_unique_and_the_watermark_only_rises(emulators: dict[str, 
         assert (await store.latest_visible(3))["sequence"] == 2
         assert (await store.change(3))["action"] == "skip" and await store.change(9) is None
         assert all(doc["studyInstanceUID"] == CHANGEFEED for doc in await store.changes_after(0, 10))
+
+    _run(emulators, scenario)
+
+
+def test_a_document_above_2_mb_is_refused_for_good(emulators: dict[str, str]) -> None:
+    """Cosmos DB's item limit (413): not a 503, which would have the client retry what never fits."""
+    async def scenario(store: IndexStore) -> None:
+        big = {**_doc("1.1", "1.1.1", "1.1.1.1", 1), "attributes": "x" * (2 * 1024 * 1024 + 100_000)}
+        with pytest.raises(DicomWebError, match="2 MB") as refused:
+            await store.create(big)
+        assert not isinstance(refused.value, StorageFailure) and refused.value.status == 500
+        await store.create(_doc("1.1", "1.1.1", "1.1.1.1", 1))
+        with pytest.raises(DicomWebError, match="2 MB"):
+            await store.patch("1.1", document_id("instance", "1.1.1.1"),
+                              [{"op": "set", "path": "/attributes", "value": big["attributes"]}])
 
     _run(emulators, scenario)
 

@@ -1,0 +1,292 @@
+"""The local stand-ins refuse what Azure refuses: Cosmos DB's item and patch limits and its throttling, the
+Archive tier's offline blobs and slow rehydration (``dicomweb/local/*.js``), and nothing is created but by
+provisioning."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.cosmos import CosmosClient, PartitionKey
+from azure.cosmos.exceptions import CosmosHttpResponseError
+from azure.storage.blob import BlobBlock, BlobServiceClient, ContainerClient, RehydratePriority, StandardBlobTier
+
+from dicomweb.config import Settings
+from dicomweb.errors import StorageFailure
+from dicomweb.local.emulators import Emulators, free_port
+from dicomweb.local.provision import provision
+from dicomweb.service import Service
+from tests.conftest import fresh_settings
+
+MB = 1024 * 1024
+REHYDRATE_SECONDS = 3.0
+#: The Cosmos SDK talks to the local server's self-signed certificate without checking it.
+pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+
+
+def _container(settings: dict[str, str]):  # type: ignore[no-untyped-def]
+    client = CosmosClient.from_connection_string(settings["DICOMWEB_COSMOS_CONNECTION_STRING"])
+    database = client.create_database_if_not_exists(f"limits-{uuid.uuid4().hex[:8]}")
+    return database.create_container_if_not_exists("items", partition_key=PartitionKey(path="/pk"))
+
+
+def _status(call) -> int:  # type: ignore[no-untyped-def]
+    with pytest.raises(CosmosHttpResponseError) as failed:
+        call()
+    return failed.value.status_code
+
+
+def test_cosmos_refuses_items_above_2_mb_however_they_are_written(emulators: dict[str, str]) -> None:
+    container = _container(emulators)
+    big = "x" * (2 * MB + 100_000)  # a 2.1 MB item
+    assert _status(lambda: container.create_item({"id": "a", "pk": "p", "v": big})) == 413
+    assert _status(lambda: container.upsert_item({"id": "a", "pk": "p", "v": big})) == 413
+    container.create_item({"id": "a", "pk": "p", "v": "small"})
+    assert _status(lambda: container.replace_item("a", {"id": "a", "pk": "p", "v": big})) == 413
+    half = "y" * (MB + 100_000)
+    container.patch_item("a", "p", [{"op": "set", "path": "/v", "value": half}])
+    # Each patch is small; the document it would make is not.
+    assert _status(lambda: container.patch_item("a", "p", [{"op": "set", "path": "/w", "value": half}])) == 413
+    assert container.read_item("a", partition_key="p")["v"] == half
+    almost = {"id": "b", "pk": "p", "v": "z" * (2 * MB - 100)}  # just under: Cosmos measures the JSON in UTF-8
+    container.create_item(almost)
+    assert _status(lambda: container.create_item({"id": "c", "pk": "p", "v": "é" * (MB + 10)})) == 413
+
+
+def test_cosmos_refuses_patches_of_more_than_10_operations(emulators: dict[str, str]) -> None:
+    container = _container(emulators)
+    container.create_item({"id": "a", "pk": "p"})
+    operations = [{"op": "set", "path": f"/f{n}", "value": n} for n in range(11)]
+    assert _status(lambda: container.patch_item("a", "p", operations)) == 400
+    assert "f0" not in container.read_item("a", partition_key="p")
+    container.patch_item("a", "p", operations[:10])
+    assert container.read_item("a", partition_key="p")["f9"] == 9
+
+
+@pytest.fixture
+def throttling(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A Cosmos server alone that answers every document request 429."""
+    stack = Emulators(tmp_path, cosmos_port=free_port(), cosmos_throttle=1.0)
+    stack.restart("cosmos")
+    settings = {**stack.settings(), "DICOMWEB_COSMOS_DATABASE": "throttled", "DICOMWEB_STORAGE_TIMEOUT_SECONDS": "2"}
+    try:
+        provision(settings, index_only=True)  # control-plane calls are not throttled
+        yield settings
+    finally:
+        stack.stop()
+
+
+def test_the_cosmos_throttle_answers_429_with_a_wait_and_outlasting_it_is_a_503(throttling: dict[str, str]) -> None:
+    endpoint = throttling["DICOMWEB_COSMOS_CONNECTION_STRING"].split("AccountEndpoint=")[1].split(";")[0]
+    answer = httpx.post(f"{endpoint}dbs/throttled/colls/index/docs", json={"id": "a", "studyInstanceUID": "s"},
+                        headers={"x-ms-documentdb-partitionkey": '["s"]'}, verify=False)
+    assert answer.status_code == 429
+    assert answer.headers["x-ms-retry-after-ms"] == "100" and answer.headers["x-ms-substatus"] == "3200"
+    assert answer.json()["code"] == "TooManyRequests"
+
+    async def scenario() -> StorageFailure:
+        service = await Service.create(Settings.from_env(throttling))
+        try:
+            started = time.monotonic()
+            with pytest.raises(StorageFailure) as failed:
+                await service.index.find("s", "study", "s")
+            # The SDK retried (9 times, 100 ms apart) before giving up, well within the storage timeout.
+            assert 0.8 < time.monotonic() - started < 10
+            return failed.value
+        finally:
+            await service.close()
+
+    failure = asyncio.run(scenario())
+    assert failure.status == 503 and failure.retry_after >= 1 and "throttling" in failure.message
+
+
+def test_a_partly_throttled_cosmos_is_absorbed_by_the_sdk_retries(tmp_path: Path) -> None:
+    stack = Emulators(tmp_path, cosmos_port=free_port(), cosmos_throttle=0.3)
+    stack.restart("cosmos")
+    settings = {**stack.settings(), "DICOMWEB_COSMOS_DATABASE": "partly"}
+    try:
+        provision(settings, index_only=True)
+
+        async def scenario() -> None:
+            service = await Service.create(Settings.from_env(settings))
+            try:
+                for n in range(20):
+                    await service.index.create({"id": f"study:{n}", "type": "study", "studyInstanceUID": str(n)})
+                assert await service.index.count() == 20
+            finally:
+                await service.close()
+
+        asyncio.run(scenario())
+    finally:
+        stack.stop()
+
+
+def test_the_service_creates_nothing_and_names_what_is_missing(emulators: dict[str, str]) -> None:
+    """In Azure the Bicep owns the database, containers and queues: a missing one is a 503 naming it."""
+    settings = Settings.from_env({**emulators, "DICOMWEB_COSMOS_DATABASE": f"absent-{uuid.uuid4().hex[:8]}",
+                                  "DICOMWEB_INSTANCE_CONTAINER": f"absent-{uuid.uuid4().hex[:8]}",
+                                  "DICOMWEB_JOBS_QUEUE": f"absent-{uuid.uuid4().hex[:8]}"})
+
+    async def scenario() -> None:
+        service = await Service.create(settings)
+        try:
+            for call in (service.index.find("s", "study", "s"), service.index.count(),
+                         service.index.create({"id": "study:s", "type": "study", "studyInstanceUID": "s"})):
+                with pytest.raises(StorageFailure, match=f"no container 'index' in database '{settings.cosmos_database}'"):
+                    await call
+            with pytest.raises(StorageFailure, match="no container"):
+                async for _ in service.blobs.instances.studies():
+                    pass
+            with pytest.raises(StorageFailure, match=f"no queue '{settings.jobs_queue}'"):
+                await service.jobs.send({"kind": "nothing"})
+        finally:
+            await service.close()
+
+    asyncio.run(scenario())
+    cosmos = CosmosClient.from_connection_string(emulators["DICOMWEB_COSMOS_CONNECTION_STRING"])
+    assert settings.cosmos_database not in {db["id"] for db in cosmos.list_databases()}
+    blobs = BlobServiceClient.from_connection_string(emulators["DICOMWEB_STORAGE_CONNECTION_STRING"])
+    assert not blobs.get_container_client(settings.instance_container).exists()
+
+
+def test_a_restarted_cosmos_server_is_provisioned_again(tmp_path: Path) -> None:
+    stack = Emulators(tmp_path / "emulators")
+    settings = stack.start()
+    try:
+        own = fresh_settings(settings)
+        stack.provision({"DICOMWEB_COSMOS_DATABASE": own["DICOMWEB_COSMOS_DATABASE"]})
+        os.killpg(stack.processes["cosmos"].pid, signal.SIGKILL)
+        stack.processes["cosmos"].wait(10)
+        stack.restart("cosmos")
+        cosmos = CosmosClient.from_connection_string(settings["DICOMWEB_COSMOS_CONNECTION_STRING"])
+        databases = {db["id"] for db in cosmos.list_databases()}
+        assert databases == {Settings.cosmos_database, own["DICOMWEB_COSMOS_DATABASE"]}
+        container = cosmos.get_database_client(Settings.cosmos_database).get_container_client(Settings.cosmos_container)
+        properties = container.read()
+        assert properties["partitionKey"]["paths"] == ["/studyInstanceUID"]
+        assert properties["indexingPolicy"]["excludedPaths"]  # the policy the Bicep deploys
+    finally:
+        stack.stop()
+
+
+# The Archive tier.
+
+
+def _archived(container: ContainerClient, name: str, data: bytes = b"archived bytes") -> None:
+    blob = container.get_blob_client(name)
+    blob.upload_blob(data, overwrite=True, tags={"dicomweb_tier": "auto"}, metadata={"kept": "yes"})
+    blob.set_standard_blob_tier(StandardBlobTier.ARCHIVE)
+
+
+def _code(call) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    with pytest.raises(HttpResponseError) as failed:
+        call()
+    return failed.value.status_code, failed.value.error_code or ""
+
+
+def test_an_archived_blob_refuses_reads_and_changes_as_azure_does(emulators: dict[str, str]) -> None:
+    container = BlobServiceClient.from_connection_string(
+        emulators["DICOMWEB_STORAGE_CONNECTION_STRING"]).create_container(f"archive-{uuid.uuid4().hex[:8]}")
+    _archived(container, "a")
+    blob = container.get_blob_client("a")
+    archived = (409, "BlobArchived")
+    assert _code(lambda: blob.set_blob_metadata({"deleting": "1"})) == archived
+    assert _code(lambda: blob.download_blob().readall()) == archived
+    assert _code(lambda: blob.set_http_headers()) == archived
+    assert _code(lambda: blob.upload_blob(b"new", overwrite=True)) == archived
+    blob.stage_block("YmxvY2s=", b"new")
+    assert _code(lambda: blob.commit_block_list([BlobBlock(block_id="YmxvY2s=")])) == archived
+    assert _code(lambda: blob.create_snapshot()) == archived
+    assert _code(lambda: container.get_blob_client("copy").start_copy_from_url(blob.url)) == archived
+    # What stays allowed: properties, metadata and tags read, tags written, listing, and deletion.
+    properties = blob.get_blob_properties()
+    assert properties.blob_tier == "Archive" and properties.metadata == {"kept": "yes"}
+    blob.set_blob_tags({**blob.get_blob_tags(), "deleting": "1"})
+    assert blob.get_blob_tags() == {"dicomweb_tier": "auto", "deleting": "1"}
+    assert [(b.name, b.tags) for b in container.list_blobs(include=["tags"])] == [
+        ("a", {"dicomweb_tier": "auto", "deleting": "1"})]
+    blob.delete_blob()
+    with pytest.raises(ResourceNotFoundError):
+        blob.get_blob_properties()
+
+
+@pytest.fixture
+def slow_rehydration(tmp_path: Path) -> Iterator[tuple[Emulators, ContainerClient]]:
+    """Azurite alone, its rehydrations taking REHYDRATE_SECONDS."""
+    stack = Emulators(tmp_path, blob_port=free_port(), rehydrate_seconds=REHYDRATE_SECONDS)
+    stack.restart("azurite")
+    try:
+        service = BlobServiceClient.from_connection_string(stack.settings()["DICOMWEB_STORAGE_CONNECTION_STRING"])
+        yield stack, service.create_container("slow")
+    finally:
+        stack.stop()
+
+
+def _wait_online(blob, tier: str) -> float:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    while (properties := blob.get_blob_properties()).blob_tier != tier:
+        assert properties.archive_status == f"rehydrate-pending-to-{tier.lower()}"
+        assert time.monotonic() - started < REHYDRATE_SECONDS + 5
+        time.sleep(0.1)
+    assert properties.archive_status is None
+    return time.monotonic() - started
+
+
+def test_a_rehydration_stays_pending_for_its_time_then_completes(
+        slow_rehydration: tuple[Emulators, ContainerClient]) -> None:
+    _, container = slow_rehydration
+    _archived(container, "a")
+    blob = container.get_blob_client("a")
+    started = time.monotonic()
+    blob.set_standard_blob_tier(StandardBlobTier.HOT)
+    properties = blob.get_blob_properties()
+    assert (properties.blob_tier, properties.archive_status, properties.rehydrate_priority) == (
+        "Archive", "rehydrate-pending-to-hot", "Standard")
+    assert _code(lambda: blob.download_blob().readall()) == (409, "BlobArchived")
+    assert _code(lambda: blob.set_blob_metadata({"x": "1"})) == (409, "BlobArchived")
+    assert _code(lambda: blob.set_standard_blob_tier(StandardBlobTier.COOL)) == (409, "BlobBeingRehydrated")
+    blob.set_standard_blob_tier(StandardBlobTier.HOT, rehydrate_priority=RehydratePriority.HIGH)
+    assert blob.get_blob_properties().rehydrate_priority == "High"
+    _wait_online(blob, "Hot")
+    assert REHYDRATE_SECONDS - 0.2 <= time.monotonic() - started <= REHYDRATE_SECONDS + 2
+    assert blob.download_blob().readall() == b"archived bytes"
+    blob.set_blob_metadata({"x": "1"})
+
+
+def test_a_rehydrating_copy_is_pending_until_its_time(slow_rehydration: tuple[Emulators, ContainerClient]) -> None:
+    _, container = slow_rehydration
+    _archived(container, "source")
+    source = container.get_blob_client("source")
+    copy = container.get_blob_client("copy")
+    answer = copy.start_copy_from_url(source.url, standard_blob_tier=StandardBlobTier.HOT,
+                                      rehydrate_priority=RehydratePriority.HIGH)
+    assert answer["copy_status"] == "pending"
+    properties = copy.get_blob_properties()
+    assert (properties.copy.status, properties.archive_status, properties.rehydrate_priority) == (
+        "pending", "rehydrate-pending-to-hot", "High")
+    assert _code(lambda: copy.download_blob().readall()) == (409, "BlobArchived")
+    assert _wait_online(copy, "Hot") > REHYDRATE_SECONDS - 1
+    assert copy.get_blob_properties().copy.status == "success"
+    assert copy.download_blob().readall() == b"archived bytes"
+    assert source.get_blob_properties().blob_tier == "Archive"
+
+
+def test_a_pending_rehydration_survives_a_restart(slow_rehydration: tuple[Emulators, ContainerClient]) -> None:
+    stack, container = slow_rehydration
+    _archived(container, "a")
+    blob = container.get_blob_client("a")
+    blob.set_standard_blob_tier(StandardBlobTier.COOL)
+    process = stack.processes["azurite"]
+    os.killpg(process.pid, signal.SIGTERM)  # Azurite saves its database as it stops
+    process.wait(10)
+    stack.restart("azurite")
+    assert blob.get_blob_properties().archive_status == "rehydrate-pending-to-cool"
+    _wait_online(blob, "Cool")
