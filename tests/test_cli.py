@@ -106,3 +106,12 @@ def test_a_second_serve_on_the_same_data_folder_refuses_to_start(tmp_path: Path)
     again, _ = _serve(tmp_path / "data", tmp_path)  # the folder is free once the first has stopped
     again.send_signal(signal.SIGTERM)
     again.wait(timeout=30)
+
+
+def test_serve_admits_what_one_azure_instance_takes() -> None:
+    """``serve``'s default concurrency is the per-instance concurrency the Bicep deploys (infra/scale.json)."""
+    import json
+
+    from dicomweb.cli import SCALE_JSON, deployed_concurrency
+
+    assert deployed_concurrency() == json.loads(SCALE_JSON.read_text())["httpPerInstanceConcurrency"] >= 1

@@ -14,7 +14,8 @@
 // restarted Azurite finishes them on time, or at once when their time passed while it was down. A
 // rehydration started less than Azurite's autosave interval (5 s) before a SIGKILL is lost with the
 // rest of those seconds' writes.
-// Usage: node azurite_blob.js [--rehydrateSeconds SECONDS] AZURITE-BLOB-ARGUMENTS...
+// Usage: node azurite_blob.js [--rehydrateSeconds SECONDS] [--latencyMs MS] AZURITE-BLOB-ARGUMENTS...
+const http = require("http");
 const Models = require("azurite/dist/src/blob/generated/artifacts/models");
 const StorageErrorFactory = require("azurite/dist/src/blob/errors/StorageErrorFactory").default;
 const StorageError = require("azurite/dist/src/blob/errors/StorageError").default;
@@ -29,6 +30,18 @@ function option(name, fallback) {
   return value;
 }
 const rehydrateMs = option("--rehydrateSeconds", 0) * 1000;
+// Opt-in: every request waits this long before Azurite sees it, as a request to Blob Storage across the
+// network of a region does (Azurite on loopback answers a small ranged read in about 2 ms), so that local
+// load tests see the concurrency a worker needs to keep its reads in flight.
+const latencyMs = option("--latencyMs", 0);
+if (latencyMs > 0) {
+  const emit = http.Server.prototype.emit;
+  http.Server.prototype.emit = function (event, ...args) {
+    if (event !== "request") return emit.call(this, event, ...args);
+    setTimeout(() => emit.call(this, event, ...args), latencyMs);
+    return true;
+  };
+}
 
 const { Archive, Hot, Cool, Cold } = Models.AccessTier;
 const ONLINE = { hot: Hot, cool: Cool, cold: Cold };

@@ -66,6 +66,8 @@ class Emulators:
     cosmos_throttle: float = 0.0
     #: How long a rehydration from the Archive tier stays pending (Azure: up to 15 h at standard priority).
     rehydrate_seconds: float = 60.0
+    #: Milliseconds every Blob request waits before Azurite takes it, as across a region's network (0: none).
+    blob_latency_ms: float = 0.0
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     #: The setting overrides (resource names) provisioned so far: made again when the Cosmos server restarts empty.
     provisioned: list[dict[str, str]] = field(default_factory=list)
@@ -104,7 +106,7 @@ class Emulators:
         log = open(self.data_dir / "emulators.log", "ab")
         if name == "azurite":
             command = [str(shutil.which("node")), str(Path(__file__).with_name("azurite_blob.js")),
-                       "--rehydrateSeconds", str(self.rehydrate_seconds),
+                       "--rehydrateSeconds", str(self.rehydrate_seconds), "--latencyMs", str(self.blob_latency_ms),
                        "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
                        "--location", str(self.data_dir / "azurite"), "--skipApiVersionCheck", "--loose", "--silent",
                        "--disableTelemetry"]
