@@ -26,7 +26,7 @@ from dicomweb import audit, records
 from dicomweb.dicom.dicomjson import JsonDict
 from dicomweb.errors import BadRequest, NotFound
 from dicomweb.service import Service
-from dicomweb.storage.blobs import Location
+from dicomweb.storage.naming import Location
 from dicomweb.storage.index import SKIP, Conflict, Document, claim_partition, document_id
 
 ACTIONS = ("create", "update", "delete")

@@ -27,7 +27,7 @@ from dicomweb.delete import delete_instance
 from dicomweb.indexing import member_key, recount
 from dicomweb.reindex import reindex
 from dicomweb.service import Service
-from dicomweb.storage.blobs import DELETING, Location
+from dicomweb.storage.naming import DELETING, Location
 from dicomweb.storage.index import Document
 
 

@@ -16,7 +16,7 @@ from dicomweb import audit, changefeed, jobs, records, retrieve
 from dicomweb.errors import DicomWebError, NotFound
 from dicomweb.indexing import DELETE, remove_generation, withdraw
 from dicomweb.service import Service
-from dicomweb.storage.blobs import DELETING, Location
+from dicomweb.storage.naming import DELETING, Location
 from dicomweb.storage.index import Conflict, Document
 
 #: Instances deleted at once.

@@ -25,7 +25,7 @@ from typing import Any
 from dicomweb import audit, changefeed, jobs, records
 from dicomweb.errors import DicomWebError, Duplicate, StoredElsewhere
 from dicomweb.service import Service
-from dicomweb.storage.blobs import Location
+from dicomweb.storage.naming import Location
 from dicomweb.storage.index import NO_MATCH_FIELDS, Conflict, Document, claim_partition, document_id, patch_path
 
 log = logging.getLogger(__name__)

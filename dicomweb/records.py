@@ -15,7 +15,7 @@ from dicomweb.dicom.dicomjson import BULKDATA, PIXEL_DATA_KEY, JsonDict, dataset
 from dicomweb.dicom.frames import FrameIndex
 from dicomweb.dicom.part10 import Header, Part10Parser
 from dicomweb.errors import InvalidDataset
-from dicomweb.storage.blobs import Location
+from dicomweb.storage.naming import Location
 from dicomweb.storage.index import Document, document_id
 
 SIDECAR_VERSION = 1

@@ -32,7 +32,7 @@ from dicomweb.dicom.part10 import Part10Parser
 from dicomweb.errors import InvalidDataset, NotFound
 from dicomweb.indexing import publish, recount, remove_generation
 from dicomweb.service import Service
-from dicomweb.storage.blobs import DELETING, Location, new_generation
+from dicomweb.storage.naming import DELETING, Location, new_generation
 
 log = logging.getLogger(__name__)
 

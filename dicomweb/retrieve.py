@@ -24,7 +24,7 @@ from dicomweb.dicom.syntax import bounded_int
 from dicomweb.errors import BadRequest, DamagedInstance, NotFound, StorageFailure
 from dicomweb.framecache import FrameCache, Key
 from dicomweb.service import CachedIndex, Service
-from dicomweb.storage.blobs import Location
+from dicomweb.storage.naming import Location
 from dicomweb.storage.index import Document
 
 #: Adjacent frames are read together while the combined read stays below this size.

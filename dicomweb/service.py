@@ -17,7 +17,8 @@ from dicomweb.config import Settings
 from dicomweb.dicom.codecs import PixelFormat
 from dicomweb.dicom.frames import FrameIndex
 from dicomweb.framecache import FrameCache
-from dicomweb.storage.blobs import BlobStores, Location
+from dicomweb.storage.blobs import BlobStores
+from dicomweb.storage.naming import Location
 from dicomweb.storage.clients import blob_store, index_store, job_queue
 from dicomweb.storage.index import IndexStore
 from dicomweb.storage.queues import JobQueue

@@ -34,7 +34,8 @@ from dicomweb.dicom.syntax import is_valid_uid
 from dicomweb.errors import DicomWebError, InvalidDataset, PayloadTooLarge, StorageFailure, StudyMismatch
 from dicomweb.indexing import abandon, publish, refusal
 from dicomweb.service import Service
-from dicomweb.storage.blobs import AUTO, HOT, TIER_TAG, BlockUpload, Location, new_generation
+from dicomweb.storage.naming import AUTO, HOT, TIER_TAG, Location, new_generation
+from dicomweb.storage.transfer import BlockUpload
 
 log = logging.getLogger(__name__)
 

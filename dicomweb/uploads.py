@@ -62,7 +62,8 @@ from dicomweb.errors import (
 )
 from dicomweb.indexing import abandon, publish, refusal
 from dicomweb.service import Service
-from dicomweb.storage.blobs import TIER_TAG, Location, StaleBlob, new_generation
+from dicomweb.storage.naming import TIER_TAG, Location, new_generation
+from dicomweb.storage.transfer import StaleBlob
 from dicomweb.stow import Outcome, check_codestreams, check_frame, pixel_format, response, tier, validate
 
 log = logging.getLogger(__name__)

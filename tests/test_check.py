@@ -11,7 +11,7 @@ import httpx
 
 from dicomweb.config import Settings
 from dicomweb.service import Service
-from dicomweb.storage.blobs import DELETING, Location
+from dicomweb.storage.naming import DELETING, Location
 from tests.conftest import ROOT, Server, blob_service, fresh_settings, instance_blob, start_server
 from tests.wsi_factory import make_slide
 

@@ -23,7 +23,7 @@ from dicomweb.errors import StorageFailure
 from dicomweb.indexing import ABANDON, abandon, member_key, publish
 from dicomweb.jobs import run
 from dicomweb.service import Service
-from dicomweb.storage.blobs import Location, new_generation
+from dicomweb.storage.naming import Location, new_generation
 from dicomweb.storage.clients import queue_consumer
 from tests.conftest import ROOT, Server, blob_names, fresh_settings, instance_blob, source_frames, start_server
 from tests.wsi_factory import SlideFile, copy_instance, make_slide

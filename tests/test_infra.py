@@ -25,7 +25,7 @@ import pytest
 from dicomweb import jobs
 from dicomweb.config import SETTING_NAMES, Settings
 from dicomweb.reindex import RUNS
-from dicomweb.storage.blobs import AUTO, HOT, TIER_TAG
+from dicomweb.storage.naming import AUTO, HOT, TIER_TAG
 from dicomweb.storage.index import INDEXING_POLICY, PARTITION_KEY
 from dicomweb.storage.queues import POISON_SUFFIX
 from dicomweb.uploads import STUCK_SECONDS, Session

@@ -19,8 +19,8 @@ from tests.wsi_factory import make_slide
 
 #: Where the package may start a task or a thread, and why each one ends before its caller returns.
 STARTS_WORK = {
-    ("dicomweb/storage/blobs.py", "_stage"): "a block upload's blocks: commit gathers them, abort cancels them",
-    ("dicomweb/storage/blobs.py", "read"): "ranged reads ahead: the generator cancels and gathers them in finally",
+    ("dicomweb/storage/transfer.py", "_stage"): "a block upload's blocks: commit gathers them, abort cancels them",
+    ("dicomweb/storage/staging.py", "read"): "ranged reads ahead: the generator cancels and gathers them in finally",
     ("dicomweb/api/local_host.py", "_deliver"): "the local host: renews a delivery's hold while it runs",
     ("dicomweb/api/local_host.py", "_listen"): "the local host: a delivery per received message",
     ("dicomweb/api/local_host.py", "lifespan"): "the local host: timers and queue listeners",

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from dicomweb.local.provision import provision
-from dicomweb.storage.blobs import new_generation
+from dicomweb.storage.naming import new_generation
 from tests.conftest import (
     ROOT,
     blob_names,

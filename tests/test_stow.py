@@ -6,7 +6,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicomweb.errors import InvalidDataset, StudyMismatch
-from dicomweb.storage.blobs import AUTO, HOT
+from dicomweb.storage.naming import AUTO, HOT
 from dicomweb.stow import tier, validate
 
 

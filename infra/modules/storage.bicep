@@ -59,7 +59,7 @@ var blobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
 // Storage Queue Data Contributor: send, receive, update and delete messages, create the poison queue.
 var queueDataContributor = '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
 // The lifecycle policy: its rules name the containers of main.bicep and the tag values of
-// dicomweb/storage/blobs.py (tests/test_infra.py checks both, and every rule against the API's rules).
+// dicomweb/storage/naming.py (tests/test_infra.py checks both, and every rule against the API's rules).
 var lifecyclePolicy = loadJsonContent('../../dicomweb/storage/lifecycle-policy.json', '$.policy')
 var lifecycleRules = filter(lifecyclePolicy.rules, rule => archive || !contains(rule.definition.actions.baseBlob, 'tierToArchive'))
 

@@ -18,7 +18,7 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import JPEG2000, HTJ2KLossless, JPEGBaseline8Bit, JPEGLSLossless, RLELossless, generate_uid
 
 from dicomweb.dicom.part10 import FRAME_HEAD
-from dicomweb.storage.blobs import AUTO, HOT, TIER_TAG
+from dicomweb.storage.naming import AUTO, HOT, TIER_TAG
 from tests.conftest import Server, blob_names, blob_service, fresh_settings, instance_blob, start_server
 from tests.wsi_factory import SlideFile, bomb_frame, make_bomb, make_slide, make_sparse_instance
 

@@ -1,4 +1,4 @@
-"""The Blob adapter against Azurite: one store per container, generation names, ranged reads, tiers."""
+"""The storage account's stores against Azurite: one per container; block uploads, ranged reads, tiers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import pytest
 from azure.storage.blob.aio import BlobServiceClient
 
 from dicomweb.errors import Archived, NotFound
-from dicomweb.storage.blobs import DELETING, BlobStores, Location, StaleBlob, new_generation
+from dicomweb.storage.blobs import BlobStores
+from dicomweb.storage.naming import DELETING, Location, new_generation
+from dicomweb.storage.transfer import StaleBlob
 
 HERE = Location("1.2", "1.2.3", "1.2.3.4", "0000000000000a00000000000b")
 
@@ -30,15 +32,6 @@ def _run(emulators: dict[str, str], scenario: Callable[[BlobStores], Awaitable[N
             await store.close()
 
     asyncio.run(main())
-
-
-def test_generation_names_sort_by_age_and_parse_back() -> None:
-    first = new_generation()
-    assert new_generation() > first and len(first) == 26
-    assert HERE.instance == "1.2/1.2.3/1.2.3.4/0000000000000a00000000000b.dcm"
-    assert HERE.sidecars == [HERE.stem + ".json", HERE.stem + ".frames", HERE.stem + ".thumbnail"]
-    assert Location.parse(HERE.instance) == HERE and Location.parse(HERE.sidecar("frames")) == HERE
-    assert Location.parse("1.2/1.2.3/1.2.3.4.dcm") is None
 
 
 def test_block_upload_commits_every_block_in_order(emulators: dict[str, str]) -> None:
