@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dicomweb import cpu, retrieve
+from dicomweb import cpu, retrieve, transcode
 from dicomweb.dicom import codecs, render
 from dicomweb.dicom.codecs import CodecError, FrameRefused, PixelFormat
 from dicomweb.dicom.render import Geometry, Plan, RenderParams
@@ -188,7 +188,7 @@ async def prepare(service: Service, doc: Document, params: RenderParams) -> Prep
     profile = await _profile(service, cached, src, params)
     level, level_src, plan = await _level(service, doc, cached, src, full)
     render.check_budget(len(plan.tiles), settings.max_rendered_frames)
-    _check_frame_size(level_src, settings.max_rendered_pixels)
+    _check_frame_size(service, level_src)
     return Prepared(level, level_src, plan, profile)
 
 
@@ -202,12 +202,12 @@ async def instance(service: Service, doc: Document, params: RenderParams) -> byt
     return await draw(service, await prepare(service, doc, params), params)
 
 
-def _check_frame_size(src: Source, max_pixels: int) -> None:
-    """A frame is decoded whole whatever the viewport: one larger than the largest rendering is not decoded
-    (Rows × Columns are the client's to declare; their codestream is checked against them at decode)."""
-    if src.fmt.rows * src.fmt.columns > max_pixels:
+def _check_frame_size(service: Service, src: Source) -> None:
+    """A frame is decoded whole whatever the viewport: one larger than the service decodes is not rendered."""
+    if not transcode.decodable(service, src.fmt):
         raise NotAcceptable(f"frames of {src.fmt.columns}×{src.fmt.rows} pixels are larger than the service decodes "
-                         f"({max_pixels} pixels, DICOMWEB_MAX_RENDERED_PIXELS): retrieve them as stored")
+                            f"({service.settings.max_rendered_pixels} pixels, DICOMWEB_MAX_RENDERED_PIXELS): "
+                            "retrieve them as stored")
 
 
 def _canvas(src: Source, plan: Plan) -> np.ndarray:
@@ -220,7 +220,7 @@ def _canvas(src: Source, plan: Plan) -> np.ndarray:
 async def frames(service: Service, cached: CachedIndex, numbers: list[int], params: RenderParams) -> list[bytes]:
     """Each requested frame rendered on its own (the viewport applies to the frame), in order."""
     src = await source(service, cached)
-    _check_frame_size(src, service.settings.max_rendered_pixels)
+    _check_frame_size(service, src)
     one = Geometry.single(src.fmt.columns, src.fmt.rows)
     frame_src = Source(src.fmt, one, src.display, src.icc)
     plan = render.plan(one, params.viewport, service.settings.max_rendered_pixels, 1)

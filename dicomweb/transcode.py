@@ -49,7 +49,7 @@ async def choose(service: Service, cached: CachedIndex, accept: str | None, sing
     for choice in choices:
         if choice.transfer_syntax == label:
             return choice
-        if stored in codecs.DECODABLE and _decodable(service, fmt := await pixel_format(service, cached)) \
+        if stored in codecs.DECODABLE and decodable(service, fmt := await pixel_format(service, cached)) \
                 and codecs.encodable(choice.transfer_syntax, fmt):
             return choice
     asked = ", ".join(f"{c.media_type} ({c.transfer_syntax})" for c in choices) or "nothing this resource serves"
@@ -58,7 +58,7 @@ async def choose(service: Service, cached: CachedIndex, accept: str | None, sing
                         f"{service.settings.max_rendered_pixels} pixels)")
 
 
-def _decodable(service: Service, fmt: PixelFormat) -> bool:
+def decodable(service: Service, fmt: PixelFormat) -> bool:
     """Whether frames of ``fmt`` are small enough to decode: Rows × Columns are the client's to declare, and a
     decoder allocates them whole (the codestream is checked against them at decode)."""
     return fmt.rows * fmt.columns <= service.settings.max_rendered_pixels
@@ -152,7 +152,7 @@ async def _producible(service: Service, doc: Document, target: str) -> bool:
     fmt = await pixel_format(service, cached)
     if not is_encapsulated(target) and not native_fits(len(cached.frames), fmt):
         return False
-    return stored in codecs.DECODABLE and _decodable(service, fmt) and codecs.encodable(target, fmt)
+    return stored in codecs.DECODABLE and decodable(service, fmt) and codecs.encodable(target, fmt)
 
 
 async def choose_instances(service: Service, docs: list[Document], accept: str | None,

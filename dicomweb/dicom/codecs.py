@@ -99,8 +99,9 @@ class PixelFormat:
 
     @property
     def native_length(self) -> int:
-        """Bytes of one native frame."""
-        return self.rows * self.columns * self.samples * self.dtype.itemsize
+        """Bytes of one frame stored natively (PS3.5 §8.1.1); YBR_FULL_422 stores two samples per pixel."""
+        samples = 2 if self.photometric == "YBR_FULL_422" else self.samples
+        return self.rows * self.columns * samples * self.dtype.itemsize
 
     def decoded(self) -> "PixelFormat":
         """The format of decoded (and natively re-encoded) frames: interleaved, RGB for colour."""
@@ -214,7 +215,7 @@ def _rle_encode(image: np.ndarray, fmt: PixelFormat) -> bytes:
 
 def _jpegls(image: np.ndarray, fmt: PixelFormat, near: int) -> bytes:
     # CharLS writes into a buffer sized up front: noise can come out larger than its input.
-    return imagecodecs.jpegls_encode(image, level=near, out=fmt.native_length * 2 + 4096)
+    return imagecodecs.jpegls_encode(image, level=near, out=image.nbytes * 2 + 4096)
 
 
 def _eight_bit(encoder: Callable[[np.ndarray, PixelFormat], bytes]) -> Callable[[np.ndarray, PixelFormat], bytes]:

@@ -217,12 +217,6 @@ def rle_segments(data: bytes, length: int, segments: int) -> list[int]:
     return offsets
 
 
-def native_length(fmt: PixelFormat) -> int:
-    """Bytes of one native frame (PS3.5 §8.1.1); YBR_FULL_422 stores two samples per pixel."""
-    samples = 2 if fmt.photometric == "YBR_FULL_422" else fmt.samples
-    return fmt.rows * fmt.columns * samples * fmt.bits_allocated // 8
-
-
 def check(data: bytes, transfer_syntax: str, fmt: PixelFormat, length: int | None = None) -> None:
     """Refuse a frame whose header does not declare the image ``fmt`` describes: other Columns, Rows or
     SamplesPerPixel, samples wider than BitsAllocated (only Bits Allocated bounds the memory a decoded sample
@@ -235,8 +229,8 @@ def check(data: bytes, transfer_syntax: str, fmt: PixelFormat, length: int | Non
     """
     length = len(data) if length is None else length
     if transfer_syntax in NATIVE_SYNTAXES:
-        if length != native_length(fmt):
-            raise HeaderError(f"a native frame of {fmt.columns}×{fmt.rows}×{fmt.samples} needs {native_length(fmt)} "
+        if length != fmt.native_length:
+            raise HeaderError(f"a native frame of {fmt.columns}×{fmt.rows}×{fmt.samples} needs {fmt.native_length} "
                               f"bytes, not {length}")
         return
     try:

@@ -21,14 +21,7 @@ const StorageErrorFactory = require("azurite/dist/src/blob/errors/StorageErrorFa
 const StorageError = require("azurite/dist/src/blob/errors/StorageError").default;
 const Store = require("azurite/dist/src/blob/persistence/LokiBlobMetadataStore").default;
 
-function option(name, fallback) {
-  const at = process.argv.indexOf(name);
-  if (at < 0) return fallback;
-  const value = Number(process.argv[at + 1]);
-  process.argv.splice(at, 2);
-  if (!Number.isFinite(value) || value < 0) throw new Error(`${name} takes a number of seconds`);
-  return value;
-}
+const { option } = require("./options");
 const rehydrateMs = option("--rehydrateSeconds", 0) * 1000;
 // Opt-in: every request waits this long before Azurite sees it, as a request to Blob Storage across the
 // network of a region does (Azurite on loopback answers a small ranged read in about 2 ms), so that local

@@ -16,14 +16,7 @@
 const MAX_ITEM_BYTES = 2 * 1024 * 1024;
 const SYSTEM_PROPERTIES = new Set(["_rid", "_self", "_etag", "_ts", "_attachments"]);
 
-function option(name, fallback) {
-  const at = process.argv.indexOf(name);
-  if (at < 0) return fallback;
-  const value = Number(process.argv[at + 1]);
-  process.argv.splice(at, 2);
-  if (!Number.isFinite(value) || value < 0) throw new Error(`${name} takes a number`);
-  return value;
-}
+const { option } = require("./options");
 const throttle = option("--throttle", 0);
 const retryAfterMs = option("--retry-after-ms", 100);
 
