@@ -27,7 +27,8 @@ from dicomweb.dicom.dicomjson import JsonDict
 from dicomweb.errors import BadRequest, NotFound
 from dicomweb.service import Service
 from dicomweb.storage.naming import Location
-from dicomweb.storage.index import SKIP, Conflict, Document, claim_partition, document_id
+from dicomweb.storage.changes import SKIP
+from dicomweb.storage.cosmos import Conflict, Document
 
 ACTIONS = ("create", "update", "delete")
 DEFAULT_LIMIT, MAX_LIMIT = 100, 200
@@ -66,30 +67,28 @@ def _entry(sequence: int, action: str, location: Location, actor: dict[str, str]
 async def record(service: Service, sequence: int, action: str, location: Location) -> int:
     """Write the entry of change ``sequence``; the sequence it got (a new one if a reader skipped it meanwhile)."""
     assert action in ACTIONS
-    index = service.index
+    changes = service.changes
     while True:
         try:
-            await index.add_change(_entry(sequence, action, location, audit.actor()))
+            await changes.add(_entry(sequence, action, location, audit.actor()))
             return sequence
         except Conflict:
-            found = await index.change(sequence)
+            found = await changes.get(sequence)
             if found is not None and found["action"] == action and found["generation"] == location.generation:
                 return sequence  # a reader resolved the hole from this change's claim already
         # Skipped as a hole: take a new number, and let the claim name it so a reader can resolve it again.
-        old, sequence = sequence, await index.next_sequence()
-        if action != "delete":
-            try:
-                await index.patch(claim_partition(location.sop), document_id("claim", location.sop),
-                                  [{"op": "set", "path": "/sequence", "value": sequence}],
-                                  condition=f"FROM c WHERE c.sequence = {int(old)}")
-            except Conflict:
-                pass
+        old, sequence = sequence, await changes.next_sequence()
+        try:
+            await service.claims.update(location.sop, [{"op": "set", "path": "/sequence", "value": sequence}],
+                                        f"FROM c WHERE c.sequence = {int(old)}")
+        except Conflict:
+            pass
 
 
 async def skip(service: Service, sequence: int) -> None:
     """Mark ``sequence`` as a number whose change did not happen, so readers need not wait for it."""
     try:
-        await service.index.add_change({"sequence": sequence, "timestamp": _text(_now()), "action": SKIP,
+        await service.changes.add({"sequence": sequence, "timestamp": _text(_now()), "action": SKIP,
                                         "study": "", "series": "", "sop": "", "generation": ""})
     except Conflict:
         pass
@@ -97,10 +96,10 @@ async def skip(service: Service, sequence: int) -> None:
 
 async def _resolve(service: Service, sequence: int, following: Document) -> bool:
     """Fill hole ``sequence`` if it can be decided now: from the claim holding it, or a skip once old enough."""
-    claim = await service.index.claim_of_change(sequence)
+    claim = await service.claims.of_change(sequence)
     if claim is not None:
         try:
-            await service.index.add_change(_entry(sequence, claim["action"], records.named(claim),
+            await service.changes.add(_entry(sequence, claim["action"], records.named(claim),
                                                   claim.get("actor", audit.actor())))
         except Conflict:
             pass
@@ -114,10 +113,10 @@ async def _resolve(service: Service, sequence: int, following: Document) -> bool
 
 async def watermark(service: Service) -> int:
     """Move the watermark over every resolved entry (resolving the holes it can) and return it."""
-    index = service.index
-    start = mark = await index.watermark()
+    changes = service.changes
+    start = mark = await changes.watermark()
     while True:
-        batch = await index.changes_after(mark, SCAN)
+        batch = await changes.after(mark, SCAN)
         for entry in batch:
             while entry["sequence"] > mark + 1:
                 if not await _resolve(service, mark + 1, entry):
@@ -131,18 +130,18 @@ async def watermark(service: Service) -> int:
                 continue
         break
     if mark > start:
-        await index.raise_watermark(mark)
+        await changes.raise_watermark(mark)
     return mark
 
 
 async def changes(service: Service, after: int, start: str | None, end: str | None, limit: int) -> list[Document]:
     """Visible entries with a sequence above ``after`` within [start, end), in order."""
-    return await service.index.visible_changes(after, await watermark(service), start, end, limit)
+    return await service.changes.visible(after, await watermark(service), start, end, limit)
 
 
 async def latest(service: Service) -> Document | None:
     """The newest visible entry."""
-    return await service.index.latest_visible(await watermark(service))
+    return await service.changes.latest_visible(await watermark(service))
 
 
 async def _metadata(service: Service, entry: Document, base: str) -> JsonDict | None:
@@ -156,7 +155,7 @@ async def _metadata(service: Service, entry: Document, base: str) -> JsonDict | 
 
 async def render(service: Service, entries: list[Document], include_metadata: bool, base: str) -> list[JsonDict]:
     """Entries in the Azure DICOM service's change-feed JSON."""
-    newest = await service.index.last_changes([e["sop"] for e in entries])
+    newest = await service.changes.last_changes([e["sop"] for e in entries])
     out = []
     for entry in entries:
         last = newest.get(entry["sop"], entry)

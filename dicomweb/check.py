@@ -1,34 +1,36 @@
 """Compares Blob, the system of record, with the index, and repairs what differs (``dicomweb check``).
 
-What it reports, per kind:
+Files are classified against claims by :func:`dicomweb.generations.classify`, the rules
+``reindex`` acts by. What it reports, per kind:
 
-- ``deleting``: a file whose deletion began and never finished;
-- ``unindexed``: a stored generation the index does not name as current (a store or a
-  move that died before it was published, or an older generation a replacement left);
+- ``unfinished``: a claim whose store or deletion began and did not finish;
+- ``unindexed``: a stored generation no claim names (a store that failed before it was
+  published, a generation a replacement displaced, or an instance whose claim is lost), or
+  a current one whose instance document is missing or names another generation;
 - ``missing-sidecar``: a current generation without its metadata or frame offset record;
 - ``dangling``: a claim or an instance document naming a generation whose file is gone;
 - ``orphan-sidecar``: sidecars whose file is gone;
 - ``stale-summary``: a study or series summary whose counts differ from its instance documents.
 
-``--repair`` runs :func:`dicomweb.reindex.reindex` (which finishes deletions, publishes
-the newest generation, removes older ones, derives sidecars, recounts and removes
-orphan sidecars), deletes dangling entries the way DELETE does (so the change feed
-says so), recounts their studies, and checks again. Run it while no writes are in flight: a
-store between its commit and its publication looks ``unindexed`` for that moment.
+``--repair`` runs :func:`dicomweb.reindex.reindex` with nothing left to writers (finishing
+what was unfinished, publishing or removing unnamed generations, deriving sidecars,
+recounting, removing orphan sidecars), deletes what dangling claims name the way DELETE
+does (so the change feed says so), withdraws dangling documents, recounts their studies,
+and checks again. Run it while no writes are in flight: a store between its commit and
+its publication looks ``unindexed`` for that moment.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime, timezone
 
-from dicomweb import records, retrieve
-from dicomweb.delete import delete_instance
-from dicomweb.indexing import member_key, recount
+from dicomweb import generations, records, retrieve
+from dicomweb.generations import Expected, StoredFile
 from dicomweb.reindex import reindex
 from dicomweb.service import Service
-from dicomweb.storage.naming import DELETING, Location
-from dicomweb.storage.index import Document
+from dicomweb.storage.cosmos import Document
+from dicomweb.storage.naming import Location
 
 
 @dataclass(frozen=True)
@@ -59,39 +61,41 @@ class CheckReport:
 async def check(service: Service) -> CheckReport:
     """Every inconsistency between Blob and the index, without changing anything."""
     report = CheckReport()
-    files: dict[str, list[tuple[Location, dict[str, str]]]] = {}
-    async for location, metadata in service.blobs.instances.list():
-        files.setdefault(location.sop, []).append((location, metadata))
+    files: dict[str, list[StoredFile]] = {}
+    async for location, created in service.blobs.instances.list():
+        files.setdefault(location.sop, []).append(StoredFile(location, created))
         report.files += 1
     sidecars: dict[Location, set[str]] = {}
     async for location, kind in service.blobs.sidecars.entries():
         sidecars.setdefault(location, set()).add(kind)
     index = service.index
-    claims = {doc["id"].split(":", 1)[1]: doc for doc in await index.documents("claim")}
+    claims = {doc["sop"]: doc for doc in await index.documents("claim")}
     instances = {doc["sopInstanceUID"]: doc for doc in await index.documents("instance")}
     summaries = await index.documents("study") + await index.documents("series")
     report.documents = len(claims) + len(instances) + len(summaries)
     problems = report.problems
-    stored: set[Location] = set()
-    for sop, found in files.items():
-        live = sorted((loc for loc, metadata in found if not metadata.get(DELETING)), key=lambda loc: loc.generation)
-        stored.update(loc for loc, _ in found)
-        problems += [Problem("deleting", loc.instance, "its deletion began and did not finish")
-                     for loc, metadata in found if metadata.get(DELETING)]
-        problems += [Problem("unindexed", loc.instance, "an older generation of a stored instance")
-                     for loc in live[:-1]]
-        if not live:
-            continue
-        current = live[-1]
-        claim, doc = claims.get(sop), instances.get(sop)
-        if claim is None or records.named(claim) != current or doc is None or retrieve.location(doc) != current:
-            problems.append(Problem("unindexed", current.instance, "the index does not name this generation"))
-        elif "json" not in sidecars.get(current, set()) or (
-                doc.get("numberOfFrames") is not None and "frames" not in sidecars.get(current, set())):
-            problems.append(Problem("missing-sidecar", current.instance, "a sidecar of this generation is missing"))
-    for sop, claim in claims.items():
-        if records.named(claim) not in stored:
+    stored = {f.location for found in files.values() for f in found}
+    now = datetime.now(timezone.utc)
+    for sop in sorted(set(files) | set(claims)):
+        claim = claims.get(sop)
+        plan = generations.classify(files.get(sop, []), claim, now, 0, every_study=True)
+        if plan.unfinished and claim is not None:
+            problems.append(Problem("unfinished", claim["id"], f"its {generations.state(claim)} of "
+                                                               f"{records.named(claim).instance} did not finish"))
+        problems += [Problem("unindexed", loc.instance, "no claim names this generation") for loc in plan.remove]
+        if plan.publish is not None:
+            problems.append(Problem("unindexed", plan.publish.instance, "the index does not name this instance"))
+        if plan.dangling and claim is not None:
             problems.append(Problem("dangling", claim["id"], f"names {records.named(claim).instance}, which is gone"))
+        if plan.kept is None:
+            continue
+        doc = instances.get(sop)
+        if doc is None or retrieve.location(doc) != plan.kept:
+            problems.append(Problem("unindexed", plan.kept.instance, "its instance document is missing or names "
+                                                                     "another generation"))
+        elif "json" not in sidecars.get(plan.kept, set()) or (
+                doc.get("numberOfFrames") is not None and "frames" not in sidecars.get(plan.kept, set())):
+            problems.append(Problem("missing-sidecar", plan.kept.instance, "a sidecar of this generation is missing"))
     for sop, doc in instances.items():
         if retrieve.location(doc) not in stored:
             problems.append(Problem("dangling", f"{doc['studyInstanceUID']}/{doc['id']}",
@@ -104,64 +108,47 @@ async def check(service: Service) -> CheckReport:
 
 def _stale_summaries(summaries: list[Document], instances: list[Document]) -> list[Problem]:
     """Summaries whose counts differ from the instance documents (a missing summary counts as zeros)."""
-    expected: dict[tuple[str, str], dict[str, Any]] = {}
-    for doc in instances:
-        study, series = doc["studyInstanceUID"], doc["seriesInstanceUID"]
-        key = member_key(doc["sopInstanceUID"])
-        series_counts = expected.setdefault((study, f"series:{series}"), {"numberOfInstances": 0, "members": set()})
-        series_counts["numberOfInstances"] += 1
-        series_counts["members"].add(key)
-        study_counts = expected.setdefault((study, f"study:{study}"),
-                                           {"numberOfInstances": 0, "series": set(), "modalities": {},
-                                            "members": set()})
-        study_counts["numberOfInstances"] += 1
-        study_counts["members"].add(key)
-        study_counts["series"].add(series)
-        if doc.get("modality"):
-            study_counts["modalities"][doc["modality"]] = study_counts["modalities"].get(doc["modality"], 0) + 1
-    actual = {(doc["studyInstanceUID"], doc["id"]): doc for doc in summaries}
+    expected = generations.expected_summaries(instances)
+    actual = {(doc["studyInstanceUID"], doc["type"], doc["id"].split(":", 1)[1]): doc for doc in summaries}
     problems = []
     for key in sorted(set(expected) | set(actual)):
-        want = dict(expected.get(key, {"numberOfInstances": 0, "members": set()}))
-        if "series" in want:
-            want["numberOfSeries"] = len(want.pop("series"))
-        have = dict(actual.get(key, {}))
-        have["members"] = set(have.get("members") or {})
-        if "modalities" in want or "modalities" in have:
-            have = {**have, "modalities": {k: v for k, v in (have.get("modalities") or {}).items() if v}}
-        wrong = {name: (have.get(name, 0), value) for name, value in want.items() if have.get(name, 0) != value}
-        if "members" in wrong:
-            wrong["members"] = (len(have["members"]), len(want["members"]))
+        study, level, uid = key
+        have = actual.get(key, {"type": level, "numberOfInstances": 0})
+        wrong = generations.differences(have, expected.get(key, Expected()))
         if wrong:
             shown = ", ".join(f"{name} {old} (should be {new})" for name, (old, new) in wrong.items())
-            problems.append(Problem("stale-summary", f"{key[0]}/{key[1]}", shown))
+            problems.append(Problem("stale-summary", f"{study}/{level}:{uid}", shown))
     return problems
 
 
 async def repair(service: Service) -> CheckReport:
     """Fix everything :func:`check` finds; the report of the check that follows."""
-    await reindex(service)
+    await reindex(service, in_flight_seconds=0)
     found = await check(service)
     studies = set()
     for problem in found.problems:
         if problem.kind != "dangling":
             continue
         doc = await _dangling(service, problem)
-        if doc is not None:
-            await delete_instance(service, records.named(doc) if doc["type"] == "claim" else retrieve.location(doc))
-            studies.add(doc["study"] if doc["type"] == "claim" else doc["studyInstanceUID"])
+        if doc is None:
+            continue
+        if doc["type"] == "claim":
+            await generations.delete(service, records.named(doc))
+            studies.add(doc["study"])
+        else:
+            await generations.settle(service, retrieve.location(doc))
+            studies.add(doc["studyInstanceUID"])
     for problem in found.problems:
         if problem.kind == "stale-summary":
             studies.add(problem.name.split("/", 1)[0])
     for study in sorted(studies):
-        await recount(service, study)
+        await generations.recount(service, study)
     return await check(service)
 
 
 async def _dangling(service: Service, problem: Problem) -> Document | None:
     """The claim or instance document a ``dangling`` problem names, read again."""
     if problem.name.startswith("claim:"):
-        return await service.index.claim(problem.name.split(":", 1)[1])
+        return await service.claims.get(problem.name.split(":", 1)[1])
     study, doc_id = problem.name.split("/", 1)
     return await service.index.find(study, "instance", doc_id.split(":", 1)[1])
-

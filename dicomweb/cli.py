@@ -31,7 +31,7 @@ async def _reindex_if_empty(settings: Settings) -> None:
     service = await Service.create(settings)
     try:
         if await service.index.count() == 0:
-            report = await reindex(service)
+            report = await reindex(service, in_flight_seconds=0)  # an empty index: no writer is at work
             if report.indexed:
                 print(f"reindexed {report.indexed} instances from Blob ({report.rebuilt} sidecars rebuilt)")
     finally:
@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     reindex_cmd = commands.add_parser("reindex", help="rebuild the Cosmos index from Blob")
     reindex_cmd.add_argument("--here", action="store_true",
                              help="rebuild in this process instead of one queue job per study (no worker needed)")
+    reindex_cmd.add_argument("--offline", action="store_true",
+                             help="no store or delete is running: also act on what was written in the last hour, "
+                                  "which is otherwise left to its writer")
     check_cmd = commands.add_parser("check", help="compare Blob and the index; exit 1 on any inconsistency")
     check_cmd.add_argument("--repair", action="store_true", help="fix what the check finds, then check again")
     for command in (reindex_cmd, check_cmd):
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     _local_stack_settings(args.data)
     if args.command == "check":
         return asyncio.run(_check(args.repair))
-    return asyncio.run(_reindex(args.here))
+    return asyncio.run(_reindex(args.here, args.offline))
 
 
 def _local_stack_settings(data_dir: Path) -> None:
@@ -182,19 +185,21 @@ def _local_stack_settings(data_dir: Path) -> None:
         os.environ.update(running_settings(data_dir))
 
 
-async def _reindex(here: bool) -> int:
-    """Rebuild the index: fanned out over the job queue with a progress bar, or ``here`` in this process."""
+async def _reindex(here: bool, offline: bool) -> int:
+    """Rebuild the index: fanned out over the job queue with a progress bar, or ``here`` in this process;
+    ``offline``: no writer is at work, so nothing is left to one (see :mod:`dicomweb.reindex`)."""
     from tqdm import tqdm
 
     from dicomweb import reindex
     from dicomweb.service import Service
 
+    in_flight = 0 if offline else reindex.IN_FLIGHT_SECONDS
     service = await Service.create(Settings.from_env())
     try:
         if here:
-            report = await reindex.reindex(service)
+            report = await reindex.reindex(service, in_flight)
         else:
-            run = await reindex.start(service)
+            run = await reindex.start(service, in_flight)
             print(f"reindex {run.id}: {run.total} studies sent to the job queue {service.settings.jobs_queue}",
                   flush=True)
             waited = 0
@@ -211,9 +216,11 @@ async def _reindex(here: bool) -> int:
             report = progress.report
     finally:
         await service.close()
-    print(f"indexed {report.indexed} instances, rebuilt {report.rebuilt} sidecars, "
-          f"finished {report.deleted} interrupted deletions, removed {report.removed_generations} older "
-          f"generations and {report.removed_sidecars} orphan sidecars")
+    print(f"indexed {report.indexed} instances, rebuilt {report.rebuilt} sidecars, finished {report.finished} "
+          f"interrupted stores and deletions, removed {report.removed_generations} unnamed generations and "
+          f"{report.removed_sidecars} orphan sidecars")
+    if report.in_flight:
+        print(f"left {report.in_flight} generations to writers still at work (--offline when none is)")
     if report.unindexable:
         print(f"{report.unindexable} files cannot be indexed (the service log names them and why)", file=sys.stderr)
         return 1

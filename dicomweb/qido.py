@@ -16,7 +16,7 @@ from dicomweb.dicom.attributes import BY_KEYWORD, CATALOG, LEVELS
 from dicomweb.dicom.dicomjson import JsonDict
 from dicomweb.dicom.query import Query
 from dicomweb.service import Service
-from dicomweb.storage.index import Document
+from dicomweb.storage.cosmos import Document
 
 RETRIEVE_URL = "00081190"
 
@@ -52,7 +52,7 @@ def _computed(doc: Document, base: str) -> JsonDict:
         url = f"{base}/studies/{study}"
         modalities = sorted(m for m, count in doc.get("modalities", {}).items() if count > 0)
         out["00080061"] = {"vr": "CS", "Value": modalities} if modalities else {"vr": "CS"}
-        out["00201206"] = {"vr": "IS", "Value": [doc.get("numberOfSeries", 0)]}
+        out["00201206"] = {"vr": "IS", "Value": [sum(1 for count in doc.get("series", {}).values() if count > 0)]}
         out["00201208"] = {"vr": "IS", "Value": [doc.get("numberOfInstances", 0)]}
     elif doc["type"] == "series":
         url = f"{base}/studies/{study}/series/{doc['seriesInstanceUID']}"

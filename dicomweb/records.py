@@ -16,7 +16,7 @@ from dicomweb.dicom.frames import FrameIndex
 from dicomweb.dicom.part10 import Header, Part10Parser
 from dicomweb.errors import InvalidDataset
 from dicomweb.storage.naming import Location
-from dicomweb.storage.index import Document, document_id
+from dicomweb.storage.cosmos import Document, document_id
 
 SIDECAR_VERSION = 1
 AVAILABLE_TRANSFER_SYNTAX = "00083002"
@@ -122,8 +122,8 @@ def uids(sidecar: JsonDict) -> tuple[str, str, str]:
 def documents(sidecar: JsonDict) -> list[Document]:
     """Study, series and instance index documents for one stored instance.
 
-    Study and series documents get their counts and per-modality counts from
-    :mod:`dicomweb.indexing`, which keeps them with atomic increments.
+    Study and series documents get their counts from :mod:`dicomweb.generations`, which
+    changes them in one transactional batch with the instance document.
     """
     dataset = sidecar["dataset"]
     study, series, instance = uids(sidecar)

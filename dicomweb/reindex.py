@@ -1,15 +1,16 @@
 """Rebuilds the Cosmos index from Blob, the system of record, one study at a time.
 
-A study is a partition: its instance files are grouped by SOP Instance UID (an
-instance may have several generations after a replacement that died half way).
-Generations marked as being deleted are deleted to the end, and the deletion recorded
-unless the change feed has it (the cleanup path of an interrupted DELETE). Of the
-rest, the newest generation is kept and every older one removed; the kept one gets its
-sidecars back when they are missing (one streaming pass over the file) and is
-published like a store, unless the index already names it. A generation of the same
-instance in another study (a move that died half way) may be met by another partition
-at the same time: publishing keeps the newer one, whichever partition comes first.
-Then the study's summaries are recounted and its sidecars whose file is gone deleted.
+A study is a partition: its instance files are grouped by SOP Instance UID and
+classified against the instance's claim (:func:`dicomweb.generations.classify`, the same
+rules ``dicomweb check`` reports by). What no writer can still be working on is acted on:
+a deletion or a publication its writer did not finish is finished; an unnamed generation
+is published when the instance has no claim (the index was lost), else removed (a store
+that failed, a generation a replacement displaced); the generation a current claim names
+gets its sidecars back when they are missing (one streaming pass over the file) and its
+document where it is missing. Work in flight is left to its writer: a claim
+``publishing`` and an unnamed file committed less than ``in_flight_seconds`` ago (an
+offline repair passes 0). Then the study's summaries are recounted and its sidecars whose
+file is gone deleted.
 
 ``dicomweb reindex`` (and ``POST /operations/reindex``) fans the partitions out over
 the job queue, one job per study, so that many workers rebuild at once; each finished
@@ -26,13 +27,12 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from dicomweb import cpu, jobs, records
-from dicomweb.delete import finish_deletion
+from dicomweb import cpu, generations, jobs, records
 from dicomweb.dicom.part10 import Part10Parser
-from dicomweb.errors import InvalidDataset, NotFound
-from dicomweb.indexing import publish, recount, remove_generation
+from dicomweb.errors import Duplicate, InvalidDataset, NotFound
+from dicomweb.generations import IN_FLIGHT_SECONDS, StoredFile
 from dicomweb.service import Service
-from dicomweb.storage.naming import DELETING, Location, new_generation
+from dicomweb.storage.naming import Location, new_generation
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,11 @@ class ReindexReport:
     indexed: int = 0
     rebuilt: int = 0
     removed_sidecars: int = 0
-    deleted: int = 0
+    #: Deletions and publications their writers left unfinished, finished.
+    finished: int = 0
     removed_generations: int = 0
+    #: Generations left to a writer still within IN_FLIGHT_SECONDS of its work.
+    in_flight: int = 0
     #: Files the index cannot take (stored before a limit they break, e.g. attributes beyond the 2 MB item).
     unindexable: int = 0
 
@@ -73,9 +76,7 @@ async def derive_sidecars(service: Service, location: Location) -> records.JsonD
     assert parser.header is not None
     description = await cpu.run(records.describe, parser.header, service.settings.max_inline_binary)
     made = await cpu.run(records.make_sidecars, parser, description, location.generation)
-    await service.blobs.sidecars.put(location.sidecar("json"), made.metadata)
-    if made.frames is not None:
-        await service.blobs.sidecars.put(location.sidecar("frames"), made.frames)
+    await generations.describe(service, location, made)
     return made.sidecar
 
 
@@ -103,9 +104,9 @@ async def _sidecar(service: Service, location: Location, kinds: set[str], report
 
 
 async def _indexed(service: Service, location: Location) -> bool:
-    """Whether the claim and the instance document already name ``location``."""
-    claim = await service.index.claim(location.sop)
-    if claim is None or claim["generation"] != location.generation:
+    """Whether the claim names ``location`` as current and its instance document names it too."""
+    claim = await service.claims.get(location.sop)
+    if claim is None or claim["generation"] != location.generation or generations.state(claim) != generations.CURRENT:
         return False
     doc = await service.index.find(location.study, "instance", location.sop)
     return doc is not None and doc["generation"] == location.generation
@@ -118,45 +119,47 @@ async def partitions(service: Service) -> list[str]:
     return sorted(found)
 
 
-async def reindex_study(service: Service, prefix: str) -> ReindexReport:
-    """Make the index name the newest generation of every instance stored under ``prefix`` (a study)."""
+async def reindex_study(service: Service, prefix: str, in_flight_seconds: float = IN_FLIGHT_SECONDS
+                        ) -> ReindexReport:
+    """Make the index name what Blob holds under ``prefix`` (a study), leaving work in flight to its writer."""
     report = ReindexReport()
     present: dict[Location, set[str]] = {}
     async for location, kind in service.blobs.sidecars.entries(prefix):
         present.setdefault(location, set()).add(kind)
-    copies: dict[str, list[tuple[Location, dict[str, str]]]] = {}
-    async for location, metadata in service.blobs.instances.list(prefix):
-        copies.setdefault(location.sop, []).append((location, metadata))
-    studies: set[str] = set()
-    for found in copies.values():
-        live = []
-        for location, metadata in found:
-            studies.add(location.study)
-            if metadata.get(DELETING):
-                await finish_deletion(service, location, metadata[DELETING])
-                report.deleted += 1
-            else:
-                live.append(location)
-        if not live:
-            continue
-        live.sort(key=lambda loc: loc.generation)
-        keep = live[-1]
-        for old in live[:-1]:
-            await remove_generation(service, old)
+    files: dict[str, list[StoredFile]] = {}
+    async for location, created in service.blobs.instances.list(prefix):
+        files.setdefault(location.sop, []).append(StoredFile(location, created))
+    now = datetime.now(timezone.utc)
+    for sop, found in files.items():
+        claim = await service.claims.get(sop)
+        plan = generations.classify(found, claim, now, in_flight_seconds, every_study=False)
+        report.in_flight += len(plan.in_flight)
+        if plan.unfinished and claim is not None:
+            await generations.settle_claim(service, claim)
+            report.finished += 1
+        for location in plan.remove:
+            await generations.settle(service, location)  # reads the claim again: it removes only what none names
             report.removed_generations += 1
-        try:
-            sidecar = await _sidecar(service, keep, present.get(keep, set()), report)
-        except InvalidDataset as exc:
-            log.error("reindex: %s/%s/%s (generation %s) cannot be indexed, left as it is: %s", keep.study,
-                      keep.series, keep.sop, keep.generation, exc.message)
-            report.unindexable += 1
-            continue
-        if await _indexed(service, keep) or await publish(service, sidecar, replace=True, newest_wins=True):
-            report.indexed += 1
-        else:
-            report.removed_generations += 1  # a newer generation of it lives in another study
-    for study in sorted(studies):
-        await recount(service, study)
+        for location in filter(None, (plan.kept, plan.publish)):
+            try:
+                sidecar = await _sidecar(service, location, present.get(location, set()), report)
+            except InvalidDataset as exc:
+                log.error("reindex: %s/%s/%s (generation %s) cannot be indexed, left as it is: %s", location.study,
+                          location.series, location.sop, location.generation, exc.message)
+                report.unindexable += 1
+                continue
+            if location == plan.kept:
+                assert claim is not None
+                await generations.reproject(service, claim, sidecar)
+                report.indexed += 1
+                continue
+            try:
+                await generations.publish(service, sidecar, replace=False)
+                report.indexed += 1
+            except Duplicate:
+                report.in_flight += 1  # claimed meanwhile (a store, or another study's partition): theirs
+    for study in sorted({location.study for found in files.values() for location in (f.location for f in found)}):
+        await generations.recount(service, study)
     async for location in service.blobs.sidecars.list(prefix):
         if not await service.blobs.instances.exists(location):
             await service.blobs.sidecars.delete(location.sidecars)
@@ -164,14 +167,15 @@ async def reindex_study(service: Service, prefix: str) -> ReindexReport:
     return report
 
 
-async def reindex(service: Service) -> ReindexReport:
-    """Rebuild every partition in this process, a few at once (``serve`` on an empty index, ``check --repair``)."""
+async def reindex(service: Service, in_flight_seconds: float = IN_FLIGHT_SECONDS) -> ReindexReport:
+    """Rebuild every partition in this process, a few at once (``serve`` on an empty index, ``check --repair``
+    with ``in_flight_seconds`` 0: nothing in flight)."""
     report = ReindexReport()
     slots = asyncio.Semaphore(CONCURRENCY)
 
     async def one(prefix: str) -> None:
         async with slots:
-            report.add(await reindex_study(service, prefix))
+            report.add(await reindex_study(service, prefix, in_flight_seconds))
 
     await asyncio.gather(*(one(prefix) for prefix in await partitions(service)))
     return report
@@ -203,7 +207,7 @@ def _marker(run: str, prefix: str) -> str:
     return f"{RUNS}{run}/{hashlib.sha1(prefix.encode()).hexdigest()}.json"
 
 
-async def start(service: Service) -> Run:
+async def start(service: Service, in_flight_seconds: float = IN_FLIGHT_SECONDS) -> Run:
     """Send one partition job per study; the run, whose progress :func:`progress` tells."""
     prefixes = await partitions(service)
     run = Run(new_generation(), len(prefixes), datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -212,7 +216,7 @@ async def start(service: Service) -> Run:
 
     async def send(prefix: str) -> None:
         async with slots:
-            await jobs.enqueue(service, PARTITION, run=run.id, prefix=prefix)
+            await jobs.enqueue(service, PARTITION, run=run.id, prefix=prefix, inFlightSeconds=in_flight_seconds)
 
     await asyncio.gather(*(send(prefix) for prefix in prefixes))
     return run
@@ -245,5 +249,5 @@ async def progress(service: Service, run_id: str) -> Progress:
 async def _partition_job(service: Service, delivery: jobs.Delivery) -> None:
     """Rebuild one study of a run and leave its report (a redelivery rebuilds it again: that is harmless)."""
     run, prefix = delivery.fields["run"], delivery.fields["prefix"]
-    report = await reindex_study(service, prefix)
+    report = await reindex_study(service, prefix, float(delivery.fields.get("inFlightSeconds", IN_FLIGHT_SECONDS)))
     await service.blobs.staging.put_record(_marker(run, prefix), json.dumps(dataclasses.asdict(report)).encode())

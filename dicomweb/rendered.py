@@ -23,7 +23,7 @@ from dicomweb.dicom.codecs import CodecError, FrameRefused, PixelFormat
 from dicomweb.dicom.render import Geometry, Plan, RenderParams
 from dicomweb.errors import NotAcceptable, UndecodableFrame
 from dicomweb.service import CachedIndex, Service
-from dicomweb.storage.index import Document
+from dicomweb.storage.cosmos import Document
 
 #: Attributes :func:`dicomweb.dicom.render.display` reads (modality LUT and VOI window, PS3.3 §C.11).
 _DISPLAY_TAGS = ("00281050", "00281051", "00281052", "00281053", "00281056")

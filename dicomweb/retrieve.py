@@ -25,7 +25,7 @@ from dicomweb.errors import BadRequest, DamagedInstance, NotFound, StorageFailur
 from dicomweb.framecache import FrameCache, Key
 from dicomweb.service import CachedIndex, Service
 from dicomweb.storage.naming import Location
-from dicomweb.storage.index import Document
+from dicomweb.storage.cosmos import Document
 
 #: Adjacent frames are read together while the combined read stays below this size.
 MAX_COALESCED_READ = 4 * 1024 * 1024

@@ -19,7 +19,9 @@ from dicomweb.dicom.frames import FrameIndex
 from dicomweb.framecache import FrameCache
 from dicomweb.storage.blobs import BlobStores
 from dicomweb.storage.naming import Location
-from dicomweb.storage.clients import blob_store, index_store, job_queue
+from dicomweb.storage.changes import ChangeStore
+from dicomweb.storage.claims import ClaimStore
+from dicomweb.storage.clients import blob_store, cosmos_stores, job_queue
 from dicomweb.storage.index import IndexStore
 from dicomweb.storage.queues import JobQueue
 
@@ -76,6 +78,9 @@ class Service:
     settings: Settings
     blobs: BlobStores
     index: IndexStore
+    #: Who holds each SOP Instance UID, and in which state (:mod:`dicomweb.generations`).
+    claims: ClaimStore
+    changes: ChangeStore
     #: Where work that outlives a request goes (:mod:`dicomweb.jobs`).
     jobs: JobQueue
     frame_indexes: FrameIndexCache = field(init=False)
@@ -99,7 +104,9 @@ class Service:
         which Cosmos DB rate-limits and the Bicep owns (``infra/``); the local stack provisions
         its emulators itself (:mod:`dicomweb.local.provision`). A missing one answers 503 naming it.
         """
-        return cls(settings, blob_store(settings), index_store(settings), job_queue(settings))
+        blobs = blob_store(settings)
+        index, claims, changes = cosmos_stores(settings)
+        return cls(settings, blobs, index, claims, changes, job_queue(settings))
 
     def forget(self, location: Location) -> None:
         """Drop what this process cached of one generation (it was replaced or deleted here)."""
@@ -110,7 +117,7 @@ class Service:
         """Release the storage clients."""
         await self.blobs.close()
         await self.jobs.close()
-        await self.index.close()
+        await self.index.close()  # the client the claims and the change feed share
 
 
 _service: Service | None = None

@@ -7,11 +7,13 @@ Per instance, in this order, so that a failure at any step leaves nothing behind
 3. commit the block list as a new generation (a blob name never used before);
 4. check the first and the last frame's codestream header against the Image Pixel attributes
    (from the bytes the walk kept; a ranged read when the header lies beyond them);
-5. write the generation's metadata and frame-offset sidecars;
-6. make the generation current (:func:`dicomweb.indexing.publish`): the claim is the
-   atomic store-wide uniqueness check, then the index and the change feed follow.
-Any failure deletes the generation this request wrote; until step 3 the uncommitted
-blocks never become a blob. Nothing stored before is touched until step 6 displaces it.
+5. write the generation's metadata and frame-offset sidecars (:func:`dicomweb.generations.describe`);
+6. publish it (:func:`dicomweb.generations.publish`): the claim is the atomic store-wide
+   uniqueness check and the moment the store happens; the index and the change feed follow.
+A failure before step 6 removes the generation this request wrote (until step 3 the
+uncommitted blocks never become a blob); a failure after the claim is rolled forward, by
+the next attempt or a job, never back (:mod:`dicomweb.generations`). Nothing stored before
+is touched until step 6 displaces it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import AsyncIterable, Awaitable, Callable, Mapping
 
 from pydicom.dataset import Dataset
 
-from dicomweb import audit, cpu, records
+from dicomweb import audit, cpu, generations, records
 from dicomweb.dicom import codestream
 from dicomweb.dicom.codecs import CodecError, PixelFormat
 from dicomweb.dicom.dicomjson import JsonDict
@@ -32,7 +34,6 @@ from dicomweb.dicom.frames import FrameIndex, payload_head
 from dicomweb.dicom.part10 import Part10Parser
 from dicomweb.dicom.syntax import is_valid_uid
 from dicomweb.errors import DicomWebError, InvalidDataset, PayloadTooLarge, StorageFailure, StudyMismatch
-from dicomweb.indexing import abandon, publish, refusal
 from dicomweb.service import Service
 from dicomweb.storage.naming import AUTO, HOT, TIER_TAG, Location, new_generation
 from dicomweb.storage.transfer import BlockUpload
@@ -137,13 +138,8 @@ async def _store(service: Service, chunks: AsyncIterable[bytes], expected_study:
         committed = True
         await check_codestreams(record, description, parser.frame_heads,
                                 functools.partial(service.blobs.instances.read_range, location))
-        writes = [service.blobs.sidecars.put(location.sidecar("json"), made.metadata)]
-        if made.frames is not None:
-            writes.append(service.blobs.sidecars.put(location.sidecar("frames"), made.frames))
-        for result in await asyncio.gather(*writes, return_exceptions=True):  # both done before any undo
-            if isinstance(result, BaseException):
-                raise result
-        await publish(service, made.sidecar, replace)
+        await generations.describe(service, location, made)
+        await generations.publish(service, made.sidecar, replace)
         return Outcome(_text(header.dataset, "SOPClassUID"), location.sop, location.study, location.series)
     except (asyncio.CancelledError, PayloadTooLarge):
         await _undo(service, upload, location, committed)
@@ -254,18 +250,18 @@ async def _begin(
     assert parser.header is not None
     study, series, sop, _ = validate(parser.header.dataset, expected_study)
     description = await cpu.run(records.describe, parser.header, service.settings.max_inline_binary)
-    if not replace and (claim := await service.index.claim(sop)) is not None and claim["generation"] != generation:
-        raise refusal(claim, study, series)
     location = Location(study, series, sop, generation)
+    await generations.reserve(service, location, replace)
     settings = service.settings
     upload = service.blobs.instances.upload(location, settings.block_size, settings.upload_concurrency)
     return location, upload, description
 
 
 async def _undo(service: Service, upload: BlockUpload | None, location: Location | None, committed: bool) -> None:
-    """Remove the generation this request wrote; never anything stored before it."""
+    """Settle the generation this request committed (removed unless its claim names it, then finished); drop
+    uncommitted blocks. Never anything stored before it."""
     if committed and location is not None:
-        await abandon(service, location)
+        await generations.abandon(service, location)
         return
     try:
         if upload is not None:

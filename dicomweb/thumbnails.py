@@ -19,7 +19,7 @@ from dicomweb.dicom import render
 from dicomweb.dicom.render import RenderParams, Viewport
 from dicomweb.errors import NotFound
 from dicomweb.service import Service
-from dicomweb.storage.index import Document
+from dicomweb.storage.cosmos import Document
 
 #: The box a default thumbnail fits in.
 SIDE = 256

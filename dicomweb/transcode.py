@@ -21,7 +21,7 @@ from dicomweb.dicom.part10 import UNDEFINED, Header, Part10Parser
 from dicomweb.dicom.syntax import NATIVE_SYNTAXES, is_encapsulated
 from dicomweb.errors import NotAcceptable, UndecodableFrame
 from dicomweb.service import CachedIndex, Service
-from dicomweb.storage.index import Document
+from dicomweb.storage.cosmos import Document
 
 #: The first read of a stored header; each further read is four times larger.
 HEADER_READ = 256 * 1024

@@ -43,7 +43,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from dicomweb import audit, cpu, jobs, records
+from dicomweb import audit, cpu, generations, jobs, records
 from dicomweb.config import MIB
 from dicomweb.dicom import codestream
 from dicomweb.dicom.codecs import PixelFormat
@@ -60,7 +60,6 @@ from dicomweb.errors import (
     StateConflict,
     StorageFailure,
 )
-from dicomweb.indexing import abandon, publish, refusal
 from dicomweb.service import Service
 from dicomweb.storage.naming import TIER_TAG, Location, new_generation
 from dicomweb.storage.transfer import StaleBlob
@@ -435,12 +434,11 @@ async def _store(service: Service, session: Session, parser: Part10Parser) -> Lo
                              "File Meta Information (STOW-RS takes bare datasets)")
     study, series, sop, sop_class = validate(header.dataset, session.study)
     description = await cpu.run(records.describe, header, service.settings.max_inline_binary)
-    if (claim := await service.index.claim(sop)) is not None and claim["generation"] != session.generation:
-        raise refusal(claim, study, series)
+    location = Location(study, series, sop, session.generation)
+    await generations.reserve(service, location, replace=False)
     if session.instance is None:
         session.instance = {"study": study, "series": series, "sop": sop, "sopClass": sop_class}
         await _save(service, session)
-    location = Location(study, series, sop, session.generation)
     frames = await _frame_record(service, session, parser, etag, size)
     if not session.record:
         await check_codestreams(frames, description, parser.frame_heads,
@@ -453,13 +451,8 @@ async def _store(service: Service, session: Session, parser: Part10Parser) -> Lo
     if session.record and frames is not None:
         await _check_sample(service, location, frames, pixel_format(description))
     made = await cpu.run(records.make_sidecars, parser, description, session.generation, frames, size)
-    writes = [service.blobs.sidecars.put(location.sidecar("json"), made.metadata)]
-    if made.frames is not None:
-        writes.append(service.blobs.sidecars.put(location.sidecar("frames"), made.frames))
-    for result in await asyncio.gather(*writes, return_exceptions=True):
-        if isinstance(result, BaseException):
-            raise result
-    await publish(service, made.sidecar, replace=False)
+    await generations.describe(service, location, made)
+    await generations.publish(service, made.sidecar, replace=False)
     return location
 
 
@@ -542,8 +535,9 @@ async def _stored_before(service: Service, session: Session) -> Location:
     """The staged blob is gone: an earlier (or a concurrent) delivery stored it, or it was lost."""
     uids = session.instance
     if uids is not None:
-        claim = await service.index.claim(uids["sop"])
+        claim = await service.claims.get(uids["sop"])
         if claim is not None and claim["generation"] == session.generation:
+            await generations.settle_claim(service, claim)  # its publication may have stopped half way
             return Location(uids["study"], uids["series"], uids["sop"], session.generation)
     # Another delivery of this ingest may be publishing it right now: try again; after the last
     # delivery the session says why it failed.
@@ -551,11 +545,12 @@ async def _stored_before(service: Service, session: Session) -> Location:
 
 
 async def _undo(service: Service, session: Session, location: Location | None) -> None:
-    """Remove the generation this ingest copied unless the index names it; never anything stored before."""
+    """Settle the generation this ingest copied (removed unless its claim names it); never anything stored before."""
     uids = session.instance
     if uids is None:
         return
-    await abandon(service, location or Location(uids["study"], uids["series"], uids["sop"], session.generation))
+    await generations.abandon(service, location or Location(uids["study"], uids["series"], uids["sop"],
+                                                            session.generation))
 
 
 async def abort(service: Service, session_id: str, owner: str) -> None:

@@ -279,3 +279,37 @@ def parse_multipart(response: httpx.Response) -> list[tuple[dict[str, str], byte
             headers[name.strip().lower()] = value.strip()
         parts.append((headers, payload))
     return parts
+
+
+def interrupt_deletion(settings: dict[str, str], study: str, series: str, sop: str, at: str) -> None:
+    """Run the DELETE of one instance in this process and have it die ``at`` "index" (the index stops answering
+    once the claim says ``deleting``) or "file" (Blob fails to remove the file, after the index and the change
+    feed were done): what a DELETE that answered 503 leaves, for the paths that must finish it."""
+    from dicomweb import generations
+    from dicomweb.config import Settings
+    from dicomweb.errors import StorageFailure
+    from dicomweb.service import Service
+    from dicomweb.storage.naming import Location
+
+    async def scenario() -> None:
+        service = await Service.create(Settings.from_env(settings))
+
+        async def unreachable(*args: object, **kwargs: object) -> None:
+            raise StorageFailure(f"injected: the {at} is unreachable")
+
+        try:
+            doc = await service.index.find(study, "instance", sop)
+            assert doc is not None
+            location = Location(study, series, sop, doc["generation"])
+            if at == "index":
+                service.index.batch = unreachable  # type: ignore[method-assign]
+            else:
+                service.blobs.instances.delete = unreachable  # type: ignore[method-assign]
+            with pytest.raises(StorageFailure, match="injected"):
+                await generations.delete(service, location)
+            claim = await service.claims.get(sop)
+            assert claim is not None and claim["state"] == generations.DELETING
+        finally:
+            await service.close()
+
+    asyncio.run(scenario())

@@ -11,7 +11,8 @@ import httpx
 
 from dicomweb.config import Settings
 from dicomweb.service import Service
-from dicomweb.storage.naming import DELETING, Location
+from dicomweb.generations import DELETING
+from dicomweb.storage.naming import Location
 from tests.conftest import ROOT, Server, blob_service, fresh_settings, instance_blob, start_server
 from tests.wsi_factory import make_slide
 
@@ -32,6 +33,23 @@ def _break_a_summary(env: dict[str, str], study: str) -> None:
         try:
             await service.index.patch(study, f"study:{study}", [{"op": "set", "path": "/numberOfInstances",
                                                                  "value": 99}])
+        finally:
+            await service.close()
+
+    asyncio.run(scenario())
+
+
+def _begin_a_deletion(env: dict[str, str], sop: str) -> None:
+    """What a DELETE that died right after it began leaves: its claim says so, and nothing else changed."""
+    async def scenario() -> None:
+        service = await Service.create(Settings.from_env(env))
+        try:
+            claim = await service.claims.get(sop)
+            assert claim is not None
+            await service.claims.update(sop, [{"op": "set", "path": "/state", "value": DELETING},
+                                              {"op": "set", "path": "/action", "value": "delete"},
+                                              {"op": "incr", "path": "/sequence", "value": 1000}],
+                                        f"FROM c WHERE c.generation = '{claim['generation']}'")
         finally:
             await service.close()
 
@@ -63,15 +81,14 @@ def _scenario(server: Server, tmp_path: Path) -> None:
     names = {f.sop_uid: instance_blob(env, f.study_uid, f.series_uid, f.sop_uid) for f in files}
     sidecars.delete_blob(Location.parse(names[lost_sidecar.sop_uid]).sidecar("frames"))  # type: ignore[union-attr]
     instances.delete_blob(names[vanished.sop_uid])
-    client = instances.get_blob_client(names[half_deleted.sop_uid])
-    client.set_blob_tags({**client.get_blob_tags(), DELETING: "1"})
+    _begin_a_deletion(env, half_deleted.sop_uid)
     older = Location(lost_sidecar.study_uid, lost_sidecar.series_uid, lost_sidecar.sop_uid, "00000000000001" + "a" * 12)
     instances.upload_blob(older.instance, lost_sidecar.path.read_bytes())
     _break_a_summary(env, lost_sidecar.study_uid)
 
     found = run_check(env)
     assert found.returncode == 1
-    assert _kinds(found.stdout) == {"missing-sidecar", "dangling", "orphan-sidecar", "deleting", "unindexed",
+    assert _kinds(found.stdout) == {"missing-sidecar", "dangling", "orphan-sidecar", "unfinished", "unindexed",
                                     "stale-summary"}, found.stdout
     repaired = run_check(env, "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr

@@ -30,8 +30,8 @@ def test_reindex_command(emulators: dict[str, str], tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "dicomweb", "reindex", "--here"], cwd=ROOT, env=server.env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert ("indexed 1 instances, rebuilt 0 sidecars, finished 0 interrupted deletions, removed 0 older generations"
-            " and 0 orphan sidecars") in done.stdout
+    assert ("indexed 1 instances, rebuilt 0 sidecars, finished 0 interrupted stores and deletions, removed 0 unnamed"
+            " generations and 0 orphan sidecars") in done.stdout
 
 
 def test_reindex_without_settings_fails_clearly(tmp_path: Path) -> None:

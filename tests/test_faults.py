@@ -11,6 +11,7 @@ every acknowledged delete holds, and ``dicomweb check`` agrees.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
@@ -24,7 +25,8 @@ from azure.storage.queue import QueueClient
 
 from dicomweb.config import Settings
 from dicomweb.local.emulators import Emulators
-from tests.conftest import Server, start_server
+from dicomweb.uploader import Result, Uploader
+from tests.conftest import Server, source_frames, start_server
 from tests.test_check import run_check
 from tests.wsi_factory import SlideFile, copy_instance, make_slide
 
@@ -213,6 +215,76 @@ def test_clients_get_clear_answers_and_nothing_acknowledged_is_lost(tmp_path: Pa
         _drain_jobs(server.env)  # cleanups of failed stores that could not run while storage was away
         report = run_check(server.env)
         print(report.stdout)
+        assert report.returncode == 0, report.stdout
+    finally:
+        stop.set()
+        server.stop()
+        stack.stop()
+
+
+#: Longer than one Cosmos call's whole retry budget in the service (3 s timeout, 2 retries, their backoff).
+INDEX_PAUSE_SECONDS = 14.0
+
+
+@pytest.mark.timeout(600)
+def test_what_clients_were_told_is_stored_is_there_after_the_index_paused_past_every_retry(tmp_path: Path) -> None:
+    """8 clients store 48 instances each into one series with ``dicomweb upload``'s retry rule (503 and 272
+    retried, 45070 taken as "already stored") while the Cosmos server stops answering, several times, for longer
+    than a call's retries last: every instance a client was told is stored is found by QIDO and its frames are
+    served, and ``dicomweb check`` without --repair finds nothing to repair."""
+    base = make_slide(tmp_path / "slide", levels=1, base_size=(256, 256), associated=False)[0]
+    batches = [[copy_instance(base, tmp_path / f"c{client}-{n}.dcm", series_uid=base.series_uid)
+                for n in range(48)] for client in range(8)]
+    stack = Emulators(tmp_path / "emulators")
+    settings = stack.start()
+    server = start_server(settings, tmp_path, DICOMWEB_STORAGE_TIMEOUT_SECONDS="3")
+    loading = threading.Event()
+    pauses: list[float] = []
+
+    def pause_the_index() -> None:
+        cosmos = stack.processes["cosmos"]
+        for _ in range(3):
+            if not loading.wait(0) or stop.wait(2.0):
+                return
+            os.killpg(cosmos.pid, signal.SIGSTOP)
+            time.sleep(INDEX_PAUSE_SECONDS)
+            os.killpg(cosmos.pid, signal.SIGCONT)
+            pauses.append(INDEX_PAUSE_SECONDS)
+            stop.wait(4.0)
+
+    async def upload_all() -> list[list[Result]]:
+        uploaders = [Uploader(server.base_url, parallel=1, progress=False, state_path=tmp_path / f"state{n}.json")
+                     for n in range(len(batches))]
+        return list(await asyncio.gather(*(u.run([f.path for f in batch]) for u, batch in zip(uploaders, batches))))
+
+    stop = threading.Event()
+    pauser = threading.Thread(target=pause_the_index)
+    try:
+        loading.set()
+        pauser.start()
+        results = [r for client in asyncio.run(upload_all()) for r in client]
+        loading.clear()
+        stop.set()
+        pauser.join()
+        assert len(pauses) >= 2, "the index paused while clients stored"
+        told = {r.sop for r in results if r.status in ("stored", "exists")}
+        print(f"{len(pauses)} pauses of {INDEX_PAUSE_SECONDS} s; " + ", ".join(
+            f"{status} {sum(1 for r in results if r.status == status)}" for status in ("stored", "exists", "failed")))
+        assert len(told) >= len(results) * 3 // 4, [r.detail for r in results if not r.ok][:5]
+        series = f"{server.base_url}/studies/{base.study_uid}/series/{base.series_uid}"
+        found: set[str] = set()
+        while page := httpx.get(f"{series}/instances", params={"limit": 200, "offset": len(found)},
+                                timeout=30).json():
+            found |= {item["00080018"]["Value"][0] for item in page}
+        assert told <= found, f"{len(told - found)} instances told stored are not found"
+        (summary,) = httpx.get(f"{server.base_url}/studies/{base.study_uid}/series",
+                               params={"SeriesInstanceUID": base.series_uid}).json()
+        assert summary["00201209"]["Value"] == [len(found)], "counted exactly"
+        for sop in sorted(told):
+            frame = httpx.get(f"{series}/instances/{sop}/frames/1", headers={"accept": "image/jpeg"}, timeout=30)
+            assert frame.status_code == 200 and frame.content == source_frames(base.path)[0], sop
+        _drain_jobs(server.env)
+        report = run_check(server.env)
         assert report.returncode == 0, report.stdout
     finally:
         stop.set()

@@ -26,7 +26,7 @@ from dicomweb import jobs
 from dicomweb.config import SETTING_NAMES, Settings
 from dicomweb.reindex import RUNS
 from dicomweb.storage.naming import AUTO, HOT, TIER_TAG
-from dicomweb.storage.index import INDEXING_POLICY, PARTITION_KEY
+from dicomweb.storage.cosmos import INDEXING_POLICY, PARTITION_KEY
 from dicomweb.storage.queues import POISON_SUFFIX
 from dicomweb.uploads import STUCK_SECONDS, Session
 from tests.bicep import BicepFile, Declaration, Expr, parse

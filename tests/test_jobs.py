@@ -65,7 +65,7 @@ def test_only_known_places_start_tasks_or_threads() -> None:
 
 
 def test_every_job_kind_has_a_handler_and_the_deliveries_match_host_json() -> None:
-    assert {"upload-ingest", "upload-expire", "finish-delete", "rescan"} <= set(jobs._handlers)
+    assert {"upload-ingest", "upload-expire", "settle-generation", "rescan", "reindex"} <= set(jobs._handlers)
     host = json.loads((ROOT / "host.json").read_text())
     assert host["extensions"]["queues"]["maxDequeueCount"] == jobs.MAX_DELIVERIES
 

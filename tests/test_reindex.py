@@ -62,8 +62,11 @@ def test_serve_reindexes_an_empty_index_and_reindex_repairs_sidecars(emulators: 
     assert orphan not in blob_names(settings, settings["DICOMWEB_SIDECAR_CONTAINER"], study)
 
 
-def test_reindex_keeps_the_newest_generation_of_each_instance(emulators: dict[str, str], tmp_path: Path) -> None:
-    """A replacement that died after writing its generation, before publishing it: reindex finishes it."""
+def test_reindex_leaves_an_unnamed_generation_to_its_writer_then_removes_it(emulators: dict[str, str],
+                                                                            tmp_path: Path) -> None:
+    """A replacement that died after committing its file, before claiming it (its client was told it failed): an
+    online reindex leaves it to its writer, which may still claim it; once nothing is in flight it goes, and the
+    generation the claim names stays what is served."""
     settings = fresh_settings(emulators)
     stored = make_slide(tmp_path / "slide", levels=1, base_size=(512, 512), associated=False)[0]
     newer = copy_instance(stored, tmp_path / "newer.dcm", sop_uid=stored.sop_uid, variant=3)
@@ -72,24 +75,25 @@ def test_reindex_keeps_the_newest_generation_of_each_instance(emulators: dict[st
         assert httpx.post(f"{server.base_url}/studies", content=stored.path.read_bytes(),
                           headers={"content-type": "application/dicom"}).status_code == 200
         url = f"{server.base_url}/studies/{stored.study_uid}/series/{stored.series_uid}/instances/{stored.sop_uid}"
-        first = httpx.get(f"{url}/frames/1", headers={"accept": "image/jpeg"})
-        assert first.content == source_frames(stored.path)[0], "the worker now holds the older generation's record"
-        older = instance_blob(settings, stored.study_uid, stored.series_uid, stored.sop_uid)
-        orphan = f"{older.rsplit('/', 1)[0]}/{new_generation()}.dcm"
+        kept = instance_blob(settings, stored.study_uid, stored.series_uid, stored.sop_uid)
+        orphan = f"{kept.rsplit('/', 1)[0]}/{new_generation()}.dcm"
         blob_service(settings).get_blob_client(settings["DICOMWEB_INSTANCE_CONTAINER"], orphan).upload_blob(
             newer.path.read_bytes())
-        done = subprocess.run([sys.executable, "-m", "dicomweb", "reindex"], cwd=ROOT, env=server.env,
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        assert "rebuilt 1 sidecars" in done.stdout and "removed 1 older generations" in done.stdout
-        assert instance_blob(settings, stored.study_uid, stored.series_uid, stored.sop_uid) == orphan
-        sidecars = blob_names(settings, settings["DICOMWEB_SIDECAR_CONTAINER"], older.rsplit("/", 1)[0])
-        assert sorted(sidecars) == [orphan.replace(".dcm", ".frames"), orphan.replace(".dcm", ".json")]
+        online = subprocess.run([sys.executable, "-m", "dicomweb", "reindex"], cwd=ROOT, env=server.env,
+                                capture_output=True, text=True, timeout=120)
+        assert online.returncode == 0, online.stderr
+        assert "left 1 generations to writers still at work" in online.stdout, online.stdout
+        assert orphan in blob_names(settings, settings["DICOMWEB_INSTANCE_CONTAINER"], stored.study_uid)
+        offline = subprocess.run([sys.executable, "-m", "dicomweb", "reindex", "--offline"], cwd=ROOT,
+                                 env=server.env, capture_output=True, text=True, timeout=120)
+        assert offline.returncode == 0, offline.stderr
+        assert "removed 1 unnamed generations" in offline.stdout, offline.stdout
+        assert instance_blob(settings, stored.study_uid, stored.series_uid, stored.sop_uid) == kept
         frame = httpx.get(f"{url}/frames/2", headers={"accept": "image/jpeg"})
-        assert frame.content == source_frames(newer.path)[1], "the worker finds the older one gone and looks again"
+        assert frame.content == source_frames(stored.path)[1]
         feed = httpx.get(f"{server.base_url}/changefeed").json()
         assert [(e["Action"], e["State"]) for e in feed if e["SopInstanceUid"] == stored.sop_uid] == [
-            ("create", "replaced"), ("update", "current")]
+            ("create", "current")]
         (study,) = httpx.get(f"{server.base_url}/studies?StudyInstanceUID={stored.study_uid}").json()
         assert study["00201208"]["Value"] == [1]
     finally:
@@ -124,10 +128,10 @@ def test_reindex_fans_out_one_job_per_study_and_shows_progress(emulators: dict[s
         server.stop()
 
 
-def test_a_move_that_died_half_way_keeps_the_newer_study_whichever_partition_runs_first(
+def test_the_reindex_operation_leaves_a_move_in_flight_and_keeps_what_the_claim_names(
         emulators: dict[str, str], tmp_path: Path) -> None:
-    """Two generations of one instance in two studies (a PUT that moved it died before removing the old one):
-    the two partitions run as separate jobs, and the newer generation is what the index names."""
+    """A copy of an instance in another study that no claim names (a PUT moving it, not published yet): the
+    operation's partitions run as separate jobs, leave it to its writer, and the index keeps the claimed one."""
     settings = fresh_settings(emulators)
     first = make_slide(tmp_path / "a", levels=1, base_size=(256, 256), associated=False)[0]
     moved = copy_instance(first, tmp_path / "moved.dcm", sop_uid=first.sop_uid, study_uid="1.2.3.4.5.6.7")
@@ -145,12 +149,11 @@ def test_a_move_that_died_half_way_keeps_the_newer_study_whichever_partition_run
         while (status := httpx.get(started.headers["location"]).json())["status"] != "finished":
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        assert status["report"]["indexed"] >= 1
-        assert httpx.get(f"{server.base_url}/studies/{first.study_uid}/instances").json() == []
-        (found,) = httpx.get(f"{server.base_url}/studies/{moved.study_uid}/instances").json()
+        assert (status["report"]["indexed"], status["report"]["in_flight"]) == (1, 1), status
+        (found,) = httpx.get(f"{server.base_url}/studies/{first.study_uid}/instances").json()
         assert found["00080018"]["Value"] == [first.sop_uid]
-        assert [n for n in container.list_blobs() if n.name.split("/")[2] == first.sop_uid] and \
-            not list(container.list_blobs(name_starts_with=first.study_uid))
+        assert httpx.get(f"{server.base_url}/studies/{moved.study_uid}/instances").json() == []
+        assert name in [b.name for b in container.list_blobs(name_starts_with=moved.study_uid)]
         assert httpx.get(f"{server.base_url}/operations/reindex/nosuchrun").status_code == 404
     finally:
         server.stop()
@@ -179,8 +182,8 @@ def test_reindex_leaves_a_file_the_index_cannot_take_and_indexes_the_rest(emulat
                               path.read_bytes())
     server = start_server(settings, tmp_path)
     try:
-        done = subprocess.run([sys.executable, "-m", "dicomweb", "reindex", "--here"], cwd=ROOT, env=server.env,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run([sys.executable, "-m", "dicomweb", "reindex", "--here", "--offline"], cwd=ROOT,
+                              env=server.env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 1 and "1 files cannot be indexed" in done.stderr, done.stdout + done.stderr
         assert "indexed 1 instances" in done.stdout
         assert f"{files[1].sop_uid} (generation" in server.log.read_text(), "serve's reindex at start named it"

@@ -14,7 +14,7 @@ from dicomweb.dicom import media, render
 from dicomweb.dicom.multipart import multipart_body, write_multipart
 from dicomweb.errors import BadRequest, NotAcceptable
 from dicomweb.service import Service
-from dicomweb.storage.index import Document
+from dicomweb.storage.cosmos import Document
 
 blueprint = func.Blueprint()
 

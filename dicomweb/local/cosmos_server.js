@@ -9,6 +9,13 @@
 //   length of its JSON ("Azure Cosmos DB service quotas", per-item limits): on create, upsert, replace,
 //   and for the document a patch would produce. (A patch of more than 10 operations is refused with 400
 //   by the server itself.)
+// - A transactional batch that is one (the server's keeps the operations before a failed one, has no Patch,
+//   and answers 200 whatever happened): Create, Upsert, Read, Replace, Delete and Patch (with its
+//   condition), the writes honouring ifMatch, all applied or none. A failed batch answers 207 Multi-Status,
+//   the failed operation with its own status and every other with 424 FailedDependency, which the SDK
+//   raises as CosmosBatchOperationError. More than 100 operations is a 400 and a body above the server's
+//   2,202,010 bytes a 413, both with nothing applied; an item above 2 MB, or of another partition than the
+//   batch's (400, substatus 1001), fails its operation and so the batch.
 // - With --throttle FRACTION, that fraction of document requests answered 429 TooManyRequests with
 //   x-ms-retry-after-ms (--retry-after-ms, default 100) and substatus 3200, as Cosmos DB answers when a
 //   partition has used its request units, so the service's handling of throttling is exercised.
@@ -36,6 +43,144 @@ for (const method of ["create", "replace"]) {
     checkSize(data);
     return original.call(this, data, ...rest);
   };
+}
+
+// The transactional batch. Each document an operation may change is kept as it was before its first change
+// (the stored object, or its absence) so that a failed batch can put it back with the same _etag and _rid.
+// Everything after the body is read runs synchronously: no other request sees a batch half applied.
+const documentOperations = require("@vercel/cosmosdb-server/lib/handler/_document-operations");
+const { patchOperation } = require("@vercel/cosmosdb-server/lib/handler/_patch-operations");
+const { parsePartitionKey } = require("@vercel/cosmosdb-server/lib/utils/get-partition-from-header");
+const MAX_BATCH_OPERATIONS = 100;
+// The server's maxBatchRequestBodySize, as the .NET SDK's BatchConstants copy it; measured here on the JSON.
+const MAX_BATCH_BODY_BYTES = 2202010;
+
+function batchPatch(collection, input) {
+  const { operations, condition } = input.resourceBody || {};
+  if (!Array.isArray(operations)) {
+    const message = "Invalid patch request: check syntax of patch specification.";
+    return { statusCode: 400, body: { code: "BadRequest", message } };
+  }
+  return patchOperation(collection, { ...input, operations, condition });
+}
+
+const BATCH_OPERATIONS = {
+  Create: documentOperations.createOperation,
+  Upsert: documentOperations.upsertOperation,
+  Read: documentOperations.readOperation,
+  Replace: documentOperations.replaceOperation,
+  Delete: documentOperations.deleteOperation,
+  Patch: batchPatch,
+};
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    req.on("data", chunk => chunks.push(chunk));
+    req.on("end", () => resolve(Buffer.concat(chunks)));
+    req.on("error", reject);
+  });
+}
+
+// The document a Create, Upsert or Replace writes (a Patch's resourceBody holds its operations).
+function writtenDocument(input) {
+  return input.operationType === "Patch" ? undefined : input.resourceBody;
+}
+
+function badRequest(res, message) {
+  res.statusCode = 400;
+  return { code: "BadRequest", message };
+}
+
+// One operation's result: a write of another partition's document, or of an item above 2 MB, fails that
+// operation (as Cosmos DB fails it, 400 substatus 1001 or 413) and so the batch, never the request.
+function runBatchOperation(collection, input, partitionValue) {
+  const document = writtenDocument(input);
+  if (document) {
+    const value = collection.documents._getPartition(document);
+    if (JSON.stringify(value === undefined ? {} : value) !== JSON.stringify(partitionValue)) {
+      return { statusCode: 400, subStatusCode: 1001 };
+    }
+  }
+  try {
+    return BATCH_OPERATIONS[input.operationType](collection, input);
+  } catch (error) {
+    if (!error.tooLarge) throw error;
+    return { statusCode: 413 };
+  }
+}
+
+const batchDocuments = require("@vercel/cosmosdb-server/lib/handler/batch-documents");
+batchDocuments.default = async (account, req, res, { dbId, collId }) => {
+  const raw = await readBody(req);
+  if (raw.length > MAX_BATCH_BODY_BYTES) {
+    res.statusCode = 413;
+    return { code: "RequestEntityTooLarge", message: "Request size is too large" };
+  }
+  const partitionKey = req.headers["x-ms-documentdb-partitionkey"];
+  let operations;
+  let partitionValue;
+  try {
+    operations = JSON.parse(raw.toString("utf8"));
+    const parsed = JSON.parse(partitionKey);
+    partitionValue = Array.isArray(parsed) ? parsed[0] : parsed;
+  } catch {
+    return badRequest(res, "The batch needs a JSON body and a partition key header.");
+  }
+  if (!Array.isArray(operations)) return badRequest(res, "Invalid request body");
+  if (operations.length > MAX_BATCH_OPERATIONS) {
+    return badRequest(res, "Batch request has more operations than what is supported.");
+  }
+  const unknown = operations.find(input => !input || !Object.hasOwn(BATCH_OPERATIONS, input.operationType));
+  if (unknown !== undefined) {
+    return badRequest(res, `Operation type '${unknown && unknown.operationType}' is not supported in Batch.`);
+  }
+
+  const collection = account.database(dbId).collection(collId);
+  const before = new Map(); // document id -> its stored document before the batch, or undefined
+  const results = [];
+  let failed = -1;
+  try {
+    for (const operation of operations) {
+      const input = { ...operation, partitionKey };
+      const id = writtenDocument(input) ? writtenDocument(input).id : input.id;
+      if (input.operationType !== "Read" && !before.has(id)) {
+        before.set(id, collection.document(id, parsePartitionKey(partitionKey, id)).read());
+      }
+      const result = runBatchOperation(collection, input, partitionValue);
+      results.push(result);
+      if (result.statusCode >= 400) {
+        failed = results.length - 1;
+        break;
+      }
+    }
+  } catch (error) {
+    rollBack(collection, partitionKey, before);
+    throw error;
+  }
+  if (failed >= 0) {
+    rollBack(collection, partitionKey, before);
+    res.statusCode = 207;
+    return operations.map((_, index) => index === failed
+      ? { statusCode: results[index].statusCode, subStatusCode: results[index].subStatusCode, requestCharge: 1 }
+      : { statusCode: 424, requestCharge: 0 });
+  }
+  res.statusCode = 200;
+  return results.map(({ statusCode, body }) => ({
+    statusCode, requestCharge: 1, eTag: body && body._etag, resourceBody: body,
+  }));
+};
+
+// Puts every document the batch touched back as it was: the stored object itself, with its _etag and _rid.
+// All are taken out before any is put back, so no unique key is indexed to a document about to go.
+function rollBack(collection, partitionKey, before) {
+  for (const id of before.keys()) {
+    const partition = parsePartitionKey(partitionKey, id);
+    if (collection.document(id, partition).read()) collection.documents.delete(id, partition);
+  }
+  for (const document of before.values()) {
+    if (document) collection.documents._set(document);
+  }
 }
 
 function drain(req) {

@@ -13,12 +13,12 @@ import os
 from typing import Mapping
 
 from dicomweb.config import Settings
-from dicomweb.storage.clients import blob_store, index_store, job_queue
+from dicomweb.storage.clients import blob_store, cosmos_stores, job_queue
 
 
 async def provision_async(settings: Settings, index_only: bool = False) -> None:
     """Create the resources ``settings`` name where missing (idempotent); with ``index_only``, only Cosmos's."""
-    index = index_store(settings)
+    index, _, _ = cosmos_stores(settings)
     try:
         await index.provision()
     finally:

@@ -10,6 +10,8 @@ from azure.storage.queue.aio import QueueServiceClient
 
 from dicomweb.config import Settings
 from dicomweb.storage.blobs import BlobStores
+from dicomweb.storage.changes import ChangeStore
+from dicomweb.storage.claims import ClaimStore
 from dicomweb.storage.index import IndexStore
 from dicomweb.storage.queues import JobQueue, QueueConsumer
 
@@ -55,12 +57,14 @@ def _throttle_retries(settings: Settings) -> dict[str, int]:
     """How the Cosmos SDK retries a 429 (it waits the x-ms-retry-after-ms Cosmos sends): up to 9 times, as by
     default, but for at most the storage timeout in all. Given alone, ``retry_total`` would also cap these
     retries (at 2, too few for a partition briefly over its request units); a 429 that outlasts them is a
-    503 with Retry-After (:func:`dicomweb.storage.index._unavailable`)."""
+    503 with Retry-After (:func:`dicomweb.storage.cosmos._unavailable`)."""
     return {"retry_throttle_total": 9, "retry_throttle_backoff_max": settings.storage_timeout_seconds}
 
 
-def index_store(settings: Settings, credential: object | None = None) -> IndexStore:
-    """Cosmos adapter from a connection string, else endpoint + ``credential`` (default: managed identity)."""
+def cosmos_stores(settings: Settings, credential: object | None = None
+                  ) -> tuple[IndexStore, ClaimStore, ChangeStore]:
+    """The search index, the claims and the change feed: three stores over one container and one client,
+    from a connection string, else endpoint + ``credential`` (default: managed identity)."""
     limits = {**_limits(settings), **_throttle_retries(settings), "timeout": settings.storage_timeout_seconds}
     if settings.cosmos_connection_string:
         client = CosmosClient.from_connection_string(settings.cosmos_connection_string, **limits)
@@ -68,7 +72,8 @@ def index_store(settings: Settings, credential: object | None = None) -> IndexSt
         client = CosmosClient(settings.cosmos_endpoint, credential=credential or DefaultAzureCredential(), **limits)
     else:
         raise ValueError("set DICOMWEB_COSMOS_CONNECTION_STRING or DICOMWEB_COSMOS_ENDPOINT")
-    return IndexStore(client, settings.cosmos_database, settings.cosmos_container)
+    names = (settings.cosmos_database, settings.cosmos_container)
+    return IndexStore(client, *names), ClaimStore(client, *names), ChangeStore(client, *names)
 
 
 def queue_service(settings: Settings, credential: object | None = None) -> QueueServiceClient:

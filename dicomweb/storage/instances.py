@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import AsyncIterator
 
 from azure.core import MatchConditions
@@ -10,7 +11,7 @@ from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoun
 from azure.storage.blob.aio import ContainerClient
 
 from dicomweb.errors import Archived, StorageFailure
-from dicomweb.storage.naming import DELETING, Location
+from dicomweb.storage.naming import Location
 from dicomweb.storage.transfer import BlockUpload, RangeReader, StaleBlob, delete_names, failure, prefixes
 
 
@@ -87,38 +88,12 @@ class InstanceStore:
         """``<study>/`` of every study with a file."""
         return prefixes(self.container, "instance listing")
 
-    async def list(self, prefix: str = "") -> AsyncIterator[tuple[Location, dict[str, str]]]:
-        """(location, blob index tags) of every committed file under ``prefix``, in name order."""
+    async def list(self, prefix: str = "") -> AsyncIterator[tuple[Location, datetime]]:
+        """(location, when it was committed) of every committed file under ``prefix``, in name order."""
         try:
-            async for blob in self.container.list_blobs(name_starts_with=prefix or None, include=["tags"]):
+            async for blob in self.container.list_blobs(name_starts_with=prefix or None):
                 location = Location.parse(blob.name)
                 if location is not None and blob.name == location.instance:
-                    yield location, dict(blob.tags or {})
+                    yield location, blob.creation_time
         except AzureError as exc:
             raise failure(exc, "instance listing") from exc
-
-    async def deletion_mark(self, location: Location) -> str | None:
-        """The DELETING mark of ``location``'s file (None when unmarked or gone)."""
-        try:
-            tags = await self.container.get_blob_client(location.instance).get_blob_tags()
-        except ResourceNotFoundError:
-            return None
-        except AzureError as exc:
-            raise failure(exc, location.instance) from exc
-        return tags.get(DELETING)
-
-    async def mark_deleting(self, location: Location, sequence: int) -> bool:
-        """Record in the file itself that its deletion began, as change ``sequence`` (False if it is gone).
-
-        Blob is the system of record: a deletion that dies half way is finished by
-        ``reindex`` instead of being indexed again. The mark joins the file's other tags
-        (set at commit, never changed after), so an archived file can be marked too.
-        """
-        blob = self.container.get_blob_client(location.instance)
-        try:
-            await blob.set_blob_tags({**await blob.get_blob_tags(), DELETING: str(sequence)})
-        except ResourceNotFoundError:
-            return False
-        except AzureError as exc:
-            raise failure(exc, location.instance) from exc
-        return True

@@ -4,7 +4,7 @@ The Part 10 file is ``<study>/<series>/<sop>/<generation>.dcm`` in the instance 
 the sidecar container the metadata (``….json``), the frame offset record (``….frames``) and the
 thumbnail (``….thumbnail``) of that generation carry the same stem. A replacement writes a new
 generation and removes the old one once the index names the new one, so a reader never sees a
-file change under a name it holds. Also the blob index tags the service writes.
+file change under a name it holds. Also the blob index tags the service writes (at commit only).
 """
 
 from __future__ import annotations
@@ -17,10 +17,6 @@ from dataclasses import dataclass
 #: go unread; ``hot`` ones (sidecars, labels, overviews, thumbnails, small pyramid levels) stay hot.
 TIER_TAG = "dicomweb_tier"
 HOT, AUTO = "hot", "auto"
-#: Blob index tag on an instance blob whose deletion has begun; its value is the change-feed sequence of the
-#: delete. A tag, not metadata: Azure refuses Set Blob Metadata on an Archive blob (409 BlobArchived) but
-#: allows Set Blob Tags, and a tag leaves the blob's ETag alone (readers holding it keep reading).
-DELETING = "deleting"
 SIDECAR_KINDS = ("json", "frames", "thumbnail")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import subprocess
@@ -16,9 +15,6 @@ import pydicom
 import pytest
 from azure.storage.queue import QueueClient
 
-from dicomweb.config import Settings
-from dicomweb.service import Service
-from dicomweb.storage.index import claim_partition
 from tests.conftest import (
     ROOT,
     Server,
@@ -26,6 +22,7 @@ from tests.conftest import (
     blob_service,
     fresh_settings,
     instance_blob,
+    interrupt_deletion,
     source_frames,
     start_server,
 )
@@ -186,15 +183,11 @@ def test_an_interrupted_delete_is_finished_by_reindex(emulators: dict[str, str],
         assert _store(server, files).status_code == 200
     finally:
         server.stop()
-    # What a DELETE does first, before dying: mark the instance blob (Blob is the system of record).
-    blob = blob_service(settings).get_blob_client(
-        settings["DICOMWEB_INSTANCE_CONTAINER"],
-        instance_blob(settings, volume.study_uid, volume.series_uid, volume.sop_uid))
-    blob.set_blob_tags({**blob.get_blob_tags(), "deleting": "1"})
+    interrupt_deletion(settings, volume.study_uid, volume.series_uid, volume.sop_uid, at="file")
     done = subprocess.run([sys.executable, "-m", "dicomweb", "reindex", "--here"], cwd=ROOT, env=server.env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "finished 1 interrupted deletions" in done.stdout
+    assert "finished 1 interrupted stores and deletions" in done.stdout, "a deleting claim is never in flight"
     assert _blobs(server, volume.study_uid) == []
     server = start_server(settings, tmp_path)
     try:
@@ -202,7 +195,7 @@ def test_an_interrupted_delete_is_finished_by_reindex(emulators: dict[str, str],
         assert _search(server, f"studies?StudyInstanceUID={volume.study_uid}") == []
         feed = httpx.get(f"{server.base_url}/changefeed").json()
         assert [(e["Action"], e["State"]) for e in feed if e["SopInstanceUid"] == volume.sop_uid] == [
-            ("create", "deleted"), ("delete", "deleted")], "the deletion reindex finished is recorded"
+            ("create", "deleted"), ("delete", "deleted")], "the deletion is recorded once"
     finally:
         server.stop()
 
@@ -227,48 +220,38 @@ def test_delete_with_invalid_uid(own_server: Server) -> None:
 
 
 def test_a_repeated_delete_finishes_one_that_died_half_way(own_server: Server, tmp_path: Path) -> None:
-    """A DELETE that answered 503 after taking the instance out of the index left its marked file behind;
-    the client's retry answered 404, and only a reindex removed the file."""
+    """A DELETE that answered 503 after taking the instance out of the index left its file behind: the
+    client's retry finds the deletion on the claim and finishes it, instead of answering 404."""
     files = make_slide(tmp_path / "slide", levels=1, base_size=(300, 300), associated=False)
     volume = files[0]
     assert _store(own_server, files).status_code == 200
-    env = own_server.env
-    blob = blob_service(env).get_blob_client(env.get("DICOMWEB_INSTANCE_CONTAINER", "dicom-instances"),
-                                             instance_blob(env, volume.study_uid, volume.series_uid, volume.sop_uid))
-    blob.set_blob_tags({**blob.get_blob_tags(), "deleting": "1"})
-
-    async def die_half_way() -> None:  # what the first DELETE did before it failed
-        service = await Service.create(Settings.from_env(env))
-        try:
-            await service.index.delete(claim_partition(volume.sop_uid), "claim", volume.sop_uid)
-            await service.index.delete(volume.study_uid, "instance", volume.sop_uid)
-        finally:
-            await service.close()
-
-    asyncio.run(die_half_way())
+    interrupt_deletion(own_server.env, volume.study_uid, volume.series_uid, volume.sop_uid, at="file")
+    assert _blobs(own_server, volume.study_uid), "the file outlived the failed DELETE"
     url = f"{own_server.base_url}/studies/{volume.study_uid}/series/{volume.series_uid}/instances/{volume.sop_uid}"
+    assert httpx.get(f"{url}/metadata").status_code == 404
     assert httpx.delete(url).status_code == 204
     assert _blobs(own_server, volume.study_uid) == []
     assert httpx.delete(url).status_code == 404
 
 
-def test_a_finish_delete_job_ends_a_deletion_that_failed_half_way(own_server: Server, tmp_path: Path) -> None:
-    """What a DELETE that failed after marking the file sends (dicomweb.delete._finish_later): the service's
-    queue trigger finishes the deletion and records it; the same job for an unmarked instance does nothing."""
+def test_a_settle_job_ends_a_deletion_that_failed_half_way(own_server: Server, tmp_path: Path) -> None:
+    """What a DELETE that failed after its claim turned ``deleting`` sends (dicomweb.generations.defer): the
+    service's queue trigger finishes the deletion and records it as the principal who asked; the same job for
+    an instance nobody is deleting changes nothing."""
     files = make_slide(tmp_path / "slide", levels=2, base_size=(600, 600), associated=False)
     doomed, kept = files[0], files[1]
     assert _store(own_server, files).status_code == 200
     env = own_server.env
-    jobs = QueueClient.from_connection_string(env["DICOMWEB_QUEUES"], env["DICOMWEB_JOBS_QUEUE"])
-    for volume, mark in ((doomed, True), (kept, False)):
-        name = instance_blob(env, volume.study_uid, volume.series_uid, volume.sop_uid)
-        if mark:
-            blob = blob_service(env).get_blob_client(env["DICOMWEB_INSTANCE_CONTAINER"], name)
-            blob.set_blob_tags({**blob.get_blob_tags(), "deleting": "1"})
-        jobs.send_message(json.dumps({"kind": "finish-delete", "actor": {"id": "oid-deleter"},
-                                      "study": volume.study_uid, "series": volume.series_uid,
-                                      "sop": volume.sop_uid, "generation": name.rsplit("/", 1)[1][:-4]}))
+    names = {v.sop_uid: instance_blob(env, v.study_uid, v.series_uid, v.sop_uid) for v in (doomed, kept)}
+    interrupt_deletion(env, doomed.study_uid, doomed.series_uid, doomed.sop_uid, at="index")
     url = f"{own_server.base_url}/studies/{doomed.study_uid}/series/{doomed.series_uid}/instances/"
+    assert httpx.get(f"{url}{doomed.sop_uid}/metadata").status_code == 200, "the index was not reached"
+    jobs = QueueClient.from_connection_string(env["DICOMWEB_QUEUES"], env["DICOMWEB_JOBS_QUEUE"])
+    for volume in (doomed, kept):
+        jobs.send_message(json.dumps({"kind": "settle-generation", "actor": {"id": "oid-deleter"},
+                                      "study": volume.study_uid, "series": volume.series_uid,
+                                      "sop": volume.sop_uid,
+                                      "generation": names[volume.sop_uid].rsplit("/", 1)[1][:-4]}))
     deadline = time.monotonic() + 30
     while httpx.get(f"{url}{doomed.sop_uid}/metadata").status_code != 404:
         assert time.monotonic() < deadline

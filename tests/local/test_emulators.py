@@ -1,6 +1,6 @@
-"""The local stand-ins refuse what Azure refuses: Cosmos DB's item and patch limits and its throttling, the
-Archive tier's offline blobs and slow rehydration (``dicomweb/local/*.js``), and nothing is created but by
-provisioning."""
+"""The local stand-ins refuse what Azure refuses: Cosmos DB's item and patch limits, its throttling and its
+all-or-nothing transactional batches, the Archive tier's offline blobs and slow rehydration
+(``dicomweb/local/*.js``), and nothing is created but by provisioning."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import httpx
 import pytest
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.cosmos import CosmosClient, PartitionKey
-from azure.cosmos.exceptions import CosmosHttpResponseError
+from azure.cosmos.exceptions import CosmosBatchOperationError, CosmosHttpResponseError
 from azure.storage.blob import BlobBlock, BlobServiceClient, ContainerClient, RehydratePriority, StandardBlobTier
 
 from dicomweb.config import Settings
@@ -69,6 +69,94 @@ def test_cosmos_refuses_patches_of_more_than_10_operations(emulators: dict[str, 
     assert "f0" not in container.read_item("a", partition_key="p")
     container.patch_item("a", "p", operations[:10])
     assert container.read_item("a", partition_key="p")["f9"] == 9
+
+
+def _documents(container) -> dict[str, dict]:  # type: ignore[no-untyped-def]
+    """Every stored document by id, system properties (``_etag``, ``_rid``, ``_ts``) included."""
+    return {document["id"]: document for document in container.read_all_items()}
+
+
+def _failed_batch(container, operations: list) -> CosmosBatchOperationError:  # type: ignore[no-untyped-def]
+    with pytest.raises(CosmosBatchOperationError) as failed:
+        container.execute_item_batch(batch_operations=operations, partition_key="p")
+    return failed.value
+
+
+def test_a_cosmos_batch_applies_every_operation_and_returns_their_results(emulators: dict[str, str]) -> None:
+    container = _container(emulators)
+    container.create_item({"id": "a", "pk": "p", "n": 1})
+    other = container.create_item({"id": "b", "pk": "p", "v": "old"})
+    gone = container.create_item({"id": "c", "pk": "p"})
+    results = container.execute_item_batch(batch_operations=[
+        ("create", ({"id": "new", "pk": "p", "n": 0},)),
+        ("patch", ("a", [{"op": "incr", "path": "/n", "value": 1}]), {"filter_predicate": "FROM c WHERE c.n = 1"}),
+        ("replace", ("b", {"id": "b", "pk": "p", "v": "new"}), {"if_match_etag": other["_etag"]}),
+        ("delete", ("c",), {"if_match_etag": gone["_etag"]}),
+        ("read", ("a",)),
+        ("upsert", ({"id": "new", "pk": "p", "n": 7},)),
+    ], partition_key="p")
+    assert [result["statusCode"] for result in results] == [201, 200, 200, 204, 200, 200]
+    assert results[0]["resourceBody"]["n"] == 0
+    assert results[1]["resourceBody"]["n"] == 2 and results[4]["resourceBody"]["n"] == 2
+    assert results[4]["eTag"] == results[1]["eTag"]  # the read sees the patch before it
+    stored = _documents(container)
+    assert set(stored) == {"a", "b", "new"}
+    assert stored["a"]["_etag"] == results[1]["eTag"] and stored["b"]["_etag"] == results[2]["eTag"]
+    assert stored["b"]["v"] == "new" and stored["new"]["n"] == 7 and stored["new"]["_etag"] == results[5]["eTag"]
+
+
+# Each fails the third operation of a batch whose first two patched "a" (n 1 -> 2) and deleted "b".
+@pytest.mark.parametrize(("operation", "status"), [
+    (("create", ({"id": "c", "pk": "p"},)), 409),
+    (("patch", ("a", [{"op": "set", "path": "/x", "value": 1}]), {"filter_predicate": "FROM c WHERE c.n = 1"}), 412),
+    (("delete", ("a",), {"if_match_etag": "stale"}), 412),
+    (("patch", ("missing", [{"op": "set", "path": "/x", "value": 1}])), 404),
+    (("create", ({"id": "elsewhere", "pk": "q"},)), 400),  # another partition than the batch's
+], ids=["create-existing", "patch-condition-false", "delete-stale-etag", "patch-missing", "other-partition"])
+def test_a_failed_cosmos_batch_leaves_every_document_as_it_was(
+        emulators: dict[str, str], operation: tuple, status: int) -> None:
+    container = _container(emulators)
+    for document in ({"id": "a", "pk": "p", "n": 1}, {"id": "b", "pk": "p"}, {"id": "c", "pk": "p"}):
+        container.create_item(document)
+    before = _documents(container)
+    failure = _failed_batch(container, [
+        ("patch", ("a", [{"op": "incr", "path": "/n", "value": 1}])),
+        ("delete", ("b",)),
+        operation,
+        ("create", ({"id": "after", "pk": "p"},)),
+    ])
+    assert (failure.error_index, failure.status_code) == (2, status)
+    assert [result["statusCode"] for result in failure.operation_responses] == [424, 424, status, 424]
+    assert _documents(container) == before  # same bodies and _etag, "b" back, nothing created
+
+
+def test_a_cosmos_batch_of_more_than_100_operations_is_refused_whole(emulators: dict[str, str]) -> None:
+    container = _container(emulators)
+    creates = [("create", ({"id": f"d{n}", "pk": "p"},)) for n in range(101)]
+    assert _status(lambda: container.execute_item_batch(batch_operations=creates, partition_key="p")) == 400
+    assert _documents(container) == {}
+    assert len(container.execute_item_batch(batch_operations=creates[:100], partition_key="p")) == 100
+
+
+def test_a_cosmos_batch_with_an_item_above_2_mb_is_rolled_back(emulators: dict[str, str]) -> None:
+    container = _container(emulators)
+    half = "y" * (MB + 100_000)
+    container.create_item({"id": "a", "pk": "p", "v": half})
+    container.create_item({"id": "b", "pk": "p", "n": 1})
+    before = _documents(container)
+    small_writes = [("create", ({"id": "new", "pk": "p"},)), ("replace", ("b", {"id": "b", "pk": "p", "n": 2}))]
+    too_large = [
+        ("create", ({"id": "big", "pk": "p", "v": "x" * (2 * MB + 100_000)},)),  # 2.1 MB
+        ("patch", ("a", [{"op": "set", "path": "/w", "value": half}])),  # a small patch making a 2.2 MB item
+    ]
+    for operation in too_large:
+        failure = _failed_batch(container, [*small_writes, operation])
+        assert (failure.error_index, failure.status_code) == (2, 413)
+        assert _documents(container) == before
+    # A request body above the server's batch limit is refused before any operation runs.
+    two_halves = [("create", ({"id": f"h{n}", "pk": "p", "v": half},)) for n in range(2)]
+    assert _status(lambda: container.execute_item_batch(batch_operations=two_halves, partition_key="p")) == 413
+    assert _documents(container) == before
 
 
 @pytest.fixture
