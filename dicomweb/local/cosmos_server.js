@@ -19,6 +19,8 @@
 // - With --throttle FRACTION, that fraction of document requests answered 429 TooManyRequests with
 //   x-ms-retry-after-ms (--retry-after-ms, default 100) and substatus 3200, as Cosmos DB answers when a
 //   partition has used its request units, so the service's handling of throttling is exercised.
+// - On SIGUSR2 it prints how many document requests it has answered ("document requests: N"), so that a
+//   benchmark can tell the calls a workload costs (Emulators.cosmos_requests()).
 // Usage: node cosmos_server.js PORT [HOST] [--throttle FRACTION] [--retry-after-ms MS]
 const MAX_ITEM_BYTES = 2 * 1024 * 1024;
 const SYSTEM_PROPERTIES = new Set(["_rid", "_self", "_etag", "_ts", "_attachments"]);
@@ -193,10 +195,13 @@ function drain(req) {
 
 const DOCUMENT_HANDLERS = ["read-document", "read-documents", "create-document", "upsert-document",
   "replace-document", "delete-document", "patch-document", "query-documents", "batch-documents"];
+let documentRequests = 0;
+process.on("SIGUSR2", () => console.log(`document requests: ${documentRequests}`));
 for (const name of DOCUMENT_HANDLERS) {
   const handler = require(`@vercel/cosmosdb-server/lib/handler/${name}`);
   const original = handler.default;
   handler.default = async (account, req, res, params) => {
+    documentRequests += 1;
     if (throttle > 0 && Math.random() < throttle) {
       await drain(req);
       res.statusCode = 429;

@@ -127,6 +127,18 @@ class Emulators:
             for overrides in self.provisioned:
                 provision({**os.environ, **self.settings(), **overrides}, index_only=True)
 
+    def cosmos_requests(self) -> int:
+        """How many document requests (reads, writes, queries, batches) the Cosmos server has answered."""
+        log = self.data_dir / "emulators.log"
+        seen = log.read_text(errors="replace").count("document requests: ")
+        os.killpg(self.processes["cosmos"].pid, signal.SIGUSR2)
+        deadline = time.monotonic() + 10
+        while (text := log.read_text(errors="replace")).count("document requests: ") == seen:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Cosmos server did not tell its request count")
+            time.sleep(0.02)
+        return int(text.rsplit("document requests: ", 1)[1].split()[0])
+
     def settings(self) -> dict[str, str]:
         """Environment settings for the running servers."""
         return {

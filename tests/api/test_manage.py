@@ -200,19 +200,20 @@ def test_an_interrupted_delete_is_finished_by_reindex(emulators: dict[str, str],
         server.stop()
 
 
-def test_an_archived_instance_is_deleted(own_server: Server, tmp_path: Path) -> None:
-    """Azure refuses Set Blob Metadata on an Archive blob (409 BlobArchived, as the local stack does now): the
-    deletion mark is a blob index tag, which an archived blob takes."""
-    (volume,) = make_slide(tmp_path, levels=1, base_size=(300, 300), associated=False)
-    assert _store(own_server, [volume]).status_code == 200
+def test_a_study_whose_instance_is_archived_is_deleted(own_server: Server, tmp_path: Path) -> None:
+    """Azure refuses Set Blob Metadata, Properties and Tags… on an Archive blob (409 BlobArchived, as the local
+    stack does): a deletion writes nothing to its blobs, only to the claim, so every tier can be deleted."""
+    volume, label = make_slide(tmp_path, levels=1, base_size=(300, 300), associated=True)[:2]
+    assert _store(own_server, [volume, label]).status_code == 200
     env = own_server.env
     blob = blob_service(env).get_blob_client(env["DICOMWEB_INSTANCE_CONTAINER"],
                                              instance_blob(env, volume.study_uid, volume.series_uid, volume.sop_uid))
     blob.set_standard_blob_tier("Archive")
-    url = f"{own_server.base_url}/studies/{volume.study_uid}/series/{volume.series_uid}/instances/{volume.sop_uid}"
-    assert httpx.delete(url).status_code == 204
-    assert httpx.get(f"{url}/metadata").status_code == 404
+    study = f"{own_server.base_url}/studies/{volume.study_uid}"
+    assert httpx.delete(study).status_code == 204
+    assert httpx.get(f"{study}/metadata").status_code == 404
     assert _blobs(own_server, volume.study_uid) == []
+    assert _search(own_server, f"studies?StudyInstanceUID={volume.study_uid}") == []
 
 
 def test_delete_with_invalid_uid(own_server: Server) -> None:

@@ -196,6 +196,23 @@ def test_the_cosmos_throttle_answers_429_with_a_wait_and_outlasting_it_is_a_503(
     assert failure.status == 503 and failure.retry_after >= 1 and "throttling" in failure.message
 
 
+def test_the_cosmos_server_counts_the_document_requests_it_answers(tmp_path: Path) -> None:
+    """What bench_stow_concurrency reports as Cosmos calls per store."""
+    stack = Emulators(tmp_path, cosmos_port=free_port())
+    stack.restart("cosmos")
+    try:
+        provision({**stack.settings(), "DICOMWEB_COSMOS_DATABASE": "counted"}, index_only=True)
+        container = CosmosClient.from_connection_string(stack.settings()["DICOMWEB_COSMOS_CONNECTION_STRING"]) \
+            .get_database_client("counted").get_container_client(Settings.cosmos_container)
+        before = stack.cosmos_requests()
+        for n in range(5):
+            container.create_item({"id": f"study:{n}", "type": "study", "studyInstanceUID": str(n)})
+        container.read_item("study:0", partition_key="0")
+        assert stack.cosmos_requests() - before == 6
+    finally:
+        stack.stop()
+
+
 def test_a_partly_throttled_cosmos_is_absorbed_by_the_sdk_retries(tmp_path: Path) -> None:
     stack = Emulators(tmp_path, cosmos_port=free_port(), cosmos_throttle=0.3)
     stack.restart("cosmos")
