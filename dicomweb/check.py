@@ -14,9 +14,9 @@ Files are classified against claims by :func:`dicomweb.generations.classify`, th
 
 ``--repair`` runs :func:`dicomweb.reindex.reindex` with nothing left to writers (finishing
 what was unfinished, publishing or removing unnamed generations, deriving sidecars,
-recounting, removing orphan sidecars), deletes what dangling claims name the way DELETE
-does (so the change feed says so), withdraws dangling documents, recounts their studies,
-and checks again. Run it while no writes are in flight: a store between its commit and
+recounting, removing orphan sidecars), finishes unfinished claims no file is left of,
+deletes what dangling claims name the way DELETE does (so the change feed says so),
+withdraws dangling documents, recounts their studies, and checks again. Run it while no writes are in flight: a store between its commit and
 its publication looks ``unindexed`` for that moment.
 """
 
@@ -127,6 +127,9 @@ async def repair(service: Service) -> CheckReport:
     found = await check(service)
     studies = set()
     for problem in found.problems:
+        if problem.kind == "unfinished" and (claim := await service.claims.get(problem.name.split(":", 1)[1])):
+            await generations.settle_claim(service, claim)  # its files are gone: reindex never meets it
+            studies.add(claim["study"])
         if problem.kind != "dangling":
             continue
         doc = await _dangling(service, problem)

@@ -42,7 +42,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Awaitable
 
 from dicomweb import audit, changefeed, jobs, records
 from dicomweb.errors import DicomWebError, Duplicate, StoredElsewhere
@@ -117,25 +117,25 @@ async def reserve(service: Service, location: Location, replace: bool) -> None:
 
 
 async def describe(service: Service, location: Location, made: records.Sidecars) -> None:
-    """Write a committed generation's metadata and frame offset record (both tried before a failure is raised)."""
+    """Write a generation's metadata and frame offset record (both tried before a failure is raised)."""
     writes = [service.blobs.sidecars.put(location.sidecar("json"), made.metadata)]
     if made.frames is not None:
         writes.append(service.blobs.sidecars.put(location.sidecar("frames"), made.frames))
-    for result in await asyncio.gather(*writes, return_exceptions=True):
-        if isinstance(result, BaseException):
-            raise result
+    await _all(*writes)
 
 
-async def publish(service: Service, sidecar: records.JsonDict, replace: bool) -> None:
+async def publish(service: Service, sidecar: records.JsonDict, replace: bool, sequence: int | None = None) -> None:
     """Make the described generation the instance: claim it, then project it.
 
     Without ``replace`` a SOP Instance UID another generation holds is refused (45070).
     With it, the claim moves to this generation whatever it held (after that one's own
-    transition is finished), and the displaced generation is removed.
+    transition is finished), and the displaced generation is removed. ``sequence``: a
+    change-feed number the caller took while it wrote the generation (else one is taken).
     """
     location = records.location(sidecar)
     claims = service.claims
-    sequence = await service.changes.next_sequence()
+    if sequence is None:
+        sequence = await service.changes.next_sequence()
     claim: Document | None = None
     read = False  # a first attempt creates the claim at once: most stores are of new instances
     while True:
@@ -180,9 +180,23 @@ async def roll_forward(service: Service, claim: Document, sidecar: records.JsonD
     await project(service, sidecar, sequence)
     if previous is not None and previous.study != location.study:
         await withdraw(service, previous.study, location.sop, sequence)
-    await changefeed.record(service, sequence, claim["action"], location)
+    recorded = changefeed.record(service, sequence, claim["action"], location)
     if previous is not None and previous.generation != location.generation:
-        await remove_generation(service, previous)
+        await _all(recorded, remove_generation(service, previous))
+        await _make_current(service, location)
+    else:  # the entry is not what "current" waits for: a reader finds its number on the claim
+        await _all(recorded, _make_current(service, location))
+
+
+async def _all(*steps: Awaitable[Any]) -> None:
+    """Run ``steps`` at once; the first failure is raised once every step has ended."""
+    for result in await asyncio.gather(*steps, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
+
+
+async def _make_current(service: Service, location: Location) -> None:
+    """Move a ``publishing`` claim of ``location`` to ``current``; undo the projection if the claim moved on."""
     try:
         await service.claims.update(location.sop, [{"op": "set", "path": "/state", "value": CURRENT},
                                                    {"op": "set", "path": "/previous", "value": None}],

@@ -10,7 +10,7 @@ gets its sidecars back when they are missing (one streaming pass over the file) 
 document where it is missing. Work in flight is left to its writer: a claim
 ``publishing`` and an unnamed file committed less than ``in_flight_seconds`` ago (an
 offline repair passes 0). Then the study's summaries are recounted and its sidecars whose
-file is gone deleted.
+file is gone (and not about to come) deleted.
 
 ``dicomweb reindex`` (and ``POST /operations/reindex``) fans the partitions out over
 the job queue, one job per study, so that many workers rebuild at once; each finished
@@ -160,8 +160,9 @@ async def reindex_study(service: Service, prefix: str, in_flight_seconds: float 
                 report.in_flight += 1  # claimed meanwhile (a store, or another study's partition): theirs
     for study in sorted({location.study for found in files.values() for location in (f.location for f in found)}):
         await generations.recount(service, study)
-    async for location in service.blobs.sidecars.list(prefix):
-        if not await service.blobs.instances.exists(location):
+    async for location, written in service.blobs.sidecars.list(prefix):
+        # A store writes its sidecars while its file is committed: young ones may be about to have one.
+        if (now - written).total_seconds() >= in_flight_seconds and not await service.blobs.instances.exists(location):
             await service.blobs.sidecars.delete(location.sidecars)
             report.removed_sidecars += 1
     return report

@@ -1,19 +1,20 @@
 """STOW-RS use case (PS3.18 §10.5): stream instances into Blob, then index them.
 
 Per instance, in this order, so that a failure at any step leaves nothing behind:
-1. parse the header as bytes arrive, validate it, refuse a SOP Instance UID that is
-   already stored (POST) early;
-2. stage the bytes as blocks (bounded parallelism) while walking the fragments;
-3. commit the block list as a new generation (a blob name never used before);
+1. parse the header as bytes arrive and validate it;
+2. stage the bytes as blocks (bounded parallelism) while walking the fragments, refusing a
+   SOP Instance UID that is already stored (POST) before the first block goes out;
+3. commit the blocks as a new generation (a blob name never used before; one Put Blob for an
+   instance smaller than a block) while its metadata and frame-offset sidecars are written
+   (:func:`dicomweb.generations.describe`);
 4. check the first and the last frame's codestream header against the Image Pixel attributes
    (from the bytes the walk kept; a ranged read when the header lies beyond them);
-5. write the generation's metadata and frame-offset sidecars (:func:`dicomweb.generations.describe`);
-6. publish it (:func:`dicomweb.generations.publish`): the claim is the atomic store-wide
+5. publish it (:func:`dicomweb.generations.publish`): the claim is the atomic store-wide
    uniqueness check and the moment the store happens; the index and the change feed follow.
-A failure before step 6 removes the generation this request wrote (until step 3 the
-uncommitted blocks never become a blob); a failure after the claim is rolled forward, by
-the next attempt or a job, never back (:mod:`dicomweb.generations`). Nothing stored before
-is touched until step 6 displaces it.
+A failure before step 5 removes what this request wrote (until step 3 the uncommitted blocks
+never become a blob); a failure after the claim is rolled forward, by the next attempt or a
+job, never back (:mod:`dicomweb.generations`). Nothing stored before is touched until step 5
+displaces it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import AsyncIterable, Awaitable, Callable, Mapping
 
 from pydicom.dataset import Dataset
 
-from dicomweb import audit, cpu, generations, records
+from dicomweb import audit, changefeed, cpu, generations, records
 from dicomweb.dicom import codestream
 from dicomweb.dicom.codecs import CodecError, PixelFormat
 from dicomweb.dicom.dicomjson import JsonDict
@@ -115,40 +116,57 @@ async def _store(service: Service, chunks: AsyncIterable[bytes], expected_study:
     upload: BlockUpload | None = None
     location: Location | None = None
     description: records.JsonDict = {}
-    committed = False
+    staged = 0
+    written = False
+    sequence: asyncio.Task[int] | None = None
+
+    async def stage(data: bytes) -> None:
+        """Stage bytes of the instance; a stored SOP Instance UID (POST) is refused before its first block goes
+        out (an instance smaller than a block is refused by its claim instead, which costs less than a read)."""
+        nonlocal staged
+        assert upload is not None and location is not None
+        if staged < settings.block_size <= staged + len(data):
+            await generations.reserve(service, location, replace)
+        staged += len(data)
+        await upload.write(data)
+
     try:
         async for chunk in chunks:
             # The header is parsed off the loop; after it, feeding only walks fragment item headers.
             out = await cpu.run(parser.feed, chunk) if parser.header is None else parser.feed(chunk)
             if upload is None and parser.header is not None:
-                location, upload, description = await _begin(service, parser, expected_study, replace, generation)
+                location, upload, description = await _begin(service, parser, expected_study, generation)
             if out:
-                assert upload is not None
-                await upload.write(out)
+                await stage(out)
         out = await cpu.run(parser.close)
         if upload is None:
-            location, upload, description = await _begin(service, parser, expected_study, replace, generation)
-        await upload.write(out)
+            location, upload, description = await _begin(service, parser, expected_study, generation)
+        await stage(out)
         assert location is not None
-        record = await cpu.run(parser.frame_index, generation)
-        made = await cpu.run(records.make_sidecars, parser, description, generation, record)
+        record, made = await cpu.run(_sidecars, parser, description, generation)
         header = parser.header
         assert header is not None
-        await upload.commit({}, {TIER_TAG: tier(header.dataset, parser.stored_size, settings.hot_pin_bytes)})
-        committed = True
+        written = True  # from here on the file, the sidecars or both may exist: a failure settles the generation
+        # The change-feed number is taken meanwhile; unused (the store fails first), it is skipped.
+        sequence = asyncio.create_task(service.changes.next_sequence())
+        for result in await asyncio.gather(
+                upload.commit({}, {TIER_TAG: tier(header.dataset, parser.stored_size, settings.hot_pin_bytes)}),
+                generations.describe(service, location, made), return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
         await check_codestreams(record, description, parser.frame_heads,
                                 functools.partial(service.blobs.instances.read_range, location))
-        await generations.describe(service, location, made)
-        await generations.publish(service, made.sidecar, replace)
+        await generations.publish(service, made.sidecar, replace, await sequence)
+        sequence = None
         return Outcome(_text(header.dataset, "SOPClassUID"), location.sop, location.study, location.series)
     except (asyncio.CancelledError, PayloadTooLarge):
-        await _undo(service, upload, location, committed)
+        await _undo(service, upload, location, written, sequence)
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a FailedSOPSequence item
         error = exc if isinstance(exc, DicomWebError) else StorageFailure(f"processing failed: {exc}")
         if not isinstance(exc, DicomWebError):
             log.exception("STOW failed")
-        await _undo(service, upload, location, committed)
+        await _undo(service, upload, location, written, sequence)
         dataset = parser.header.dataset if parser.header is not None else Dataset()
         return Outcome(
             _text(dataset, "SOPClassUID"), _text(dataset, "SOPInstanceUID"),
@@ -243,28 +261,38 @@ def _text(dataset: Dataset, keyword: str) -> str | None:
     return str(value) if value else None
 
 
-async def _begin(
-    service: Service, parser: Part10Parser, expected_study: str | None, replace: bool, generation: str
-) -> tuple[Location, BlockUpload, records.JsonDict]:
-    """Validate the header, describe it, and refuse a stored SOP Instance UID (POST) before any byte is staged."""
+async def _begin(service: Service, parser: Part10Parser, expected_study: str | None, generation: str
+                 ) -> tuple[Location, BlockUpload, records.JsonDict]:
+    """Validate and describe the header before any byte is staged."""
     assert parser.header is not None
     study, series, sop, _ = validate(parser.header.dataset, expected_study)
     description = await cpu.run(records.describe, parser.header, service.settings.max_inline_binary)
     location = Location(study, series, sop, generation)
-    await generations.reserve(service, location, replace)
     settings = service.settings
     upload = service.blobs.instances.upload(location, settings.block_size, settings.upload_concurrency)
     return location, upload, description
 
 
-async def _undo(service: Service, upload: BlockUpload | None, location: Location | None, committed: bool) -> None:
-    """Settle the generation this request committed (removed unless its claim names it, then finished); drop
-    uncommitted blocks. Never anything stored before it."""
-    if committed and location is not None:
-        await generations.abandon(service, location)
-        return
+def _sidecars(parser: Part10Parser, description: records.JsonDict, generation: str
+              ) -> tuple[FrameIndex | None, records.Sidecars]:
+    """The frame offset record and both sidecars, in one hop to the CPU pool."""
+    record = parser.frame_index(generation)
+    return record, records.make_sidecars(parser, description, generation, record)
+
+
+async def _undo(service: Service, upload: BlockUpload | None, location: Location | None, written: bool,
+                sequence: asyncio.Task[int] | None) -> None:
+    """Drop uncommitted blocks, skip an unused change-feed number, and settle a generation this request may have
+    written (removed unless its claim names it, then finished). Never anything stored before it."""
     try:
         if upload is not None:
             await upload.abort()
     except DicomWebError:
         log.warning("could not drop the uncommitted blocks of a failed STOW; Blob discards them within 7 days")
+    if sequence is not None:
+        try:
+            await changefeed.skip(service, await sequence)
+        except DicomWebError:
+            pass  # a hole the change feed skips by itself after DICOMWEB_CHANGEFEED_GAP_SECONDS
+    if written and location is not None:
+        await generations.abandon(service, location)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import AsyncIterator
 
 from azure.core.exceptions import AzureError
@@ -40,11 +41,15 @@ class SidecarStore:
         """``<study>/`` of every study with a sidecar."""
         return prefixes(self.container, "sidecar listing")
 
-    async def list(self, prefix: str = "") -> AsyncIterator[Location]:
-        """The generation of every metadata sidecar under ``prefix``."""
-        async for location, kind in self.entries(prefix):
-            if kind == "json":
-                yield location
+    async def list(self, prefix: str = "") -> AsyncIterator[tuple[Location, datetime]]:
+        """(generation, when it was written) of every metadata sidecar under ``prefix``."""
+        try:
+            async for blob in self.container.list_blobs(name_starts_with=prefix or None):
+                location = Location.parse(blob.name)
+                if location is not None and blob.name == location.sidecar("json"):
+                    yield location, blob.last_modified
+        except AzureError as exc:
+            raise failure(exc, "sidecar listing") from exc
 
     async def entries(self, prefix: str = "") -> AsyncIterator[tuple[Location, str]]:
         """(generation, kind) of every sidecar under ``prefix``."""

@@ -105,11 +105,18 @@ class BlockUpload:
             self._slots.release()
 
     async def commit(self, metadata: dict[str, str], tags: dict[str, str] | None = None) -> None:
-        """Stage the rest, wait for every block, commit them as one blob.
+        """Stage the rest, wait for every block, commit them as one blob (a blob smaller than a block: put whole).
 
         Generation names are never reused, so no condition is needed: the one writer
         that commits a name again is an upload session resuming its own ingest.
         """
+        if not self._ids:  # it all fits one block: one Put Blob instead of a Put Block and a Put Block List
+            data = b"".join(self._pending)
+            try:
+                await self._blob.upload_blob(data, length=len(data), overwrite=True, metadata=metadata, tags=tags)
+            except AzureError as exc:
+                raise failure(exc, self._blob.blob_name) from exc
+            return
         if self._pending_size:
             await self._flush()
         await asyncio.gather(*list(self._tasks))

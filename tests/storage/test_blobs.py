@@ -100,7 +100,7 @@ def test_sidecars_round_trip_and_are_listed(emulators: dict[str, str]) -> None:
         await store.sidecars.put(HERE.sidecar("json"), b"{}")
         await store.sidecars.put(HERE.sidecar("frames"), b"DWFI")
         assert await store.sidecars.get(HERE.sidecar("json")) == b"{}"
-        assert [loc async for loc in store.sidecars.list()] == [HERE]
+        assert [loc async for loc, _ in store.sidecars.list()] == [HERE]
         await store.sidecars.delete([*HERE.sidecars, "a/b/never.json"])
         with pytest.raises(NotFound):
             await store.sidecars.get(HERE.sidecar("json"))
