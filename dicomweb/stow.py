@@ -118,7 +118,7 @@ async def _store(service: Service, chunks: AsyncIterable[bytes], expected_study:
     description: records.JsonDict = {}
     staged = 0
     written = False
-    sequence: asyncio.Task[int] | None = None
+    sequence: int | None = None
 
     async def stage(data: bytes) -> None:
         """Stage bytes of the instance; a stored SOP Instance UID (POST) is refused before its first block goes
@@ -148,16 +148,17 @@ async def _store(service: Service, chunks: AsyncIterable[bytes], expected_study:
         assert header is not None
         written = True  # from here on the file, the sidecars or both may exist: a failure settles the generation
         # The change-feed number is taken meanwhile; unused (the store fails first), it is skipped.
-        sequence = asyncio.create_task(service.changes.next_sequence())
-        for result in await asyncio.gather(
-                upload.commit({}, {TIER_TAG: tier(header.dataset, parser.stored_size, settings.hot_pin_bytes)}),
-                generations.describe(service, location, made), return_exceptions=True):
+        results = await asyncio.gather(
+            upload.commit({}, {TIER_TAG: tier(header.dataset, parser.stored_size, settings.hot_pin_bytes)}),
+            generations.describe(service, location, made), service.changes.next_sequence(), return_exceptions=True)
+        sequence = results[2] if isinstance(results[2], int) else None
+        for result in results:
             if isinstance(result, BaseException):
                 raise result
         await check_codestreams(record, description, parser.frame_heads,
                                 functools.partial(service.blobs.instances.read_range, location))
-        await generations.publish(service, made.sidecar, replace, await sequence)
-        sequence = None
+        taken, sequence = sequence, None  # the number is publish's now: it records or skips it
+        await generations.publish(service, made.sidecar, replace, taken)
         return Outcome(_text(header.dataset, "SOPClassUID"), location.sop, location.study, location.series)
     except (asyncio.CancelledError, PayloadTooLarge):
         await _undo(service, upload, location, written, sequence)
@@ -281,7 +282,7 @@ def _sidecars(parser: Part10Parser, description: records.JsonDict, generation: s
 
 
 async def _undo(service: Service, upload: BlockUpload | None, location: Location | None, written: bool,
-                sequence: asyncio.Task[int] | None) -> None:
+                sequence: int | None) -> None:
     """Drop uncommitted blocks, skip an unused change-feed number, and settle a generation this request may have
     written (removed unless its claim names it, then finished). Never anything stored before it."""
     try:
@@ -291,7 +292,7 @@ async def _undo(service: Service, upload: BlockUpload | None, location: Location
         log.warning("could not drop the uncommitted blocks of a failed STOW; Blob discards them within 7 days")
     if sequence is not None:
         try:
-            await changefeed.skip(service, await sequence)
+            await changefeed.skip(service, sequence)
         except DicomWebError:
             pass  # a hole the change feed skips by itself after DICOMWEB_CHANGEFEED_GAP_SECONDS
     if written and location is not None:
