@@ -294,13 +294,20 @@ async def settle(service: Service, location: Location) -> None:
     await remove_generation(service, location)
 
 
-async def abandon(service: Service, location: Location) -> None:
-    """Settle a generation whose writer failed after committing it; a job does it when the stores cannot be
-    reached now (with the queue's retries), so no orphan file and no unfinished claim is left behind."""
+async def abandon(service: Service, location: Location, late_writes: bool = False) -> None:
+    """Settle a generation whose writer failed after it began writing it; a job does it when the stores cannot
+    be reached now (with the queue's retries), so no orphan file and no unfinished claim is left behind.
+
+    ``late_writes``: the failure was the stores' (a write timed out), and such a write can still land after
+    this settles, as a sidecar with no file; the job then looks again a few seconds later.
+    """
     try:
         await settle(service, location)
     except DicomWebError:
         log.warning("settling a generation after a failure failed; a job will retry it")
+        await defer(service, location)
+        return
+    if late_writes:
         await defer(service, location)
 
 

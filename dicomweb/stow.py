@@ -161,13 +161,13 @@ async def _store(service: Service, chunks: AsyncIterable[bytes], expected_study:
         await generations.publish(service, made.sidecar, replace, taken)
         return Outcome(_text(header.dataset, "SOPClassUID"), location.sop, location.study, location.series)
     except (asyncio.CancelledError, PayloadTooLarge):
-        await _undo(service, upload, location, written, sequence)
+        await _undo(service, upload, location, written, sequence, late_writes=True)
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a FailedSOPSequence item
         error = exc if isinstance(exc, DicomWebError) else StorageFailure(f"processing failed: {exc}")
         if not isinstance(exc, DicomWebError):
             log.exception("STOW failed")
-        await _undo(service, upload, location, written, sequence)
+        await _undo(service, upload, location, written, sequence, late_writes=isinstance(error, StorageFailure))
         dataset = parser.header.dataset if parser.header is not None else Dataset()
         return Outcome(
             _text(dataset, "SOPClassUID"), _text(dataset, "SOPInstanceUID"),
@@ -282,9 +282,10 @@ def _sidecars(parser: Part10Parser, description: records.JsonDict, generation: s
 
 
 async def _undo(service: Service, upload: BlockUpload | None, location: Location | None, written: bool,
-                sequence: int | None) -> None:
+                sequence: int | None, late_writes: bool) -> None:
     """Drop uncommitted blocks, skip an unused change-feed number, and settle a generation this request may have
-    written (removed unless its claim names it, then finished). Never anything stored before it."""
+    written (removed unless its claim names it, then finished; once more shortly when a write of it timed out).
+    Never anything stored before it."""
     try:
         if upload is not None:
             await upload.abort()
@@ -296,4 +297,4 @@ async def _undo(service: Service, upload: BlockUpload | None, location: Location
         except DicomWebError:
             pass  # a hole the change feed skips by itself after DICOMWEB_CHANGEFEED_GAP_SECONDS
     if written and location is not None:
-        await generations.abandon(service, location)
+        await generations.abandon(service, location, late_writes)

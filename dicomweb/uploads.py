@@ -362,7 +362,7 @@ async def _ingest_job(service: Service, delivery: jobs.Delivery) -> None:
                         delivery.attempt, exc.__class__.__name__)
             raise
         log.exception("upload %s: the ingest failed on its last delivery", session.id)
-        await _undo(service, session, None)
+        await _undo(service, session, None, late_writes=True)
         reason = exc.message if isinstance(exc, DicomWebError) else exc.__class__.__name__
         await _finish(service, session, Outcome(None, None, error=StorageFailure(
             f"the ingest failed {delivery.attempt} times; the last time: {reason}")))
@@ -408,7 +408,7 @@ async def ingest(service: Service, session: Session) -> Outcome:
     except (StorageFailure, ConcurrentChange):
         raise
     except DicomWebError as error:
-        await _undo(service, session, location)
+        await _undo(service, session, location, late_writes=False)
         dataset = parser.header.dataset if parser.header is not None else None
         uids = [str(dataset.get(k, "") or "") or None if dataset is not None else None
                 for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")]
@@ -544,13 +544,14 @@ async def _stored_before(service: Service, session: Session) -> Location:
     raise StorageFailure("the staged blob is gone")
 
 
-async def _undo(service: Service, session: Session, location: Location | None) -> None:
-    """Settle the generation this ingest copied (removed unless its claim names it); never anything stored before."""
+async def _undo(service: Service, session: Session, location: Location | None, late_writes: bool) -> None:
+    """Settle the generation this ingest copied (removed unless its claim names it); never anything stored before.
+    ``late_writes``: it failed on the stores, whose timed-out writes may still land (see generations.abandon)."""
     uids = session.instance
     if uids is None:
         return
     await generations.abandon(service, location or Location(uids["study"], uids["series"], uids["sop"],
-                                                            session.generation))
+                                                            session.generation), late_writes)
 
 
 async def abort(service: Service, session_id: str, owner: str) -> None:

@@ -16,11 +16,12 @@ from typing import Any, Awaitable, Callable, Iterator
 import httpx
 import pytest
 
-from dicomweb import changefeed, check, generations, records, reindex
+from dicomweb import changefeed, check, generations, jobs, records, reindex
 from dicomweb.config import Settings
 from dicomweb.dicom.part10 import Part10Parser
 from dicomweb.errors import Duplicate, StorageFailure
 from dicomweb.service import Service
+from dicomweb.storage.clients import queue_consumer
 from dicomweb.storage.naming import Location, new_generation
 from tests.conftest import ROOT, Server, blob_names, fresh_settings, instance_blob, source_frames, start_server
 from tests.wsi_factory import SlideFile, copy_instance, make_slide
@@ -246,6 +247,20 @@ async def _actions(service: Service, sop: str) -> list[str]:
     return [e["action"] for e in await changefeed.changes(service, 0, None, None, 200) if e["sop"] == sop]
 
 
+async def _put_held_before_projecting(service: Service, monkeypatch: pytest.MonkeyPatch, file: SlideFile,
+                                     variant: SlideFile) -> tuple[records.JsonDict, records.JsonDict, Gate,
+                                                                  asyncio.Task[None]]:
+    """``file`` stored, then a PUT of ``variant`` that has claimed its generation (``publishing``) and is held
+    before it projects anything: (first sidecar, second sidecar, the gate holding it, the PUT)."""
+    first = await _write(service, file)
+    await generations.publish(service, first, replace=False)
+    second = await _write(service, variant)
+    gate = Gate(monkeypatch, generations, "project")
+    put = asyncio.create_task(generations.publish(service, second, replace=True))
+    await gate.reached.wait()
+    return first, second, gate, put
+
+
 def test_a_put_racing_a_delete_leaves_no_document_count_or_file(emulators: dict[str, str], tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The PUT has claimed its generation and projected nothing when the DELETE runs start to end; the PUT then
@@ -254,12 +269,7 @@ def test_a_put_racing_a_delete_leaves_no_document_count_or_file(emulators: dict[
     variant = copy_instance(file, tmp_path / "variant.dcm", sop_uid=file.sop_uid, variant=1)
 
     async def scenario(service: Service) -> None:
-        first = await _write(service, file)
-        await generations.publish(service, first, replace=False)
-        second = await _write(service, variant)
-        gate = Gate(monkeypatch, generations, "project")
-        put = asyncio.create_task(generations.publish(service, second, replace=True))
-        await gate.reached.wait()
+        first, second, gate, put = await _put_held_before_projecting(service, monkeypatch, file, variant)
         assert (await service.claims.get(file.sop_uid))["state"] == generations.PUBLISHING
         await generations.delete(service, records.location(first))
         gate.release.set()
@@ -331,12 +341,7 @@ def test_an_online_reindex_leaves_a_publishing_claim_to_its_writer(emulators: di
     variant = copy_instance(file, tmp_path / "variant.dcm", sop_uid=file.sop_uid, variant=1)
 
     async def scenario(service: Service) -> None:
-        first = await _write(service, file)
-        await generations.publish(service, first, replace=False)
-        second = await _write(service, variant)
-        gate = Gate(monkeypatch, generations, "project")
-        put = asyncio.create_task(generations.publish(service, second, replace=True))
-        await gate.reached.wait()
+        first, second, gate, put = await _put_held_before_projecting(service, monkeypatch, file, variant)
         report = await reindex.reindex_study(service, f"{file.study_uid}/")
         assert (report.in_flight, report.removed_generations, report.finished) == (2, 0, 0)
         assert set(await _files(service, file.study_uid)) == {records.location(first), records.location(second)}
@@ -457,5 +462,46 @@ def test_summaries_do_not_grow_with_their_instances(emulators: dict[str, str], t
             await service.index.delete(file.study_uid, "instance", f"{file.sop_uid}.{n}")
         await generations.recount(service, file.study_uid)
         await generations.remove_generation(service, records.location(template))
+
+    _in_process(emulators, scenario)
+
+
+def test_a_cleanup_that_cannot_run_now_or_may_be_overtaken_is_left_to_a_job(emulators: dict[str, str],
+                                                                            tmp_path: Path) -> None:
+    """A failed store's cleanup meets the index away: a job does it once it is back. A cleanup after the stores
+    failed (a write timed out, and may land after the cleanup, as a sidecar of no file) is done at once and
+    looked at again by a job."""
+    (file,) = make_slide(tmp_path, levels=1, base_size=(256, 256), associated=False)
+    other = copy_instance(file, tmp_path / "other.dcm")
+
+    async def scenario(service: Service) -> None:
+        unreached, overtaken = records.location(await _write(service, file)), records.location(
+            await _write(service, other))
+        reachable = service.claims.get
+
+        async def away(sop: str) -> None:
+            raise StorageFailure("injected: the index is paused")
+
+        service.claims.get = away  # type: ignore[method-assign]
+        await generations.abandon(service, unreached)
+        service.claims.get = reachable  # type: ignore[method-assign]
+        assert await service.blobs.instances.exists(unreached), "nothing could be decided while the index was away"
+        await generations.abandon(service, overtaken, late_writes=True)
+        assert not await service.blobs.instances.exists(overtaken)
+        await service.blobs.sidecars.put(overtaken.sidecar("json"), b"{}")  # the write that timed out lands
+        consumer = queue_consumer(service.settings, service.settings.jobs_queue)
+        deliveries: list = []
+        for _ in range(60):
+            deliveries += await consumer.receive(32, 30)
+            if len(deliveries) == 2:
+                break
+            await asyncio.sleep(0.25)
+        assert [json.loads(d.content)["kind"] for d in deliveries] == [generations.SETTLE] * 2
+        for delivery in deliveries:
+            await jobs.run(service, json.loads(delivery.content), 1)
+            await consumer.complete(delivery)
+        await consumer.close()
+        assert await _files(service, file.study_uid) == []
+        assert [name async for name in service.blobs.sidecars.entries(f"{file.study_uid}/")] == []
 
     _in_process(emulators, scenario)
