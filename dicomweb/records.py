@@ -21,7 +21,7 @@ from dicomweb.storage.cosmos import Document, document_id
 SIDECAR_VERSION = 1
 AVAILABLE_TRANSFER_SYNTAX = "00083002"
 #: The most one level's attributes may take in the index, as JSON (returned, matched and name words): Cosmos DB
-#: refuses an item above 2 MB, and a study or series summary also holds its members. A value may be far longer
+#: refuses an item above 2 MB, and a study summary also holds a count per series. A value may be far longer
 #: than its VR allows (an implicit-VR file gives each element a 32-bit length): 1.5 MB in StudyDescription
 #: made documents Cosmos refused after the file was stored.
 MAX_INDEX_BYTES = 512 * 1024

@@ -71,6 +71,19 @@ def test_cosmos_refuses_patches_of_more_than_10_operations(emulators: dict[str, 
     assert container.read_item("a", partition_key="p")["f9"] == 9
 
 
+def test_a_cosmos_patch_condition_is_the_documents_and_keeps_its_case(emulators: dict[str, str]) -> None:
+    """Cosmos DB evaluates a patch's condition on the one document, case-sensitive (the npm server lower-cased
+    it, and scanned every document of the container for it)."""
+    container = _container(emulators)
+    container.create_item({"id": "a", "pk": "p", "v": "ABC"})
+    container.create_item({"id": "a", "pk": "q", "v": "xyz"})  # the same id in another partition
+    incr = [{"op": "incr", "path": "/n", "value": 1}]
+    assert container.patch_item("a", "p", incr, filter_predicate="FROM c WHERE c.v = 'ABC'")["n"] == 1
+    assert _status(lambda: container.patch_item("a", "p", incr, filter_predicate="FROM c WHERE c.v = 'abc'")) == 412
+    assert _status(lambda: container.patch_item("a", "q", incr, filter_predicate="FROM c WHERE c.v = 'ABC'")) == 412
+    assert "n" not in container.read_item("a", partition_key="q")
+
+
 def _documents(container) -> dict[str, dict]:  # type: ignore[no-untyped-def]
     """Every stored document by id, system properties (``_etag``, ``_rid``, ``_ts``) included."""
     return {document["id"]: document for document in container.read_all_items()}
