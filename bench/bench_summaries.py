@@ -28,13 +28,14 @@ from pydicom.uid import generate_uid
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dicomweb import generations, records  # noqa: E402
+from dicomweb import records  # noqa: E402
 from dicomweb.config import Settings  # noqa: E402
 from dicomweb.dicom.part10 import Part10Parser  # noqa: E402
 from dicomweb.local.emulators import Emulators  # noqa: E402
 from dicomweb.service import Service  # noqa: E402
 from dicomweb.storage.naming import new_generation  # noqa: E402
 from tests.conftest import fresh_settings, start_server  # noqa: E402
+from tests.test_generations import project_copies  # noqa: E402
 from tests.wsi_factory import SlideFile, copy_instance, make_slide  # noqa: E402
 
 STORES = 20
@@ -48,18 +49,10 @@ async def project_many(settings: Settings, source: SlideFile, count: int) -> flo
     assert parser.header is not None
     template = records.make_sidecars(parser, records.describe(parser.header), new_generation()).sidecar
     service = await Service.create(settings)
-    slots = asyncio.Semaphore(32)
-
-    async def one(n: int) -> None:
-        sidecar = json.loads(json.dumps(template))
-        sidecar["dataset"]["00080018"]["Value"] = [f"{source.sop_uid}.{n}"]
-        async with slots:
-            await generations.project(service, sidecar, n + 1)
-
     started = time.perf_counter()
     try:
         for first in range(0, count, 2000):
-            await asyncio.gather(*(one(n) for n in range(first, min(first + 2000, count))))
+            await project_copies(service, template, range(first, min(first + 2000, count)))
     finally:
         await service.close()
     return time.perf_counter() - started

@@ -468,11 +468,6 @@ async def withdraw(service: Service, study: str, sop: str, before: int, generati
             return
 
 
-async def reproject(service: Service, claim: Document, sidecar: records.JsonDict) -> None:
-    """Write the document of a current claim's generation again where it is missing or older (reindex)."""
-    await project(service, sidecar, claim["sequence"])
-
-
 # What the summaries should say, and making them say it.
 
 @dataclass

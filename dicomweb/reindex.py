@@ -150,7 +150,7 @@ async def reindex_study(service: Service, prefix: str, in_flight_seconds: float 
                 continue
             if location == plan.kept:
                 assert claim is not None
-                await generations.reproject(service, claim, sidecar)
+                await generations.project(service, sidecar, claim["sequence"])  # where missing or older
                 report.indexed += 1
                 continue
             try:

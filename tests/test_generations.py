@@ -435,6 +435,21 @@ def test_a_store_whose_publication_failed_is_rolled_forward_never_hidden(emulato
     _in_process(emulators, scenario)
 
 
+async def project_copies(service: Service, template: records.JsonDict, numbers: range) -> None:
+    """Project instance ``n`` of ``numbers`` (SOP Instance UID ``<template's>.n``, change ``n + 1``) into the
+    template's series, 32 at once: what that many stores do to the index, without their files."""
+    slots = asyncio.Semaphore(32)
+    sop = template["dataset"]["00080018"]["Value"][0]
+
+    async def one(n: int) -> None:
+        sidecar = json.loads(json.dumps(template))
+        sidecar["dataset"]["00080018"]["Value"] = [f"{sop}.{n}"]
+        async with slots:
+            await generations.project(service, sidecar, n + 1)
+
+    await asyncio.gather(*(one(n) for n in numbers))
+
+
 def test_summaries_do_not_grow_with_their_instances(emulators: dict[str, str], tmp_path: Path) -> None:
     """A series of 100,000 instances must stay far below Cosmos DB's 2 MB item: its summaries hold counts, not
     members. 1,500 instances projected at once are counted exactly, and the summaries are the size they had
@@ -445,15 +460,7 @@ def test_summaries_do_not_grow_with_their_instances(emulators: dict[str, str], t
         template = await _write(service, file)
         sizes = []
         for first, last in ((0, 1), (1, 1500)):
-            slots = asyncio.Semaphore(32)
-
-            async def one(n: int) -> None:
-                sidecar = json.loads(json.dumps(template))
-                sidecar["dataset"]["00080018"]["Value"] = [f"{file.sop_uid}.{n}"]
-                async with slots:
-                    await generations.project(service, sidecar, n + 1)
-
-            await asyncio.gather(*(one(n) for n in range(first, last)))
+            await project_copies(service, template, range(first, last))
             summaries = await service.index.summaries(file.study_uid)
             sizes.append(sum(len(json.dumps(doc)) for doc in summaries))
         assert await _counts(service, file.study_uid, file.series_uid) == (1500, 1500)
