@@ -2,7 +2,7 @@
 
 import azure.functions as func
 
-from dicomweb.api import http, jobs, manage, qido, rendered, retrieve, stow, uploads
+from dicomweb.api import availability, http, jobs, manage, qido, rehydration, rendered, retrieve, stow, uploads
 
 http.start_up()
 
@@ -14,3 +14,5 @@ app.register_blueprint(qido.blueprint)
 app.register_blueprint(manage.blueprint)
 app.register_blueprint(uploads.blueprint)
 app.register_blueprint(jobs.blueprint)
+app.register_blueprint(availability.blueprint)
+app.register_blueprint(rehydration.blueprint)

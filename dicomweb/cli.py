@@ -1,4 +1,5 @@
-"""The ``dicomweb`` command: ``serve`` (local host with emulators), ``reindex``, ``check`` and ``upload``."""
+"""The ``dicomweb`` command: ``serve`` (local host with emulators), ``reindex``, ``check``, ``upload``,
+``lifecycle`` (the Bicep's lifecycle policy run on the local store) and ``usage`` (what the store holds and costs)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from dicomweb.config import Settings
@@ -70,8 +72,9 @@ def _local_defaults() -> None:
     if not os.environ.get("DICOMWEB_TRUSTED_PROXIES", "").strip():
         # A reverse proxy on this machine (nginx, a dev server) tells which origin the viewer used.
         os.environ["DICOMWEB_TRUSTED_PROXIES"] = "127.0.0.1,::1"
-    # The queue trigger names its queue by this setting (%DICOMWEB_JOBS_QUEUE%), as the Functions host reads it.
+    # The queue triggers name their queues by these settings (%DICOMWEB_JOBS_QUEUE%), as the Functions host reads them.
     os.environ["DICOMWEB_JOBS_QUEUE"] = Settings.from_env().jobs_queue
+    os.environ["DICOMWEB_BLOB_EVENTS_QUEUE"] = Settings.from_env().blob_events_queue
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     service_log = logging.getLogger("dicomweb")
@@ -80,9 +83,27 @@ def _local_defaults() -> None:
     service_log.propagate = False
 
 
-def serve(host: str, port: int, data_dir: Path, concurrency: int) -> None:
+def _lifecycle_every(hours: float, stop: threading.Event) -> None:
+    """Run the lifecycle policy every ``hours`` (as if no time had passed) until ``stop``, in a thread of its own:
+    what Azure's daily lifecycle run does, for ``serve --lifecycle-hours``."""
+    from dicomweb.local.lifecycle import run_lifecycle
+
+    log = logging.getLogger("dicomweb.lifecycle")
+
+    def loop() -> None:
+        while not stop.wait(hours * 3600):
+            try:
+                report = asyncio.run(run_lifecycle(Settings.from_env()))
+                log.info("lifecycle run: examined %d blobs, %s", report.examined, report.counts or "nothing to do")
+            except Exception:
+                log.exception("lifecycle run failed")
+
+    threading.Thread(target=loop, name="lifecycle", daemon=True).start()
+
+
+def serve(host: str, port: int, data_dir: Path, concurrency: int, lifecycle_hours: float = 0) -> None:
     """Serve the registered functions, ``concurrency`` requests at a time; start Azurite and the Cosmos server
-    when no storage is configured.
+    when no storage is configured; with ``lifecycle_hours``, run the lifecycle policy that often.
 
     Only one ``serve`` may use a data folder (:mod:`dicomweb.local.datadir`).
     """
@@ -94,6 +115,7 @@ def serve(host: str, port: int, data_dir: Path, concurrency: int) -> None:
     _stop_on_signals()
     emulators = None
     folder = None
+    lifecycle_stop = threading.Event()
     try:
         if not Settings.from_env().has_storage:
             folder = DataDir(data_dir)
@@ -112,9 +134,12 @@ def serve(host: str, port: int, data_dir: Path, concurrency: int) -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         import function_app
 
+        if lifecycle_hours > 0:
+            _lifecycle_every(lifecycle_hours, lifecycle_stop)
         print(f"DICOMweb base URL: {base}", flush=True)
         uvicorn.run(build_app(function_app.app, concurrency), host=host, port=port, log_level="warning", access_log=False)
     finally:
+        lifecycle_stop.set()
         if emulators is not None:
             emulators.stop()
         if folder is not None:
@@ -131,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--data", type=Path, default=Path(".local"), help="emulator data folder")
     serve_cmd.add_argument("--concurrency", type=int, help="HTTP requests in flight at once, the rest waiting "
                            "(default: the per-instance concurrency the Bicep gives each Azure instance)")
+    serve_cmd.add_argument("--lifecycle-hours", type=float, default=0, metavar="H",
+                           help="run the lifecycle policy every H hours, as Azure does daily (default: never)")
     reindex_cmd = commands.add_parser("reindex", help="rebuild the Cosmos index from Blob")
     reindex_cmd.add_argument("--here", action="store_true",
                              help="rebuild in this process instead of one queue job per study (no worker needed)")
@@ -142,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     for command in (reindex_cmd, check_cmd):
         command.add_argument("--data", type=Path, default=Path(".local"),
                              help="without storage settings: the data folder of a running `dicomweb serve`")
+    usage_cmd = commands.add_parser("usage", help="what the store holds and costs a month, per access tier")
+    usage_cmd.add_argument("--json", action="store_true", help="the JSON of GET /usage instead of the table")
+    usage_cmd.add_argument("--top", type=_at_least_zero, default=20, metavar="N",
+                           help="the N largest studies listed one by one, the rest summed (default 20)")
+    usage_cmd.add_argument("--data", type=Path, default=Path(".local"),
+                           help="without storage settings: the data folder of a running `dicomweb serve`")
     upload_cmd = commands.add_parser("upload", help="store DICOM files and folders in a DICOMweb service")
     upload_cmd.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
     upload_cmd.add_argument("--url", required=True, help="DICOMweb base URL, e.g. http://127.0.0.1:8080/v1")
@@ -155,13 +188,21 @@ def main(argv: list[str] | None = None) -> int:
                             help="progress bar (default: when stderr is a terminal)")
     upload_cmd.add_argument("--json", action="store_true", help="one JSON object per file instead of the table")
     upload_cmd.add_argument("--verbose", action="store_true", help="list the files skipped as not DICOM too")
+    lifecycle_cmd = commands.add_parser("lifecycle", help="apply the Bicep's lifecycle policy to the store as "
+                                        "Azure's daily run does")
+    lifecycle_cmd.add_argument("--data", type=Path, default=Path(".local"),
+                               help="without storage settings: the data folder of a running `dicomweb serve`, "
+                                    "else emulators are started on it for the run")
+    lifecycle_cmd.add_argument("--days", type=_at_least_zero, default=0, metavar="N",
+                               help="evaluate as if N days had passed (default 0)")
+    lifecycle_cmd.add_argument("--json", action="store_true", help="a JSON report instead of the table")
     args = parser.parse_args(argv)
     if args.command == "serve":
         from dicomweb.local.datadir import DataDirInUse
 
         try:
             concurrency = deployed_concurrency() if args.concurrency is None else args.concurrency
-            serve(args.host, args.port, args.data, concurrency)
+            serve(args.host, args.port, args.data, concurrency, args.lifecycle_hours)
         except DataDirInUse as exc:
             print(f"dicomweb serve: {exc}", file=sys.stderr)
             return 1
@@ -171,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return uploader.main(args.paths, args.url, args.token, args.parallel, args.blocks, args.stow_max_mb,
                              args.state, args.progress, args.json, args.verbose)
+    if args.command == "lifecycle":
+        return _lifecycle(args.data, args.days, args.json)
     _local_stack_settings(args.data)
+    if args.command == "usage":
+        return asyncio.run(_usage(args.json, args.top))
     if args.command == "check":
         return asyncio.run(_check(args.repair))
     return asyncio.run(_reindex(args.here, args.offline))
@@ -183,6 +228,33 @@ def _local_stack_settings(data_dir: Path) -> None:
 
     if not Settings.from_env().has_storage:
         os.environ.update(running_settings(data_dir))
+
+
+def _lifecycle(data_dir: Path, days: int, as_json: bool) -> int:
+    """Run the lifecycle policy as if ``days`` had passed and print what moved. Without storage settings it runs on
+    the emulators of the ``serve`` holding ``data_dir``, or on emulators it starts there for the run."""
+    from dicomweb.local.datadir import DataDir, DataDirInUse
+    from dicomweb.local.emulators import Emulators
+    from dicomweb.local.lifecycle import run_lifecycle
+
+    _local_stack_settings(data_dir)
+    emulators = None
+    folder = DataDir(data_dir)
+    try:
+        if not Settings.from_env().has_storage:
+            folder.acquire()
+            emulators = Emulators(data_dir)
+            os.environ.update(emulators.start())
+        report = asyncio.run(run_lifecycle(Settings.from_env(), days))
+    except DataDirInUse as exc:
+        print(f"dicomweb lifecycle: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if emulators is not None:
+            emulators.stop()
+        folder.release()
+    print(json.dumps(report.as_json(), indent=2) if as_json else report.table())
+    return 0
 
 
 async def _reindex(here: bool, offline: bool) -> int:
@@ -224,6 +296,32 @@ async def _reindex(here: bool, offline: bool) -> int:
     if report.unindexable:
         print(f"{report.unindexable} files cannot be indexed (the service log names them and why)", file=sys.stderr)
         return 1
+    return 0
+
+
+def _at_least_zero(text: str) -> int:
+    number = int(text)
+    if number < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return number
+
+
+async def _usage(as_json: bool, top: int) -> int:
+    """Print what the store holds and costs (:mod:`dicomweb.usage`): a table, or the JSON of ``GET /usage``."""
+    from dicomweb import usage
+    from dicomweb.errors import DicomWebError
+    from dicomweb.storage.clients import blob_store
+
+    settings = Settings.from_env()
+    blobs = blob_store(settings)
+    try:
+        report = await usage.measure(blobs.inventory, settings.prices_per_gb_month, top)
+    except DicomWebError as exc:
+        print(f"dicomweb usage: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        await blobs.close()
+    print(json.dumps(report, indent=2) if as_json else usage.table(report))
     return 0
 
 

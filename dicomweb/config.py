@@ -13,6 +13,8 @@ from typing import Mapping
 from dicomweb.dicom.part10 import Limits
 
 MIB = 1024 * 1024
+#: Blob storage list prices per GB and month (Azure, LRS, East US, pay as you go), by access tier.
+DEFAULT_PRICES = (("Hot", 0.0184), ("Cool", 0.01), ("Cold", 0.0036), ("Archive", 0.00099))
 
 
 def _names(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
@@ -25,6 +27,20 @@ def _bool(env: Mapping[str, str], name: str) -> bool:
     if raw not in ("", "true", "false"):
         raise ValueError(f"{name} must be true or false, not {raw!r}")
     return raw == "true"
+
+
+def _prices(env: Mapping[str, str], name: str) -> tuple[tuple[str, float], ...]:
+    """``Hot=0.0184,Cool=0.01,...``: a price for each of the four tiers (no more, no fewer)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return DEFAULT_PRICES
+    prices: dict[str, float] = {}
+    for item in raw.split(","):
+        tier, _, price = item.partition("=")
+        prices[tier.strip()] = float(price)
+    if set(prices) != {tier for tier, _ in DEFAULT_PRICES} or min(prices.values()) < 0:
+        raise ValueError(f"{name} gives a price of at least 0 for each of Hot, Cool, Cold and Archive, not {raw!r}")
+    return tuple((tier, prices[tier]) for tier, _ in DEFAULT_PRICES)
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -44,6 +60,7 @@ class Settings:
     queue_connection_string: str = ""
     queue_service_url: str = ""
     jobs_queue: str = "dicomweb-jobs"
+    blob_events_queue: str = "dicomweb-blob-events"
     cosmos_connection_string: str = ""
     cosmos_endpoint: str = ""
     cosmos_database: str = "dicomweb"
@@ -79,6 +96,8 @@ class Settings:
     max_inline_binary: int = 256 * 1024
     max_rendered_pixels: int = 4096 * 4096
     max_rendered_frames: int = 1024
+    #: List prices per GB and month by access tier, for ``dicomweb usage`` (LRS, a US region, late 2026).
+    prices_per_gb_month: tuple[tuple[str, float], ...] = DEFAULT_PRICES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -93,6 +112,7 @@ class Settings:
             queue_connection_string=env.get("DICOMWEB_QUEUES", ""),
             queue_service_url=env.get("DICOMWEB_QUEUES__queueServiceUri", ""),
             jobs_queue=env.get("DICOMWEB_JOBS_QUEUE", "") or cls.jobs_queue,
+            blob_events_queue=env.get("DICOMWEB_BLOB_EVENTS_QUEUE", "") or cls.blob_events_queue,
             cosmos_connection_string=env.get("DICOMWEB_COSMOS_CONNECTION_STRING", ""),
             cosmos_endpoint=env.get("DICOMWEB_COSMOS_ENDPOINT", ""),
             cosmos_database=env.get("DICOMWEB_COSMOS_DATABASE", "") or cls.cosmos_database,
@@ -128,6 +148,7 @@ class Settings:
             max_inline_binary=_int(env, "DICOMWEB_MAX_INLINE_BINARY_KB", 256) * 1024,
             max_rendered_pixels=_int(env, "DICOMWEB_MAX_RENDERED_PIXELS", 4096 * 4096),
             max_rendered_frames=_int(env, "DICOMWEB_MAX_RENDERED_FRAMES", 1024),
+            prices_per_gb_month=_prices(env, "DICOMWEB_PRICES_PER_GB_MONTH"),
         )
 
     @property
@@ -155,6 +176,7 @@ SETTING_NAMES = (
     "DICOMWEB_QUEUES",
     "DICOMWEB_QUEUES__queueServiceUri",
     "DICOMWEB_JOBS_QUEUE",
+    "DICOMWEB_BLOB_EVENTS_QUEUE",
     "DICOMWEB_COSMOS_CONNECTION_STRING",
     "DICOMWEB_COSMOS_ENDPOINT",
     "DICOMWEB_COSMOS_DATABASE",
@@ -190,4 +212,5 @@ SETTING_NAMES = (
     "DICOMWEB_MAX_INLINE_BINARY_KB",
     "DICOMWEB_MAX_RENDERED_PIXELS",
     "DICOMWEB_MAX_RENDERED_FRAMES",
+    "DICOMWEB_PRICES_PER_GB_MONTH",
 )

@@ -132,9 +132,28 @@ class ConcurrentChange(DicomWebError):
 
 
 class Archived(DicomWebError):
-    """The bytes sit in the Archive tier and must be rehydrated before they can be read."""
+    """The bytes sit in the Archive tier (InstanceAvailability OFFLINE, PS3.3 §C.4.23.1.1): reading them waits
+    for a rehydration someone must ask for, so retrying alone never helps (409, with the rehydration resource).
+    """
 
     status = 409
+
+    def __init__(self, message: str, instances: int = 1) -> None:
+        super().__init__(message)
+        #: How many of the addressed instances are offline.
+        self.instances = instances
+
+
+class Rehydrating(Archived):
+    """The bytes are being rehydrated from the Archive tier (NEARLINE): they come back by themselves, so the
+    client may retry later (503 with Retry-After: a High-priority rehydration often takes under an hour,
+    a Standard one up to 15 hours)."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: int, instances: int = 1) -> None:
+        super().__init__(message, instances)
+        self.retry_after = retry_after
 
 
 class StorageFailure(DicomWebError):

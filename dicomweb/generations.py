@@ -45,6 +45,7 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable
 
 from dicomweb import audit, changefeed, jobs, records
+from dicomweb.dicom.availability import NEARLINE, OFFLINE, ONLINE
 from dicomweb.errors import DicomWebError, Duplicate, StoredElsewhere
 from dicomweb.service import Service
 from dicomweb.storage.claims import claim_partition
@@ -341,18 +342,26 @@ def summary_key(uid: str) -> str:
     return hashlib.sha1(uid.encode()).hexdigest()[:16]
 
 
+#: Summary fields counting the instances that are not online (a study or series is as available as its least
+#: available instance).
+UNAVAILABLE = {NEARLINE: "nearline", OFFLINE: "offline"}
+
+
 def _counts(doc: Document, delta: int) -> dict[tuple[str, str], dict[str, int]]:
     """The increments of counting instance document ``doc`` in (``delta`` +1) or out (-1), by summary and path."""
     series = doc["seriesInstanceUID"]
-    study_paths = {"/numberOfInstances": delta, patch_path("series", summary_key(series)): delta}
+    series_paths = {"/numberOfInstances": delta}
+    if (unavailable := UNAVAILABLE.get(doc.get("availability", ONLINE))) is not None:
+        series_paths[f"/{unavailable}"] = delta
+    study_paths = {**series_paths, patch_path("series", summary_key(series)): delta}
     if doc.get("modality"):
         study_paths[patch_path("modalities", str(doc["modality"]))] = delta
-    return {("series", series): {"/numberOfInstances": delta}, ("study", doc["studyInstanceUID"]): study_paths}
+    return {("series", series): series_paths, ("study", doc["studyInstanceUID"]): study_paths}
 
 
 def _seed(summary: Document, paths: dict[str, int]) -> Document:
     """A summary document created with its first counts (``paths`` as :func:`_counts` gives them)."""
-    doc: Document = {**summary, "numberOfInstances": 0}
+    doc: Document = {**summary, "numberOfInstances": 0, "nearline": 0, "offline": 0}
     if summary["type"] == "study":
         doc.update(series={}, modalities={})
     for path, delta in paths.items():
@@ -468,6 +477,34 @@ async def withdraw(service: Service, study: str, sop: str, before: int, generati
             return
 
 
+async def set_availability(service: Service, location: Location, availability: str, observed: datetime) -> bool:
+    """Record that ``location``'s file was found ``availability`` (ONLINE, NEARLINE, OFFLINE) at ``observed``,
+    with its summaries' counts, if the index names that generation and nothing observed it later; True when the
+    document changed.
+
+    Tier changes are learned from events and listings that may arrive late, twice or out
+    of order, by any number of workers: each carries the moment the blob was read, and an
+    older reading never overwrites a newer one.
+    """
+    stamp = observed.isoformat()
+    while True:
+        existing = await service.index.find(location.study, "instance", location.sop)
+        if existing is None or existing["generation"] != location.generation or \
+                existing.get("availabilityObserved", "") >= stamp:
+            return False
+        updated = {k: v for k, v in existing.items() if not k.startswith("_")}
+        updated.update(availability=availability, availabilityObserved=stamp)
+        operation: Operation = ("replace", (existing["id"], updated), {"if_match_etag": existing["_etag"]})
+        if existing.get("availability", ONLINE) == availability:
+            try:
+                await service.index.batch(location.study, [operation])
+            except BatchFailed:
+                continue
+            return False
+        if await _apply(service, location.study, operation, existing, updated, {}):
+            return True
+
+
 # What the summaries should say, and making them say it.
 
 @dataclass
@@ -475,6 +512,8 @@ class Expected:
     """What one summary should count."""
 
     numberOfInstances: int = 0  # noqa: N815 - the document's field
+    nearline: int = 0
+    offline: int = 0
     series: dict[str, int] = field(default_factory=dict)
     modalities: dict[str, int] = field(default_factory=dict)
 
@@ -488,7 +527,7 @@ def expected_summaries(instances: list[Document]) -> dict[tuple[str, str, str], 
             for path in increments:
                 keys = path.strip("/").split("/")
                 if len(keys) == 1:
-                    counts.numberOfInstances += 1
+                    setattr(counts, keys[0], getattr(counts, keys[0]) + 1)
                 else:
                     bucket = getattr(counts, keys[0])
                     name = keys[1].replace("~1", "/").replace("~0", "~")
@@ -499,8 +538,9 @@ def expected_summaries(instances: list[Document]) -> dict[tuple[str, str, str], 
 def differences(summary: Document, want: Expected) -> dict[str, tuple[Any, Any]]:
     """Fields of ``summary`` that differ from ``want`` (name → (has, should)); zero counts are no entry."""
     wrong: dict[str, tuple[Any, Any]] = {}
-    if summary.get("numberOfInstances", 0) != want.numberOfInstances:
-        wrong["numberOfInstances"] = (summary.get("numberOfInstances", 0), want.numberOfInstances)
+    for name in ("numberOfInstances", *UNAVAILABLE.values()):
+        if summary.get(name, 0) != getattr(want, name):
+            wrong[name] = (summary.get(name, 0), getattr(want, name))
     if summary["type"] == "study":
         for name in ("series", "modalities"):
             has = {k: v for k, v in (summary.get(name) or {}).items() if v}
@@ -525,7 +565,8 @@ async def recount(service: Service, study: str) -> None:
                 want = expected.get((study, summary["type"], uid), Expected())
                 if not differences(summary, want):
                     continue
-                fixed: Document = {**summary, "numberOfInstances": want.numberOfInstances}
+                fixed: Document = {**summary, "numberOfInstances": want.numberOfInstances, "nearline": want.nearline,
+                                   "offline": want.offline}
                 fixed.pop("members", None)
                 fixed.pop("numberOfSeries", None)
                 if summary["type"] == "study":

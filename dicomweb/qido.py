@@ -3,7 +3,8 @@
 Each match returns the default attributes of its level (PS3.18 §10.6.3.3, plus the
 pathology attributes of :mod:`dicomweb.dicom.attributes`), the ones asked for with
 ``includefield`` (or every one the document holds for ``all``), and the computed ones: RetrieveURL,
-InstanceAvailability, ModalitiesInStudy and the related-series/instance counts.
+InstanceAvailability (at every level: an instance's from its tier, a study's or series' the least available
+of its instances, from the counts of its summary), ModalitiesInStudy and the related-series/instance counts.
 Searches not limited to one study also return the study's defaults, and instance
 searches not limited to one series the series' (PS3.18 §10.6.3.3.2-3).
 """
@@ -13,12 +14,14 @@ from __future__ import annotations
 from pydicom.datadict import tag_for_keyword
 
 from dicomweb.dicom.attributes import BY_KEYWORD, CATALOG, LEVELS
+from dicomweb.dicom.availability import NEARLINE, OFFLINE, ONLINE, least
 from dicomweb.dicom.dicomjson import JsonDict
 from dicomweb.dicom.query import Query
 from dicomweb.service import Service
 from dicomweb.storage.cosmos import Document
 
 RETRIEVE_URL = "00081190"
+INSTANCE_AVAILABILITY = "00080056"
 
 
 def _defaults(query: Query, scope: dict[str, str]) -> set[str]:
@@ -47,7 +50,11 @@ def _tag(keyword: str) -> str | None:
 def _computed(doc: Document, base: str) -> JsonDict:
     """The attributes the service derives rather than reads from the instance."""
     study = doc["studyInstanceUID"]
-    out: JsonDict = {"00080056": {"vr": "CS", "Value": ["ONLINE"]}}
+    if doc["type"] == "instance":
+        available = doc.get("availability", ONLINE)
+    else:  # as available as its least available instance
+        available = least({NEARLINE: doc.get("nearline", 0), OFFLINE: doc.get("offline", 0)})
+    out: JsonDict = {INSTANCE_AVAILABILITY: {"vr": "CS", "Value": [available]}}
     if doc["type"] == "study":
         url = f"{base}/studies/{study}"
         modalities = sorted(m for m, count in doc.get("modalities", {}).items() if count > 0)
@@ -68,7 +75,7 @@ def render(doc: Document, query: Query, scope: dict[str, str], base: str) -> Jso
     available = {**doc["attributes"], **_computed(doc, base)}
     if query.include_all:
         return dict(sorted(available.items()))
-    wanted = {_tag(k) for k in _defaults(query, scope) | query.include} | {RETRIEVE_URL}
+    wanted = {_tag(k) for k in _defaults(query, scope) | query.include} | {RETRIEVE_URL, INSTANCE_AVAILABILITY}
     return {tag: available[tag] for tag in sorted(wanted - {None}) if tag in available}  # type: ignore[operator]
 
 

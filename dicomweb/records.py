@@ -100,16 +100,22 @@ _DATASET_OPENING = b', "dataset": '
 _RELATIVE_BULK_URI = b'"BulkDataURI": "' + BULKDATA.encode()
 
 
-def served_metadata(raw: bytes, instance_url: str) -> bytes:
-    """The DICOM JSON of a metadata sidecar as WADO-RS serves it, straight from the sidecar's bytes.
+def served_metadata(raw: bytes, instance_url: str, availability: str | None = None) -> bytes:
+    """The DICOM JSON of a metadata sidecar as WADO-RS serves it, straight from the sidecar's bytes; with
+    ``availability``, first the instance's Instance Availability (0008,0056), which changes with the tier (so
+    the sidecar cannot hold it).
 
     The dataset is cut out of the bytes and its relative BulkDataURIs made absolute by one
     byte replacement: no parse and no serialisation, whatever the size of the header.
     """
-    start = raw.find(_DATASET_OPENING)
-    if start < 0 or not raw.endswith(b"}"):
+    start = raw.find(_DATASET_OPENING) + len(_DATASET_OPENING)
+    if start < len(_DATASET_OPENING) or not raw.endswith(b"}") or raw[start : start + 1] != b"{":
         raise ValueError("not a metadata sidecar")
-    dataset = raw[start + len(_DATASET_OPENING) : -1]
+    dataset = raw[start:-1]
+    if availability is not None:
+        rest = dataset[1:]
+        dataset = b'{"00080056": {"vr": "CS", "Value": ["' + availability.encode() + b'"]}' + (
+            b"}" if rest.strip() == b"}" else b", " + rest)
     return dataset.replace(_RELATIVE_BULK_URI, b'"BulkDataURI": "' + instance_url.encode() + b"/" + BULKDATA.encode())
 
 

@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from dicomweb import cpu, generations, jobs, records
+from dicomweb import availability, cpu, generations, jobs, records
 from dicomweb.dicom.part10 import Part10Parser
 from dicomweb.errors import Duplicate, InvalidDataset, NotFound
 from dicomweb.generations import IN_FLIGHT_SECONDS, StoredFile
@@ -159,6 +159,7 @@ async def reindex_study(service: Service, prefix: str, in_flight_seconds: float 
             except Duplicate:
                 report.in_flight += 1  # claimed meanwhile (a store, or another study's partition): theirs
     for study in sorted({location.study for found in files.values() for location in (f.location for f in found)}):
+        await availability.reconcile_study(service, f"{study}/")  # a rebuilt document says ONLINE until told
         await generations.recount(service, study)
     async for location, written in service.blobs.sidecars.list(prefix):
         # A store writes its sidecars while its file is committed: young ones may be about to have one.

@@ -19,6 +19,7 @@ import numpy as np
 
 from dicomweb import cpu, retrieve, transcode
 from dicomweb.dicom import codecs, render
+from dicomweb.dicom.availability import ONLINE
 from dicomweb.dicom.codecs import CodecError, FrameRefused, PixelFormat
 from dicomweb.dicom.render import Geometry, Plan, RenderParams
 from dicomweb.errors import NotAcceptable, UndecodableFrame
@@ -150,7 +151,8 @@ async def _level(service: Service, doc: Document, cached: CachedIndex, src: Sour
     for other in await service.index.instances(doc["studyInstanceUID"], doc["seriesInstanceUID"]):
         other_size = other.get("totalPixelMatrix")
         if (other.get("imageType") != "VOLUME" or not other_size or other["sopInstanceUID"] == doc["sopInstanceUID"]
-                or other.get("frameOfReferenceUID") != doc.get("frameOfReferenceUID")):
+                or other.get("frameOfReferenceUID") != doc.get("frameOfReferenceUID")
+                or other.get("availability", ONLINE) != ONLINE):  # an archived level: a hot one serves instead
             continue
         factor = other_size[0] / size[0]
         if abs(other_size[1] / size[1] - factor) > 0.02 * factor or factor >= 1 or factor < need:

@@ -21,7 +21,7 @@ from dicomweb import cpu, jobs
 from dicomweb.dicom.dicomjson import PIXEL_DATA_KEY, JsonDict
 from dicomweb.dicom.frames import ITEM_HEADER, FrameIndex, RecordMismatch, frame_payload
 from dicomweb.dicom.syntax import bounded_int
-from dicomweb.errors import BadRequest, DamagedInstance, NotFound, StorageFailure
+from dicomweb.errors import Archived, BadRequest, DamagedInstance, NotFound, Rehydrating, StorageFailure
 from dicomweb.framecache import FrameCache, Key
 from dicomweb.service import CachedIndex, Service
 from dicomweb.storage.naming import Location
@@ -74,11 +74,30 @@ def location(doc: Document) -> Location:
 
 
 async def check_readable(service: Service, docs: Sequence[Document]) -> None:
-    """Raise now (NotFound, Archived, StorageFailure) if any of ``docs`` could not be read later,
-    so that a multi-instance answer fails with a status before its body starts."""
+    """Raise now (NotFound, Archived, Rehydrating, StorageFailure) if any of ``docs`` could not be read later,
+    so that a multi-instance answer fails with a status before its body starts; one error for all the
+    instances not online (409 when one is OFFLINE, else 503 while they are rehydrated)."""
     window = METADATA_FETCH_CONCURRENCY
+    refused: list[Archived] = []
     for start in range(0, len(docs), window):
-        await asyncio.gather(*(service.blobs.instances.check_readable(location(d)) for d in docs[start : start + window]))
+        batch = docs[start : start + window]
+        results = await asyncio.gather(*(service.blobs.instances.check_readable(location(d)) for d in batch),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, Archived):
+                refused.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+    if not refused:
+        return
+    if len(docs) == 1:
+        raise refused[0]
+    offline = sum(1 for r in refused if not isinstance(r, Rehydrating))
+    which = f"{len(refused)} of {len(docs)} instances are"
+    if offline:
+        raise Archived(f"{which} OFFLINE (Archive tier): ask for rehydration first", offline)
+    raise Rehydrating(f"{which} NEARLINE: rehydration from the Archive tier under way",
+                      min(r.retry_after for r in refused if isinstance(r, Rehydrating)), len(refused))
 
 
 async def load_sidecar(service: Service, doc: Document) -> JsonDict:

@@ -17,6 +17,7 @@ from PIL import Image
 from dicomweb import cpu, rendered, retrieve
 from dicomweb.dicom import render
 from dicomweb.dicom.render import RenderParams, Viewport
+from dicomweb.dicom.availability import ONLINE
 from dicomweb.errors import NotFound
 from dicomweb.service import Service
 from dicomweb.storage.cosmos import Document
@@ -33,7 +34,7 @@ def pick(docs: list[Document]) -> Document:
     for flavour in _PREFERENCE:
         found = [d for d in pictures if d.get("imageType") == flavour]
         if found:
-            return min(found, key=_pixels)
+            return min(found, key=lambda d: (d.get("availability", ONLINE) != ONLINE, _pixels(d)))  # online first
     if not pictures:
         raise NotFound("nothing here has pixels to make a thumbnail of")
     pictures.sort(key=lambda d: (d["seriesInstanceUID"], d.get("instanceNumber") or 0, d["sopInstanceUID"]))

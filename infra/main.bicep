@@ -1,6 +1,7 @@
 // DICOMweb service for digital pathology: everything it runs on in Azure (azd: `azd up`).
 // A resource group holding the app identity, monitoring, the DICOM storage account with its
-// lifecycle policy, Cosmos DB for the search index, and the Flex Consumption Function App.
+// lifecycle policy, the Event Grid system topic that reports its instance blobs' tier changes,
+// Cosmos DB for the search index, and the Flex Consumption Function App.
 // Outputs are named like the app settings they feed (dicomweb/config.py SETTING_NAMES).
 
 targetScope = 'subscription'
@@ -97,6 +98,9 @@ param archiveUnreadInstances bool = true
 @description('Instances at most this size in MB (and every label, overview and thumbnail) stay in the hot tier.')
 param hotPinMB int = 256
 
+@description('Blob storage list prices per GB and month by access tier (DICOMWEB_PRICES_PER_GB_MONTH: each of Hot, Cool, Cold and Archive once), for the usage report. Default: LRS, East US, pay as you go.')
+param storagePricesPerGbMonth string = 'Hot=0.0184,Cool=0.01,Cold=0.0036,Archive=0.00099'
+
 // Fail closed: the deployment stops unless authentication is configured or explicitly waived. (Each
 // expression of this file stays on one line: checkov's Bicep parser reads no line that starts with ?.)
 var noAuthentication = 'Set authIssuer and authAudience (Entra ID), or allowAnonymousAccessToPatientData=true to deploy without authentication.'
@@ -116,6 +120,9 @@ var instanceContainer = 'dicom-instances'
 var sidecarContainer = 'dicom-sidecars'
 var stagingContainer = 'dicom-staging'
 var jobsQueue = 'dicomweb-jobs'
+var blobEventsQueue = 'dicomweb-blob-events'
+// Where Event Grid keeps the blob events it could not deliver to blobEventsQueue.
+var deadLetterContainer = 'dicom-events-deadletter'
 var cosmosDatabase = 'dicomweb'
 var cosmosContainer = 'index'
 
@@ -159,10 +166,26 @@ module storage 'modules/storage.bicep' = {
     stagingContainer: stagingContainer
     deploymentContainer: 'app-package'
     jobsQueue: jobsQueue
+    blobEventsQueue: blobEventsQueue
+    deadLetterContainer: deadLetterContainer
     archive: archive
     identityPrincipalId: identity.outputs.principalId
     principalId: principalId
     principalType: principalType
+  }
+}
+
+module events 'modules/events.bicep' = {
+  scope: group
+  name: 'events'
+  params: {
+    name: 'evgt-dicomweb-${suffix}'
+    location: location
+    tags: tags
+    storageAccountName: storage.outputs.name
+    instanceContainer: storage.outputs.instanceContainer
+    blobEventsQueue: storage.outputs.blobEventsQueue
+    deadLetterContainer: storage.outputs.deadLetterContainer
   }
 }
 
@@ -194,6 +217,7 @@ module app 'modules/functionapp.bicep' = {
     storageBlobEndpoint: storage.outputs.blobEndpoint
     storageQueueEndpoint: storage.outputs.queueEndpoint
     jobsQueue: storage.outputs.jobsQueue
+    blobEventsQueue: storage.outputs.blobEventsQueue
     deploymentContainer: storage.outputs.deploymentContainer
     instanceContainer: storage.outputs.instanceContainer
     sidecarContainer: storage.outputs.sidecarContainer
@@ -213,6 +237,7 @@ module app 'modules/functionapp.bicep' = {
     ownerRoles: ownerRoles
     maxRequestMB: maxRequestMB
     hotPinMB: hotPinMB
+    pricesPerGbMonth: storagePricesPerGbMonth
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
     httpPerInstanceConcurrency: httpPerInstanceConcurrency
@@ -228,6 +253,8 @@ output DICOMWEB_INSTANCE_CONTAINER string = storage.outputs.instanceContainer
 output DICOMWEB_SIDECAR_CONTAINER string = storage.outputs.sidecarContainer
 output DICOMWEB_STAGING_CONTAINER string = storage.outputs.stagingContainer
 output DICOMWEB_JOBS_QUEUE string = storage.outputs.jobsQueue
+output DICOMWEB_BLOB_EVENTS_QUEUE string = storage.outputs.blobEventsQueue
+output DICOMWEB_PRICES_PER_GB_MONTH string = storagePricesPerGbMonth
 output DICOMWEB_COSMOS_ENDPOINT string = cosmos.outputs.endpoint
 output DICOMWEB_COSMOS_DATABASE string = cosmos.outputs.databaseName
 output DICOMWEB_COSMOS_CONTAINER string = cosmos.outputs.containerName

@@ -35,6 +35,7 @@ class Declaration:
     decorators: list[str] = field(default_factory=list)
     condition: str | None = None  # the ``if (...)`` of a conditional resource or module
     loop: str | None = None  # the ``for ... in ...`` of a resource or module loop
+    existing: bool = False  # a ``resource ... existing``: a reference to a resource deployed elsewhere
 
 
 @dataclass
@@ -124,8 +125,9 @@ def parse(path: Path) -> BicepFile:
             if body is not None and body.type == "for_statement":
                 loop = _text(body)
                 body = [c for c in body.children if c.is_named][-1]
+            existing = any(c.type == "existing" for c in node.children)
             declarations.append(Declaration(kind, name, declared_type if isinstance(declared_type, str) else
                                             str(declared_type), value(body) if body is not None else None,
-                                            decorators + inner_decorators, condition, loop))
+                                            decorators + inner_decorators, condition, loop, existing))
         decorators = []
     return BicepFile(path, declarations, scope)

@@ -209,7 +209,8 @@ def fresh_settings(emulators: dict[str, str]) -> dict[str, str]:
     suffix = uuid.uuid4().hex[:8]
     settings = {**emulators, "DICOMWEB_INSTANCE_CONTAINER": f"inst-{suffix}",
                 "DICOMWEB_SIDECAR_CONTAINER": f"side-{suffix}", "DICOMWEB_STAGING_CONTAINER": f"stage-{suffix}",
-                "DICOMWEB_COSMOS_DATABASE": f"db-{suffix}", "DICOMWEB_JOBS_QUEUE": f"jobs-{suffix}"}
+                "DICOMWEB_COSMOS_DATABASE": f"db-{suffix}", "DICOMWEB_JOBS_QUEUE": f"jobs-{suffix}",
+                "DICOMWEB_BLOB_EVENTS_QUEUE": f"events-{suffix}"}
     provision(settings)
     return settings
 

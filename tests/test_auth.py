@@ -231,7 +231,8 @@ def test_every_registered_route_declares_its_permission() -> None:
     for name, method, _ in ROUTES:
         expected = (Permission.DELETE if (method == "DELETE" and not name.startswith("upload"))
                     or name.startswith("reindex")  # rebuilding the index is the owner's
-                    else Permission.WRITE if method in ("POST", "PUT") or name.startswith("upload")
+                    or name == "usage"  # so is what the store holds and costs
+                    else Permission.WRITE if method in ("POST", "PUT") or name.startswith(("upload", "rehydrat"))
                     else Permission.READ)
         assert REQUIREMENTS[name] is expected, name
 

@@ -119,9 +119,11 @@ def test_the_worker_imports_the_app_and_indexes_every_function(deployed: Deploym
             assert triggers[0]["authLevel"] == "ANONYMOUS" and triggers[0]["route"], name
         if triggers[0]["type"] == "queueTrigger":
             assert triggers[0]["connection"] == "DICOMWEB_QUEUES"
-            assert triggers[0]["queueName"] == "%DICOMWEB_JOBS_QUEUE%"
+            assert triggers[0]["queueName"] == {"jobs": "%DICOMWEB_JOBS_QUEUE%",
+                                                "blob_events": "%DICOMWEB_BLOB_EVENTS_QUEUE%"}[name]
     names = set(functions)
-    assert {"stow_studies", "retrieve_frames", "search_studies", "upload_cleanup", "jobs"} <= names, names
+    assert {"stow_studies", "retrieve_frames", "search_studies", "upload_cleanup", "jobs", "blob_events",
+            "availability_reconcile", "rehydrate_series"} <= names, names
 
 
 def test_every_module_the_package_imports_resolves_in_the_deployed_environment(deployed: Deployment) -> None:

@@ -6,8 +6,9 @@ declare, and the resources carry the properties the code relies on (Flex Consump
 Python and HTTP streams, managed identity everywhere and no secret, the Cosmos partition key
 and indexing policy the QIDO code uses), with app settings and outputs named as
 ``dicomweb/config.py`` reads them. The lifecycle policy is checked rule by rule against the
-management-policy API's documented constraints, and checkov's Bicep checks must all pass or
-be suppressed with a reason.
+management-policy API's documented constraints, the Event Grid subscription that reports the
+instance blobs' tier changes against the event-subscription API's, and checkov's Bicep checks
+must all pass or be suppressed with a reason.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from typing import Any
 import pytest
 
 from dicomweb import jobs
-from dicomweb.config import SETTING_NAMES, Settings
+from dicomweb.config import DEFAULT_PRICES, SETTING_NAMES, Settings
 from dicomweb.reindex import RUNS
-from dicomweb.storage.naming import AUTO, HOT, TIER_TAG
+from dicomweb.storage.naming import AUTO, HOT, REHYDRATED, TIER_TAG, Location, new_generation
 from dicomweb.storage.cosmos import INDEXING_POLICY, PARTITION_KEY
 from dicomweb.storage.queues import POISON_SUFFIX
 from dicomweb.uploads import STUCK_SECONDS, Session
@@ -44,10 +45,6 @@ LOCAL_ONLY = {"DICOMWEB_QUEUES"}
 COSMOS_DATA_CONTRIBUTOR = "00000000-0000-0000-0000-000000000002"
 LIFECYCLE_JSON = ROOT / "dicomweb" / "storage" / "lifecycle-policy.json"
 SCALE_JSON = INFRA / "scale.json"
-#: The tag value rehydration gives an instance blob before it leaves the Archive tier, so that the archive
-#: rule (which matches ``auto`` only) leaves it alone: rehydrating updates neither its last-access nor its
-#: last-modified time, so an ``auto`` blob would be archived again at the next daily run.
-REHYDRATED = "rehydrated"
 CHECKOV = ROOT / ".venv" / "checkov" / "bin" / "checkov"
 
 
@@ -268,7 +265,7 @@ def test_modules_get_exactly_the_parameters_they_declare() -> None:
     main = _file("main.bicep")
     assert main.target_scope == "subscription"
     modules = main.all("module")
-    assert set(modules) == {"identity", "monitoring", "storage", "cosmos", "app"}
+    assert set(modules) == {"identity", "monitoring", "storage", "events", "cosmos", "app"}
     for module in modules.values():
         target = parse(INFRA / module.type)
         declared = target.all("param")
@@ -425,16 +422,19 @@ def test_the_bicep_creates_every_container_queue_and_cosmos_container_the_code_u
     assert (names["instanceContainer"], names["sidecarContainer"], names["stagingContainer"]) == (
         defaults.instance_container, defaults.sidecar_container, defaults.staging_container)
     assert (names["cosmosDatabase"], names["cosmosContainer"]) == (defaults.cosmos_database, defaults.cosmos_container)
-    assert names["jobsQueue"] == defaults.jobs_queue
+    assert (names["jobsQueue"], names["blobEventsQueue"]) == (defaults.jobs_queue, defaults.blob_events_queue)
     storage = _file("modules/storage.bicep")
     containers = _one(storage, "Microsoft.Storage/storageAccounts/blobServices/containers")
-    assert "for container in [instanceContainer, sidecarContainer, stagingContainer, deploymentContainer]:" \
-        in (containers.loop or "")
+    assert ("for container in [instanceContainer, sidecarContainer, stagingContainer, deploymentContainer, "
+            "deadLetterContainer]:") in (containers.loop or "")
     queues = _one(storage, "Microsoft.Storage/storageAccounts/queueServices/queues")
-    assert queues.loop is not None and f"[jobsQueue, '${{jobsQueue}}{POISON_SUFFIX}']" in queues.loop
+    assert queues.loop is not None and (f"[jobsQueue, '${{jobsQueue}}{POISON_SUFFIX}', blobEventsQueue, "
+                                        f"'${{blobEventsQueue}}{POISON_SUFFIX}']") in queues.loop
     given = _file("main.bicep").all("module")["storage"].value["params"]
-    assert (given["instanceContainer"], given["sidecarContainer"], given["stagingContainer"], given["jobsQueue"]) == (
-        Expr("instanceContainer"), Expr("sidecarContainer"), Expr("stagingContainer"), Expr("jobsQueue"))
+    assert {name: given[name] for name in ("instanceContainer", "sidecarContainer", "stagingContainer", "jobsQueue",
+                                           "blobEventsQueue", "deadLetterContainer")} == {
+        name: Expr(name) for name in ("instanceContainer", "sidecarContainer", "stagingContainer", "jobsQueue",
+                                      "blobEventsQueue", "deadLetterContainer")}
     cosmos = _file("modules/cosmos.bicep")
     assert _one(cosmos, "Microsoft.DocumentDB/databaseAccounts/sqlDatabases").value["name"] == Expr("databaseName")
     index = _one(cosmos, "Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers")
@@ -697,7 +697,8 @@ def test_there_is_no_anonymous_default() -> None:
 def test_the_job_queue_and_its_poison_queue_exist_and_the_trigger_reaches_them_with_the_identity() -> None:
     storage = _file("modules/storage.bicep")
     (queues,) = storage.resources("Microsoft.Storage/storageAccounts/queueServices/queues")
-    assert queues.loop is not None and "[jobsQueue, '${jobsQueue}-poison']" in queues.loop
+    assert queues.loop is not None and "for queue in [jobsQueue, '${jobsQueue}-poison'," in queues.loop
+    assert storage.all("output")["jobsQueue"].value == Expr("queues[0].name")
     assert _file("main.bicep").all("var")["jobsQueue"].value == Settings().jobs_queue
     settings = _app_settings()
     assert settings["DICOMWEB_JOBS_QUEUE"] == Expr("jobsQueue")
@@ -711,6 +712,373 @@ def test_the_job_queue_and_its_poison_queue_exist_and_the_trigger_reaches_them_w
     host = json.loads((ROOT / "host.json").read_text())["extensions"]["queues"]
     assert host["messageEncoding"] == "none", "the service sends JSON text"
     assert host["maxDequeueCount"] == jobs.MAX_DELIVERIES
+
+
+# --- Event Grid: the instance blobs' tier events, checked against the event-subscription API's documented rules ---
+
+#: Writable properties of an event subscription (Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15:
+#: EventSubscriptionProperties, less the read-only provisioningState and topic).
+SUBSCRIPTION_PROPERTIES = {"deadLetterDestination", "deadLetterWithResourceIdentity", "deliveryWithResourceIdentity",
+                           "destination", "eventDeliverySchema", "expirationTimeUtc", "filter", "labels",
+                           "retryPolicy"}
+DELIVERY_SCHEMAS = {"CloudEventSchemaV1_0", "CustomInputSchema", "EventGridSchema"}
+FILTER_PROPERTIES = {"advancedFilters", "enableAdvancedFilteringOnArrays", "includedEventTypes",
+                     "isSubjectCaseSensitive", "subjectBeginsWith", "subjectEndsWith"}
+ENDPOINT_TYPES = {"AzureFunction", "EventHub", "HybridConnection", "MonitorAlert", "NamespaceTopic",
+                  "ServiceBusQueue", "ServiceBusTopic", "StorageQueue", "WebHook"}
+STORAGE_QUEUE_PROPERTIES = {"resourceId", "queueName", "queueMessageTimeToLiveInSeconds"}
+STORAGE_BLOB_PROPERTIES = {"resourceId", "blobContainerName"}
+IDENTITY_TYPES = {"SystemAssigned", "UserAssigned"}
+RETRY_LIMITS = {"maxDeliveryAttempts": 30, "eventTimeToLiveInMinutes": 1440}
+#: What a system topic of type Microsoft.Storage.StorageAccounts publishes (Azure Blob Storage as an Event Grid source).
+STORAGE_EVENT_TYPES = {f"Microsoft.Storage.{name}" for name in (
+    "BlobCreated", "BlobDeleted", "BlobRenamed", "BlobTierChanged", "AsyncOperationInitiated", "DirectoryCreated",
+    "DirectoryRenamed", "DirectoryDeleted", "BlobInventoryPolicyCompleted", "LifecyclePolicyCompleted",
+    "StorageTaskQueued", "StorageTaskCompleted", "StorageTaskAssignmentQueued", "StorageTaskAssignmentCompleted")}
+#: Set Blob Tier completed; a rehydration from Archive started; a blob (a rehydrated copy) was written.
+TIER_EVENTS = ["Microsoft.Storage.BlobTierChanged", "Microsoft.Storage.AsyncOperationInitiated",
+               "Microsoft.Storage.BlobCreated"]
+QUEUE_MESSAGE_SENDER = "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a"
+BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+
+
+def _identity_errors(where: str, identity: Any, topic_identity: str | None) -> list[str]:
+    if not isinstance(identity, dict) or identity.get("type") not in IDENTITY_TYPES:
+        return [f"{where}.identity: type {' or '.join(sorted(IDENTITY_TYPES))}"]
+    errors = [f"{where}.identity: no property {name!r}" for name in set(identity) - {"type", "userAssignedIdentity"}]
+    if identity["type"] == "UserAssigned" and not identity.get("userAssignedIdentity"):
+        errors.append(f"{where}.identity: UserAssigned names its userAssignedIdentity")
+    if identity["type"] == "SystemAssigned" and "SystemAssigned" not in (topic_identity or ""):
+        errors.append(f"{where}.identity: SystemAssigned uses the topic's system-assigned identity, which it lacks")
+    return errors
+
+
+def _queue_destination_errors(where: str, destination: Any) -> list[str]:
+    if not isinstance(destination, dict) or destination.get("endpointType") not in ENDPOINT_TYPES:
+        return [f"{where}: endpointType one of {sorted(ENDPOINT_TYPES)}"]
+    if destination["endpointType"] != "StorageQueue":
+        return []  # the other destinations' properties are not checked here
+    properties = destination.get("properties")
+    if not isinstance(properties, dict):
+        return [f"{where}.properties: resourceId and queueName"]
+    errors = [f"{where}.properties: no property {name!r}" for name in set(properties) - STORAGE_QUEUE_PROPERTIES]
+    errors += [f"{where}.properties.{name}: required" for name in ("resourceId", "queueName") if not properties.get(name)]
+    ttl = properties.get("queueMessageTimeToLiveInSeconds", -1)
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or (ttl <= 0 and ttl != -1):
+        errors.append(f"{where}.properties.queueMessageTimeToLiveInSeconds: -1 (never expires) or a positive "
+                      f"number of seconds, not {ttl!r}")
+    return errors
+
+
+def _dead_letter_errors(where: str, destination: Any) -> list[str]:
+    if not isinstance(destination, dict) or destination.get("endpointType") != "StorageBlob":
+        return [f"{where}: endpointType StorageBlob (the only dead-letter destination)"]
+    properties = destination.get("properties")
+    if not isinstance(properties, dict):
+        return [f"{where}.properties: resourceId and blobContainerName"]
+    errors = [f"{where}.properties: no property {name!r}" for name in set(properties) - STORAGE_BLOB_PROPERTIES]
+    return errors + [f"{where}.properties.{name}: required" for name in sorted(STORAGE_BLOB_PROPERTIES)
+                     if not properties.get(name)]
+
+
+def _with_identity_errors(properties: dict[str, Any], name: str, target: str, topic_identity: str | None) -> list[str]:
+    """``deliveryWithResourceIdentity`` / ``deadLetterWithResourceIdentity``: an identity and a destination."""
+    given = properties[name]
+    if not isinstance(given, dict) or set(given) != {"identity", target}:
+        return [f"{name}: identity and {target}"]
+    check = _queue_destination_errors if target == "destination" else _dead_letter_errors
+    return _identity_errors(name, given["identity"], topic_identity) + check(f"{name}.{target}", given[target])
+
+
+def subscription_errors(properties: Any, topic_identity: str | None) -> list[str]:
+    """What the event-subscription API refuses, or documents as unsupported, in the ``properties`` of an event
+    subscription on a storage account's system topic (empty: nothing). ``topic_identity`` is the topic's identity type.
+
+    A table-driven reading of the ARM reference of Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15
+    (learn.microsoft.com/azure/templates/microsoft.eventgrid/2025-02-15/systemtopics/eventsubscriptions, and its
+    generated types in Azure/bicep-types-az: EventSubscriptionProperties; ``destination`` delivers with Event Grid's
+    identity, ``deliveryWithResourceIdentity`` with the topic's; DeadLetterDestination's one endpointType,
+    StorageBlob, with resourceId and blobContainerName; StorageQueueEventSubscriptionDestinationProperties:
+    queueMessageTimeToLiveInSeconds "cannot be zero or negative with the exception of using -1"; EventSubscriptionIdentity
+    SystemAssigned or UserAssigned with its userAssignedIdentity; EventSubscriptionFilter's subjectBeginsWith and
+    subjectEndsWith: "Wildcard characters are not supported"), Event Grid's "Set dead-letter location and retry
+    policy" (learn.microsoft.com/azure/event-grid/manage-event-delivery: event time-to-live "an integer from 1 to
+    1440", max retries "an integer from 1 to 30") and "Azure Blob Storage as an Event Grid source" (the event types).
+    """
+    if not isinstance(properties, dict):
+        return ["properties: an object"]
+    errors = [f"no property {name!r}" for name in set(properties) - SUBSCRIPTION_PROPERTIES]
+    delivery = [name for name in ("destination", "deliveryWithResourceIdentity") if name in properties]
+    if len(delivery) != 1:
+        errors.append(f"exactly one of destination and deliveryWithResourceIdentity, not {delivery or 'none'}")
+    if "destination" in properties:
+        errors += _queue_destination_errors("destination", properties["destination"])
+    if "deliveryWithResourceIdentity" in properties:
+        errors += _with_identity_errors(properties, "deliveryWithResourceIdentity", "destination", topic_identity)
+    dead = [name for name in ("deadLetterDestination", "deadLetterWithResourceIdentity") if name in properties]
+    if len(dead) > 1:
+        errors.append("at most one of deadLetterDestination and deadLetterWithResourceIdentity")
+    if "deadLetterDestination" in properties:
+        errors += _dead_letter_errors("deadLetterDestination", properties["deadLetterDestination"])
+    if "deadLetterWithResourceIdentity" in properties:
+        errors += _with_identity_errors(properties, "deadLetterWithResourceIdentity", "deadLetterDestination",
+                                        topic_identity)
+    if properties.get("eventDeliverySchema", "EventGridSchema") not in DELIVERY_SCHEMAS:
+        errors.append(f"eventDeliverySchema: one of {sorted(DELIVERY_SCHEMAS)}")
+    retry = properties.get("retryPolicy", {})
+    if not isinstance(retry, dict):
+        return errors + ["retryPolicy: an object"]
+    errors += [f"retryPolicy: no property {name!r}" for name in set(retry) - set(RETRY_LIMITS)]
+    for name, most in RETRY_LIMITS.items():
+        value = retry.get(name, most)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+            errors.append(f"retryPolicy.{name}: a whole number from 1 to {most}, not {value!r}")
+    event_filter = properties.get("filter", {})
+    if not isinstance(event_filter, dict):
+        return errors + ["filter: an object"]
+    errors += [f"filter: no property {name!r}" for name in set(event_filter) - FILTER_PROPERTIES]
+    types = event_filter.get("includedEventTypes")
+    if types is not None and (not isinstance(types, list) or not types or not set(types) <= STORAGE_EVENT_TYPES):
+        errors.append(f"filter.includedEventTypes: event types a storage account publishes, not {types!r}")
+    for name in ("subjectBeginsWith", "subjectEndsWith"):
+        if not isinstance(event_filter.get(name, ""), str) or "*" in event_filter.get(name, ""):
+            errors.append(f"filter.{name}: a literal path (wildcards are not supported)")
+    if not isinstance(event_filter.get("isSubjectCaseSensitive", False), bool):
+        errors.append("filter.isSubjectCaseSensitive: true or false")
+    return errors
+
+
+def _interpolate(expr: Expr, values: dict[str, str]) -> str:
+    """The value of a Bicep string ``'...${name}...'`` given its names' values."""
+    assert expr.text.startswith("'") and expr.text.endswith("'"), expr
+    return re.sub(r"\$\{(\w+)\}", lambda match: values[match.group(1)], expr.text[1:-1])
+
+
+def _loop_items(loop: str | None) -> list[str]:
+    """The items of a ``for x in [a, b, ...]`` loop over a literal array, as source text."""
+    assert loop is not None
+    return [item.strip() for item in loop[loop.index("[") + 1:loop.index("]")].split(",")]
+
+
+def _tier_events() -> tuple[BicepFile, dict[str, Any]]:
+    events = _file("modules/events.bicep")
+    return events, _one(events, "Microsoft.EventGrid/systemTopics/eventSubscriptions").value
+
+
+def _resolved_subscription() -> dict[str, Any]:
+    """The subscription's properties with its variables and the instance container main.bicep deploys filled in."""
+    events, subscription = _tier_events()
+    resolved = copy.deepcopy(subscription["properties"])
+    event_filter = resolved["filter"]
+    assert event_filter["includedEventTypes"] == Expr("tierEvents")
+    event_filter["includedEventTypes"] = events.all("var")["tierEvents"].value
+    container = _file("main.bicep").all("var")["instanceContainer"].value
+    event_filter["subjectBeginsWith"] = _interpolate(event_filter["subjectBeginsWith"], {"instanceContainer": container})
+    return resolved
+
+
+def _valid_subscription() -> dict[str, Any]:
+    identity = {"type": "SystemAssigned"}
+    return {
+        "eventDeliverySchema": "EventGridSchema",
+        "filter": {"includedEventTypes": list(TIER_EVENTS), "subjectBeginsWith": "/blobServices/default/containers/c/",
+                   "subjectEndsWith": ".dcm", "isSubjectCaseSensitive": True},
+        "deliveryWithResourceIdentity": {"identity": dict(identity), "destination": {
+            "endpointType": "StorageQueue",
+            "properties": {"resourceId": "/subscriptions/s/x", "queueName": "q", "queueMessageTimeToLiveInSeconds": -1}}},
+        "retryPolicy": {"maxDeliveryAttempts": 30, "eventTimeToLiveInMinutes": 1440},
+        "deadLetterWithResourceIdentity": {"identity": dict(identity), "deadLetterDestination": {
+            "endpointType": "StorageBlob", "properties": {"resourceId": "/subscriptions/s/x", "blobContainerName": "d"}}},
+    }
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [
+    (_set("destination", {"endpointType": "StorageQueue", "properties": {"resourceId": "r", "queueName": "q"}}),
+     "exactly one of destination and deliveryWithResourceIdentity"),
+    (_set("deliveryWithResourceIdentity", KeyError), "exactly one of destination and deliveryWithResourceIdentity"),
+    (_set("deadLetterDestination", {"endpointType": "StorageBlob", "properties": {"resourceId": "r",
+                                                                                 "blobContainerName": "d"}}),
+     "at most one of deadLetterDestination and deadLetterWithResourceIdentity"),
+    (_set("retryPolicy.maxDeliveryAttempts", 31), "retryPolicy.maxDeliveryAttempts: a whole number from 1 to 30"),
+    (_set("retryPolicy.maxDeliveryAttempts", 0), "from 1 to 30"),
+    (_set("retryPolicy.eventTimeToLiveInMinutes", 1441), "eventTimeToLiveInMinutes: a whole number from 1 to 1440"),
+    (_set("retryPolicy.eventTimeToLiveInMinutes", "600"), "from 1 to 1440"),
+    (_set("retryPolicy.eventTimeToLive", "600"), "retryPolicy: no property 'eventTimeToLive'"),
+    (_set("deliveryWithResourceIdentity.destination.properties.queueMessageTimeToLiveInSeconds", 0),
+     "-1 (never expires) or a positive number of seconds"),
+    (_set("deliveryWithResourceIdentity.destination.properties.queueMessageTimeToLiveInSeconds", -2), "not -2"),
+    (_set("deliveryWithResourceIdentity.destination.properties.queueName", KeyError), "queueName: required"),
+    (_set("deliveryWithResourceIdentity.destination.endpointType", "Queue"), "endpointType one of"),
+    (_set("deliveryWithResourceIdentity.identity", {"type": "UserAssigned"}), "names its userAssignedIdentity"),
+    (_set("deliveryWithResourceIdentity.identity", {"type": "None"}), "type SystemAssigned or UserAssigned"),
+    (_set("deadLetterWithResourceIdentity.deadLetterDestination.endpointType", "StorageQueue"),
+     "endpointType StorageBlob"),
+    (_set("deadLetterWithResourceIdentity.deadLetterDestination.properties.blobContainerName", KeyError),
+     "blobContainerName: required"),
+    (_set("filter.includedEventTypes", ["Microsoft.Storage.BlobTierChange"]), "event types a storage account"),
+    (_set("filter.includedEventTypes", []), "event types a storage account"),
+    (_set("filter.subjectEndsWith", "*.dcm"), "wildcards are not supported"),
+    (_set("filter.subjectPrefix", "/blobServices/"), "filter: no property 'subjectPrefix'"),
+    (_set("eventDeliverySchema", "EventGridEvent"), "eventDeliverySchema: one of"),
+])
+def test_the_subscription_validator_refuses_what_the_api_refuses(mutate: Any, expected: str) -> None:
+    assert subscription_errors(_valid_subscription(), "SystemAssigned") == []
+    subscription = _valid_subscription()
+    mutate(subscription)
+    errors = subscription_errors(subscription, "SystemAssigned")
+    assert any(expected in error for error in errors), errors
+
+
+def test_identity_delivery_needs_the_topics_own_identity() -> None:
+    assert subscription_errors(_valid_subscription(), None) == [
+        ("deliveryWithResourceIdentity.identity: SystemAssigned uses the topic's system-assigned identity, "
+         "which it lacks"),
+        ("deadLetterWithResourceIdentity.identity: SystemAssigned uses the topic's system-assigned identity, "
+         "which it lacks")]
+
+
+def test_the_tier_event_subscription_is_one_the_api_accepts() -> None:
+    events, _ = _tier_events()
+    topic = _one(events, "Microsoft.EventGrid/systemTopics")
+    assert topic.type == "Microsoft.EventGrid/systemTopics@2025-02-15"
+    assert _one(events, "Microsoft.EventGrid/systemTopics/eventSubscriptions").type == \
+        "Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15"
+    assert subscription_errors(_resolved_subscription(), topic.value["identity"]["type"]) == []
+
+
+def test_a_system_topic_on_the_dicom_account_delivers_to_the_queue_the_app_reads() -> None:
+    events, subscription = _tier_events()
+    topic = _one(events, "Microsoft.EventGrid/systemTopics")
+    assert topic.value["properties"] == {"source": Expr("account.id"), "topicType": "Microsoft.Storage.StorageAccounts"}
+    assert topic.value["location"] == Expr("location") and subscription["parent"] == Expr("topic")
+    # The account, its queue and its dead-letter container are storage.bicep's: referenced, never redeclared here.
+    references = {d.name: d for d in events.all("resource").values() if d.type.startswith("Microsoft.Storage/")}
+    assert set(references) == {"account", "queueService", "queue", "blobService", "deadLetters"}
+    assert all(d.existing for d in references.values())
+    assert references["account"].value == {"name": Expr("storageAccountName")}
+    assert references["queueService"].value == {"parent": Expr("account"), "name": "default"}
+    assert references["queue"].value == {"parent": Expr("queueService"), "name": Expr("blobEventsQueue")}
+    properties = subscription["properties"]
+    assert "destination" not in properties, "delivered with the topic's identity, never Event Grid's"
+    destination = properties["deliveryWithResourceIdentity"]["destination"]
+    assert destination["endpointType"] == "StorageQueue"
+    assert (destination["properties"]["resourceId"], destination["properties"]["queueName"]) == (
+        Expr("account.id"), Expr("queue.name"))
+    # main.bicep: the topic's account and queue are the storage module's, and the app reads that queue.
+    main = _file("main.bicep")
+    modules = main.all("module")
+    given = modules["events"].value["params"]
+    assert (given["storageAccountName"], given["location"]) == (Expr("storage.outputs.name"), Expr("location"))
+    assert given["blobEventsQueue"] == modules["app"].value["params"]["blobEventsQueue"] == Expr(
+        "storage.outputs.blobEventsQueue")
+    storage = _file("modules/storage.bicep")
+    queues = _one(storage, "Microsoft.Storage/storageAccounts/queueServices/queues")
+    assert storage.all("output")["blobEventsQueue"].value == Expr("queues[2].name")
+    assert _loop_items(queues.loop)[2:] == ["blobEventsQueue", f"'${{blobEventsQueue}}{POISON_SUFFIX}'"], \
+        "the queue and the poison queue the host moves a message to after maxDequeueCount"
+    assert main.all("var")["blobEventsQueue"].value == Settings().blob_events_queue
+    assert _app_settings()["DICOMWEB_BLOB_EVENTS_QUEUE"] == Expr("blobEventsQueue")
+    assert main.all("output")["DICOMWEB_BLOB_EVENTS_QUEUE"].value == Expr("storage.outputs.blobEventsQueue")
+    # The app receives and deletes the messages with its Storage Queue Data Contributor role on the whole account.
+    (app_queues,) = [a for a in storage.resources("Microsoft.Authorization/roleAssignments")
+                     if a.value["properties"]["principalId"] == Expr("identityPrincipalId")
+                     and "queueDataContributor" in a.value["properties"]["roleDefinitionId"].text]
+    assert app_queues.value["scope"] == Expr("account")
+
+
+def test_only_the_tier_events_of_the_instance_blobs_are_delivered() -> None:
+    events, subscription = _tier_events()
+    assert events.all("var")["tierEvents"].value == TIER_EVENTS
+    event_filter = subscription["properties"]["filter"]
+    assert event_filter["includedEventTypes"] == Expr("tierEvents")
+    assert event_filter["isSubjectCaseSensitive"] is True and "advancedFilters" not in event_filter
+    # The container the filter names is the one the app setting DICOMWEB_INSTANCE_CONTAINER names.
+    modules = _file("main.bicep").all("module")
+    assert modules["events"].value["params"]["instanceContainer"] == Expr("storage.outputs.instanceContainer")
+    assert modules["app"].value["params"]["instanceContainer"] == Expr("storage.outputs.instanceContainer")
+    assert _app_settings()["DICOMWEB_INSTANCE_CONTAINER"] == Expr("instanceContainer")
+    resolved = _resolved_subscription()["filter"]
+    begins, ends = resolved["subjectBeginsWith"], resolved["subjectEndsWith"]
+    assert begins == f"/blobServices/default/containers/{Settings().instance_container}/blobs/" and ends == ".dcm"
+
+    def delivered(container: str, blob: str) -> bool:
+        subject = f"/blobServices/default/containers/{container}/blobs/{blob}"
+        return subject.startswith(begins) and subject.endswith(ends)
+
+    location = Location("1.2.3", "1.2.3.4", "1.2.3.4.5", new_generation())
+    defaults = Settings()
+    assert delivered(defaults.instance_container, location.instance)
+    for container, blob in [(defaults.sidecar_container, location.sidecar("json")),
+                            (defaults.sidecar_container, location.instance),
+                            (defaults.staging_container, f"{location.stem}.dcm"),
+                            (defaults.instance_container, location.sidecar("thumbnail")),
+                            (f"{defaults.instance_container}-old", location.instance),
+                            ("dicom-events-deadletter", "INSTANCE-TIER-CHANGES/2026/1/1/0/x.dcm")]:
+        assert not delivered(container, blob), (container, blob)
+
+
+def test_undeliverable_events_are_retried_then_dead_lettered_to_a_container_of_their_own() -> None:
+    events, subscription = _tier_events()
+    properties = subscription["properties"]
+    assert properties["retryPolicy"] == RETRY_LIMITS, "the documented maximums: 30 attempts within 24 hours"
+    queue = properties["deliveryWithResourceIdentity"]["destination"]["properties"]
+    assert queue["queueMessageTimeToLiveInSeconds"] == -1, "a tier change waits however long the app is stopped"
+    assert "deadLetterDestination" not in properties, "dead-lettered with the topic's identity, never Event Grid's"
+    dead_letter = properties["deadLetterWithResourceIdentity"]["deadLetterDestination"]
+    assert dead_letter == {"endpointType": "StorageBlob", "properties": {
+        "resourceId": Expr("account.id"), "blobContainerName": Expr("deadLetters.name")}}
+    container = events.all("resource")["deadLetters"]
+    assert container.existing and container.value == {"parent": Expr("blobService"), "name": Expr("deadLetterContainer")}
+    assert events.all("resource")["blobService"].value == {"parent": Expr("account"), "name": "default"}
+    main = _file("main.bicep")
+    assert main.all("module")["events"].value["params"]["deadLetterContainer"] == Expr(
+        "storage.outputs.deadLetterContainer")
+    name = main.all("var")["deadLetterContainer"].value
+    assert re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}", name), "a valid container name"
+    assert name not in {Settings().instance_container, Settings().sidecar_container, Settings().staging_container}
+    storage = _file("modules/storage.bicep")
+    containers = _one(storage, "Microsoft.Storage/storageAccounts/blobServices/containers")
+    assert _loop_items(containers.loop)[4] == "deadLetterContainer"
+    assert storage.all("output")["deadLetterContainer"].value == Expr("containers[4].name")
+
+
+def test_the_topic_identity_gets_only_the_roles_delivery_and_dead_lettering_need_on_their_targets() -> None:
+    events, subscription = _tier_events()
+    topic = _one(events, "Microsoft.EventGrid/systemTopics")
+    assert topic.value["identity"] == {"type": "SystemAssigned"}
+    properties = subscription["properties"]
+    assert properties["deliveryWithResourceIdentity"]["identity"] == {"type": "SystemAssigned"}
+    assert properties["deadLetterWithResourceIdentity"]["identity"] == {"type": "SystemAssigned"}
+    variables = events.all("var")
+    assert (variables["queueMessageSender"].value, variables["blobDataContributor"].value) == (
+        QUEUE_MESSAGE_SENDER, BLOB_DATA_CONTRIBUTOR)
+    assignments = events.resources("Microsoft.Authorization/roleAssignments")
+    granted = {}
+    for assignment in assignments:
+        value = assignment.value
+        assert assignment.condition is None
+        assert value["properties"]["principalId"] == Expr("topic.identity.principalId")
+        assert value["properties"]["principalType"] == "ServicePrincipal"
+        role = re.fullmatch(r"subscriptionResourceId\('Microsoft.Authorization/roleDefinitions', (\w+)\)",
+                            value["properties"]["roleDefinitionId"].text).group(1)
+        assert value["name"] == Expr(f"guid({value['scope'].text}.id, topic.id, {role})")
+        granted[value["scope"].text] = role
+    # The queue alone for sending, the dead-letter container alone for writing: the narrowest scopes these roles take.
+    assert granted == {"queue": "queueMessageSender", "deadLetters": "blobDataContributor"}
+    assert set(subscription["dependsOn"]) == {Expr(a.name) for a in assignments}, \
+        "the roles exist before the first delivery (a refused one is not retried)"
+    assert all("topic.identity" not in path.read_text() for path in BICEP_FILES if path.name != "events.bicep")
+
+
+def test_storage_prices_reach_the_app_as_the_code_reads_them() -> None:
+    main = _file("main.bicep")
+    default = main.all("param")["storagePricesPerGbMonth"].value
+    assert default == json.loads((ROOT / "local.settings.json.example").read_text())["Values"][
+        "DICOMWEB_PRICES_PER_GB_MONTH"]
+    assert Settings.from_env({"DICOMWEB_PRICES_PER_GB_MONTH": default}).prices_per_gb_month == DEFAULT_PRICES
+    assert main.all("module")["app"].value["params"]["pricesPerGbMonth"] == Expr("storagePricesPerGbMonth")
+    assert _app_settings()["DICOMWEB_PRICES_PER_GB_MONTH"] == Expr("pricesPerGbMonth")
+    assert main.all("output")["DICOMWEB_PRICES_PER_GB_MONTH"].value == Expr("storagePricesPerGbMonth")
 
 
 def test_checkov_finds_no_failed_check_and_every_suppression_has_a_reason(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response, StreamingResponse
@@ -21,7 +21,8 @@ from dicomweb import audit, auth
 from dicomweb.auth import Permission
 from dicomweb.config import Settings
 from dicomweb.dicom.syntax import is_valid_uid
-from dicomweb.errors import BadRequest, DicomWebError, Forbidden, NotConfigured, StorageFailure, Unauthorized
+from dicomweb.errors import (Archived, BadRequest, DicomWebError, Forbidden, NotConfigured, Rehydrating, StorageFailure,
+                             Unauthorized)
 from dicomweb.service import Service, get_service
 from dicomweb.storage import monitor
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
 #: Response headers a browser client may read.
-EXPOSED = "Content-Type, Warning, Location, WWW-Authenticate, Retry-After, ETag"
+EXPOSED = "Content-Type, Warning, Location, WWW-Authenticate, Retry-After, ETag, Link"
 Handler = Callable[[Request, Service], Awaitable[Response]]
 #: The permission each HTTP function needs, by function name: declared by :func:`endpoint`, where it is registered.
 REQUIREMENTS: dict[str, Permission] = {}
@@ -141,6 +142,28 @@ async def streaming(body: AsyncIterator[bytes], media_type: str, headers: dict[s
     return StreamingResponse(rest(), media_type=media_type, headers=headers)
 
 
+async def small_json(req: Request, most: int, shape: str) -> dict[str, Any]:
+    """A request body that is a small JSON object (at most ``most`` bytes, counted as it arrives; empty: ``{}``);
+    400 naming ``shape`` for anything else."""
+    raw = b""
+    async for chunk in req.stream():
+        raw += chunk
+        if len(raw) > most:
+            raise BadRequest(f"the request is a small JSON object (at most {most} bytes): {shape}")
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        raise BadRequest(f"send a JSON object: {shape}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"send a JSON object: {shape}")
+    return body
+
+
+def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A plain JSON answer (the extensions' resources: upload sessions, operations, rehydration, usage)."""
+    return Response(json.dumps(body).encode(), status_code=status, headers=headers, media_type="application/json")
+
+
 def dicom_json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A DICOM JSON answer with exactly ``Content-Type: application/dicom+json`` (no charset)."""
     response = Response(json.dumps(body).encode(), status_code=status, headers=headers)
@@ -162,10 +185,22 @@ def warning_header(message: str) -> str:
     return '299 dicomweb "' + text[:1000] + '"'
 
 
-def error_response(error: DicomWebError) -> Response:
-    """The one place a service error becomes an HTTP answer: status, ErrorComment, Warning header."""
-    body = {"00000902": {"vr": "LO", "Value": [error.message[:64]]}, "message": error.message}
-    headers = {"warning": warning_header(error.message)}
+def error_response(error: DicomWebError, rehydrate: str | None = None) -> Response:
+    """The one place a service error becomes an HTTP answer: status, ErrorComment, Warning header.
+
+    Bytes that are not online (Archived) also name ``rehydrate``, the absolute URL a writer
+    POSTs to bring them back: in the body, the Warning and a ``Link`` header.
+    """
+    message = error.message
+    body: dict[str, object] = {"00000902": {"vr": "LO", "Value": [message[:64]]}, "message": message}
+    headers: dict[str, str] = {}
+    if isinstance(error, Archived) and rehydrate:
+        message = f"{message}; POST {rehydrate}"
+        body.update(message=message, rehydrate=rehydrate)
+        headers["link"] = f'<{rehydrate}>; rel="rehydrate"'
+    if isinstance(error, Rehydrating):
+        headers["retry-after"] = str(error.retry_after)
+    headers["warning"] = warning_header(message)
     if isinstance(error, Unauthorized):
         headers["www-authenticate"] = 'Bearer error="invalid_token"'
     if isinstance(error, Forbidden):
@@ -224,6 +259,16 @@ def start_up() -> None:
         log.error("no data will be served: %s", problem)
 
 
+def rehydration_url(req: Request, settings: Settings | None) -> str | None:
+    """The rehydration resource of what the request addresses (its study, series or instance)."""
+    study, series, instance = (req.path_params.get(name) for name in ("study", "series", "instance"))
+    if settings is None or study is None:
+        return None
+    path = f"/studies/{study}" + (f"/series/{series}" if series else "")
+    path += f"/instances/{instance}" if instance else ""
+    return f"{base_url(req, settings)}{path}/rehydrate"
+
+
 #: Path parameters an audit record names (UIDs and upload session ids: never patient data).
 _AUDITED = {"study": "study", "series": "series", "instance": "instance", "id": "session"}
 
@@ -244,7 +289,7 @@ async def _answer(req: Request, handler: Handler, name: str, needs: Permission) 
         _check_path(req)
         response = await handler(req, service)
     except DicomWebError as error:
-        response = error_response(error)
+        response = error_response(error, rehydration_url(req, settings) if isinstance(error, Archived) else None)
     except Exception:  # noqa: BLE001 - a bug still answers in DICOM JSON, and is logged
         log.exception("%s failed", name)
         response = error_response(DicomWebError("internal error; the service log has the details"))

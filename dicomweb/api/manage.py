@@ -1,14 +1,14 @@
-"""DELETE of studies, series and instances, the change feed (as the Azure DICOM service offers them), and
-the reindex operation (rebuild the index from Blob, fanned out over the job queue)."""
+"""DELETE of studies, series and instances, the change feed (as the Azure DICOM service offers them),
+the reindex operation (rebuild the index from Blob, fanned out over the job queue), and what the store
+holds and costs (``GET /usage``)."""
 
 import dataclasses
-import json
 
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
-from dicomweb import changefeed, delete, reindex
-from dicomweb.api.http import base_url, dicom_json, endpoint
+from dicomweb import changefeed, delete, reindex, usage
+from dicomweb.api.http import base_url, dicom_json, endpoint, json_response
 from dicomweb.auth import Permission
 from dicomweb.dicom.syntax import bounded_int
 from dicomweb.errors import BadRequest
@@ -89,20 +89,26 @@ def _progress(progress: reindex.Progress, base: str) -> dict[str, object]:
             **({"report": dataclasses.asdict(progress.report)} if progress.report is not None else {})}
 
 
-def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(body).encode(), status_code=status, headers=headers, media_type="application/json")
-
 
 @endpoint(blueprint, "reindex_start", "operations/reindex", ["POST"], Permission.DELETE)
 async def start_reindex(req: Request, service: Service) -> Response:
     """Rebuild the index from Blob: one job per study on the queue; 202 with the run's status URL."""
     run = await reindex.start(service)
     answer = _progress(reindex.Progress(run, 0, None), base_url(req, service.settings))
-    return _json(answer, 202, {"location": str(answer["statusUrl"])})
+    return json_response(answer, 202, {"location": str(answer["statusUrl"])})
 
 
 @endpoint(blueprint, "reindex_status", "operations/reindex/{id}", ["GET"], Permission.DELETE)
 async def reindex_status(req: Request, service: Service) -> Response:
     """How many partitions of a run are done, and once all are, what they did together."""
     progress = await reindex.progress(service, req.path_params["id"])
-    return _json(_progress(progress, base_url(req, service.settings)))
+    return json_response(_progress(progress, base_url(req, service.settings)))
+
+
+@endpoint(blueprint, "usage", "usage", ["GET"], Permission.DELETE)
+async def storage_usage(req: Request, service: Service) -> Response:
+    """What the three containers hold and cost a month, per access tier, by kind and for the ``top`` largest
+    studies (default 20, at most 1000; the rest summed): the JSON :mod:`dicomweb.usage` documents. One listing
+    of every blob, so it takes a while on a large store (``dicomweb usage`` runs the same without a time limit)."""
+    top = _count(req, "top", usage.DEFAULT_TOP, 0, usage.MAX_TOP)
+    return json_response(await usage.measure(service.blobs.inventory, service.settings.prices_per_gb_month, top))

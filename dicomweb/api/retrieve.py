@@ -5,14 +5,16 @@ from typing import AsyncIterator
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
-from dicomweb import records, retrieve, transcode
+from dicomweb import availability, records, retrieve, transcode
 from dicomweb.api import conditional
-from dicomweb.api.http import DICOM_JSON, base_url, endpoint, streaming
+from dicomweb.api.http import DICOM_JSON, base_url, endpoint, rehydration_url, streaming, warning_header
 from dicomweb.auth import Permission
 from dicomweb.dicom import media
+from dicomweb.dicom.availability import ONLINE
 from dicomweb.dicom.multipart import multipart_body, new_boundary, write_multipart
 from dicomweb.errors import NotAcceptable
 from dicomweb.service import Service
+from dicomweb.storage.cosmos import Document
 
 blueprint = func.Blueprint()
 
@@ -97,13 +99,19 @@ async def _metadata(req: Request, service: Service) -> Response:
         raise NotAcceptable(f"metadata is served as {DICOM_JSON}")
     study, series, instance = _uids(req)
     docs = await retrieve.instance_documents(service, study, series, instance)
+    warning = None
+    if instance is None:
+        docs, warning = await _online(req, service, docs)
     base = base_url(req, service.settings)
     compress = media.accepts_gzip(req.headers.get("accept-encoding"))
-    tag = conditional.etag("metadata", base, compress, *(d["generation"] for d in docs))
+    tag = conditional.etag("metadata", base, compress, warning or "",
+                           *(f"{d['generation']}:{d.get('availability', ONLINE)}" for d in docs))
     vary = "Accept, Accept-Encoding"
     if (unchanged := conditional.not_modified(req, tag, conditional.REVALIDATE, vary)) is not None:
         return unchanged
     headers = conditional.headers(tag, conditional.REVALIDATE, vary)
+    if warning:
+        headers["warning"] = warning_header(warning)
     if compress:
         headers["content-encoding"] = "gzip"
     kept = service.answers.get(tag)
@@ -114,12 +122,42 @@ async def _metadata(req: Request, service: Service) -> Response:
         separator = b"["
         async for doc, sidecar in retrieve.metadata(service, docs):
             url = f"{base}/studies/{doc['studyInstanceUID']}/series/{doc['seriesInstanceUID']}/instances/{doc['sopInstanceUID']}"
-            yield separator + records.served_metadata(sidecar, url)
+            yield separator + records.served_metadata(sidecar, url, doc.get("availability", ONLINE))
             separator = b","
         yield b"]"
 
     return await streaming(_kept(service, tag, retrieve.gzipped(instances()) if compress else instances()),
                            DICOM_JSON, headers)
+
+
+#: SOP Instance UIDs a Warning names of the instances left out of series or study metadata.
+NAMED_LEFT_OUT = 10
+
+
+async def _online(req: Request, service: Service, docs: list[Document]) -> tuple[list[Document], str | None]:
+    """The instances of series or study metadata that are online, and a Warning naming those left out.
+
+    A viewer builds a slide's pyramid from series metadata and reads tiles of whatever
+    level it lists: leaving out the levels whose bytes are offline (checked against their
+    blobs) lets an archived slide open from its hot levels (labels, overviews and small
+    levels stay hot) with no failed request. QIDO still lists every instance with its
+    availability, and once rehydrated the levels are listed again (the ETag changes). When
+    none is online, the answer is the refusal of a retrieve (409 OFFLINE, 503 NEARLINE).
+    """
+    left_out = await availability.confirm(service, docs)
+    if not left_out:
+        return docs, None
+    gone = {doc["sopInstanceUID"] for doc, _ in left_out}
+    online = [d for d in docs if d["sopInstanceUID"] not in gone]
+    if not online:
+        await retrieve.check_readable(service, [doc for doc, _ in left_out])
+    names = sorted(gone)
+    shown = ", ".join(names[:NAMED_LEFT_OUT])
+    if len(names) > NAMED_LEFT_OUT:
+        shown += f" and {len(names) - NAMED_LEFT_OUT} more"
+    where = rehydration_url(req, service.settings)
+    return online, (f"{len(names)} of {len(docs)} instances are left out, not online (OFFLINE or NEARLINE): {shown}; "
+                    f"POST {where} to rehydrate them")
 
 
 async def _kept(service: Service, tag: str, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

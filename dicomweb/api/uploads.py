@@ -7,16 +7,15 @@ STOW-RS answer, or 202 while the ingest job goes on; ``DELETE /uploads/{id}`` â†
 timer sends a removal job for each expired session.
 """
 
-import json
 import logging
 
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
 from dicomweb import auth, uploads
-from dicomweb.api.http import base_url, dicom_json, endpoint, warning_header
+from dicomweb.api.http import base_url, dicom_json, endpoint, json_response, small_json, warning_header
 from dicomweb.auth import Permission
-from dicomweb.errors import BadRequest, PayloadTooLarge
+from dicomweb.errors import PayloadTooLarge
 from dicomweb.service import Service, get_service
 
 blueprint = func.Blueprint()
@@ -30,35 +29,22 @@ MAX_REQUEST_BYTES = 64 * 1024
 RECORD_BYTES_PER_FRAME = 16
 
 
-def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(body).encode(), status_code=status, headers=headers, media_type="application/json")
-
 
 @endpoint(blueprint, "upload_create", "uploads", ["POST"], Permission.WRITE)
 async def create(req: Request, service: Service) -> Response:
     """Open a session for one instance of a declared size."""
-    raw = b""
-    async for chunk in req.stream():
-        raw += chunk
-        if len(raw) > MAX_REQUEST_BYTES:
-            raise BadRequest(f"an upload request is a small JSON object (at most {MAX_REQUEST_BYTES} bytes)")
-    try:
-        request = json.loads(raw or b"{}")
-    except ValueError:
-        raise BadRequest('send a JSON object: {"size": <bytes>, "studyInstanceUID": <optional UID>}') from None
-    if not isinstance(request, dict):
-        raise BadRequest('send a JSON object: {"size": <bytes>, "studyInstanceUID": <optional UID>}')
+    request = await small_json(req, MAX_REQUEST_BYTES, '{"size": <bytes>, "studyInstanceUID": <optional UID>}')
     session = await uploads.create(service, request.get("size"), request.get("studyInstanceUID"), auth.current().id)
     base = base_url(req, service.settings)
     description = await uploads.describe(service, session, base)
-    return _json(description, 201, {"location": description["statusUrl"]})
+    return json_response(description, 201, {"location": description["statusUrl"]})
 
 
 @endpoint(blueprint, "upload_status", SESSION, ["GET"], Permission.WRITE)
 async def status(req: Request, service: Service) -> Response:
     """Which blocks arrived (and a fresh SAS), the ingest's progress, or its result."""
     session = await uploads.status(service, req.path_params["id"], auth.current().id)
-    return _json(await uploads.describe(service, session, base_url(req, service.settings)))
+    return json_response(await uploads.describe(service, session, base_url(req, service.settings)))
 
 
 @endpoint(blueprint, "upload_commit", SESSION + "/commit", ["POST"], Permission.WRITE)
@@ -75,7 +61,7 @@ async def commit(req: Request, service: Service) -> Response:
     session = await uploads.commit(service, req.path_params["id"], auth.current().id, base, record)
     if session.result is None:
         description = await uploads.describe(service, session, base)
-        return _json(description, 202, {"location": description["statusUrl"], "retry-after": "5"})
+        return json_response(description, 202, {"location": description["statusUrl"], "retry-after": "5"})
     result = session.result
     headers = {"warning": warning_header(result["warning"])} if result["warning"] else {}
     return dicom_json(result["body"], result["status"], headers or None)

@@ -3,7 +3,10 @@
 Both come from the committed ``package.json`` (pinned versions, ``npm ci``), each behind a
 wrapper in this folder that enforces what Azure enforces and they do not: the Archive tier
 and slow rehydration (``azurite_blob.js``), Cosmos DB's item size limit and, on request,
-throttling (``cosmos_server.js``). Azurite keeps blobs and queue messages in a folder, so
+throttling (``cosmos_server.js``). The Blob wrapper also does what Azure's platform does
+around Blob Storage: it keeps last access times and, as Event Grid, posts blob events to the
+local queue service (a container subscribes with metadata ``dicomweb_events_queue=<queue>``).
+Azurite keeps blobs and queue messages in a folder, so
 data survives restarts; the Cosmos server keeps its data in memory only, which is why
 ``serve`` reindexes from Blob on start. After every start the emulators are provisioned
 (:mod:`dicomweb.local.provision`), as the Bicep provisions Azure.
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Mapping
 
 from dicomweb.local.provision import provision
+from dicomweb.storage.queues import add_only_sas
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_BIN = ROOT / "node_modules" / ".bin"
@@ -110,6 +114,9 @@ class Emulators:
                        "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
                        "--location", str(self.data_dir / "azurite"), "--skipApiVersionCheck", "--loose", "--silent",
                        "--disableTelemetry"]
+            if self.queue_port:  # blob events go to the queue service (Event Grid's part in Azure)
+                command += ["--eventsEndpoint", f"http://127.0.0.1:{self.queue_port}/{AZURITE_ACCOUNT}",
+                            "--eventsSas", add_only_sas(AZURITE_ACCOUNT, AZURITE_KEY)]
             port = self.blob_port
         elif name == "queue":
             command = [str(NODE_BIN / "azurite-queue"), "--queueHost", "127.0.0.1", "--queuePort", str(self.queue_port),

@@ -12,13 +12,18 @@ from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.storage.blob.aio import BlobServiceClient
 
 from dicomweb.storage.instances import InstanceStore
+from dicomweb.storage.inventory import Inventory
 from dicomweb.storage.sidecars import SidecarStore
 from dicomweb.storage.staging import StagingStore
 from dicomweb.storage.transfer import RangeReader, SasSigner, failure
 
 
+#: Container metadata naming the queue the local Azurite stand-in posts the container's blob events to.
+EVENTS_METADATA = "dicomweb_events_queue"
+
+
 class BlobStores:
-    """The storage account: its three stores, sharing one SAS signer and one ranged reader."""
+    """The storage account: its three stores, sharing one SAS signer and one ranged reader, and their inventory."""
 
     def __init__(self, service: BlobServiceClient, instance_container: str, sidecar_container: str,
                  staging_container: str, timeout_seconds: int = 20) -> None:
@@ -28,10 +33,17 @@ class BlobStores:
         self.instances = InstanceStore(service.get_container_client(instance_container), self._ranges)
         self.sidecars = SidecarStore(service.get_container_client(sidecar_container))
         self.staging = StagingStore(service.get_container_client(staging_container), self.signer, self._ranges)
+        #: What the three containers hold, blob by blob (``dicomweb usage``).
+        self.inventory = Inventory(self.instances.container, self.sidecars.container, self.staging.container)
 
-    async def provision(self) -> None:
-        """Create the containers where missing (idempotent): for the local stack only
-        (:mod:`dicomweb.local.provision`); in Azure the Bicep owns them."""
+    async def provision(self, events_queue: str | None = None) -> None:
+        """Create the containers where missing (idempotent), and subscribe ``events_queue`` (if given) to the instance
+        container's blob events: for the local stack only (:mod:`dicomweb.local.provision`); in Azure the Bicep
+        owns them (the Event Grid subscription of ``infra/modules/events.bicep``).
+
+        The local Azurite stand-in (``dicomweb/local/azurite_blob.js``) posts a container's
+        blob events to the queue its ``dicomweb_events_queue`` metadata names.
+        """
         for store in (self.instances, self.sidecars, self.staging):
             try:
                 await store.container.create_container()
@@ -39,6 +51,12 @@ class BlobStores:
                 pass
             except AzureError as exc:
                 raise failure(exc, store.container.container_name) from exc
+        if events_queue is None:
+            return
+        try:
+            await self.instances.container.set_container_metadata({EVENTS_METADATA: events_queue})
+        except AzureError as exc:
+            raise failure(exc, self.instances.container.container_name) from exc
 
     async def close(self) -> None:
         """Release the HTTP sessions."""

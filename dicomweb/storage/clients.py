@@ -97,6 +97,12 @@ def job_queue(settings: Settings) -> JobQueue:
     return JobQueue(queue_service(settings), settings.jobs_queue)
 
 
+def event_queue(settings: Settings) -> JobQueue:
+    """The queue Event Grid delivers the instance container's blob events to (provisioned locally; only the
+    queue trigger reads it)."""
+    return JobQueue(queue_service(settings), settings.blob_events_queue)
+
+
 def queue_consumer(settings: Settings, name: str) -> QueueConsumer:
     """The consumer side of queue ``name``, for the local host (the Functions host consumes in Azure)."""
     return QueueConsumer(queue_service(settings), name)

@@ -37,6 +37,13 @@ class IndexStore(Container):
         """
         return await self.query("SELECT * FROM c WHERE c.type = @type", {"@type": kind}, None)
 
+    async def unavailable(self, study: str) -> list[Document]:
+        """A study's instance documents saying their file is not online (NEARLINE or OFFLINE): what reconciling
+        the index with the tiers compares with Blob's listing of the study."""
+        return await self.query(
+            "SELECT * FROM c WHERE c.studyInstanceUID = @study AND c.type = 'instance' "
+            "AND (c.availability = 'NEARLINE' OR c.availability = 'OFFLINE')", {"@study": study}, study)
+
     async def summaries(self, study: str) -> list[Document]:
         """The study and series documents of a study."""
         return await self.query(

@@ -17,6 +17,10 @@ from dataclasses import dataclass
 #: go unread; ``hot`` ones (sidecars, labels, overviews, thumbnails, small pyramid levels) stay hot.
 TIER_TAG = "dicomweb_tier"
 HOT, AUTO = "hot", "auto"
+#: The tag rehydration gives an instance blob before it leaves the Archive tier: the archive rule matches ``auto``
+#: only, and rehydrating changes neither the last-access nor the last-modified time, so an ``auto`` blob would be
+#: archived again at the next daily run.
+REHYDRATED = "rehydrated"
 SIDECAR_KINDS = ("json", "frames", "thumbnail")
 
 

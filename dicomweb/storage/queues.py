@@ -4,7 +4,8 @@ In Azure the Functions host consumes the job queue (a queue trigger): it keeps a
 invisible while its function runs, makes it visible again after a failure, and moves it
 to ``<queue>-poison`` after ``maxDequeueCount`` deliveries (``host.json``). The service
 itself only sends. :class:`QueueConsumer` is what ``dicomweb serve`` uses to play the
-host's part against Azurite's queue service.
+host's part against Azurite's queue service, and :func:`add_only_sas` lets the local Blob
+stand-in post blob events to a queue as Event Grid does in Azure.
 
 Messages are JSON text (``host.json`` sets ``messageEncoding`` to ``none``, so the host
 reads them as sent).
@@ -14,9 +15,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.storage.queue import AccountSasPermissions, ResourceTypes, generate_account_sas
 from azure.storage.queue.aio import QueueClient, QueueServiceClient
 
 from dicomweb.errors import StorageFailure
@@ -24,6 +27,8 @@ from dicomweb.errors import StorageFailure
 #: Azure's longest message delay and visibility timeout (7 days).
 MAX_DELAY_SECONDS = 7 * 24 * 3600
 POISON_SUFFIX = "-poison"
+#: How long the local stand-in's event SAS lasts: longer than any local stack runs.
+EVENTS_SAS_DAYS = 3650
 
 
 def _failure(exc: AzureError, what: str) -> StorageFailure:
@@ -31,6 +36,13 @@ def _failure(exc: AzureError, what: str) -> StorageFailure:
         return StorageFailure(f"Queue Storage has no queue '{what}': the infrastructure (infra/) deploys it",
                               retry_after=5)
     return StorageFailure(f"Queue Storage failed on {what}: {exc.__class__.__name__}")
+
+
+def add_only_sas(account_name: str, account_key: str) -> str:
+    """An account SAS that can only add messages to queues: all the local Blob stand-in needs to post the
+    events Event Grid delivers in Azure (``dicomweb/local/azurite_blob.js``), and nothing it could read."""
+    return generate_account_sas(account_name, account_key, ResourceTypes(object=True), AccountSasPermissions(add=True),
+                                datetime.now(timezone.utc) + timedelta(days=EVENTS_SAS_DAYS), services="q")
 
 
 class JobQueue:

@@ -1,8 +1,8 @@
 // The service: a Python 3.11 Function App on the Flex Consumption plan with HTTP streams, running
 // as the user-assigned identity. App settings carry every DICOMWEB_* name the code reads
-// (dicomweb/config.py SETTING_NAMES) and no secret: Blob, the job queue, Cosmos DB, the Functions host
-// storage and Application Insights are all reached with the identity. FTP and basic-auth publishing
-// are off: deployments authenticate with Entra ID.
+// (dicomweb/config.py SETTING_NAMES) and no secret: Blob, the job and blob event queues, Cosmos DB,
+// the Functions host storage and Application Insights are all reached with the identity. FTP and
+// basic-auth publishing are off: deployments authenticate with Entra ID.
 
 @description('Function App name.')
 param name string
@@ -30,6 +30,9 @@ param storageQueueEndpoint string
 
 @description('Queue of the background jobs.')
 param jobsQueue string
+
+@description('Queue Event Grid delivers the instance blobs\' tier events to (same connection as the job queue).')
+param blobEventsQueue string
 
 @description('Container Flex Consumption deploys the app package from.')
 param deploymentContainer string
@@ -87,6 +90,9 @@ param maxRequestMB int
 
 @description('Instances at most this size (and labels, overviews, thumbnails) are pinned to the hot tier.')
 param hotPinMB int
+
+@description('Storage list prices per GB and month by access tier, e.g. Hot=0.0184,Cool=0.01,Cold=0.0036,Archive=0.00099.')
+param pricesPerGbMonth string
 
 @description('Memory of one instance in MB.')
 @allowed([
@@ -232,6 +238,8 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     DICOMWEB_QUEUES__credential: 'managedidentity'
     DICOMWEB_QUEUES__clientId: identityClientId
     DICOMWEB_JOBS_QUEUE: jobsQueue
+    // Event Grid's tier events for the instance blobs (events.bicep), read through the same connection.
+    DICOMWEB_BLOB_EVENTS_QUEUE: blobEventsQueue
     DICOMWEB_COSMOS_CONNECTION_STRING: ''
     DICOMWEB_COSMOS_ENDPOINT: cosmosEndpoint
     DICOMWEB_COSMOS_DATABASE: cosmosDatabase
@@ -259,6 +267,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     DICOMWEB_UPLOAD_SESSION_SECONDS: '86400'
     DICOMWEB_COMMIT_WAIT_SECONDS: '200'
     DICOMWEB_HOT_PIN_MB: string(hotPinMB)
+    DICOMWEB_PRICES_PER_GB_MONTH: pricesPerGbMonth
     DICOMWEB_CHANGEFEED_GAP_SECONDS: '10'
     DICOMWEB_MAX_FRAMES_PER_REQUEST: '1000'
     DICOMWEB_STORAGE_TIMEOUT_SECONDS: '20'

@@ -1,8 +1,10 @@
 // The DICOM data: one storage account (shared-key access off, TLS 1.2, no public blobs) with the
 // instance, sidecar and staging containers, soft delete, last-access tracking, and the lifecycle
 // policy that moves unread instance blobs to cool, cold and archive while pinned ones stay hot;
-// and the job queue (with its poison queue) the service's queue-triggered function consumes.
-// Every container and queue the code uses is created here: in Azure the service creates none.
+// the job queue and the blob event queue (each with its poison queue) the service's queue-triggered
+// functions consume, and the container Event Grid dead-letters undeliverable blob events to
+// (events.bicep). Every container and queue the code uses is created here: in Azure the service
+// creates none.
 
 @description('Storage account name (3-24 lower-case letters and digits).')
 param name string
@@ -38,6 +40,12 @@ param deploymentContainer string
 
 @description('Queue of the background jobs (DICOMWEB_JOBS_QUEUE); the host adds "-poison" for failed ones.')
 param jobsQueue string
+
+@description('Queue Event Grid delivers the instance blobs\' tier events to (DICOMWEB_BLOB_EVENTS_QUEUE); the host adds "-poison" for failed ones.')
+param blobEventsQueue string
+
+@description('Container Event Grid writes the blob events it could not deliver to (dead-lettering).')
+param deadLetterContainer string
 
 @description('Days deleted blobs and containers can be restored.')
 param softDeleteDays int = 14
@@ -116,7 +124,7 @@ resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01'
 }
 
 resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = [
-  for container in [instanceContainer, sidecarContainer, stagingContainer, deploymentContainer]: {
+  for container in [instanceContainer, sidecarContainer, stagingContainer, deploymentContainer, deadLetterContainer]: {
     parent: blobService
     name: container
     properties: {
@@ -131,7 +139,7 @@ resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-0
 }
 
 resource queues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = [
-  for queue in [jobsQueue, '${jobsQueue}-poison']: {
+  for queue in [jobsQueue, '${jobsQueue}-poison', blobEventsQueue, '${blobEventsQueue}-poison']: {
     parent: queueService
     name: queue
   }
@@ -196,7 +204,9 @@ output name string = account.name
 output blobEndpoint string = account.properties.primaryEndpoints.blob
 output queueEndpoint string = account.properties.primaryEndpoints.queue
 output jobsQueue string = queues[0].name
+output blobEventsQueue string = queues[2].name
 output instanceContainer string = containers[0].name
 output sidecarContainer string = containers[1].name
 output stagingContainer string = containers[2].name
 output deploymentContainer string = containers[3].name
+output deadLetterContainer string = containers[4].name

@@ -23,7 +23,8 @@ from PIL import Image
 from playwright.sync_api import Browser, sync_playwright
 from pydicom.uid import HTJ2KLossless, JPEG2000Lossless, JPEGBaseline8Bit
 
-from tests.conftest import ROOT, Server, ThreadedHttpServer
+from dicomweb.local.emulators import Emulators
+from tests.conftest import ROOT, Server, ThreadedHttpServer, blob_service, instance_blob, start_server
 from tests.wsi_factory import make_slide, srgb_profile
 
 VIEWER = ROOT / "node_modules" / "dicom-microscopy-viewer" / "dist" / "dynamic-import"
@@ -130,3 +131,75 @@ def test_the_viewer_draws_the_slide_from_another_origin(server: Server, site: st
     assert frames and all('multipart/related; type="' in gets[i][2] for i in frames)
     # A drawn slide: the synthetic tissue texture fills the viewport in many colours.
     assert shot.std() > 30 and len(np.unique(shot.reshape(-1, 3)[::97], axis=0)) > 500
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The service on emulators of its own, whose rehydrations take a few seconds."""
+    stack = Emulators(tmp_path_factory.mktemp("viewer-stack"), rehydrate_seconds=4)
+    settings = stack.start()
+    server = start_server(settings, tmp_path_factory.mktemp("viewer-serve"))
+    yield server
+    server.stop()
+    stack.stop()
+
+
+def _open(browser: Browser, site: str, server: Server, study: str, series: str) -> tuple[dict, list, list]:
+    """Open the slide; its state, the GETs the page sent to the service, and any failure."""
+    origin = server.base_url.removesuffix("/v1")
+    page = browser.new_page(viewport={"width": 1024, "height": 768})
+    wire: list[tuple[str, int, str]] = []
+    problems: list[str] = []
+    page.on("response", lambda r: wire.append((r.request.method, r.status, r.url.removeprefix(server.base_url)))
+            if r.url.startswith(origin) else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("requestfailed", lambda r: problems.append(f"{r.url}: {r.failure}"))
+    try:
+        page.goto(f"{site}/?url={server.base_url}&study={study}&series={series}")
+        deadline = time.monotonic() + 60
+        while sum("/frames/" in url and status == 200 for _, status, url in wire) < 4:
+            assert time.monotonic() < deadline, f"too few frames drawn: {wire} {problems}"
+            page.wait_for_timeout(250)
+        page.wait_for_timeout(2000)
+        state = page.evaluate("window.viewerState")
+    finally:
+        page.close()
+    return state, [(status, url) for method, status, url in wire if method == "GET"], problems
+
+
+def test_an_archived_slide_opens_from_its_online_levels_and_whole_once_rehydrated(
+        archive: Server, site: str, browser: Browser, tmp_path: Path) -> None:
+    """Series metadata lists the online levels only (labels, overviews, thumbnails and small levels stay hot), so
+    the viewer builds its pyramid from them and never asks for an archived tile."""
+    files = make_slide(tmp_path, levels=4, base_size=(2000, 1500))
+    for file in files:
+        assert httpx.post(f"{archive.base_url}/studies", content=file.path.read_bytes(),
+                          headers={"content-type": "application/dicom"}, timeout=60).status_code == 200
+    study, series = files[0].study_uid, files[0].series_uid
+    blobs = blob_service(archive.env)
+    for file in files[:2]:  # the two largest levels
+        blobs.get_blob_client("dicom-instances", instance_blob(archive.env, study, series, file.sop_uid)
+                              ).set_standard_blob_tier("Archive")
+    query = f"{archive.base_url}/studies/{study}/series/{series}/instances"
+    deadline = time.monotonic() + 30
+    while sorted(i["00080056"]["Value"][0] for i in httpx.get(query).json()) != ["OFFLINE"] * 2 + ["ONLINE"] * 5:
+        assert time.monotonic() < deadline, "the index did not learn the tiers"
+        time.sleep(0.2)
+
+    state, gets, problems = _open(browser, site, archive, study, series)
+    assert state == {"status": "rendered", "images": 2 + 1}, state  # two levels and the thumbnail
+    assert not problems, problems
+    assert all(status == 200 for status, _ in gets), gets
+    archived = {file.sop_uid for file in files[:2]}
+    assert not any(uid in url for _, url in gets for uid in archived), "no request for an archived level"
+
+    asked = httpx.post(f"{archive.base_url}/studies/{study}/series/{series}/rehydrate", json={"priority": "High"})
+    assert asked.status_code == 202
+    deadline = time.monotonic() + 60
+    while httpx.get(asked.headers["location"]).json()["status"] != "done" or any(
+            i["00080056"]["Value"][0] != "ONLINE" for i in httpx.get(query).json()):
+        assert time.monotonic() < deadline, "the rehydration did not end"
+        time.sleep(0.5)
+    state, gets, problems = _open(browser, site, archive, study, series)
+    assert state == {"status": "rendered", "images": 4 + 1}, state
+    assert not problems and all(status == 200 for status, _ in gets), (problems, gets)

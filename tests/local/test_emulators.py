@@ -1,10 +1,13 @@
 """The local stand-ins refuse what Azure refuses: Cosmos DB's item and patch limits, its throttling and its
 all-or-nothing transactional batches, the Archive tier's offline blobs and slow rehydration
-(``dicomweb/local/*.js``), and nothing is created but by provisioning."""
+(``dicomweb/local/*.js``), and nothing is created but by provisioning. And they do what Azure's platform does
+around Blob Storage: last access times, and blob events posted to a queue as Event Grid posts them."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import signal
 import time
@@ -18,6 +21,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.cosmos import CosmosClient, PartitionKey
 from azure.cosmos.exceptions import CosmosBatchOperationError, CosmosHttpResponseError
 from azure.storage.blob import BlobBlock, BlobServiceClient, ContainerClient, RehydratePriority, StandardBlobTier
+from azure.storage.queue import QueueClient, QueueServiceClient
 
 from dicomweb.config import Settings
 from dicomweb.errors import StorageFailure
@@ -28,6 +32,9 @@ from tests.conftest import fresh_settings
 
 MB = 1024 * 1024
 REHYDRATE_SECONDS = 3.0
+#: The container metadata that stands for an Event Grid subscription delivering to a Storage Queue.
+EVENTS_METADATA = "dicomweb_events_queue"
+EVENTS_QUEUE = "slow-events"
 #: The Cosmos SDK talks to the local server's self-signed certificate without checking it.
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 
@@ -338,12 +345,15 @@ def test_an_archived_blob_refuses_reads_and_changes_as_azure_does(emulators: dic
 
 @pytest.fixture
 def slow_rehydration(tmp_path: Path) -> Iterator[tuple[Emulators, ContainerClient]]:
-    """Azurite alone, its rehydrations taking REHYDRATE_SECONDS."""
-    stack = Emulators(tmp_path, blob_port=free_port(), rehydrate_seconds=REHYDRATE_SECONDS)
-    stack.restart("azurite")
+    """Azurite's Blob and Queue services alone, rehydrations taking REHYDRATE_SECONDS; the container's blob events
+    go to the queue EVENTS_QUEUE."""
+    stack = Emulators(tmp_path, blob_port=free_port(), queue_port=free_port(), rehydrate_seconds=REHYDRATE_SECONDS)
     try:
+        stack.restart("queue")
+        stack.restart("azurite")
+        QueueServiceClient.from_connection_string(stack.settings()["DICOMWEB_QUEUES"]).create_queue(EVENTS_QUEUE)
         service = BlobServiceClient.from_connection_string(stack.settings()["DICOMWEB_STORAGE_CONNECTION_STRING"])
-        yield stack, service.create_container("slow")
+        yield stack, service.create_container("slow", metadata={EVENTS_METADATA: EVENTS_QUEUE})
     finally:
         stack.stop()
 
@@ -360,7 +370,7 @@ def _wait_online(blob, tier: str) -> float:  # type: ignore[no-untyped-def]
 
 def test_a_rehydration_stays_pending_for_its_time_then_completes(
         slow_rehydration: tuple[Emulators, ContainerClient]) -> None:
-    _, container = slow_rehydration
+    stack, container = slow_rehydration
     _archived(container, "a")
     blob = container.get_blob_client("a")
     started = time.monotonic()
@@ -377,10 +387,13 @@ def test_a_rehydration_stays_pending_for_its_time_then_completes(
     assert REHYDRATE_SECONDS - 0.2 <= time.monotonic() - started <= REHYDRATE_SECONDS + 2
     assert blob.download_blob().readall() == b"archived bytes"
     blob.set_blob_metadata({"x": "1"})
+    assert _summary(blob_events(stack.settings(), EVENTS_QUEUE, 4)) == [  # raising the priority is no event
+        ("BlobCreated", "PutBlob", "a"), ("BlobTierChanged", "SetBlobTier", "a"),
+        ("AsyncOperationInitiated", "SetBlobTier", "a"), ("BlobTierChanged", "SetBlobTier", "a")]
 
 
 def test_a_rehydrating_copy_is_pending_until_its_time(slow_rehydration: tuple[Emulators, ContainerClient]) -> None:
-    _, container = slow_rehydration
+    stack, container = slow_rehydration
     _archived(container, "source")
     source = container.get_blob_client("source")
     copy = container.get_blob_client("copy")
@@ -395,6 +408,8 @@ def test_a_rehydrating_copy_is_pending_until_its_time(slow_rehydration: tuple[Em
     assert copy.get_blob_properties().copy.status == "success"
     assert copy.download_blob().readall() == b"archived bytes"
     assert source.get_blob_properties().blob_tier == "Archive"
+    assert _summary(blob_events(stack.settings(), EVENTS_QUEUE, 4))[2:] == [
+        ("AsyncOperationInitiated", "CopyBlob", "copy"), ("BlobCreated", "CopyBlob", "copy")]
 
 
 def test_a_pending_rehydration_survives_a_restart(slow_rehydration: tuple[Emulators, ContainerClient]) -> None:
@@ -408,3 +423,184 @@ def test_a_pending_rehydration_survives_a_restart(slow_rehydration: tuple[Emulat
     stack.restart("azurite")
     assert blob.get_blob_properties().archive_status == "rehydrate-pending-to-cool"
     _wait_online(blob, "Cool")
+
+
+# Blob events, as Event Grid delivers them to a Storage Queue, and last access times.
+
+
+def blob_events(settings: dict[str, str], queue: str, count: int, timeout: float = 15) -> list[dict]:
+    """The ``count`` blob events waiting in ``queue`` (base64 JSON, as Event Grid writes them), taken off it, in
+    sequencer order; fails if fewer arrive within ``timeout`` or more are there."""
+    client = QueueClient.from_connection_string(settings["DICOMWEB_QUEUES"], queue)
+    found: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while len(found) < count and time.monotonic() < deadline:
+        for message in client.receive_messages(max_messages=32):
+            found.append(json.loads(base64.b64decode(message.content)))
+            client.delete_message(message)
+        time.sleep(0.1)
+    time.sleep(0.3)  # any event too many would be there by now
+    found += [json.loads(base64.b64decode(m.content)) for m in client.peek_messages(max_messages=32)]
+    assert len(found) == count, [(e["eventType"], e["subject"]) for e in found]
+    return sorted(found, key=lambda event: event["data"]["sequencer"])
+
+
+def _summary(events: list[dict]) -> list[tuple[str, str, str]]:
+    """(event type without its namespace, api, blob name) of each event."""
+    return [(e["eventType"].removeprefix("Microsoft.Storage."), e["data"]["api"], e["subject"].split("/blobs/", 1)[1])
+            for e in events]
+
+
+def _subscribed(settings: dict[str, str], name: str) -> tuple[BlobServiceClient, ContainerClient, str]:
+    """A new container whose events go to a new queue: the service, the container and the queue's name."""
+    queue = f"{name}-{uuid.uuid4().hex[:8]}"
+    QueueServiceClient.from_connection_string(settings["DICOMWEB_QUEUES"]).create_queue(queue)
+    service = BlobServiceClient.from_connection_string(settings["DICOMWEB_STORAGE_CONNECTION_STRING"])
+    return service, service.create_container(queue, metadata={EVENTS_METADATA: queue}), queue
+
+
+def test_blob_events_reach_the_queue_the_container_metadata_names(emulators: dict[str, str]) -> None:
+    service, container, queue = _subscribed(emulators, "events")
+    name = "1.2.3/4.5.6/7.8.9/0001.dcm"
+    put = container.get_blob_client(name)
+    put.upload_blob(b"put blob", tags={"dicomweb_tier": "auto"})
+    committed = container.get_blob_client("committed")
+    committed.stage_block("YmxvY2s=", b"blocks")
+    committed.commit_block_list([BlobBlock(block_id="YmxvY2s=")])
+    container.get_blob_client("copy").start_copy_from_url(committed.url)
+    put.set_standard_blob_tier(StandardBlobTier.COOL)
+    put.set_standard_blob_tier(StandardBlobTier.COOL)  # no change, no event
+    put.set_standard_blob_tier(StandardBlobTier.ARCHIVE)
+    put.set_standard_blob_tier(StandardBlobTier.HOT)  # a rehydration: the session's take a minute
+    committed.set_standard_blob_tier(StandardBlobTier.ARCHIVE)
+    container.get_blob_client("rehydrated").start_copy_from_url(committed.url, standard_blob_tier=StandardBlobTier.COOL)
+    container.delete_blob("copy")
+    # Reads, properties, tags and metadata cause no event; nor does anything in a container without the metadata.
+    put.get_blob_properties()
+    put.set_blob_tags({"dicomweb_tier": "rehydrated"})
+    list(container.list_blobs(include=["tags"]))
+    quiet = service.create_container(f"quiet-{uuid.uuid4().hex[:8]}").get_blob_client("a")
+    quiet.upload_blob(b"quiet")
+    quiet.download_blob().readall()
+    quiet.set_standard_blob_tier(StandardBlobTier.COLD)
+    quiet.delete_blob()
+
+    events = blob_events(emulators, queue, 9)
+    assert _summary(events) == [
+        ("BlobCreated", "PutBlob", name),
+        ("BlobCreated", "PutBlockList", "committed"),
+        ("BlobCreated", "CopyBlob", "copy"),
+        ("BlobTierChanged", "SetBlobTier", name),
+        ("BlobTierChanged", "SetBlobTier", name),
+        ("AsyncOperationInitiated", "SetBlobTier", name),
+        ("BlobTierChanged", "SetBlobTier", "committed"),
+        ("AsyncOperationInitiated", "CopyBlob", "rehydrated"),
+        ("BlobDeleted", "DeleteBlob", "copy"),
+    ]
+    tiers = [(e["data"]["previousTier"], e["data"]["accessTier"]) for e in events if "previousTier" in e["data"]]
+    assert tiers == [("Hot", "Cool"), ("Cool", "Archive"), ("Hot", "Archive")]
+    first = events[0]
+    assert first["topic"] == ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/local/providers/"
+                              "Microsoft.Storage/storageAccounts/devstoreaccount1")
+    assert first["subject"] == f"/blobServices/default/containers/{queue}/blobs/{name}"
+    assert first["data"]["url"] == put.url
+    assert (first["data"]["blobType"], first["data"]["contentLength"]) == ("BlockBlob", 8)
+    assert (first["dataVersion"], first["metadataVersion"]) == ("", "1")
+    assert len({e["id"] for e in events}) == 9 and all(e["eventTime"].endswith("Z") for e in events)
+    sequencers = [e["data"]["sequencer"] for e in events]
+    assert len({len(s) for s in sequencers}) == 1 and sequencers == sorted(set(sequencers))
+
+
+def test_a_rehydration_sends_its_event_when_it_completes_even_after_a_restart(
+        slow_rehydration: tuple[Emulators, ContainerClient]) -> None:
+    stack, container = slow_rehydration
+    _archived(container, "a")
+    _archived(container, "source")
+    assert _summary(blob_events(stack.settings(), EVENTS_QUEUE, 4)) == [
+        ("BlobCreated", "PutBlob", "a"), ("BlobTierChanged", "SetBlobTier", "a"),
+        ("BlobCreated", "PutBlob", "source"), ("BlobTierChanged", "SetBlobTier", "source")]
+    blob = container.get_blob_client("a")
+    accessed = blob.get_blob_properties().last_accessed_on
+    blob.set_standard_blob_tier(StandardBlobTier.HOT)
+    copy = container.get_blob_client("copy")
+    copy.start_copy_from_url(container.get_blob_client("source").url, standard_blob_tier=StandardBlobTier.COOL)
+    process = stack.processes["azurite"]
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(10)
+    stack.restart("azurite")
+    events = blob_events(stack.settings(), EVENTS_QUEUE, 4, timeout=REHYDRATE_SECONDS + 10)
+    assert _summary(events) == [
+        ("AsyncOperationInitiated", "SetBlobTier", "a"), ("AsyncOperationInitiated", "CopyBlob", "copy"),
+        ("BlobTierChanged", "SetBlobTier", "a"), ("BlobCreated", "CopyBlob", "copy")]
+    assert (events[2]["data"]["previousTier"], events[2]["data"]["accessTier"]) == ("Archive", "Hot")
+    assert events[3]["data"]["accessTier"] == "Cool"
+    # The completion names the request that started it.
+    assert events[2]["data"]["requestId"] == events[0]["data"]["requestId"]
+    assert events[3]["data"]["requestId"] == events[1]["data"]["requestId"]
+    # A rehydration is no access.
+    assert blob.get_blob_properties().last_accessed_on == accessed
+
+
+def test_an_instant_rehydration_is_one_tier_change_and_a_failed_post_is_logged(tmp_path: Path) -> None:
+    """With ``rehydrate_seconds=0`` (Azurite's own behaviour) leaving the Archive tier is a plain tier change. An
+    event for a queue that does not exist is tried a few times, then logged (Event Grid would dead-letter it):
+    the blob request neither waits nor fails."""
+    stack = Emulators(tmp_path, blob_port=free_port(), queue_port=free_port(), rehydrate_seconds=0)
+    try:
+        stack.restart("queue")
+        stack.restart("azurite")
+        service, container, queue = _subscribed(stack.settings(), "instant")
+        nowhere = service.create_container("nowhere", metadata={EVENTS_METADATA: "no-such-queue"})
+        started = time.monotonic()
+        nowhere.upload_blob("lost", b"stored")
+        assert time.monotonic() - started < 1
+        _archived(container, "a")
+        _archived(container, "source")
+        container.get_blob_client("a").set_standard_blob_tier(StandardBlobTier.COLD)
+        copy = container.get_blob_client("copy")
+        copy.start_copy_from_url(container.get_blob_client("source").url, standard_blob_tier=StandardBlobTier.HOT)
+        events = blob_events(stack.settings(), queue, 6)
+        assert _summary(events)[4:] == [("BlobTierChanged", "SetBlobTier", "a"), ("BlobCreated", "CopyBlob", "copy")]
+        assert (events[4]["data"]["previousTier"], events[4]["data"]["accessTier"]) == ("Archive", "Cold")
+        assert nowhere.download_blob("lost").readall() == b"stored"
+        log = tmp_path / "emulators.log"
+        deadline = time.monotonic() + 15
+        while "could not post Microsoft.Storage.BlobCreated of /blobServices/default/containers/nowhere/blobs/lost " \
+                "to queue no-such-queue: 404 QueueNotFound" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    finally:
+        stack.stop()
+
+
+def test_last_access_is_set_by_writes_and_reads_only(emulators: dict[str, str]) -> None:
+    service = BlobServiceClient.from_connection_string(emulators["DICOMWEB_STORAGE_CONNECTION_STRING"])
+    container = service.create_container(f"access-{uuid.uuid4().hex[:8]}")
+    blob = container.get_blob_client("a")
+    blob.upload_blob(b"0123456789", tags={"dicomweb_tier": "auto"})
+    written = blob.get_blob_properties()
+    assert written.last_accessed_on == written.last_modified
+
+    def last_access() -> object:
+        listed = {b.name: b.last_accessed_on for b in container.list_blobs(include=["tags"])}
+        assert listed["a"] == blob.get_blob_properties().last_accessed_on
+        return listed["a"]
+
+    time.sleep(1.1)  # times have a resolution of a second
+    blob.set_standard_blob_tier(StandardBlobTier.COOL)
+    blob.set_blob_tags({"dicomweb_tier": "hot"})
+    blob.get_blob_tags()
+    assert last_access() == written.last_accessed_on
+    assert blob.download_blob(offset=2, length=3).readall() == b"234"
+    read = last_access()
+    assert read > written.last_accessed_on  # type: ignore[operator]
+    assert blob.download_blob().properties.last_accessed_on == read
+    time.sleep(1.1)
+    copy = container.get_blob_client("copy")
+    copy.start_copy_from_url(blob.url)
+    committed = container.get_blob_client("committed")
+    committed.stage_block("YmxvY2s=", b"blocks")
+    committed.commit_block_list([BlobBlock(block_id="YmxvY2s=")])
+    for other in (copy, committed):
+        properties = other.get_blob_properties()
+        assert properties.last_accessed_on == properties.last_modified > read

@@ -11,9 +11,10 @@ from typing import Awaitable, Callable
 import pytest
 from azure.storage.blob.aio import BlobServiceClient
 
-from dicomweb.errors import Archived, NotFound
+from dicomweb.errors import Archived, NotFound, Rehydrating
 from dicomweb.storage.blobs import BlobStores
-from dicomweb.storage.naming import Location, new_generation
+from dicomweb.storage.instances import RETRY_AFTER
+from dicomweb.storage.naming import REHYDRATED, TIER_TAG, Location, new_generation
 from dicomweb.storage.transfer import StaleBlob
 
 HERE = Location("1.2", "1.2.3", "1.2.3.4", "0000000000000a00000000000b")
@@ -88,9 +89,25 @@ def test_archived_blobs_fail_with_a_clear_error(emulators: dict[str, str]) -> No
         upload = store.instances.upload(HERE, 1024, 2)
         await upload.write(b"0123456789")
         await upload.commit({})
-        await store.instances.container.get_blob_client(HERE.instance).set_standard_blob_tier("Archive")
-        with pytest.raises(Archived, match="rehydrate"):
+        blob = store.instances.container.get_blob_client(HERE.instance)
+        await blob.set_standard_blob_tier("Archive")
+        for read in (store.instances.read_range(HERE, 0, 4), anext(store.instances.stream(HERE)),
+                     store.instances.check_readable(HERE)):
+            with pytest.raises(Archived, match="OFFLINE") as refused:
+                await read
+            assert not isinstance(refused.value, Rehydrating)
+        assert await store.instances.availability(HERE) == "OFFLINE"
+        assert [found async for found in store.instances.offline()] == [(HERE, "OFFLINE")]
+        assert await store.instances.rehydrate(HERE, "Standard") == "NEARLINE"  # the stand-in takes a minute
+        assert await blob.get_blob_tags() == {TIER_TAG: REHYDRATED}, "the archive rule no longer matches it"
+        with pytest.raises(Rehydrating, match="NEARLINE") as pending:
             await store.instances.read_range(HERE, 0, 4)
+        assert pending.value.retry_after == RETRY_AFTER["Standard"] and pending.value.status == 503
+        assert await store.instances.rehydrate(HERE, "High") == "NEARLINE", "asking again raises the priority only"
+        with pytest.raises(Rehydrating) as pending:
+            await store.instances.check_readable(HERE)
+        assert pending.value.retry_after == RETRY_AFTER["High"]
+        assert [found async for found in store.instances.offline()] == [(HERE, "NEARLINE")]
 
     _run(emulators, scenario)
 
