@@ -24,6 +24,10 @@ STARTS_WORK = {
     ("dicomweb/api/local_host.py", "_deliver"): "the local host: renews a delivery's hold while it runs",
     ("dicomweb/api/local_host.py", "_listen"): "the local host: a delivery per received message",
     ("dicomweb/api/local_host.py", "lifespan"): "the local host: timers and queue listeners",
+    ("dicomweb/usage.py", "_ahead"): "a listing's next pages: the generator cancels and awaits its task in finally",
+    ("dicomweb/usage.py", "aggregate"): "the listings merged at once: gathered, the other cancelled if one fails",
+    ("dicomweb/cli.py", "_lifecycle_every"): "serve --lifecycle-hours: the local stand-in for Azure's daily run, "
+                                             "stopped with serve",
 }
 #: Tasks the local host itself runs (the platform's part), by coroutine name.
 HOST_TASKS = {"_every", "_listen", "_deliver", "keep_holding"}

@@ -10,6 +10,7 @@ The test watches the wire and the screen.
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 import shutil
 import time
 from pathlib import Path
@@ -137,7 +138,8 @@ def test_the_viewer_draws_the_slide_from_another_origin(server: Server, site: st
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The service on emulators of its own, whose rehydrations take a few seconds."""
     stack = Emulators(tmp_path_factory.mktemp("viewer-stack"), rehydrate_seconds=4)
-    settings = stack.start()
+    with ThreadPoolExecutor(1) as pool:  # Playwright's loop may run in this thread: provisioning runs its own
+        settings = pool.submit(stack.start).result()
     server = start_server(settings, tmp_path_factory.mktemp("viewer-serve"))
     yield server
     server.stop()
