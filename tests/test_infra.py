@@ -303,7 +303,7 @@ def test_the_function_app_is_python_on_flex_consumption_with_http_streams() -> N
     assert app.value["kind"] == "functionapp,linux"
     assert app.value["identity"]["type"] == "UserAssigned"
     config = app.value["properties"]["functionAppConfig"]
-    assert config["runtime"] == {"name": "python", "version": "3.11"}
+    assert config["runtime"] == {"name": "python", "version": "3.12"}
     storage = config["deployment"]["storage"]
     assert storage["type"] == "blobContainer" and storage["authentication"]["type"] == "UserAssignedIdentity"
     params = template.all("param")

@@ -1,4 +1,4 @@
-// The service: a Python 3.11 Function App on the Flex Consumption plan with HTTP streams, running
+// The service: a Python 3.12 Function App on the Flex Consumption plan with HTTP streams, running
 // as the user-assigned identity. App settings carry every DICOMWEB_* name the code reads
 // (dicomweb/config.py SETTING_NAMES) and no secret: Blob, the job and blob event queues, Cosmos DB,
 // the Functions host storage and Application Insights are all reached with the identity. FTP and
@@ -164,7 +164,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
       }
       runtime: {
         name: 'python'
-        version: '3.11'
+        version: '3.12'
       }
       scaleAndConcurrency: {
         alwaysReady: alwaysReady == 0 ? [] : [
