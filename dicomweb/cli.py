@@ -1,5 +1,6 @@
-"""The ``dicomweb`` command: ``serve`` (local host with emulators), ``reindex``, ``check``, ``upload``,
-``lifecycle`` (the Bicep's lifecycle policy run on the local store) and ``usage`` (what the store holds and costs)."""
+"""The ``dicomweb`` command: ``serve`` (local host with emulators), ``reindex``, ``check``, ``upload``, ``convert``
+(scanner files to DICOM), ``lifecycle`` (the Bicep's lifecycle policy run on the local store) and ``usage`` (what
+the store holds and costs)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import threading
 from pathlib import Path
 
 from dicomweb.config import Settings
+from dicomweb.convert import SlideMetadata
 
 #: A reindex whose jobs nobody takes for this long says so (the service is not running).
 NO_WORKER_SECONDS = 30
@@ -188,6 +190,18 @@ def main(argv: list[str] | None = None) -> int:
                             help="progress bar (default: when stderr is a terminal)")
     upload_cmd.add_argument("--json", action="store_true", help="one JSON object per file instead of the table")
     upload_cmd.add_argument("--verbose", action="store_true", help="list the files skipped as not DICOM too")
+    convert_cmd = commands.add_parser("convert", help="make DICOM whole-slide images of scanner files (SVS, NDPI, "
+                                      "Philips TIFF, OME-TIFF, …)")
+    convert_cmd.add_argument("paths", nargs="+", type=Path, metavar="SRC", help="scanner files or folders")
+    convert_cmd.add_argument("--out", type=Path, required=True, help="folder to write into (a folder per file)")
+    for command in (convert_cmd, upload_cmd):
+        command.add_argument("--metadata", type=Path, help="scanner files: JSON or CSV of metadata per file name")
+        for option, keyword in (("--patient-id", "PatientID"), ("--patient-name", "PatientName"),
+                                ("--accession-number", "AccessionNumber"), ("--study-uid", "StudyInstanceUID"),
+                                ("--container-id", "ContainerIdentifier"),
+                                ("--specimen-description", "SpecimenDescription")):
+            command.add_argument(option, help=f"scanner files: {keyword} of every slide (over the metadata file's)")
+    convert_cmd.add_argument("--json", action="store_true", help="one JSON object per file")
     lifecycle_cmd = commands.add_parser("lifecycle", help="apply the Bicep's lifecycle policy to the store as "
                                         "Azure's daily run does")
     lifecycle_cmd.add_argument("--data", type=Path, default=Path(".local"),
@@ -211,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         from dicomweb import uploader
 
         return uploader.main(args.paths, args.url, args.token, args.parallel, args.blocks, args.stow_max_mb,
-                             args.state, args.progress, args.json, args.verbose)
+                             args.state, args.progress, args.json, args.verbose, _slide_options(args), args.metadata)
+    if args.command == "convert":
+        from dicomweb import convert
+
+        return convert.main(args.paths, args.out, _slide_options(args), args.metadata, args.json)
     if args.command == "lifecycle":
         return _lifecycle(args.data, args.days, args.json)
     _local_stack_settings(args.data)
@@ -297,6 +315,12 @@ async def _reindex(here: bool, offline: bool) -> int:
         print(f"{report.unindexable} files cannot be indexed (the service log names them and why)", file=sys.stderr)
         return 1
     return 0
+
+
+def _slide_options(args: argparse.Namespace) -> SlideMetadata:
+    """The metadata options of ``convert`` and ``upload`` for scanner files."""
+    return SlideMetadata(args.patient_id, args.patient_name, args.accession_number, args.study_uid, args.container_id,
+                         args.specimen_description)
 
 
 def _at_least_zero(text: str) -> int:

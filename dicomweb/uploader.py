@@ -18,6 +18,7 @@ import json
 import os
 import random
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,9 @@ from typing import Any, AsyncIterator, Callable, TextIO
 import aiohttp
 from tqdm import tqdm
 
+from dicomweb import convert
 from dicomweb.dicom.part10 import Limits, Part10Parser
+from dicomweb.errors import BadRequest, InvalidDataset
 
 MIB = 1024 * 1024
 DUPLICATE = 45070
@@ -65,11 +68,14 @@ class Result:
         return self.status in ("stored", "exists", "skipped")
 
 
-def find_files(paths: list[Path]) -> tuple[list[Path], list[Result]]:
-    """DICOM Part 10 files named or inside the folders named; the rest as skipped results."""
-    files, skipped = [], []
+def find_files(paths: list[Path]) -> tuple[list[Path], list[Path], list[Result]]:
+    """DICOM Part 10 files named or inside the folders named, the files to convert first (scanner files in the
+    folders, and every other file named explicitly: naming one that cannot be converted is a failure, not a
+    skip), and the rest of the folders' files as skipped results."""
+    files, scanner, skipped = [], [], []
     for path in paths:
-        candidates = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        named = not path.is_dir()
+        candidates = [path] if named else sorted(p for p in path.rglob("*") if p.is_file())
         for candidate in candidates:
             if not candidate.is_file():
                 skipped.append(Result(candidate, 0, "failed", detail="no such file"))
@@ -79,10 +85,12 @@ def find_files(paths: list[Path]) -> tuple[list[Path], list[Result]]:
                 magic = handle.read(4)
             if magic == b"DICM":
                 files.append(candidate)
+            elif named or convert.is_scanner_file(candidate):
+                scanner.append(candidate)
             else:
                 skipped.append(Result(candidate, candidate.stat().st_size, "skipped",
                                       detail="not a DICOM Part 10 file"))
-    return files, skipped
+    return files, scanner, skipped
 
 
 #: The header is read in pieces of this size; after it, only fragment item headers (and a few payload bytes).
@@ -400,13 +408,50 @@ def report(results: list[Result], seconds: float, out: TextIO, as_json: bool = F
           f"{moved / 1e6:.1f} MB in {seconds:.1f} s ({rate:.1f} MB/s)", file=out)
 
 
+def convert_all(sources: list[Path], out: Path, options: convert.SlideMetadata,
+                per_file: dict[str, convert.SlideMetadata]) -> tuple[dict[Path, Path], list[Result]]:
+    """Convert each scanner file into a folder of its own under ``out``: the instances made (instance → scanner
+    file), and a failed result for each file that could not be converted."""
+    made: dict[Path, Path] = {}
+    failed: list[Result] = []
+    for number, source in enumerate(sources):
+        started = time.perf_counter()
+        print(f"converting {source.name} ({number + 1} of {len(sources)})", file=sys.stderr, flush=True)
+        try:
+            metadata = per_file.get(source.name, convert.SlideMetadata()).merged(options)
+            for instance in convert.convert(source, out / str(number), metadata):
+                made[instance] = source
+        except InvalidDataset as exc:
+            failed.append(Result(source, source.stat().st_size, "failed", detail=exc.message,
+                                 seconds=time.perf_counter() - started))
+    return made, failed
+
+
 def main(paths: list[Path], url: str, token: str | None, parallel: int, block_concurrency: int, stow_max_mb: int,
-         state: Path | None, progress: bool | None, as_json: bool = False, verbose: bool = False) -> int:
-    """Run an upload from the command line; exit code 1 when anything failed."""
-    files, results = find_files(paths)
+         state: Path | None, progress: bool | None, as_json: bool = False, verbose: bool = False,
+         options: convert.SlideMetadata = convert.SlideMetadata(), metadata_file: Path | None = None) -> int:
+    """Run an upload from the command line; exit code 1 when anything failed.
+
+    Scanner files are converted first (:mod:`dicomweb.convert`, into a temporary folder
+    beside nothing else: disk, never memory, holds the converted levels), and their instances
+    uploaded like any other; a converted instance's result names its scanner file.
+    """
+    files, scanner, results = find_files(paths)
+    try:
+        per_file = convert.load_metadata(metadata_file) if metadata_file is not None else {}
+    except (OSError, BadRequest) as exc:
+        print(f"dicomweb upload: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
     started = time.perf_counter()
-    uploader = Uploader(url, token=token, parallel=parallel, block_concurrency=block_concurrency,
-                        stow_max_bytes=stow_max_mb * MIB, state_path=state, progress=progress)
-    results = asyncio.run(uploader.run(files)) + results
+    with tempfile.TemporaryDirectory(prefix="dicomweb-convert-") as work:
+        made, failed = convert_all(scanner, Path(work), options, per_file)
+        uploader = Uploader(url, token=token, parallel=parallel, block_concurrency=block_concurrency,
+                            stow_max_bytes=stow_max_mb * MIB, state_path=state, progress=progress)
+        uploaded = asyncio.run(uploader.run(files + list(made)))
+    for result in uploaded:
+        if result.path in made:
+            result.detail = f"from {made[result.path].name}" + (f": {result.detail}" if result.detail else "")
+            result.path = made[result.path]
+    results = uploaded + failed + results
     report(results, time.perf_counter() - started, sys.stdout, as_json, verbose)
     return 0 if results and all(r.ok for r in results) else 1

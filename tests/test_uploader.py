@@ -20,6 +20,7 @@ from aiohttp import web
 from dicomweb import uploader as uploader_module
 from dicomweb.uploader import Result, Uploader, find_files, report
 from tests.conftest import ROOT, Server
+from tests.scanner_files import make_ome_tiff, make_svs
 from tests.wsi_factory import make_large_instance, make_slide
 
 
@@ -143,9 +144,13 @@ def test_find_files_walks_folders_and_skips_what_is_not_part10(tmp_path: Path) -
     dicom = tmp_path / "a" / "b" / "x.dcm"
     dicom.write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00")
     (tmp_path / "a" / "notes.txt").write_text("hi")
-    files, others = find_files([tmp_path / "a"])
+    (tmp_path / "a" / "b" / "slide.svs").write_bytes(b"II*\x00")
+    files, scanner, others = find_files([tmp_path / "a"])
     assert files == [dicom]
+    assert scanner == [tmp_path / "a" / "b" / "slide.svs"], "converted before it is uploaded"
     assert [(r.path.name, r.status) for r in others] == [("notes.txt", "skipped")]
+    files, scanner, others = find_files([tmp_path / "a" / "notes.txt"])
+    assert (files, scanner, others) == ([], [tmp_path / "a" / "notes.txt"], []), "named: converted, or a failure"
 
 
 def _failed_sop(sop: str, reason: int) -> dict:
@@ -201,3 +206,32 @@ def test_skipped_files_are_one_line_unless_verbose(tmp_path: Path) -> None:
     assert "1 stored, 0 already stored, 0 failed, 5000 skipped" in quiet.getvalue()
     assert len(verbose.getvalue().splitlines()) == 5003 and "--verbose" not in verbose.getvalue()
     assert [json.loads(line)["status"] for line in as_json.getvalue().splitlines()] == ["stored"]
+
+
+def test_scanner_files_are_converted_and_stored_and_a_rerun_finds_them_stored(server: Server, tmp_path: Path) -> None:
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    make_svs(folder / "slide.svs")
+    make_ome_tiff(folder / "other.ome.tiff")
+    run = _upload(server, str(folder), "--patient-id", "P-5", "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = [json.loads(line) for line in run.stdout.splitlines()]
+    by_source = {}
+    for row in rows:
+        by_source.setdefault(Path(row["path"]).name, []).append(row["status"])
+    assert by_source == {"slide.svs": ["stored"] * 6, "other.ome.tiff": ["stored"] * 3}
+    assert all(row["detail"].startswith("from ") for row in rows)
+    study = httpx.get(f"{server.base_url}/studies", params={"PatientID": "P-5"}).json()
+    assert len(study) == 2, "two slides, each its own study"
+    again = _upload(server, str(folder), "--patient-id", "P-5", "--json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert {json.loads(line)["status"] for line in again.stdout.splitlines()} == {"exists"}, "the same UIDs again"
+
+
+def test_a_named_file_that_cannot_be_converted_fails_the_upload(server: Server, tmp_path: Path) -> None:
+    (tmp_path / "slide.svs").write_bytes(b"II*\x00" + bytes(100))
+    (tmp_path / "notes.txt").write_text("not a slide")
+    run = _upload(server, str(tmp_path / "slide.svs"), str(tmp_path / "notes.txt"))
+    assert run.returncode == 1
+    assert _table_row(run.stdout, "slide.svs")[0] == "failed" and "slide.svs cannot be converted" in run.stdout
+    assert _table_row(run.stdout, "notes.txt")[0] == "failed"

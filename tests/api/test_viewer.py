@@ -18,14 +18,17 @@ from typing import Iterator
 
 import httpx
 import numpy as np
+import pydicom
 import pytest
 from aiohttp import web
 from PIL import Image
 from playwright.sync_api import Browser, sync_playwright
 from pydicom.uid import HTJ2KLossless, JPEG2000Lossless, JPEGBaseline8Bit
 
+from dicomweb.convert import convert
 from dicomweb.local.emulators import Emulators
 from tests.conftest import ROOT, Server, ThreadedHttpServer, blob_service, instance_blob, start_server
+from tests.scanner_files import make_svs
 from tests.wsi_factory import make_slide, srgb_profile
 
 VIEWER = ROOT / "node_modules" / "dicom-microscopy-viewer" / "dist" / "dynamic-import"
@@ -204,4 +207,19 @@ def test_an_archived_slide_opens_from_its_online_levels_and_whole_once_rehydrate
         time.sleep(0.5)
     state, gets, problems = _open(browser, site, archive, study, series)
     assert state == {"status": "rendered", "images": 4 + 1}, state
+    assert not problems and all(status == 200 for status, _ in gets), (problems, gets)
+
+
+def test_the_viewer_draws_a_slide_converted_from_a_scanner_file(server: Server, site: str, browser: Browser,
+                                                                 tmp_path: Path) -> None:
+    """An Aperio SVS made DICOM by ``dicomweb convert`` (tiles copied as the scanner wrote them) opens and draws."""
+    source = tmp_path / "slide.svs"
+    make_svs(source, size=(2048, 1536), count=4)
+    files = convert(source, tmp_path / "dicom")
+    for path in files:
+        assert httpx.post(f"{server.base_url}/studies", content=path.read_bytes(),
+                          headers={"content-type": "application/dicom"}, timeout=60).status_code == 200
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    state, gets, problems = _open(browser, site, server, ds.StudyInstanceUID, ds.SeriesInstanceUID)
+    assert state == {"status": "rendered", "images": 4 + 1}, state  # the levels and the thumbnail
     assert not problems and all(status == 200 for status, _ in gets), (problems, gets)

@@ -1,0 +1,235 @@
+"""Scanner files (Aperio SVS, Hamamatsu NDPI, Philips TIFF, 3DHistech TIFF, OME-TIFF, …) made DICOM whole-slide
+images with wsidicomizer (PS3.3 A.32.8: one instance per pyramid level, and the label, overview and thumbnail).
+
+wsidicomizer reads the file through opentile where it knows the format, copying each JPEG
+(or JPEG 2000) tile into a frame without decoding it, so the pixels are the scanner's own;
+through tiffslide otherwise (re-encoded). Metadata the scanner file lacks comes from
+:class:`SlideMetadata` (options, or a JSON or CSV file keyed by file name). UIDs are derived
+from the file (name, size and the bytes of its first and last MiB) and that metadata, so
+converting the same file with the same metadata again gives the same UIDs, and storing it
+again answers "already stored" instead of making a second copy of the slide.
+
+Conversion reads and writes files on disk, level by level: never the whole file, nor a
+whole level, in memory (wsidicomizer writes frames as it reads tiles).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import pydicom
+from pydicom import Dataset
+from pydicom.uid import UID, generate_uid
+
+from dicomweb.dicom.syntax import is_valid_uid
+from dicomweb.errors import BadRequest, InvalidDataset
+
+#: What identifies a file for its UIDs: the bytes read from each end.
+FINGERPRINT_BYTES = 1024 * 1024
+#: JPEG quality of tiles that cannot be copied (formats read through tiffslide or OpenSlide): wsidicom's default of
+#: 80 visibly smooths nuclei; 90 keeps them at about 1.5 times the bytes.
+REENCODE_QUALITY = 90
+#: File name suffixes of the scanner formats the converter opens (a DICOM file is stored as it is).
+SCANNER_SUFFIXES = (".svs", ".ndpi", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".mrxs", ".scn", ".bif", ".vms",
+                    ".czi", ".isyntax")
+
+
+@dataclass(frozen=True)
+class SlideMetadata:
+    """What a converted slide's instances get that the scanner file does not say (PS3.3 C.7.1.1, C.7.2.1,
+    C.7.6.1 and the Specimen module C.7.6.22)."""
+
+    patient_id: str | None = None
+    patient_name: str | None = None
+    accession_number: str | None = None
+    #: Join an existing study instead of starting one.
+    study_uid: str | None = None
+    container_identifier: str | None = None
+    specimen_description: str | None = None
+
+    def merged(self, other: "SlideMetadata") -> "SlideMetadata":
+        """This metadata with ``other``'s values where ``other`` has one."""
+        return SlideMetadata(**{k: v if v is not None else getattr(self, k) for k, v in asdict(other).items()})
+
+    def dataset(self) -> Dataset:
+        """The attributes to set on every instance of the slide."""
+        ds = Dataset()
+        if self.patient_id is not None:
+            ds.PatientID = self.patient_id
+        if self.patient_name is not None:
+            ds.PatientName = self.patient_name
+        if self.accession_number is not None:
+            ds.AccessionNumber = self.accession_number
+        if self.container_identifier is not None:
+            ds.ContainerIdentifier = self.container_identifier
+        if self.specimen_description is not None:
+            item = Dataset()  # PS3.3 C.7.6.22: short description up to 64 characters, detailed beyond
+            if len(self.specimen_description) <= 64:
+                item.SpecimenShortDescription = self.specimen_description
+            else:
+                item.SpecimenDetailedDescription = self.specimen_description
+            item.SpecimenIdentifier = self.container_identifier or "1"
+            item.IssuerOfTheSpecimenIdentifierSequence = []
+            item.SpecimenPreparationSequence = []
+            item.SpecimenUID = generate_uid(entropy_srcs=["specimen", self.container_identifier or "",
+                                                          self.specimen_description])
+            ds.SpecimenDescriptionSequence = [item]
+        return ds
+
+
+#: Column or key names of a metadata file, by field.
+KEYS = {"patient_id": "PatientID", "patient_name": "PatientName", "accession_number": "AccessionNumber",
+        "study_uid": "StudyInstanceUID", "container_identifier": "ContainerIdentifier",
+        "specimen_description": "SpecimenDescription"}
+
+
+def _checked(values: dict[str, str], where: str) -> SlideMetadata:
+    unknown = set(values) - set(KEYS.values()) - {"file"}
+    if unknown:
+        raise BadRequest(f"{where}: unknown metadata {', '.join(sorted(unknown))}; known: {', '.join(KEYS.values())}")
+    found = SlideMetadata(**{name: (values.get(key) or None) for name, key in KEYS.items()})
+    if found.study_uid is not None and not is_valid_uid(found.study_uid):
+        raise BadRequest(f"{where}: StudyInstanceUID {found.study_uid!r} is not a valid UID")
+    return found
+
+
+def load_metadata(path: Path) -> dict[str, SlideMetadata]:
+    """Metadata per file name from a JSON object (``{"slide.svs": {"PatientID": …}}``) or a CSV file with a
+    ``file`` column and the others named as DICOM keywords (PatientID, PatientName, AccessionNumber,
+    StudyInstanceUID, ContainerIdentifier, SpecimenDescription)."""
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".json":
+        try:
+            raw = json.loads(text)
+        except ValueError as exc:
+            raise BadRequest(f"{path.name} is not JSON: {exc}") from None
+        if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+            raise BadRequest(f"{path.name}: a JSON object of file name → {{keyword: value}}")
+        return {name: _checked({k: str(v) for k, v in values.items()}, f"{path.name}: {name}")
+                for name, values in raw.items()}
+    rows = list(csv.DictReader(text.splitlines()))
+    if rows and "file" not in rows[0]:
+        raise BadRequest(f"{path.name}: the CSV needs a 'file' column")
+    return {row["file"]: _checked({k: v for k, v in row.items() if k}, f"{path.name}: {row['file']}") for row in rows}
+
+
+def fingerprint(source: Path, metadata: SlideMetadata) -> str:
+    """What a slide's UIDs are derived from: the file's name, size, first and last MiB, and the metadata."""
+    digest = hashlib.sha256()
+    size = source.stat().st_size
+    digest.update(f"{source.name}\0{size}\0".encode())
+    with source.open("rb") as file:
+        digest.update(file.read(FINGERPRINT_BYTES))
+        if size > FINGERPRINT_BYTES:
+            file.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
+            digest.update(file.read(FINGERPRINT_BYTES))
+    digest.update(json.dumps(asdict(metadata), sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def stable_uids(seed: str) -> Callable[[], UID]:
+    """UIDs that are the same for the same ``seed``, in the order they are asked for (a conversion asks in a
+    fixed order)."""
+    counter = itertools.count()
+    return lambda: generate_uid(entropy_srcs=[seed, str(next(counter))])
+
+
+def is_scanner_file(path: Path) -> bool:
+    """Whether ``path`` names a format the converter may open (by its suffix; opening tells for sure)."""
+    name = path.name.lower()
+    return any(name.endswith(suffix) for suffix in SCANNER_SUFFIXES)
+
+
+def convert(source: Path, out: Path, metadata: SlideMetadata = SlideMetadata(), workers: int = 1) -> list[Path]:
+    """Write the DICOM instances of scanner file ``source`` into ``out`` (made if missing); their paths.
+
+    The instances are written into a folder of their own inside ``out`` and moved out once all
+    are written, so an unreadable, truncated or unsupported file (:class:`InvalidDataset`, naming
+    why) leaves nothing behind.
+    """
+    from wsidicom.codec import JpegSettings
+    from wsidicomizer import WsiDicomizer  # heavy: only conversion needs it
+
+    seed = fingerprint(source, metadata)
+    uids = stable_uids(seed)
+    post = metadata.dataset()
+    post.StudyInstanceUID = metadata.study_uid or generate_uid(entropy_srcs=[seed, "study"])
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".converting-", dir=out))
+    try:
+        with WsiDicomizer.open(source, metadata_post_processor=post, uid_generator=uids,
+                               encoding=JpegSettings(quality=REENCODE_QUALITY)) as wsi:
+            written = [Path(str(p)) for p in wsi.save(work, uid_generator=uids, workers=workers)]
+        return [path.replace(out / path.name) for path in written]
+    except Exception as exc:  # noqa: BLE001 - a library refusing a file: every reason is the file's
+        raise InvalidDataset(f"{source.name} cannot be converted: {_reason(exc)}") from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{exc.__class__.__name__}: {text}"[:300] if text else exc.__class__.__name__
+
+
+def sources(paths: list[Path]) -> list[Path]:
+    """The files to convert: each file named (whatever its name: one named explicitly that cannot be converted is a
+    failure, not a skip), and the scanner files in each folder named, recursively."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and is_scanner_file(p))
+        else:
+            found.append(path)
+    return found
+
+
+def main(paths: list[Path], out: Path, options: SlideMetadata, metadata_file: Path | None, as_json: bool) -> int:
+    """``dicomweb convert``: convert each source into ``out/<file name>/``; a table (or one JSON object per file)
+    of what became of each; 1 when any failed."""
+    try:
+        if options.study_uid is not None and not is_valid_uid(options.study_uid):
+            raise BadRequest(f"--study-uid {options.study_uid!r} is not a valid UID")
+        per_file = load_metadata(metadata_file) if metadata_file is not None else {}
+    except (OSError, BadRequest) as exc:
+        print(f"dicomweb convert: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
+    failed = 0
+    rows: list[dict[str, object]] = []
+    for source in sources(paths):
+        metadata = per_file.get(source.name, SlideMetadata()).merged(options)
+        started = time.monotonic()
+        try:
+            if not source.is_file():
+                raise InvalidDataset(f"{source} is not a file")
+            written = convert(source, out / source.name, metadata)
+            study = pydicom.dcmread(written[0], stop_before_pixels=True).StudyInstanceUID if written else ""
+            row: dict[str, object] = {"file": str(source), "status": "converted", "instances": len(written),
+                                      "study": study, "seconds": round(time.monotonic() - started, 1)}
+        except InvalidDataset as exc:
+            failed += 1
+            row = {"file": str(source), "status": "failed", "reason": exc.message}
+        rows.append(row)
+        print(json.dumps(row) if as_json else _line(row), flush=True)
+    if not rows:
+        print("dicomweb convert: no scanner file found", file=sys.stderr)
+        return 1
+    if not as_json:
+        print(f"{len(rows) - failed} converted, {failed} failed")
+    return 1 if failed else 0
+
+
+def _line(row: dict[str, object]) -> str:
+    if row["status"] == "converted":
+        return f"{row['file']}: {row['instances']} instances, study {row['study']} ({row['seconds']} s)"
+    return f"{row['file']}: FAILED {row['reason']}"
