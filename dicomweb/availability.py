@@ -28,7 +28,7 @@ import logging
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Sequence
 
-from dicomweb import generations, jobs
+from dicomweb import generations, jobs, retrieve
 from dicomweb.dicom.availability import ONLINE
 from dicomweb.service import Service
 from dicomweb.storage.cosmos import Document
@@ -120,10 +120,6 @@ async def gather(steps: Iterable[Any]) -> list[Any]:
     return results
 
 
-def _location(doc: Document) -> Location:
-    return Location(doc["studyInstanceUID"], doc["seriesInstanceUID"], doc["sopInstanceUID"], doc["generation"])
-
-
 async def reconcile_study(service: Service, prefix: str) -> int:
     """Make the index's availability of one study (``<study>/``) what one listing of its blobs says; how many
     instance documents changed."""
@@ -131,7 +127,7 @@ async def reconcile_study(service: Service, prefix: str) -> int:
     offline = {location: state async for location, state in service.blobs.instances.offline(prefix)}
     changes = [generations.set_availability(service, location, state, observed) for location, state in offline.items()]
     for doc in await service.index.unavailable(prefix.rstrip("/")):
-        location = _location(doc)
+        location = retrieve.location(doc)
         if location not in offline:
             changes.append(generations.set_availability(service, location, ONLINE, observed))
     return sum(await gather(changes))
@@ -163,6 +159,6 @@ async def confirm(service: Service, docs: Sequence[Document]) -> list[tuple[Docu
     doubtful = unavailable(docs)
     cutoff = (_now() - timedelta(seconds=TRUSTED_SECONDS)).isoformat()
     recheck = [d for d in doubtful if d.get("availabilityObserved", "") < cutoff]
-    found = dict(zip((d["id"] for d in recheck), await gather(refresh(service, _location(d)) for d in recheck)))
+    found = dict(zip((d["id"] for d in recheck), await gather(refresh(service, retrieve.location(d)) for d in recheck)))
     states = [(doc, found.get(doc["id"], doc.get("availability", ONLINE))) for doc in doubtful]
     return [(doc, state) for doc, state in states if state not in (None, ONLINE)]

@@ -30,7 +30,7 @@ import secrets
 from datetime import datetime, timezone
 from typing import Any
 
-from dicomweb import audit, availability, retrieve
+from dicomweb import audit, availability, generations, retrieve
 from dicomweb.dicom.availability import NEARLINE, ONLINE
 from dicomweb.errors import BadRequest, DicomWebError, NotFound
 from dicomweb.service import Service
@@ -90,14 +90,15 @@ async def request(service: Service, study: str, series: str | None, instance: st
     requested = _now()
 
     async def ask(doc: Document) -> dict[str, Any]:
+        location, asked = retrieve.location(doc), datetime.now(timezone.utc)
         try:
-            found = await service.blobs.instances.rehydrate(retrieve.location(doc), chosen)
+            found = await service.blobs.instances.rehydrate(location, chosen)
         except NotFound:
             return _entry(doc, FAILED, requested, "the instance was deleted or replaced")
         except DicomWebError as error:
             return _entry(doc, FAILED, requested, error.message)
-        if found == NEARLINE:
-            await availability.refresh(service, retrieve.location(doc))  # NEARLINE in QIDO at once
+        if found == NEARLINE:  # NEARLINE in QIDO at once: the blob was read after ``asked``
+            await generations.set_availability(service, location, found, asked)
         return _entry(doc, DONE if found == ONLINE else PENDING, requested)
 
     entries = await availability.gather(ask(doc) for doc in docs)
