@@ -7,8 +7,8 @@ was asked for), so the index learns them three ways, each only ever recording wh
 blob itself says at a given moment (:func:`dicomweb.generations.set_availability` keeps
 the newest reading):
 
-- **Blob events.** Event Grid delivers ``BlobTierChanged``, ``AsyncOperationInitiated``
-  and ``BlobCreated`` of the instance container to a Storage Queue; the queue-triggered
+- **Blob events.** Event Grid delivers ``BlobTierChanged`` and ``AsyncOperationInitiated``
+  of the instance container to a Storage Queue; the queue-triggered
   function hands each message to :func:`handle`, which reads the blob's properties again
   (an event may be late, repeated or out of order: the blob is the truth).
 - **Reconciliation.** A daily timer sends one job per study comparing Blob's listing of
@@ -36,11 +36,10 @@ from dicomweb.storage.naming import Location
 
 log = logging.getLogger(__name__)
 
-#: Event types that can change an instance blob's availability (a rehydration copy arrives as BlobCreated).
-WATCHED = {"Microsoft.Storage.BlobTierChanged", "Microsoft.Storage.AsyncOperationInitiated",
-           "Microsoft.Storage.BlobCreated"}
-#: The only BlobCreated that concerns availability: a copy (an ordinary store is indexed by its writer).
-COPY_API = "CopyBlob"
+#: Event types that can change an instance blob's availability. Not BlobCreated: every file is written under a new
+#: generation's name (a store, an upload's server-side copy; rehydration is in place), and a new generation is
+#: ONLINE, as its document says by default; following it cost a blob read and a Cosmos write per upload.
+WATCHED = {"Microsoft.Storage.BlobTierChanged", "Microsoft.Storage.AsyncOperationInitiated"}
 #: Events one queue message may carry (Event Grid sends one; an array is accepted, bounded).
 MAX_EVENTS_PER_MESSAGE = 100
 #: Blob properties read at once when checking documents against their blobs.
@@ -80,8 +79,7 @@ def _events(text: str) -> list[dict[str, Any]]:
 def _instance(event: dict[str, Any], container: str) -> Location | None:
     """The instance file an event concerns, if it is one the service keeps availability for."""
     kind = event.get("eventType") or event.get("type")
-    data = event.get("data") if isinstance(event.get("data"), dict) else {}
-    if kind not in WATCHED or (kind == "Microsoft.Storage.BlobCreated" and data.get("api") != COPY_API):
+    if kind not in WATCHED:
         return None
     subject = str(event.get("subject") or "")
     prefix = f"/blobServices/default/containers/{container}/blobs/"

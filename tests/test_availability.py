@@ -48,7 +48,7 @@ def test_event_messages_are_read_in_every_form_the_platform_writes() -> None:
 @pytest.mark.parametrize(("event", "followed"), [
     (_event("Microsoft.Storage.BlobTierChanged"), True),
     (_event("Microsoft.Storage.AsyncOperationInitiated"), True),
-    (_event("Microsoft.Storage.BlobCreated", api="CopyBlob"), True),
+    (_event("Microsoft.Storage.BlobCreated", api="CopyBlob"), False),  # an upload's copy: a new, online generation
     (_event("Microsoft.Storage.BlobCreated", api="PutBlockList"), False),  # a store: its writer indexes it
     (_event("Microsoft.Storage.BlobDeleted"), False),
     (_event("Microsoft.Storage.BlobTierChanged", container="dicom-sidecars"), False),

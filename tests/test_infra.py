@@ -735,9 +735,8 @@ STORAGE_EVENT_TYPES = {f"Microsoft.Storage.{name}" for name in (
     "BlobCreated", "BlobDeleted", "BlobRenamed", "BlobTierChanged", "AsyncOperationInitiated", "DirectoryCreated",
     "DirectoryRenamed", "DirectoryDeleted", "BlobInventoryPolicyCompleted", "LifecyclePolicyCompleted",
     "StorageTaskQueued", "StorageTaskCompleted", "StorageTaskAssignmentQueued", "StorageTaskAssignmentCompleted")}
-#: Set Blob Tier completed; a rehydration from Archive started; a blob (a rehydrated copy) was written.
-TIER_EVENTS = ["Microsoft.Storage.BlobTierChanged", "Microsoft.Storage.AsyncOperationInitiated",
-               "Microsoft.Storage.BlobCreated"]
+#: Set Blob Tier completed (a rehydration in place ends with one too); a rehydration from Archive started.
+TIER_EVENTS = ["Microsoft.Storage.BlobTierChanged", "Microsoft.Storage.AsyncOperationInitiated"]
 QUEUE_MESSAGE_SENDER = "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a"
 BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 

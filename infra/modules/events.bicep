@@ -1,6 +1,6 @@
 // How the service learns that an instance blob changed tier: an Event Grid system topic on the DICOM
 // storage account, with one subscription that delivers the instance blobs' tier events (lifecycle moved
-// a blob to Archive, Cool or Cold; a rehydration started; a rehydrated copy was written) to a Storage
+// a blob to Archive, Cool or Cold; a rehydration started or ended) to a Storage
 // Queue the service's queue-triggered function consumes. Event Grid writes each event as a base64
 // message (the function decodes it). The topic delivers with its own system-assigned identity (the
 // account allows no shared key), which gets only what that takes: sending messages to that one queue,
@@ -32,11 +32,11 @@ var queueMessageSender = 'c6a89b2d-59bc-44d0-9896-0f6e12d7b80a'
 // Storage Blob Data Contributor: read, write and delete blobs (dead-lettering writes one blob per batch).
 var blobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 // The tier an instance blob is in changes through these events only: Set Blob Tier completed (lifecycle
-// or the service), a rehydration from Archive started, a copy (a rehydrated copy) completed.
+// or the service), a rehydration from Archive started. Not BlobCreated: every file is written under a new
+// name (rehydration is in place) and starts online, so each store would cost an event for nothing.
 var tierEvents = [
   'Microsoft.Storage.BlobTierChanged'
   'Microsoft.Storage.AsyncOperationInitiated'
-  'Microsoft.Storage.BlobCreated'
 ]
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
