@@ -2,7 +2,7 @@
 
 import azure.functions as func
 
-from dicomweb.api import availability, http, jobs, manage, qido, rehydration, rendered, retrieve, stow, uploads
+from dicomweb.api import availability, http, inbox, jobs, manage, qido, rehydration, rendered, retrieve, stow, uploads
 
 http.start_up()
 
@@ -16,3 +16,4 @@ app.register_blueprint(uploads.blueprint)
 app.register_blueprint(jobs.blueprint)
 app.register_blueprint(availability.blueprint)
 app.register_blueprint(rehydration.blueprint)
+app.register_blueprint(inbox.blueprint)

@@ -21,14 +21,11 @@ the newest reading):
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Sequence
 
-from dicomweb import generations, jobs, retrieve
+from dicomweb import blobevents, generations, jobs, retrieve
 from dicomweb.dicom.availability import ONLINE
 from dicomweb.service import Service
 from dicomweb.storage.cosmos import Document
@@ -40,8 +37,6 @@ log = logging.getLogger(__name__)
 #: generation's name (a store, an upload's server-side copy; rehydration is in place), and a new generation is
 #: ONLINE, as its document says by default; following it cost a blob read and a Cosmos write per upload.
 WATCHED = {"Microsoft.Storage.BlobTierChanged", "Microsoft.Storage.AsyncOperationInitiated"}
-#: Events one queue message may carry (Event Grid sends one; an array is accepted, bounded).
-MAX_EVENTS_PER_MESSAGE = 100
 #: Blob properties read at once when checking documents against their blobs.
 CONCURRENCY = 16
 RECONCILE = "reconcile-availability"
@@ -62,30 +57,11 @@ async def refresh(service: Service, location: Location) -> str | None:
     return found
 
 
-def _events(text: str) -> list[dict[str, Any]]:
-    """The events of one queue message: Event Grid schema or CloudEvents JSON, plain or base64 (Event Grid
-    base64-encodes what it writes to a Storage Queue; ``host.json`` hands messages over as they are)."""
-    try:
-        body = json.loads(text)
-    except ValueError:
-        try:
-            body = json.loads(base64.b64decode(text, validate=True))
-        except (ValueError, binascii.Error):
-            return []
-    events = body if isinstance(body, list) else [body]
-    return [e for e in events[:MAX_EVENTS_PER_MESSAGE] if isinstance(e, dict)]
-
-
 def _instance(event: dict[str, Any], container: str) -> Location | None:
     """The instance file an event concerns, if it is one the service keeps availability for."""
-    kind = event.get("eventType") or event.get("type")
-    if kind not in WATCHED:
+    name = blobevents.blob_name(event, container, WATCHED)
+    if name is None:
         return None
-    subject = str(event.get("subject") or "")
-    prefix = f"/blobServices/default/containers/{container}/blobs/"
-    if not subject.startswith(prefix):
-        return None
-    name = subject[len(prefix):]
     location = Location.parse(name)
     return location if location is not None and location.instance == name else None
 
@@ -96,7 +72,7 @@ async def handle(service: Service, text: str) -> int:
     A message that is not an event is dropped (retrying cannot mend it); a storage failure
     raises, so the platform delivers the message again (and poisons it in the end).
     """
-    locations = {loc for e in _events(text) if (loc := _instance(e, service.settings.instance_container))}
+    locations = {loc for e in blobevents.parse(text) if (loc := _instance(e, service.settings.instance_container))}
     if not locations and text.strip():
         log.debug("a blob event message named no instance file")
     await gather(refresh(service, location) for location in locations)

@@ -77,6 +77,7 @@ def _local_defaults() -> None:
     # The queue triggers name their queues by these settings (%DICOMWEB_JOBS_QUEUE%), as the Functions host reads them.
     os.environ["DICOMWEB_JOBS_QUEUE"] = Settings.from_env().jobs_queue
     os.environ["DICOMWEB_BLOB_EVENTS_QUEUE"] = Settings.from_env().blob_events_queue
+    os.environ["DICOMWEB_INBOX_QUEUE"] = Settings.from_env().inbox_queue
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     service_log = logging.getLogger("dicomweb")

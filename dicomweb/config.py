@@ -48,6 +48,14 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(raw) if raw else default
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (the first when unset); anything else refuses to start, as a bad number does."""
+    raw = env.get(name, "").strip().lower() or choices[0]
+    if raw not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the service reads from its environment."""
@@ -61,6 +69,14 @@ class Settings:
     queue_service_url: str = ""
     jobs_queue: str = "dicomweb-jobs"
     blob_events_queue: str = "dicomweb-blob-events"
+    #: Where scanner files are dropped to be converted (dicomweb.inbox), and the queue of its BlobCreated events.
+    inbox_container: str = "dicom-inbox"
+    inbox_queue: str = "dicomweb-inbox"
+    #: Largest scanner file the inbox converts (it is downloaded to local disk, and converted beside it).
+    inbox_max_bytes: int = 8 * 1024 * MIB
+    #: What becomes of an inbox file once handled: "move" (under done/ or failed/) or "delete" (a stored one;
+    #: a failed one is always moved under failed/).
+    inbox_sources: str = "move"
     cosmos_connection_string: str = ""
     cosmos_endpoint: str = ""
     cosmos_database: str = "dicomweb"
@@ -113,6 +129,10 @@ class Settings:
             queue_service_url=env.get("DICOMWEB_QUEUES__queueServiceUri", ""),
             jobs_queue=env.get("DICOMWEB_JOBS_QUEUE", "") or cls.jobs_queue,
             blob_events_queue=env.get("DICOMWEB_BLOB_EVENTS_QUEUE", "") or cls.blob_events_queue,
+            inbox_container=env.get("DICOMWEB_INBOX_CONTAINER", "") or cls.inbox_container,
+            inbox_queue=env.get("DICOMWEB_INBOX_QUEUE", "") or cls.inbox_queue,
+            inbox_max_bytes=_int(env, "DICOMWEB_INBOX_MAX_GB", 8) * 1024 * MIB,
+            inbox_sources=_choice(env, "DICOMWEB_INBOX_SOURCES", ("move", "delete")),
             cosmos_connection_string=env.get("DICOMWEB_COSMOS_CONNECTION_STRING", ""),
             cosmos_endpoint=env.get("DICOMWEB_COSMOS_ENDPOINT", ""),
             cosmos_database=env.get("DICOMWEB_COSMOS_DATABASE", "") or cls.cosmos_database,
@@ -177,6 +197,10 @@ SETTING_NAMES = (
     "DICOMWEB_QUEUES__queueServiceUri",
     "DICOMWEB_JOBS_QUEUE",
     "DICOMWEB_BLOB_EVENTS_QUEUE",
+    "DICOMWEB_INBOX_CONTAINER",
+    "DICOMWEB_INBOX_QUEUE",
+    "DICOMWEB_INBOX_MAX_GB",
+    "DICOMWEB_INBOX_SOURCES",
     "DICOMWEB_COSMOS_CONNECTION_STRING",
     "DICOMWEB_COSMOS_ENDPOINT",
     "DICOMWEB_COSMOS_DATABASE",

@@ -8,6 +8,11 @@ file again. Several instances travel at once. Transient failures (connection err
 retried with backoff; an interrupted session is resumed from a state file, sending only
 the blocks that have not arrived. Only HTTP is spoken: no Azure SDK, no credentials
 but an optional bearer token for the service itself.
+
+Scanner files are converted (:mod:`dicomweb.convert`) a part at a time into a temporary
+folder, and each part travels while the next is written: its blocks are put, but nothing is
+committed (nor sent by STOW-RS) before the whole file is converted, so a file that turns out
+truncated or corrupt halfway stores nothing; its open sessions are dropped.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import aiohttp
 from tqdm import tqdm
 
 from dicomweb import convert
-from dicomweb.dicom.part10 import Limits, Part10Parser
+from dicomweb.dicom.part10 import frame_record
 from dicomweb.errors import BadRequest, InvalidDataset
 
 MIB = 1024 * 1024
@@ -68,6 +73,20 @@ class Result:
         return self.status in ("stored", "exists", "skipped")
 
 
+@dataclass
+class Slide:
+    """A scanner file to convert and upload."""
+
+    source: Path
+    metadata: convert.SlideMetadata
+    #: Where its parts are written (removed as each is stored).
+    work: Path
+
+
+class _Abandoned(Exception):
+    """The file an instance was converted from could not be converted: the instance must not be stored."""
+
+
 def find_files(paths: list[Path]) -> tuple[list[Path], list[Path], list[Result]]:
     """DICOM Part 10 files named or inside the folders named, the files to convert first (scanner files in the
     folders, and every other file named explicitly: naming one that cannot be converted is a failure, not a
@@ -93,41 +112,6 @@ def find_files(paths: list[Path]) -> tuple[list[Path], list[Path], list[Result]]
     return files, scanner, skipped
 
 
-#: The header is read in pieces of this size; after it, only fragment item headers (and a few payload bytes).
-_HEAD_READ = MIB
-_ITEM_READ = 16
-
-
-def frame_record(path: Path) -> bytes | None:
-    """The file's frame offset record as a commit sends it, or None when the service does better without one.
-
-    The service's own parser reads the header, then jumps from one fragment item header to
-    the next (a few bytes per frame, not the whole file). Native Pixel Data needs no
-    record (the header gives it), and a file that is not a Part 10 file with a preamble,
-    or that the parser refuses, goes without: the service then scans it, or refuses it
-    with the reason.
-    """
-    parser = Part10Parser(Limits())
-    size = path.stat().st_size
-    try:
-        with path.open("rb") as handle:
-            descriptor = handle.fileno()
-            while not parser.table_read and parser.position < size:
-                parser.feed(os.pread(descriptor, _HEAD_READ, parser.position))
-            header = parser.header
-            if header is None or parser.shift != 0 or header.pixel_value_length is not None \
-                    or header.pixel_value_offset is None:
-                return None
-            while (wanted := parser.wanted()) is not None and parser.position < size:
-                at = max(wanted, parser.position)
-                parser.skip_to(at)
-                parser.feed(os.pread(descriptor, _ITEM_READ, at))
-            parser.skip_to(size)
-            parser.close()
-            record = parser.frame_index("")
-    except Exception:  # noqa: BLE001 - whatever the parser refuses, the service refuses with its reason
-        return None
-    return record.to_bytes() if record is not None else None
 
 
 class _Transient(Exception):
@@ -281,7 +265,8 @@ class Uploader:
                 session["uploadUrl"] = fresh["uploadUrl"]
             raise UploadError(f"Blob Storage refused block {block['index']} with a fresh SAS")
 
-    async def _upload_session(self, path: Path, size: int, timing: dict[str, float]) -> tuple[str, str, str]:
+    async def _upload_session(self, path: Path, size: int, timing: dict[str, float],
+                              gate: asyncio.Future[bool] | None) -> tuple[str, str, str]:
         key = self._key(path)
         session = None
         known = self._state().get(key)
@@ -300,6 +285,10 @@ class Uploader:
             record_task = asyncio.to_thread(frame_record, path)
             *_, record = await asyncio.gather(*(self._put_block(path, session, b) for b in session["blocks"]
                                                 if b["index"] in missing), record_task)
+            if gate is not None and not await gate:
+                self._remember(key, None)
+                await self._request("DELETE", session["statusUrl"], ok=(404,))
+                raise _Abandoned
             timing["commit"] = time.perf_counter()
             status, _, content = await self._request(
                 "POST", session["commitUrl"], ok=(202,), body=lambda: record or b"",
@@ -321,15 +310,22 @@ class Uploader:
                 return _stow_outcome(described["result"]["status"], described["result"]["body"])
             await asyncio.sleep(POLL_SECONDS)
 
-    async def _store(self, path: Path, size: int, timing: dict[str, float]) -> tuple[str, str, str]:
+    async def _store(self, path: Path, size: int, timing: dict[str, float],
+                     gate: asyncio.Future[bool] | None) -> tuple[str, str, str]:
         try:
             if size > self._stow_max:
                 raise _TooLarge
+            if gate is not None and not await gate:
+                raise _Abandoned
             return await self._stow(path, size)
         except _TooLarge:
-            return await self._upload_session(path, size, timing)
+            return await self._upload_session(path, size, timing, gate)
 
-    async def _one(self, path: Path) -> Result:
+    async def _one(self, path: Path, gate: asyncio.Future[bool] | None = None) -> Result:
+        """Store one file; with a ``gate``, nothing is committed before it resolves, and nothing at all when it
+        resolves False."""
+        if gate is not None and path.stat().st_size <= self._stow_max:
+            await asyncio.wait([gate])  # a STOW-RS part has nothing to do before then: it holds no slot meanwhile
         async with self._instances:
             size = path.stat().st_size
             started = time.perf_counter()
@@ -337,7 +333,7 @@ class Uploader:
             attempt = 1
             while True:
                 try:
-                    status, sop, detail = await self._store(path, size, timing)
+                    status, sop, detail = await self._store(path, size, timing, gate)
                     break
                 except _Transient as transient:
                     if attempt == STORE_ATTEMPTS:
@@ -346,6 +342,9 @@ class Uploader:
                     self._advance(-size)
                     await asyncio.sleep(STORE_BACKOFF * 2 ** (attempt - 1) * random.uniform(0.5, 1.0))
                     attempt += 1
+                except _Abandoned:
+                    self._advance(-size)
+                    return Result(path, size, "failed", detail="abandoned: its scanner file could not be converted")
                 except (UploadError, OSError) as exc:
                     return Result(path, size, "failed", detail=str(exc), seconds=time.perf_counter() - started,
                                   attempts=attempt)
@@ -353,20 +352,68 @@ class Uploader:
             return Result(path, size, status, sop, detail, ended - started, ended - timing.get("commit", ended),
                           attempt)
 
-    async def run(self, files: list[Path]) -> list[Result]:
-        """Upload ``files``; a result per file, in order."""
-        total = sum(path.stat().st_size for path in files)
+    async def run(self, files: list[Path], slides: list[Slide] = ()) -> list[Result]:
+        """Upload ``files`` and convert and upload ``slides``: a result per file, then per converted instance
+        (or one per slide that could not be converted)."""
+        total = sum(path.stat().st_size for path in files) + sum(slide.source.stat().st_size for slide in slides)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=600)
         self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
                          disable=None if self._progress_enabled is None else not self._progress_enabled,
                          desc="upload", dynamic_ncols=True)
+        converting = asyncio.Lock()
         try:
             async with aiohttp.ClientSession(timeout=timeout, trust_env=False,
                                              connector=aiohttp.TCPConnector(limit=64)) as self._session:
-                return list(await asyncio.gather(*(self._one(path) for path in files)))
+                done = await asyncio.gather(*(self._one(path) for path in files),
+                                            *(self._slide(slide, converting) for slide in slides))
         finally:
             self._bar.close()
             self._session = None
+        return [result for item in done for result in (item if isinstance(item, list) else [item])]
+
+    async def _slide(self, slide: Slide, converting: asyncio.Lock) -> list[Result]:
+        """Convert one scanner file (one conversion at a time: it keeps a core busy) and upload each part as it is
+        written; commit them once the whole file is converted."""
+        loop = asyncio.get_running_loop()
+        parts: asyncio.Queue[list[Path] | BaseException | None] = asyncio.Queue()
+        gate: asyncio.Future[bool] = loop.create_future()
+        started = time.perf_counter()
+
+        def produce() -> None:
+            bar = convert.Progress(slide.source.name, slide.source.stat().st_size, self._progress_enabled)
+            try:
+                for part in convert.convert_parts(slide.source, slide.work, slide.metadata, progress=bar):
+                    loop.call_soon_threadsafe(parts.put_nowait, part)
+                bar.close(sum(p.stat().st_size for p in slide.work.rglob("*") if p.is_file()))
+                loop.call_soon_threadsafe(parts.put_nowait, None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the event loop, which decides
+                bar.close()
+                loop.call_soon_threadsafe(parts.put_nowait, exc)
+
+        async def upload(path: Path) -> Result:
+            result = await self._one(path, gate)
+            path.unlink(missing_ok=True)  # disk holds a part only until it is stored
+            return result
+
+        uploads: list[asyncio.Task[Result]] = []
+        async with converting:
+            self._bar.total -= slide.source.stat().st_size  # the estimate gives way to the parts' sizes
+            converter = asyncio.create_task(asyncio.to_thread(produce))
+            while isinstance(part := await parts.get(), list):
+                self._bar.total += sum(path.stat().st_size for path in part)
+                self._bar.refresh()
+                uploads += [asyncio.create_task(upload(path)) for path in part]
+            await converter
+        gate.set_result(part is None)
+        results = list(await asyncio.gather(*uploads))
+        if isinstance(part, BaseException):
+            reason = part.message if isinstance(part, InvalidDataset) else f"{part.__class__.__name__}: {part}"
+            return [Result(slide.source, slide.source.stat().st_size, "failed", detail=reason,
+                           seconds=time.perf_counter() - started)]
+        for result in results:
+            result.detail = f"from {slide.source.name}" + (f": {result.detail}" if result.detail else "")
+            result.path = slide.source
+        return results
 
 
 class _TooLarge(Exception):
@@ -408,33 +455,14 @@ def report(results: list[Result], seconds: float, out: TextIO, as_json: bool = F
           f"{moved / 1e6:.1f} MB in {seconds:.1f} s ({rate:.1f} MB/s)", file=out)
 
 
-def convert_all(sources: list[Path], out: Path, options: convert.SlideMetadata,
-                per_file: dict[str, convert.SlideMetadata]) -> tuple[dict[Path, Path], list[Result]]:
-    """Convert each scanner file into a folder of its own under ``out``: the instances made (instance → scanner
-    file), and a failed result for each file that could not be converted."""
-    made: dict[Path, Path] = {}
-    failed: list[Result] = []
-    for number, source in enumerate(sources):
-        started = time.perf_counter()
-        print(f"converting {source.name} ({number + 1} of {len(sources)})", file=sys.stderr, flush=True)
-        try:
-            metadata = per_file.get(source.name, convert.SlideMetadata()).merged(options)
-            for instance in convert.convert(source, out / str(number), metadata):
-                made[instance] = source
-        except InvalidDataset as exc:
-            failed.append(Result(source, source.stat().st_size, "failed", detail=exc.message,
-                                 seconds=time.perf_counter() - started))
-    return made, failed
-
-
 def main(paths: list[Path], url: str, token: str | None, parallel: int, block_concurrency: int, stow_max_mb: int,
          state: Path | None, progress: bool | None, as_json: bool = False, verbose: bool = False,
          options: convert.SlideMetadata = convert.SlideMetadata(), metadata_file: Path | None = None) -> int:
     """Run an upload from the command line; exit code 1 when anything failed.
 
-    Scanner files are converted first (:mod:`dicomweb.convert`, into a temporary folder
-    beside nothing else: disk, never memory, holds the converted levels), and their instances
-    uploaded like any other; a converted instance's result names its scanner file.
+    Scanner files are converted (:mod:`dicomweb.convert`) into a temporary folder (disk, never
+    memory, holds the converted levels, each until it is stored) while the parts already
+    written travel; a converted instance's result names its scanner file.
     """
     files, scanner, results = find_files(paths)
     try:
@@ -444,14 +472,10 @@ def main(paths: list[Path], url: str, token: str | None, parallel: int, block_co
         return 2
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dicomweb-convert-") as work:
-        made, failed = convert_all(scanner, Path(work), options, per_file)
+        slides = [Slide(source, per_file.get(source.name, convert.SlideMetadata()).merged(options),
+                        Path(work) / str(number)) for number, source in enumerate(scanner)]
         uploader = Uploader(url, token=token, parallel=parallel, block_concurrency=block_concurrency,
                             stow_max_bytes=stow_max_mb * MIB, state_path=state, progress=progress)
-        uploaded = asyncio.run(uploader.run(files + list(made)))
-    for result in uploaded:
-        if result.path in made:
-            result.detail = f"from {made[result.path].name}" + (f": {result.detail}" if result.detail else "")
-            result.path = made[result.path]
-    results = uploaded + failed + results
+        results = asyncio.run(uploader.run(files, slides)) + results
     report(results, time.perf_counter() - started, sys.stdout, as_json, verbose)
     return 0 if results and all(r.ok for r in results) else 1

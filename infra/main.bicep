@@ -1,6 +1,7 @@
 // DICOMweb service for digital pathology: everything it runs on in Azure (azd: `azd up`).
 // A resource group holding the app identity, monitoring, the DICOM storage account with its
-// lifecycle policy, the Event Grid system topic that reports its instance blobs' tier changes,
+// lifecycle policy, the Event Grid system topic that reports its instance blobs' tier changes and
+// the inbox's new scanner files,
 // Cosmos DB for the search index, and the Flex Consumption Function App.
 // Outputs are named like the app settings they feed (dicomweb/config.py SETTING_NAMES).
 
@@ -98,6 +99,17 @@ param archiveUnreadInstances bool = true
 @description('Instances at most this size in MB (and every label, overview and thumbnail) stay in the hot tier.')
 param hotPinMB int = 256
 
+@description('Largest scanner file the inbox converts, in GB (it is downloaded to the instance\'s disk and converted beside it).')
+@minValue(1)
+param inboxMaxGB int = 8
+
+@description('What becomes of an inbox file once handled: move (under done/ or failed/) or delete (a stored one; a failed one is always moved under failed/).')
+@allowed([
+  'move'
+  'delete'
+])
+param inboxSources string = 'move'
+
 @description('Blob storage list prices per GB and month by access tier (DICOMWEB_PRICES_PER_GB_MONTH: each of Hot, Cool, Cold and Archive once), for the usage report. Default: LRS, East US, pay as you go.')
 param storagePricesPerGbMonth string = 'Hot=0.0184,Cool=0.01,Cold=0.0036,Archive=0.00099'
 
@@ -121,6 +133,10 @@ var sidecarContainer = 'dicom-sidecars'
 var stagingContainer = 'dicom-staging'
 var jobsQueue = 'dicomweb-jobs'
 var blobEventsQueue = 'dicomweb-blob-events'
+// Scanner files dropped here are converted and stored (dicomweb/inbox.py); Event Grid delivers their BlobCreated
+// events to inboxQueue.
+var inboxContainer = 'dicom-inbox'
+var inboxQueue = 'dicomweb-inbox'
 // Where Event Grid keeps the blob events it could not deliver to blobEventsQueue.
 var deadLetterContainer = 'dicom-events-deadletter'
 var cosmosDatabase = 'dicomweb'
@@ -167,6 +183,8 @@ module storage 'modules/storage.bicep' = {
     deploymentContainer: 'app-package'
     jobsQueue: jobsQueue
     blobEventsQueue: blobEventsQueue
+    inboxContainer: inboxContainer
+    inboxQueue: inboxQueue
     deadLetterContainer: deadLetterContainer
     archive: archive
     identityPrincipalId: identity.outputs.principalId
@@ -185,6 +203,20 @@ module events 'modules/events.bicep' = {
     storageAccountName: storage.outputs.name
     instanceContainer: storage.outputs.instanceContainer
     blobEventsQueue: storage.outputs.blobEventsQueue
+    deadLetterContainer: storage.outputs.deadLetterContainer
+  }
+}
+
+// The inbox's subscription on the topic above: it deploys once the events module, whose role lets the topic
+// dead-letter, has (it reads the topic's name from that module).
+module inbox 'modules/inbox.bicep' = {
+  scope: group
+  name: 'inbox'
+  params: {
+    topicName: events.outputs.topicName
+    storageAccountName: storage.outputs.name
+    inboxContainer: storage.outputs.inboxContainer
+    inboxQueue: storage.outputs.inboxQueue
     deadLetterContainer: storage.outputs.deadLetterContainer
   }
 }
@@ -218,6 +250,8 @@ module app 'modules/functionapp.bicep' = {
     storageQueueEndpoint: storage.outputs.queueEndpoint
     jobsQueue: storage.outputs.jobsQueue
     blobEventsQueue: storage.outputs.blobEventsQueue
+    inboxContainer: storage.outputs.inboxContainer
+    inboxQueue: storage.outputs.inboxQueue
     deploymentContainer: storage.outputs.deploymentContainer
     instanceContainer: storage.outputs.instanceContainer
     sidecarContainer: storage.outputs.sidecarContainer
@@ -237,6 +271,8 @@ module app 'modules/functionapp.bicep' = {
     ownerRoles: ownerRoles
     maxRequestMB: maxRequestMB
     hotPinMB: hotPinMB
+    inboxMaxGB: inboxMaxGB
+    inboxSources: inboxSources
     pricesPerGbMonth: storagePricesPerGbMonth
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
@@ -254,6 +290,8 @@ output DICOMWEB_SIDECAR_CONTAINER string = storage.outputs.sidecarContainer
 output DICOMWEB_STAGING_CONTAINER string = storage.outputs.stagingContainer
 output DICOMWEB_JOBS_QUEUE string = storage.outputs.jobsQueue
 output DICOMWEB_BLOB_EVENTS_QUEUE string = storage.outputs.blobEventsQueue
+output DICOMWEB_INBOX_CONTAINER string = storage.outputs.inboxContainer
+output DICOMWEB_INBOX_QUEUE string = storage.outputs.inboxQueue
 output DICOMWEB_PRICES_PER_GB_MONTH string = storagePricesPerGbMonth
 output DICOMWEB_COSMOS_ENDPOINT string = cosmos.outputs.endpoint
 output DICOMWEB_COSMOS_DATABASE string = cosmos.outputs.databaseName

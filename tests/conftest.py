@@ -210,7 +210,8 @@ def fresh_settings(emulators: dict[str, str]) -> dict[str, str]:
     settings = {**emulators, "DICOMWEB_INSTANCE_CONTAINER": f"inst-{suffix}",
                 "DICOMWEB_SIDECAR_CONTAINER": f"side-{suffix}", "DICOMWEB_STAGING_CONTAINER": f"stage-{suffix}",
                 "DICOMWEB_COSMOS_DATABASE": f"db-{suffix}", "DICOMWEB_JOBS_QUEUE": f"jobs-{suffix}",
-                "DICOMWEB_BLOB_EVENTS_QUEUE": f"events-{suffix}"}
+                "DICOMWEB_BLOB_EVENTS_QUEUE": f"events-{suffix}", "DICOMWEB_INBOX_CONTAINER": f"inbox-{suffix}",
+                "DICOMWEB_INBOX_QUEUE": f"inbox-{suffix}"}
     provision(settings)
     return settings
 

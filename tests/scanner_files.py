@@ -29,16 +29,18 @@ def levels(image: np.ndarray, count: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(image[:: 2**n, :: 2**n]) for n in range(count)]
 
 
-def make_svs(path: Path, size: tuple[int, int] = (1536, 1024), count: int = 3, seed: int = 1) -> list[np.ndarray]:
+def make_svs(path: Path, size: tuple[int, int] = (1536, 1024), count: int = 3, seed: int = 1,
+             icc: bytes | None = None) -> list[np.ndarray]:
     """An Aperio SVS: the levels (tiled JPEG with shared tables), a thumbnail, a label (LZW) and a macro
-    image, in the page order Aperio writes; the levels' pixels as written."""
+    image, in the page order Aperio writes, the levels with ``icc`` as their ICC profile (TIFF tag 34675) if
+    given; the levels' pixels as written."""
     pyramid = levels(tissue(size, seed), count)
     with tifffile.TiffWriter(path) as tif:
         for number, level in enumerate(pyramid):
             height, width = level.shape[:2]
             description = (f"{APERIO}{size[0]}x{size[1]} [0,0 {width}x{height}] ({TILE}x{TILE}) JPEG/RGB Q=90"
                            f"|AppMag = 20|MPP = {MPP * 2**number}")
-            tif.write(level, tile=(TILE, TILE), **JPEG, metadata=None,
+            tif.write(level, tile=(TILE, TILE), **JPEG, metadata=None, iccprofile=icc,
                       description=description)
             if number == 0:
                 thumbnail = np.ascontiguousarray(pyramid[0][::8, ::8])
@@ -86,3 +88,42 @@ def source_tiles(path: Path, level: int) -> list[tuple[bytes, bytes | None]]:
             tif.filehandle.seek(offset)
             tiles.append((tif.filehandle.read(count), page.jpegtables))
         return tiles
+
+
+def make_vms(path: Path, size: tuple[int, int] = (1024, 768), grid: tuple[int, int] = (2, 2),
+             seed: int = 4) -> np.ndarray:
+    """A Hamamatsu VMS, a format only OpenSlide reads: the key file ``path`` (``[Virtual Microscope Specimen]``)
+    and, beside it, the JPEG images that tile the base level (``grid`` columns and rows), the map image (an eighth
+    of the size; OpenSlide makes it a level) and the macro image; the base level's pixels as the JPEGs decode.
+
+    OpenSlide reads a VMS JPEG a restart interval at a time: each JPEG needs restart markers and
+    a whole number of intervals in an MCU row. Written 4:2:2 (16x8 MCUs, an interval every 16),
+    as OpenSlide 4.0 decodes 4:2:0 intervals wrong at full scale ("found marker 0xd9 instead of
+    RST0"). The optimisation file, which only spares OpenSlide a scan for the markers, is left out.
+    """
+    from PIL import Image
+
+    columns, rows = grid
+    width, height = size[0] // columns, size[1] // rows
+    assert width % 256 == 0 and height % 8 == 0, "whole restart intervals (256 x 8 pixels) in each JPEG"
+    image = tissue(size, seed)
+    stem = path.stem
+    jpeg = {"format": "JPEG", "quality": 90, "subsampling": 1}  # 1: 4:2:2
+    decoded = np.empty_like(image)
+    keys = ["[Virtual Microscope Specimen]", "NoLayers=1", f"NoJpegColumns={columns}", f"NoJpegRows={rows}"]
+    for row in range(rows):
+        for column in range(columns):
+            name = f"{stem}({column},{row}).jpg"
+            part = (slice(row * height, (row + 1) * height), slice(column * width, (column + 1) * width))
+            Image.fromarray(np.ascontiguousarray(image[part])).save(path.parent / name, **jpeg,
+                                                                    restart_marker_blocks=16)
+            with Image.open(path.parent / name) as written:
+                decoded[part] = np.asarray(written.convert("RGB"))
+            keys.append(f"ImageFile({column},{row})={name}")
+    Image.fromarray(np.ascontiguousarray(decoded[::8, ::8])).save(path.parent / f"{stem}_map2.jpg", **jpeg,
+                                                                  restart_marker_blocks=size[0] // 8 // 16)
+    Image.fromarray(tissue((300, 120), seed + 1)).save(path.parent / f"{stem}_macro.jpg", format="JPEG", quality=90)
+    keys += [f"MapFile={stem}_map2.jpg", f"MacroImage={stem}_macro.jpg", "SourceLens=20",
+             f"PhysicalWidth={round(size[0] * MPP * 1000)}", f"PhysicalHeight={round(size[1] * MPP * 1000)}"]  # nm
+    path.write_text("\r\n".join(keys) + "\r\n")
+    return decoded

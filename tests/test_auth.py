@@ -232,7 +232,7 @@ def test_every_registered_route_declares_its_permission() -> None:
         expected = (Permission.DELETE if (method == "DELETE" and not name.startswith("upload"))
                     or name.startswith("reindex")  # rebuilding the index is the owner's
                     or name == "usage"  # so is what the store holds and costs
-                    else Permission.WRITE if method in ("POST", "PUT") or name.startswith(("upload", "rehydrat"))
+                    else Permission.WRITE if method in ("POST", "PUT") or name.startswith(("upload", "rehydrat", "inbox"))
                     else Permission.READ)
         assert REQUIREMENTS[name] is expected, name
 

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator
 import httpx
 import pytest
 
-from dicomweb import availability, generations, reindex
+from dicomweb import availability, blobevents, generations, reindex
 from dicomweb.config import Settings
 from dicomweb.service import Service
 from dicomweb.storage.naming import Location
@@ -35,14 +35,14 @@ def _event(kind: str, name: str = NAME, container: str = CONTAINER, api: str = "
 def test_event_messages_are_read_in_every_form_the_platform_writes() -> None:
     event = _event("Microsoft.Storage.BlobTierChanged")
     plain = json.dumps(event)
-    assert availability._events(plain) == [event]
-    assert availability._events(base64.b64encode(plain.encode()).decode()) == [event], "Event Grid's base64"
-    assert availability._events(json.dumps([event, event])) == [event, event]
+    assert blobevents.parse(plain) == [event]
+    assert blobevents.parse(base64.b64encode(plain.encode()).decode()) == [event], "Event Grid's base64"
+    assert blobevents.parse(json.dumps([event, event])) == [event, event]
     cloud = {"specversion": "1.0", "type": event["eventType"], "subject": event["subject"], "data": event["data"]}
-    assert availability._instance(availability._events(json.dumps(cloud))[0], CONTAINER) == Location.parse(NAME)
+    assert availability._instance(blobevents.parse(json.dumps(cloud))[0], CONTAINER) == Location.parse(NAME)
     for junk in ("", "not json", "bm90IGpzb24=", "42", "[1, 2]", json.dumps([event] * 500)[:100]):
-        assert availability._events(junk) == [], junk
-    assert len(availability._events(json.dumps([event] * 500))) == availability.MAX_EVENTS_PER_MESSAGE
+        assert blobevents.parse(junk) == [], junk
+    assert len(blobevents.parse(json.dumps([event] * 500))) == blobevents.MAX_EVENTS_PER_MESSAGE
 
 
 @pytest.mark.parametrize(("event", "followed"), [

@@ -142,6 +142,53 @@ def test_files_that_cannot_be_converted_are_refused_and_leave_nothing(tmp_path: 
         assert list(out.iterdir()) == [], name
 
 
+def test_the_scanner_s_icc_profile_is_kept(tmp_path: Path) -> None:
+    """PS3.3 C.8.12.5: a colour slide's Optical Path carries the ICC profile a viewer renders it through."""
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    make_svs(tmp_path / "slide.svs", icc=icc)
+    by_flavour = _read(convert(tmp_path / "slide.svs", tmp_path / "out"))
+    for ds in by_flavour["VOLUME"] + by_flavour["THUMBNAIL"]:
+        assert ds.OpticalPathSequence[0].ICCProfile == icc, ds.ImageType
+
+
+def test_a_tiff_cut_anywhere_or_with_a_damaged_tile_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """The readers take a TIFF whose chain of images breaks off for a slide with fewer images: without the check
+    a file cut at 90 % became a slide with no label, macro or lowest level."""
+    whole = tmp_path / "whole.svs"
+    make_svs(whole)
+    data = whole.read_bytes()
+    with tifffile.TiffFile(whole) as tif:
+        directories = [page.offset for page in tif.pages][1:]
+        first_tile, first_count = tif.pages[0].dataoffsets[0], tif.pages[0].databytecounts[0]
+    cuts = {f"at {fraction}": int(len(data) * fraction) for fraction in (0.5, 0.7, 0.9, 0.99)}
+    cuts |= {f"before image {n + 1}": offset for n, offset in enumerate(directories)}
+    cuts["one byte short"] = len(data) - 1
+    out = tmp_path / "out"
+    for case, length in cuts.items():
+        (tmp_path / "cut.svs").write_bytes(data[:length])
+        with pytest.raises(InvalidDataset, match="cut.svs cannot be converted: the file is cut short"):
+            convert(tmp_path / "cut.svs", out)
+        assert list(out.iterdir()) == [], case
+    damaged = bytearray(data)
+    damaged[first_tile + first_count - 2 : first_tile + first_count] = b"\0\0"  # the first tile's EOI
+    (tmp_path / "damaged.svs").write_bytes(damaged)
+    with pytest.raises(InvalidDataset, match=r"damaged.svs cannot be converted: the file is damaged \(a JPEG tile"):
+        convert(tmp_path / "damaged.svs", out)
+    assert len(convert(whole, out)) == 6, "the whole file passes the same check"
+
+
+def test_a_progress_bar_shows_the_level_the_tiles_and_the_rate(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    make_svs(tmp_path / "slide.svs")
+    convert(tmp_path / "slide.svs", tmp_path / "out", progress=True)
+    shown = capsys.readouterr().err
+    tiles = sum(-(-w // TILE) * -(-h // TILE) for w, h in ((1536, 1024), (768, 512), (384, 256)))
+    assert "convert slide.svs" in shown and "level 1/3, 0/" in shown, shown
+    assert f"3 levels, {tiles} tiles" in shown and "B/s" in shown, shown
+
+
 def test_the_convert_command_reports_each_file_and_fails_when_one_does(tmp_path: Path) -> None:
     (tmp_path / "in" / "deeper").mkdir(parents=True)
     make_svs(tmp_path / "in" / "a.svs")
@@ -188,3 +235,47 @@ def test_a_converted_slide_is_stored_found_and_served_frame_for_frame(server: Se
     again = httpx.post(f"{server.base_url}/studies", content=files[0].read_bytes(),
                        headers={"content-type": "application/dicom"})
     assert again.status_code == 409, "converting the same file again gives the same instance: already stored"
+
+
+def test_a_hamamatsu_vms_is_converted_through_openslide(tmp_path: Path) -> None:
+    """A format only OpenSlide reads (openslide-python and openslide-bin in requirements.txt): wsidicomizer picks its
+    OpenSlide source by itself when neither opentile nor tiffslide opens the file, and re-encodes the tiles."""
+    from openslide import OpenSlide
+    from wsidicomizer.extras.openslide import OpenSlideSource
+    from wsidicomizer.sources import OpenTileSource, TiffSlideSource
+
+    from tests.scanner_files import make_vms
+
+    source = tmp_path / "scan" / "slide.vms"
+    source.parent.mkdir()
+    expected = make_vms(source)
+    assert OpenSlideSource.is_supported(source)
+    assert not OpenTileSource.is_supported(source) and not TiffSlideSource.is_supported(source)
+    instances = _read(convert(source, tmp_path / "out"))
+    assert {flavour: len(group) for flavour, group in instances.items()} == {"VOLUME": 7, "OVERVIEW": 1}
+    volumes = instances["VOLUME"]
+    assert [(int(d.TotalPixelMatrixColumns), int(d.TotalPixelMatrixRows)) for d in volumes] == [
+        (1024 >> n, 768 >> n) for n in range(7)]
+    base = volumes[0]
+    assert base.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+    spacing = base.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+    assert [float(v) for v in spacing] == pytest.approx([0.0005, 0.0005])  # mm: the key file's 0.5 µm per pixel
+    with WsiDicom.open(tmp_path / "out") as wsi:
+        region = np.asarray(wsi.read_region((0, 0), 0, (1024, 768)).convert("RGB")).astype(float)
+        lower = np.asarray(wsi.read_region((0, 0), 2, (256, 192)).convert("RGB")).astype(float)
+    assert np.abs(region - expected).mean() < 3
+    with OpenSlide(source) as slide:  # the lower levels OpenSlide makes by decoding at a quarter of the size
+        quarter = np.asarray(slide.read_region((0, 0), 2, (256, 192)).convert("RGB")).astype(float)
+    assert np.abs(lower - quarter).mean() < 3
+
+
+def test_a_hamamatsu_vms_missing_an_image_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    from tests.scanner_files import make_vms
+
+    source = tmp_path / "slide.vms"
+    make_vms(source)
+    (tmp_path / "slide(1,1).jpg").unlink()
+    out = tmp_path / "out"
+    with pytest.raises(InvalidDataset, match=r"slide.vms cannot be converted: OpenSlideError: .*slide\(1,1\)\.jpg"):
+        convert(source, out)
+    assert list(out.iterdir()) == []

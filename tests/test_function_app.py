@@ -23,12 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+import tifffile
 from PIL import Image
+from wsidicom import WsiDicom
 
 import function_app
 from dicomweb.api.local_host import registered
 from tests.conftest import ROOT, fresh_settings, source_frames, start_server
+from tests.scanner_files import make_svs
 from tests.wsi_factory import make_slide
 
 #: What the worker does at start: import the app and read each function's bindings.
@@ -120,10 +124,11 @@ def test_the_worker_imports_the_app_and_indexes_every_function(deployed: Deploym
         if triggers[0]["type"] == "queueTrigger":
             assert triggers[0]["connection"] == "DICOMWEB_QUEUES"
             assert triggers[0]["queueName"] == {"jobs": "%DICOMWEB_JOBS_QUEUE%",
-                                                "blob_events": "%DICOMWEB_BLOB_EVENTS_QUEUE%"}[name]
+                                                "blob_events": "%DICOMWEB_BLOB_EVENTS_QUEUE%",
+                                                "inbox_events": "%DICOMWEB_INBOX_QUEUE%"}[name]
     names = set(functions)
     assert {"stow_studies", "retrieve_frames", "search_studies", "upload_cleanup", "jobs", "blob_events",
-            "availability_reconcile", "rehydrate_series"} <= names, names
+            "availability_reconcile", "rehydrate_series", "inbox_events", "inbox_status"} <= names, names
 
 
 def test_every_module_the_package_imports_resolves_in_the_deployed_environment(deployed: Deployment) -> None:
@@ -167,3 +172,49 @@ def test_the_deployed_app_stores_and_serves_through_the_local_host(
     finally:
         server.stop()
     assert "Traceback" not in server.log.read_text()
+
+
+#: Converts ``argv[1]`` into ``argv[2]`` as the deployed app does, with the system's TurboJPEG library hidden from
+#: opentile as the Function App's image lacks it: ``find_library`` finds no turbojpeg and PyTurboJPEG's default paths
+#: are gone (each of opentile's first two looks), and no ``TURBOJPEG`` is set. Prints whether opentile then finds a
+#: library by itself, what ``convert`` wrote, and the TurboJPEG files mapped into the process.
+HIDDEN_TURBOJPEG_SCRIPT = """
+import ctypes.util, json, os, sys
+from pathlib import Path
+os.environ.pop("TURBOJPEG", None)
+found = ctypes.util.find_library
+ctypes.util.find_library = lambda name: None if "turbojpeg" in name else found(name)
+import turbojpeg
+turbojpeg.DEFAULT_LIB_PATHS.clear()
+from opentile.jpeg.jpeg import find_turbojpeg_path
+try:
+    alone = str(find_turbojpeg_path())
+except FileNotFoundError:
+    alone = None
+from dicomweb.convert import convert
+written = convert(Path(sys.argv[1]), Path(sys.argv[2]))
+mapped = sorted({line.split()[-1] for line in open("/proc/self/maps") if "turbojpeg" in line or "pylibjxl" in line})
+print(json.dumps({"alone": alone, "written": [str(p) for p in written], "mapped": mapped}))
+"""
+
+
+def test_the_deployed_app_converts_an_svs_without_a_system_turbojpeg(deployed: Deployment, tmp_path: Path) -> None:
+    """opentile copies an SVS's tiles with libjpeg-turbo's TurboJPEG library, which the Function App's image lacks
+    (without it wsidicomizer falls back to tiffslide, which re-encodes every tile); the wheel in requirements.txt
+    carries it and ``convert`` points opentile at it (``dicomweb/turbojpeg.py``)."""
+    source = tmp_path / "slide.svs"
+    make_svs(source)
+    ran = deployed.run("-c", HIDDEN_TURBOJPEG_SCRIPT, str(source), str(tmp_path / "out"))
+    assert ran.returncode == 0, ran.stderr
+    result = json.loads(ran.stdout)
+    assert result["alone"] is None, "the system library is not hidden: this test would prove nothing"
+    assert len(result["mapped"]) == 1, (f"TurboJPEG libraries loaded: {result['mapped']} (none: opentile could not "
+                                        "open the SVS, and tiffslide re-encoded its tiles instead of copying them)")
+    (mapped,) = result["mapped"]
+    assert mapped.startswith(f"{deployed.python.parent.parent}/") and "/site-packages/pylibjxl/_pylibjxl" in mapped
+    assert len(result["written"]) == 6  # three levels, the thumbnail, the label and the macro image
+    with tifffile.TiffFile(source) as tif:
+        expected = tif.series[0].levels[0].asarray()
+    with WsiDicom.open(tmp_path / "out") as wsi:
+        region = np.asarray(wsi.read_region((300, 200), 0, (512, 384)).convert("RGB"))
+    assert np.array_equal(region, expected[200:584, 300:812]), "tiles copied as the scanner wrote them"

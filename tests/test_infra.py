@@ -6,9 +6,9 @@ declare, and the resources carry the properties the code relies on (Flex Consump
 Python and HTTP streams, managed identity everywhere and no secret, the Cosmos partition key
 and indexing policy the QIDO code uses), with app settings and outputs named as
 ``dicomweb/config.py`` reads them. The lifecycle policy is checked rule by rule against the
-management-policy API's documented constraints, the Event Grid subscription that reports the
-instance blobs' tier changes against the event-subscription API's, and checkov's Bicep checks
-must all pass or be suppressed with a reason.
+management-policy API's documented constraints, the Event Grid subscriptions that report the
+instance blobs' tier changes and the inbox's new scanner files against the event-subscription API's,
+and checkov's Bicep checks must all pass or be suppressed with a reason.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from dicomweb import jobs
+from dicomweb import blobevents, inbox, jobs
 from dicomweb.config import DEFAULT_PRICES, SETTING_NAMES, Settings
 from dicomweb.reindex import RUNS
 from dicomweb.storage.naming import AUTO, HOT, REHYDRATED, TIER_TAG, Location, new_generation
@@ -265,7 +265,7 @@ def test_modules_get_exactly_the_parameters_they_declare() -> None:
     main = _file("main.bicep")
     assert main.target_scope == "subscription"
     modules = main.all("module")
-    assert set(modules) == {"identity", "monitoring", "storage", "events", "cosmos", "app"}
+    assert set(modules) == {"identity", "monitoring", "storage", "events", "inbox", "cosmos", "app"}
     for module in modules.values():
         target = parse(INFRA / module.type)
         declared = target.all("param")
@@ -423,18 +423,29 @@ def test_the_bicep_creates_every_container_queue_and_cosmos_container_the_code_u
         defaults.instance_container, defaults.sidecar_container, defaults.staging_container)
     assert (names["cosmosDatabase"], names["cosmosContainer"]) == (defaults.cosmos_database, defaults.cosmos_container)
     assert (names["jobsQueue"], names["blobEventsQueue"]) == (defaults.jobs_queue, defaults.blob_events_queue)
+    assert (names["inboxContainer"], names["inboxQueue"]) == (defaults.inbox_container, defaults.inbox_queue)
     storage = _file("modules/storage.bicep")
     containers = _one(storage, "Microsoft.Storage/storageAccounts/blobServices/containers")
     assert ("for container in [instanceContainer, sidecarContainer, stagingContainer, deploymentContainer, "
-            "deadLetterContainer]:") in (containers.loop or "")
+            "deadLetterContainer, inboxContainer]:") in (containers.loop or "")
     queues = _one(storage, "Microsoft.Storage/storageAccounts/queueServices/queues")
-    assert queues.loop is not None and (f"[jobsQueue, '${{jobsQueue}}{POISON_SUFFIX}', blobEventsQueue, "
-                                        f"'${{blobEventsQueue}}{POISON_SUFFIX}']") in queues.loop
+    assert queues.loop is not None and (f"for queue in [jobsQueue, '${{jobsQueue}}{POISON_SUFFIX}', blobEventsQueue, "
+                                        f"'${{blobEventsQueue}}{POISON_SUFFIX}', inboxQueue, "
+                                        f"'${{inboxQueue}}{POISON_SUFFIX}']:") in queues.loop
+    created = ("instanceContainer", "sidecarContainer", "stagingContainer", "jobsQueue", "blobEventsQueue",
+               "inboxContainer", "inboxQueue", "deadLetterContainer")
     given = _file("main.bicep").all("module")["storage"].value["params"]
-    assert {name: given[name] for name in ("instanceContainer", "sidecarContainer", "stagingContainer", "jobsQueue",
-                                           "blobEventsQueue", "deadLetterContainer")} == {
-        name: Expr(name) for name in ("instanceContainer", "sidecarContainer", "stagingContainer", "jobsQueue",
-                                      "blobEventsQueue", "deadLetterContainer")}
+    assert {name: given[name] for name in created} == {name: Expr(name) for name in created}
+    # Each name the code reads reaches the app as the storage module's output of what it created.
+    outputs = storage.all("output")
+    assert {name: outputs[name].value for name in ("instanceContainer", "sidecarContainer", "stagingContainer",
+                                                   "deadLetterContainer", "inboxContainer")} == {
+        "instanceContainer": Expr("containers[0].name"), "sidecarContainer": Expr("containers[1].name"),
+        "stagingContainer": Expr("containers[2].name"), "deadLetterContainer": Expr("containers[4].name"),
+        "inboxContainer": Expr("containers[5].name")}
+    assert {name: outputs[name].value for name in ("jobsQueue", "blobEventsQueue", "inboxQueue")} == {
+        "jobsQueue": Expr("queues[0].name"), "blobEventsQueue": Expr("queues[2].name"),
+        "inboxQueue": Expr("queues[4].name")}
     cosmos = _file("modules/cosmos.bicep")
     assert _one(cosmos, "Microsoft.DocumentDB/databaseAccounts/sqlDatabases").value["name"] == Expr("databaseName")
     index = _one(cosmos, "Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers")
@@ -495,11 +506,12 @@ def _set(path: str, value: Any) -> Any:
         *parents, last = path.split(".")
         node = rule
         for key in parents:
-            node = node[key]
+            node = node[int(key) if isinstance(node, list) else key]
+        index = int(last) if isinstance(node, list) else last
         if value is KeyError:
-            del node[last]
+            del node[index]
         else:
-            node[last] = value
+            node[index] = value
     return mutate
 
 
@@ -739,6 +751,23 @@ STORAGE_EVENT_TYPES = {f"Microsoft.Storage.{name}" for name in (
 TIER_EVENTS = ["Microsoft.Storage.BlobTierChanged", "Microsoft.Storage.AsyncOperationInitiated"]
 QUEUE_MESSAGE_SENDER = "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a"
 BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+#: Advanced filters (AdvancedFilter, discriminated by operatorType): the operand each operator takes besides ``key``
+#: (none for the null tests; ``value``, one number or boolean; ``values``, a list of numbers, of [low, high] ranges
+#: or of strings).
+NO_OPERAND, NUMBER, BOOLEAN, NUMBERS, RANGES, STRINGS = "", "number", "boolean", "numbers", "ranges", "strings"
+ADVANCED_OPERATORS = {
+    "IsNullOrUndefined": NO_OPERAND, "IsNotNull": NO_OPERAND, "BoolEquals": BOOLEAN,
+    **{name: NUMBER for name in ("NumberLessThan", "NumberGreaterThan", "NumberLessThanOrEquals",
+                                 "NumberGreaterThanOrEquals")},
+    **{name: NUMBERS for name in ("NumberIn", "NumberNotIn")},
+    **{name: RANGES for name in ("NumberInRange", "NumberNotInRange")},
+    **{name: STRINGS for name in ("StringIn", "StringNotIn", "StringBeginsWith", "StringNotBeginsWith",
+                                  "StringEndsWith", "StringNotEndsWith", "StringContains", "StringNotContains")},
+}
+#: Per subscription: advanced filters, and filter values counted across all of them; characters of a string value.
+MAX_ADVANCED_FILTERS, MAX_FILTER_VALUES, MAX_FILTER_STRING = 25, 25, 512
+#: The Event Grid schema's envelope fields an advanced filter's key may name (any other key is a ``data.`` field).
+EVENT_GRID_KEYS = {"id", "topic", "subject", "eventtype", "dataversion"}
 
 
 def _identity_errors(where: str, identity: Any, topic_identity: str | None) -> list[str]:
@@ -780,6 +809,62 @@ def _dead_letter_errors(where: str, destination: Any) -> list[str]:
                      if not properties.get(name)]
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _advanced_filter_errors(filters: Any, schema: str) -> list[str]:
+    """``filter.advancedFilters`` (see :func:`subscription_errors`): what the API refuses in them."""
+    where = "filter.advancedFilters"
+    if not isinstance(filters, list):
+        return [f"{where}: a list of advanced filters"]
+    errors = []
+    if len(filters) > MAX_ADVANCED_FILTERS:
+        errors.append(f"{where}: at most {MAX_ADVANCED_FILTERS} advanced filters per subscription, not {len(filters)}")
+    counted = 0
+    for i, advanced in enumerate(filters):
+        here = f"{where}[{i}]"
+        if not isinstance(advanced, dict) or advanced.get("operatorType") not in ADVANCED_OPERATORS:
+            operator = advanced.get("operatorType") if isinstance(advanced, dict) else None
+            errors.append(f"{here}.operatorType: one of {sorted(ADVANCED_OPERATORS)}, not {operator!r}")
+            continue
+        operand = ADVANCED_OPERATORS[advanced["operatorType"]]
+        named = {"value"} if operand in (NUMBER, BOOLEAN) else {"values"} if operand else set()
+        errors += [f"{here}: {advanced['operatorType']} takes no property {name!r}"
+                   for name in sorted(set(advanced) - {"operatorType", "key"} - named)]
+        key = advanced.get("key")
+        if not isinstance(key, str) or not key:
+            errors.append(f"{here}.key: required, the field of the event the filter reads")
+        elif schema == "EventGridSchema" and key.lower() not in EVENT_GRID_KEYS and not (
+                key.lower().startswith("data.") and len(key) > len("data.")):
+            errors.append(f"{here}.key: {key!r} is no field of an Event Grid schema event "
+                          f"({', '.join(sorted(EVENT_GRID_KEYS))} or data.<field>)")
+        if operand in (NUMBER, BOOLEAN):
+            value = advanced.get("value")
+            counted += 1
+            if not (isinstance(value, bool) if operand == BOOLEAN else _is_number(value)):
+                errors.append(f"{here}.value: required, a {operand}, not {value!r}")
+        elif operand:
+            values = advanced.get("values")
+            if not isinstance(values, list):
+                errors.append(f"{here}.values: required, a list of {operand}")
+                continue
+            counted += len(values)
+            if operand == STRINGS:
+                if not all(isinstance(v, str) for v in values):
+                    errors.append(f"{here}.values: strings only, not {values!r}")
+                errors += [f"{here}.values: {v[:40]!r}...: at most {MAX_FILTER_STRING} characters, not {len(v)}"
+                           for v in values if isinstance(v, str) and len(v) > MAX_FILTER_STRING]
+            elif operand == NUMBERS and not all(_is_number(v) for v in values):
+                errors.append(f"{here}.values: numbers only, not {values!r}")
+            elif operand == RANGES and not all(isinstance(v, list) and len(v) == 2 and all(map(_is_number, v))
+                                               for v in values):
+                errors.append(f"{here}.values: [low, high] ranges of numbers only, not {values!r}")
+    if counted > MAX_FILTER_VALUES:
+        errors.append(f"{where}: at most {MAX_FILTER_VALUES} filter values across all advanced filters, not {counted}")
+    return errors
+
+
 def _with_identity_errors(properties: dict[str, Any], name: str, target: str, topic_identity: str | None) -> list[str]:
     """``deliveryWithResourceIdentity`` / ``deadLetterWithResourceIdentity``: an identity and a destination."""
     given = properties[name]
@@ -803,6 +888,14 @@ def subscription_errors(properties: Any, topic_identity: str | None) -> list[str
     subjectEndsWith: "Wildcard characters are not supported"), Event Grid's "Set dead-letter location and retry
     policy" (learn.microsoft.com/azure/event-grid/manage-event-delivery: event time-to-live "an integer from 1 to
     1440", max retries "an integer from 1 to 30") and "Azure Blob Storage as an Event Grid source" (the event types).
+    ``filter.advancedFilters`` after the same reference (AdvancedFilter: ``operatorType`` one of its 19 values,
+    ``key``, and per operator ``value`` (the Number comparisons, BoolEquals), ``values`` (NumberIn, NumberNotIn:
+    numbers; NumberInRange, NumberNotInRange: [low, high] ranges; the eight String operators: strings) or nothing
+    (IsNullOrUndefined, IsNotNull); ``enableAdvancedFilteringOnArrays`` a boolean) and Event Grid's "Advanced
+    filtering" (learn.microsoft.com/azure/event-grid/event-filtering: the key is "the field in the event data that
+    you're using for filtering", for the Event Grid schema ID, Topic, Subject, EventType, DataVersion or a data
+    field (its examples spell them in either case: "Subject", "Data.Key1"); limitations: "25 advanced filters and
+    25 filter values across all the filters per Event Grid subscription", "512 characters per string value").
     """
     if not isinstance(properties, dict):
         return ["properties: an object"]
@@ -844,6 +937,11 @@ def subscription_errors(properties: Any, topic_identity: str | None) -> list[str
             errors.append(f"filter.{name}: a literal path (wildcards are not supported)")
     if not isinstance(event_filter.get("isSubjectCaseSensitive", False), bool):
         errors.append("filter.isSubjectCaseSensitive: true or false")
+    if not isinstance(event_filter.get("enableAdvancedFilteringOnArrays", False), bool):
+        errors.append("filter.enableAdvancedFilteringOnArrays: true or false")
+    if "advancedFilters" in event_filter:
+        errors += _advanced_filter_errors(event_filter["advancedFilters"],
+                                          properties.get("eventDeliverySchema", "EventGridSchema"))
     return errors
 
 
@@ -881,7 +979,11 @@ def _valid_subscription() -> dict[str, Any]:
     return {
         "eventDeliverySchema": "EventGridSchema",
         "filter": {"includedEventTypes": list(TIER_EVENTS), "subjectBeginsWith": "/blobServices/default/containers/c/",
-                   "subjectEndsWith": ".dcm", "isSubjectCaseSensitive": True},
+                   "subjectEndsWith": ".dcm", "isSubjectCaseSensitive": True,
+                   "advancedFilters": [{"operatorType": "StringNotBeginsWith", "key": "subject",
+                                        "values": ["/blobServices/default/containers/c/blobs/done/"]},
+                                       {"operatorType": "NumberLessThan", "key": "data.contentLength",
+                                        "value": 1 << 40}]},
         "deliveryWithResourceIdentity": {"identity": dict(identity), "destination": {
             "endpointType": "StorageQueue",
             "properties": {"resourceId": "/subscriptions/s/x", "queueName": "q", "queueMessageTimeToLiveInSeconds": -1}}},
@@ -919,6 +1021,35 @@ def _valid_subscription() -> dict[str, Any]:
     (_set("filter.subjectEndsWith", "*.dcm"), "wildcards are not supported"),
     (_set("filter.subjectPrefix", "/blobServices/"), "filter: no property 'subjectPrefix'"),
     (_set("eventDeliverySchema", "EventGridEvent"), "eventDeliverySchema: one of"),
+    (_set("filter.advancedFilters", {"operatorType": "StringNotBeginsWith", "key": "subject", "values": ["x"]}),
+     "filter.advancedFilters: a list of advanced filters"),
+    (_set("filter.advancedFilters.0.operatorType", "StringStartsWith"), "advancedFilters[0].operatorType: one of"),
+    (_set("filter.advancedFilters.0.operatorType", KeyError), "advancedFilters[0].operatorType: one of"),
+    (_set("filter.advancedFilters.0.key", KeyError), "advancedFilters[0].key: required"),
+    (_set("filter.advancedFilters.0.key", ""), "advancedFilters[0].key: required"),
+    (_set("filter.advancedFilters.0.key", "blobName"), "'blobName' is no field of an Event Grid schema event"),
+    (_set("filter.advancedFilters.0.key", "data."), "is no field of an Event Grid schema event"),
+    (_set("filter.advancedFilters.0.values", KeyError), "advancedFilters[0].values: required, a list of strings"),
+    (_set("filter.advancedFilters.0.values", "/blobServices/"), "advancedFilters[0].values: required"),
+    (_set("filter.advancedFilters.0.values", [5]), "advancedFilters[0].values: strings only"),
+    (_set("filter.advancedFilters.0.value", "done/"), "StringNotBeginsWith takes no property 'value'"),
+    (_set("filter.advancedFilters.0.values", [f"/blobs/{i}" for i in range(26)]),
+     "at most 25 filter values across all advanced filters, not 27"),
+    (_set("filter.advancedFilters.0.values", ["d" * 513]), "at most 512 characters, not 513"),
+    (_set("filter.advancedFilters.1.value", "1099511627776"), "advancedFilters[1].value: required, a number"),
+    (_set("filter.advancedFilters.1.value", True), "advancedFilters[1].value: required, a number"),
+    (_set("filter.advancedFilters.1.values", [1]), "NumberLessThan takes no property 'values'"),
+    (_set("filter.advancedFilters.1", {"operatorType": "NumberInRange", "key": "data.contentLength",
+                                       "values": [[0, 1], [2]]}), "[low, high] ranges of numbers only"),
+    (_set("filter.advancedFilters.1", {"operatorType": "NumberIn", "key": "data.contentLength", "values": ["1"]}),
+     "advancedFilters[1].values: numbers only"),
+    (_set("filter.advancedFilters.1", {"operatorType": "BoolEquals", "key": "data.x", "value": "true"}),
+     "advancedFilters[1].value: required, a boolean"),
+    (_set("filter.advancedFilters.1", {"operatorType": "IsNotNull", "key": "data.x", "values": []}),
+     "IsNotNull takes no property 'values'"),
+    (_set("filter.advancedFilters", [{"operatorType": "IsNotNull", "key": f"data.k{i}"} for i in range(26)]),
+     "at most 25 advanced filters per subscription, not 26"),
+    (_set("filter.enableAdvancedFilteringOnArrays", "true"), "enableAdvancedFilteringOnArrays: true or false"),
 ])
 def test_the_subscription_validator_refuses_what_the_api_refuses(mutate: Any, expected: str) -> None:
     assert subscription_errors(_valid_subscription(), "SystemAssigned") == []
@@ -926,6 +1057,29 @@ def test_the_subscription_validator_refuses_what_the_api_refuses(mutate: Any, ex
     mutate(subscription)
     errors = subscription_errors(subscription, "SystemAssigned")
     assert any(expected in error for error in errors), errors
+
+
+def test_the_subscription_validator_accepts_what_the_api_accepts_up_to_its_limits() -> None:
+    """The limits are inclusive, keys name envelope fields in either case, and every operator's operand form passes."""
+    subscription = _valid_subscription()
+    operands = {NO_OPERAND: {}, NUMBER: {"value": 2.5}, BOOLEAN: {"value": False}, NUMBERS: {"values": [1]},
+                RANGES: {"values": [[0, 1.5]]}, STRINGS: {"values": ["s" * MAX_FILTER_STRING]}}
+    filters = [{"operatorType": operator, "key": key, **operands[operand]} for (operator, operand), key in
+               zip(ADVANCED_OPERATORS.items(), ["Subject", "ID", "topic", "EventType", "dataVersion", "Data.Key1",
+                                                "data.api", "data.contentType", "subject", "data.url", "data.sequencer",
+                                                "data.blobType", "data.contentLength", "id", "topic", "subject",
+                                                "eventType", "data.a.b", "data.x"])]
+    padding = MAX_FILTER_VALUES - sum(len(f.get("values", [])) + ("value" in f) for f in filters)
+    filters += [{"operatorType": "IsNullOrUndefined", "key": f"data.k{i}"}
+                for i in range(MAX_ADVANCED_FILTERS - len(filters) - 1)]
+    filters.append({"operatorType": "StringIn", "key": "subject", "values": [f"v{i}" for i in range(padding)]})
+    subscription["filter"]["advancedFilters"] = filters
+    subscription["filter"]["enableAdvancedFilteringOnArrays"] = True
+    assert (len(ADVANCED_OPERATORS), len(filters)) == (19, MAX_ADVANCED_FILTERS) and padding > 0
+    assert subscription_errors(subscription, "SystemAssigned") == []
+    subscription["eventDeliverySchema"] = "CloudEventSchemaV1_0"
+    subscription["filter"]["advancedFilters"][0]["key"] = "comexampleextension1"
+    assert subscription_errors(subscription, "SystemAssigned") == [], "CloudEvents keys are not the envelope's"
 
 
 def test_identity_delivery_needs_the_topics_own_identity() -> None:
@@ -973,7 +1127,7 @@ def test_a_system_topic_on_the_dicom_account_delivers_to_the_queue_the_app_reads
     storage = _file("modules/storage.bicep")
     queues = _one(storage, "Microsoft.Storage/storageAccounts/queueServices/queues")
     assert storage.all("output")["blobEventsQueue"].value == Expr("queues[2].name")
-    assert _loop_items(queues.loop)[2:] == ["blobEventsQueue", f"'${{blobEventsQueue}}{POISON_SUFFIX}'"], \
+    assert _loop_items(queues.loop)[2:4] == ["blobEventsQueue", f"'${{blobEventsQueue}}{POISON_SUFFIX}'"], \
         "the queue and the poison queue the host moves a message to after maxDequeueCount"
     assert main.all("var")["blobEventsQueue"].value == Settings().blob_events_queue
     assert _app_settings()["DICOMWEB_BLOB_EVENTS_QUEUE"] == Expr("blobEventsQueue")
@@ -1066,7 +1220,216 @@ def test_the_topic_identity_gets_only_the_roles_delivery_and_dead_lettering_need
     assert granted == {"queue": "queueMessageSender", "deadLetters": "blobDataContributor"}
     assert set(subscription["dependsOn"]) == {Expr(a.name) for a in assignments}, \
         "the roles exist before the first delivery (a refused one is not retried)"
-    assert all("topic.identity" not in path.read_text() for path in BICEP_FILES if path.name != "events.bicep")
+    # Nothing else anywhere grants the topic's identity a role: inbox.bicep's queue sender (checked in
+    # test_the_topic_identity_may_send_to_the_inbox_queue_and_nothing_more) is the one other use.
+    assert {path.name for path in BICEP_FILES if "topic.identity" in path.read_text()} == {"events.bicep",
+                                                                                           "inbox.bicep"}
+    for path in BICEP_FILES:
+        granted_here = [a for a in parse(path).resources("Microsoft.Authorization/roleAssignments")
+                        if a.value["properties"]["principalId"] == Expr("topic.identity.principalId")]
+        assert path.read_text().count("topic.identity") == len(granted_here), \
+            f"{path.name}: topic.identity is used for its role assignments' principalId only"
+
+
+# --- Event Grid: the inbox's new scanner files (inbox.bicep), on the same topic -------------------------------------
+
+
+def _inbox() -> tuple[BicepFile, dict[str, Any]]:
+    module = _file("modules/inbox.bicep")
+    return module, _one(module, "Microsoft.EventGrid/systemTopics/eventSubscriptions").value
+
+
+def _inbox_blobs() -> str:
+    """The inbox module's ``blobs`` variable (the subject prefix of the inbox's blobs) for main.bicep's container."""
+    container = _file("main.bicep").all("var")["inboxContainer"].value
+    return _interpolate(_inbox()[0].all("var")["blobs"].value, {"inboxContainer": container})
+
+
+def _resolved_inbox_subscription() -> dict[str, Any]:
+    """The inbox subscription's properties with its variables and the inbox container main.bicep deploys filled in."""
+    _, subscription = _inbox()
+    resolved = copy.deepcopy(subscription["properties"])
+    event_filter = resolved["filter"]
+    blobs = _inbox_blobs()
+    assert event_filter["subjectBeginsWith"] == Expr("blobs")
+    event_filter["subjectBeginsWith"] = blobs
+    for advanced in event_filter["advancedFilters"]:
+        advanced["values"] = [_interpolate(value, {"blobs": blobs}) for value in advanced["values"]]
+    return resolved
+
+
+def test_the_inbox_subscription_is_one_the_api_accepts() -> None:
+    module, subscription = _inbox()
+    topic = _one(module, "Microsoft.EventGrid/systemTopics")
+    assert topic.existing and topic.value == {"name": Expr("topicName")}, "the account's one topic, events.bicep's"
+    events_topic = _one(_file("modules/events.bicep"), "Microsoft.EventGrid/systemTopics")
+    assert topic.type == events_topic.type == "Microsoft.EventGrid/systemTopics@2025-02-15"
+    assert _one(module, "Microsoft.EventGrid/systemTopics/eventSubscriptions").type == \
+        "Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15"
+    assert subscription["parent"] == Expr("topic") and subscription["name"] == "inbox-scanner-files"
+    assert subscription["name"] != _one(_file("modules/events.bicep"),
+                                        "Microsoft.EventGrid/systemTopics/eventSubscriptions").value["name"]
+    assert subscription_errors(_resolved_inbox_subscription(), events_topic.value["identity"]["type"]) == []
+    # The topic main.bicep names is the events module's.
+    assert _file("main.bicep").all("module")["inbox"].value["params"]["topicName"] == Expr("events.outputs.topicName")
+    assert _file("modules/events.bicep").all("output")["topicName"].value == Expr("topic.name")
+
+
+def test_the_inbox_subscription_delivers_to_the_queue_the_app_reads() -> None:
+    module, subscription = _inbox()
+    references = {d.name: d for d in module.all("resource").values() if d.type.startswith("Microsoft.Storage/")}
+    assert set(references) == {"account", "queueService", "queue"} and all(d.existing for d in references.values())
+    assert references["account"].value == {"name": Expr("storageAccountName")}
+    assert references["queueService"].value == {"parent": Expr("account"), "name": "default"}
+    assert references["queue"].value == {"parent": Expr("queueService"), "name": Expr("inboxQueue")}
+    properties = subscription["properties"]
+    assert "destination" not in properties, "delivered with the topic's identity, never Event Grid's"
+    assert properties["eventDeliverySchema"] == "EventGridSchema", "what dicomweb.blobevents.parse reads"
+    destination = properties["deliveryWithResourceIdentity"]["destination"]
+    assert destination == {"endpointType": "StorageQueue", "properties": {
+        "resourceId": Expr("account.id"), "queueName": Expr("queue.name"), "queueMessageTimeToLiveInSeconds": -1}}, \
+        "a dropped file waits in the queue however long the app is stopped"
+    # main.bicep: the account and queue are the storage module's, and the app reads that queue.
+    main = _file("main.bicep")
+    modules = main.all("module")
+    given = modules["inbox"].value["params"]
+    assert given["storageAccountName"] == Expr("storage.outputs.name")
+    assert given["inboxQueue"] == modules["app"].value["params"]["inboxQueue"] == Expr("storage.outputs.inboxQueue")
+    assert main.all("var")["inboxQueue"].value == Settings().inbox_queue
+    storage = _file("modules/storage.bicep")
+    queues = _one(storage, "Microsoft.Storage/storageAccounts/queueServices/queues")
+    assert storage.all("output")["inboxQueue"].value == Expr("queues[4].name")
+    assert _loop_items(queues.loop)[4:] == ["inboxQueue", f"'${{inboxQueue}}{POISON_SUFFIX}'"], \
+        "the queue and the poison queue the host moves a message to after maxDequeueCount"
+    assert _app_settings()["DICOMWEB_INBOX_QUEUE"] == Expr("inboxQueue")
+    assert main.all("output")["DICOMWEB_INBOX_QUEUE"].value == Expr("storage.outputs.inboxQueue")
+    # The function that reads it, through the connection the app settings give the identity.
+    assert 'queue_name="%DICOMWEB_INBOX_QUEUE%", connection=CONNECTION' in (
+        ROOT / "dicomweb" / "api" / "inbox.py").read_text()
+    assert "DICOMWEB_QUEUES__queueServiceUri" in _app_settings()
+
+
+def test_only_new_files_of_the_inbox_container_are_delivered() -> None:
+    _, subscription = _inbox()
+    event_filter = subscription["properties"]["filter"]
+    assert event_filter["includedEventTypes"] == sorted(inbox.CREATED) == ["Microsoft.Storage.BlobCreated"]
+    assert event_filter["isSubjectCaseSensitive"] is True and "subjectEndsWith" not in event_filter
+    assert "enableAdvancedFilteringOnArrays" not in event_filter, "the subject is a string"
+    # The container the filter names is the one the app setting DICOMWEB_INBOX_CONTAINER names.
+    main = _file("main.bicep")
+    modules = main.all("module")
+    assert modules["inbox"].value["params"]["inboxContainer"] == modules["app"].value["params"]["inboxContainer"] == \
+        Expr("storage.outputs.inboxContainer")
+    assert _app_settings()["DICOMWEB_INBOX_CONTAINER"] == Expr("inboxContainer")
+    assert main.all("output")["DICOMWEB_INBOX_CONTAINER"].value == Expr("storage.outputs.inboxContainer")
+    container = Settings().inbox_container
+    assert main.all("var")["inboxContainer"].value == container
+    resolved = _resolved_inbox_subscription()["filter"]
+    blobs = resolved["subjectBeginsWith"]
+    assert blobs == f"/blobServices/default/containers/{container}/blobs/"
+    # The files the app moves under done/ and failed/ (a copy: a BlobCreated too) are never delivered again.
+    assert resolved["advancedFilters"] == [{"operatorType": "StringNotBeginsWith", "key": "subject",
+                                            "values": [f"{blobs}{inbox.DONE}", f"{blobs}{inbox.FAILED}"]}]
+    excluded = resolved["advancedFilters"][0]["values"]
+
+    def delivered(event_type: str, container: str, blob: str) -> bool:
+        """As Event Grid decides: the subject filter as isSubjectCaseSensitive says, advanced string filters
+        ignoring case (Event Grid's "Advanced filtering": "All string comparisons aren't case-sensitive")."""
+        subject = f"/blobServices/default/containers/{container}/blobs/{blob}"
+        return (event_type in resolved["includedEventTypes"] and subject.startswith(blobs)
+                and not any(subject.lower().startswith(value.lower()) for value in excluded))
+
+    def handled(event_type: str, container: str, blob: str) -> bool:
+        """As dicomweb.inbox.handle decides, given the same event."""
+        event = {"eventType": event_type, "subject": f"/blobServices/default/containers/{container}/blobs/{blob}"}
+        name = blobevents.blob_name(event, Settings().inbox_container, inbox.CREATED)
+        return bool(name) and not name.startswith((inbox.DONE, inbox.FAILED))
+
+    created = "Microsoft.Storage.BlobCreated"
+    for blob in ("slide.svs", "scanner-1/2026/slide.ndpi", "doneslide.svs", "done-2026/slide.svs", "x/done/slide.svs",
+                 "failed.svs", "faileD-scans/slide.mrxs"):
+        assert delivered(created, container, blob) and handled(created, container, blob), blob
+    for event_type, where, blob in [
+            (created, container, f"{inbox.DONE}slide.svs"), (created, container, f"{inbox.FAILED}scanner-1/slide.ndpi"),
+            ("Microsoft.Storage.BlobDeleted", container, "slide.svs"),
+            ("Microsoft.Storage.BlobTierChanged", container, "slide.svs"),
+            (created, f"{container}-old", "slide.svs"), (created, Settings().staging_container, "slide.svs"),
+            (created, Settings().instance_container, "1.2/3.4/5.6/0123456789abcdef.dcm"),
+            (created, "DICOM-INBOX", "slide.svs")]:
+        assert not delivered(event_type, where, blob), (event_type, where, blob)
+        assert not handled(event_type, where, blob), (event_type, where, blob)
+    # Ignoring case, the advanced filter also keeps back what the app would handle: a scanner folder named Done/.
+    assert not delivered(created, container, "Done/slide.svs") and handled(created, container, "Done/slide.svs")
+
+
+def test_undeliverable_inbox_events_are_retried_then_dead_lettered_to_the_dead_letter_container() -> None:
+    _, subscription = _inbox()
+    properties = subscription["properties"]
+    assert properties["retryPolicy"] == RETRY_LIMITS, "the documented maximums: 30 attempts within 24 hours"
+    assert "deadLetterDestination" not in properties, "dead-lettered with the topic's identity, never Event Grid's"
+    dead_letter = properties["deadLetterWithResourceIdentity"]
+    assert dead_letter == {"identity": {"type": "SystemAssigned"}, "deadLetterDestination": {
+        "endpointType": "StorageBlob",
+        "properties": {"resourceId": Expr("account.id"), "blobContainerName": Expr("deadLetterContainer")}}}
+    # The container storage.bicep creates and events.bicep lets the topic's identity write to (the same one as the
+    # tier events': one role, one place to look). The inbox module deploys after the events module (it reads its
+    # output), so that role exists before the first dead-lettering.
+    modules = _file("main.bicep").all("module")
+    assert modules["inbox"].value["params"]["deadLetterContainer"] == \
+        modules["events"].value["params"]["deadLetterContainer"] == Expr("storage.outputs.deadLetterContainer")
+    assert modules["inbox"].value["params"]["topicName"] == Expr("events.outputs.topicName")
+    events = _file("modules/events.bicep")
+    (writer,) = [a for a in events.resources("Microsoft.Authorization/roleAssignments") if a.value["properties"][
+        "roleDefinitionId"] == Expr("subscriptionResourceId('Microsoft.Authorization/roleDefinitions', "
+                                    "blobDataContributor)")]
+    assert writer.value["scope"] == Expr("deadLetters")
+    assert events.all("resource")["deadLetters"].value["name"] == Expr("deadLetterContainer")
+
+
+def test_the_topic_identity_may_send_to_the_inbox_queue_and_nothing_more() -> None:
+    module, subscription = _inbox()
+    properties = subscription["properties"]
+    assert properties["deliveryWithResourceIdentity"]["identity"] == {"type": "SystemAssigned"}
+    assert module.all("var")["queueMessageSender"].value == QUEUE_MESSAGE_SENDER
+    (assignment,) = module.resources("Microsoft.Authorization/roleAssignments")
+    assert assignment.condition is None and assignment.name == "queueSender"
+    assert assignment.value == {
+        "scope": Expr("queue"),  # the inbox queue alone: the narrowest scope the role takes
+        "name": Expr("guid(queue.id, topic.id, queueMessageSender)"),
+        "properties": {"principalId": Expr("topic.identity.principalId"), "principalType": "ServicePrincipal",
+                       "roleDefinitionId": Expr("subscriptionResourceId('Microsoft.Authorization/roleDefinitions', "
+                                                "queueMessageSender)")}}
+    assert subscription["dependsOn"] == [Expr("queueSender")], \
+        "the role exists before the first delivery (a refused one is not retried)"
+
+
+def test_inbox_limits_reach_the_app_as_the_code_reads_them() -> None:
+    """DICOMWEB_INBOX_MAX_GB and DICOMWEB_INBOX_SOURCES: main.bicep's parameters (defaults the code's and the local
+    settings'), passed through the app module to the app settings."""
+    main = _file("main.bicep")
+    declared = main.all("param")
+    app = _file("modules/functionapp.bicep").all("param")
+    local = json.loads((ROOT / "local.settings.json.example").read_text())["Values"]
+    defaults = Settings()
+    assert declared["inboxMaxGB"].value == app["inboxMaxGB"].value == int(local["DICOMWEB_INBOX_MAX_GB"])
+    assert defaults.inbox_max_bytes == declared["inboxMaxGB"].value * 1024 ** 3
+    assert "@minValue(1)" in declared["inboxMaxGB"].decorators and "@minValue(1)" in app["inboxMaxGB"].decorators
+    assert declared["inboxSources"].value == app["inboxSources"].value == local["DICOMWEB_INBOX_SOURCES"] == \
+        defaults.inbox_sources
+    allowed = [d for d in declared["inboxSources"].decorators if d.startswith("@allowed(")]
+    assert allowed == [d for d in app["inboxSources"].decorators if d.startswith("@allowed(")]
+    choices = re.findall(r"'(\w+)'", allowed[0])
+    with pytest.raises(ValueError, match="must be one of") as refused:
+        Settings.from_env({"DICOMWEB_INBOX_SOURCES": "keep"})
+    assert choices == re.search(r"one of ([\w, ]+), not", str(refused.value)).group(1).split(", "), \
+        "the choices the code accepts, no more, no fewer"
+    assert all(Settings.from_env({"DICOMWEB_INBOX_SOURCES": choice}).inbox_sources == choice for choice in choices)
+    given = main.all("module")["app"].value["params"]
+    assert (given["inboxMaxGB"], given["inboxSources"]) == (Expr("inboxMaxGB"), Expr("inboxSources"))
+    settings = _app_settings()
+    assert settings["DICOMWEB_INBOX_MAX_GB"] == Expr("string(inboxMaxGB)")
+    assert settings["DICOMWEB_INBOX_SOURCES"] == Expr("inboxSources")
+    assert Settings.from_env({"DICOMWEB_INBOX_MAX_GB": "3"}).inbox_max_bytes == 3 * 1024 ** 3
 
 
 def test_storage_prices_reach_the_app_as_the_code_reads_them() -> None:

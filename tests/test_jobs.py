@@ -28,6 +28,10 @@ STARTS_WORK = {
     ("dicomweb/usage.py", "aggregate"): "the listings merged at once: gathered, the other cancelled if one fails",
     ("dicomweb/cli.py", "_lifecycle_every"): "serve --lifecycle-hours: the local stand-in for Azure's daily run, "
                                              "stopped with serve",
+    ("dicomweb/inbox.py", "_convert_and_store"): "the inbox's conversion (CPU-bound) and the removal of its work "
+                                                 "folder, each in a thread the queue function awaits",
+    ("dicomweb/inbox.py", "_store"): "reading a converted instance's UIDs and frame offset record from disk, awaited",
+    ("dicomweb/convert.py", "start"): "a progress bar's sampler (command line only): close stops and joins it",
 }
 #: Tasks the local host itself runs (the platform's part), by coroutine name.
 HOST_TASKS = {"_every", "_listen", "_deliver", "keep_holding"}

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from dicomweb import uploader as uploader_module
+from dicomweb.errors import InvalidDataset
 from dicomweb.uploader import Result, Uploader, find_files, report
 from tests.conftest import ROOT, Server
 from tests.scanner_files import make_ome_tiff, make_svs
@@ -235,3 +236,41 @@ def test_a_named_file_that_cannot_be_converted_fails_the_upload(server: Server, 
     assert run.returncode == 1
     assert _table_row(run.stdout, "slide.svs")[0] == "failed" and "slide.svs cannot be converted" in run.stdout
     assert _table_row(run.stdout, "notes.txt")[0] == "failed"
+
+
+def test_nothing_of_a_slide_is_committed_before_the_whole_file_is_converted(server: Server, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parts of a scanner file travel while the next is written, but a file that fails after its first part
+    (here: the converter's real first part, then a failure) stores nothing and drops its open session."""
+    make_svs(tmp_path / "slide.svs", size=(2048, 1536))
+    real = uploader_module.convert.convert_parts
+    written: list[list[Path]] = []
+
+    def fails_after_the_first_part(*args, **kwargs):
+        for part in real(*args, **kwargs):
+            written.append(part)
+            yield part
+            raise InvalidDataset("slide.svs cannot be converted: the second level is damaged")
+
+    monkeypatch.setattr(uploader_module.convert, "convert_parts", fails_after_the_first_part)
+    calls: list[tuple[str, str, int]] = []
+    request = Uploader._request
+
+    async def spy(self, method, url, **kwargs):
+        answer = await request(self, method, url, **kwargs)
+        calls.append((method, url.split("?")[0], answer[0]))
+        return answer
+
+    monkeypatch.setattr(Uploader, "_request", spy)
+    uploader = Uploader(server.base_url, stow_max_bytes=1, progress=False, state_path=tmp_path / "state.json")
+    slide = uploader_module.Slide(tmp_path / "slide.svs", uploader_module.convert.SlideMetadata(patient_id="P-GATE"),
+                                  tmp_path / "work")
+    (result,) = asyncio.run(uploader.run([], [slide]))
+    assert (result.status, result.path.name) == ("failed", "slide.svs") and "second level" in result.detail
+    assert len(written) == 1 and not any(p.exists() for p in written[0]), "the first part was written, then removed"
+    sessions = [m for m, url, _ in calls if url.endswith("/uploads")]
+    assert sessions == ["POST"] * len(written[0]) == ["POST"], "the base level: its blocks travelled"
+    assert any(m == "PUT" for m, _, _ in calls), "blocks were put"
+    assert [status for m, _, status in calls if m == "DELETE"] == [204], "its session was dropped"
+    assert not any(url.endswith("/commit") or url.endswith("/studies") for _, url, _ in calls), "nothing committed"
+    assert httpx.get(f"{server.base_url}/studies", params={"PatientID": "P-GATE"}).json() == []

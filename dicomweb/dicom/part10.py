@@ -11,10 +11,12 @@ dataset bytes unchanged.
 
 from __future__ import annotations
 
+import os
 import struct
 from array import array
 from dataclasses import dataclass
 from io import BytesIO
+from pathlib import Path
 
 import pydicom
 from pydicom.datadict import dictionary_VR
@@ -581,3 +583,40 @@ def _make_meta(dataset: Dataset, syntax: str) -> bytes:
     except (ValueError, AttributeError) as exc:
         raise InvalidDataset(f"cannot make File Meta Information: {exc}") from exc
     return out.getvalue()
+
+
+#: The header is read in pieces of this size; after it, only fragment item headers (and a few payload bytes).
+_HEAD_READ = 1024 * 1024
+_ITEM_READ = 16
+
+
+def frame_record(path: Path) -> bytes | None:
+    """The file's frame offset record as a commit sends it, or None when the service does better without one.
+
+    The service's own parser reads the header, then jumps from one fragment item header to
+    the next (a few bytes per frame, not the whole file). Native Pixel Data needs no
+    record (the header gives it), and a file that is not a Part 10 file with a preamble,
+    or that the parser refuses, goes without: the service then scans it, or refuses it
+    with the reason.
+    """
+    parser = Part10Parser(Limits())
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as handle:
+            descriptor = handle.fileno()
+            while not parser.table_read and parser.position < size:
+                parser.feed(os.pread(descriptor, _HEAD_READ, parser.position))
+            header = parser.header
+            if header is None or parser.shift != 0 or header.pixel_value_length is not None \
+                    or header.pixel_value_offset is None:
+                return None
+            while (wanted := parser.wanted()) is not None and parser.position < size:
+                at = max(wanted, parser.position)
+                parser.skip_to(at)
+                parser.feed(os.pread(descriptor, _ITEM_READ, at))
+            parser.skip_to(size)
+            parser.close()
+            record = parser.frame_index("")
+    except Exception:  # noqa: BLE001 - whatever the parser refuses, the service refuses with its reason
+        return None
+    return record.to_bytes() if record is not None else None

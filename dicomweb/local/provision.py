@@ -13,7 +13,7 @@ import os
 from typing import Mapping
 
 from dicomweb.config import Settings
-from dicomweb.storage.clients import blob_store, cosmos_stores, event_queue, job_queue
+from dicomweb.storage.clients import blob_store, cosmos_stores, event_queue, inbox_queue, job_queue
 
 
 async def provision_async(settings: Settings, index_only: bool = False) -> None:
@@ -25,15 +25,15 @@ async def provision_async(settings: Settings, index_only: bool = False) -> None:
         await index.close()
     if index_only:
         return
-    blobs, jobs, events = blob_store(settings), job_queue(settings), event_queue(settings)
+    blobs, queues = blob_store(settings), [job_queue(settings), event_queue(settings), inbox_queue(settings)]
     try:
-        await blobs.provision(settings.blob_events_queue)
-        await jobs.provision()
-        await events.provision()
+        await blobs.provision(settings.blob_events_queue, settings.inbox_queue)
+        for queue in queues:
+            await queue.provision()
     finally:
         await blobs.close()
-        await jobs.close()
-        await events.close()
+        for queue in queues:
+            await queue.close()
 
 
 def provision(env: Mapping[str, str], index_only: bool = False) -> None:

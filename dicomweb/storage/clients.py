@@ -40,17 +40,20 @@ def _blob_retries() -> ExponentialRetry:
 
 def blob_store(settings: Settings, credential: object | None = None) -> BlobStores:
     """Blob adapter from a connection string, else account URL + ``credential`` (default: managed identity)."""
+    # Whole-file transfers (the inbox's download of a scanner file, its upload of each converted instance) move
+    # blocks of the service's block size rather than the SDK's 4 MiB: half the requests.
+    sizes = {"max_block_size": settings.block_size, "max_chunk_get_size": settings.block_size}
     if settings.storage_connection_string:
         service = BlobServiceClient.from_connection_string(settings.storage_connection_string, transport=_transport(settings),
-                                                           retry_policy=_blob_retries(), **_limits(settings))
+                                                           retry_policy=_blob_retries(), **_limits(settings), **sizes)
     elif settings.storage_account_url:
         service = BlobServiceClient(settings.storage_account_url, credential=credential or DefaultAzureCredential(),
                                     transport=_transport(settings), retry_policy=_blob_retries(),
-                                    **_limits(settings))
+                                    **_limits(settings), **sizes)
     else:
         raise ValueError("set DICOMWEB_STORAGE_CONNECTION_STRING or DICOMWEB_STORAGE_ACCOUNT_URL")
     return BlobStores(service, settings.instance_container, settings.sidecar_container, settings.staging_container,
-                      settings.storage_timeout_seconds)
+                      settings.inbox_container, settings.storage_timeout_seconds)
 
 
 def _throttle_retries(settings: Settings) -> dict[str, int]:
@@ -101,6 +104,12 @@ def event_queue(settings: Settings) -> JobQueue:
     """The queue Event Grid delivers the instance container's blob events to (provisioned locally; only the
     queue trigger reads it)."""
     return JobQueue(queue_service(settings), settings.blob_events_queue)
+
+
+def inbox_queue(settings: Settings) -> JobQueue:
+    """The queue Event Grid delivers the inbox's BlobCreated events to (provisioned locally; only the queue trigger
+    reads it)."""
+    return JobQueue(queue_service(settings), settings.inbox_queue)
 
 
 def queue_consumer(settings: Settings, name: str) -> QueueConsumer:

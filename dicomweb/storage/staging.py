@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from pathlib import Path
 from typing import AsyncIterator
 from urllib.parse import quote
 
 from azure.core import MatchConditions
-from azure.core.exceptions import AzureError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock, BlockState
 from azure.storage.blob.aio import ContainerClient
 
 from dicomweb.errors import StateConflict
-from dicomweb.storage.transfer import RangeReader, SasSigner, delete_names, failure, fresh_block_id
+from dicomweb.storage.transfer import RangeReader, SasSigner, StaleBlob, delete_names, failure, fresh_block_id
 
 
 class StagingStore:
@@ -136,14 +137,27 @@ class StagingStore:
         except AzureError as exc:
             raise failure(exc, name) from exc
 
-    async def put_record(self, name: str, data: bytes, etag: str | None = None) -> str:
-        """Write a small staging record; with ``etag``, only if nobody changed it since (else StaleBlob)."""
+    async def put_record(self, name: str, data: bytes, etag: str | None = None, create: bool = False) -> str:
+        """Write a small staging record; with ``etag``, only if nobody changed it since, with ``create`` only if
+        there is none yet (else StaleBlob)."""
         condition = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
         try:
-            result = await self.container.get_blob_client(name).upload_blob(data, overwrite=True, **condition)
+            result = await self.container.get_blob_client(name).upload_blob(data, overwrite=not create, **condition)
+        except ResourceExistsError as exc:
+            raise StaleBlob(f"{name} was written by someone else first") from exc
         except AzureError as exc:
             raise failure(exc, name) from exc
         return str(result["etag"])
+
+    async def upload_file(self, name: str, path: Path, concurrency: int) -> None:
+        """Write local file ``path`` as staging blob ``name``, committed, in blocks (``concurrency`` at a time): the
+        data of an upload session the service opens itself (:mod:`dicomweb.inbox`)."""
+        try:
+            with path.open("rb") as data:
+                await self.container.get_blob_client(name).upload_blob(
+                    data, length=path.stat().st_size, overwrite=True, max_concurrency=concurrency)
+        except AzureError as exc:
+            raise failure(exc, name) from exc
 
     async def get_record(self, name: str) -> tuple[bytes, str]:
         """A staging record and its etag."""

@@ -34,6 +34,12 @@ param jobsQueue string
 @description('Queue Event Grid delivers the instance blobs\' tier events to (same connection as the job queue).')
 param blobEventsQueue string
 
+@description('Container scanner files are dropped in to be converted.')
+param inboxContainer string
+
+@description('Queue Event Grid delivers the inbox\'s BlobCreated events to (same connection as the job queue).')
+param inboxQueue string
+
 @description('Container Flex Consumption deploys the app package from.')
 param deploymentContainer string
 
@@ -90,6 +96,17 @@ param maxRequestMB int
 
 @description('Instances at most this size (and labels, overviews, thumbnails) are pinned to the hot tier.')
 param hotPinMB int
+
+@description('Largest scanner file the inbox converts, in GB (DICOMWEB_INBOX_MAX_GB).')
+@minValue(1)
+param inboxMaxGB int = 8
+
+@description('What becomes of an inbox file once handled (DICOMWEB_INBOX_SOURCES): move (under done/ or failed/) or delete (a stored one).')
+@allowed([
+  'move'
+  'delete'
+])
+param inboxSources string = 'move'
 
 @description('Storage list prices per GB and month by access tier, e.g. Hot=0.0184,Cool=0.01,Cold=0.0036,Archive=0.00099.')
 param pricesPerGbMonth string
@@ -240,6 +257,11 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     DICOMWEB_JOBS_QUEUE: jobsQueue
     // Event Grid's tier events for the instance blobs (events.bicep), read through the same connection.
     DICOMWEB_BLOB_EVENTS_QUEUE: blobEventsQueue
+    // The inbox: its scanner files' BlobCreated events (inbox.bicep), read through the same connection.
+    DICOMWEB_INBOX_CONTAINER: inboxContainer
+    DICOMWEB_INBOX_QUEUE: inboxQueue
+    DICOMWEB_INBOX_MAX_GB: string(inboxMaxGB)
+    DICOMWEB_INBOX_SOURCES: inboxSources
     DICOMWEB_COSMOS_CONNECTION_STRING: ''
     DICOMWEB_COSMOS_ENDPOINT: cosmosEndpoint
     DICOMWEB_COSMOS_DATABASE: cosmosDatabase

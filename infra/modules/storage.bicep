@@ -1,7 +1,7 @@
 // The DICOM data: one storage account (shared-key access off, TLS 1.2, no public blobs) with the
-// instance, sidecar and staging containers, soft delete, last-access tracking, and the lifecycle
+// instance, sidecar, staging and inbox containers, soft delete, last-access tracking, and the lifecycle
 // policy that moves unread instance blobs to cool, cold and archive while pinned ones stay hot;
-// the job queue and the blob event queue (each with its poison queue) the service's queue-triggered
+// the job queue, the blob event queue and the inbox queue (each with its poison queue) the service's queue-triggered
 // functions consume, and the container Event Grid dead-letters undeliverable blob events to
 // (events.bicep). Every container and queue the code uses is created here: in Azure the service
 // creates none.
@@ -43,6 +43,12 @@ param jobsQueue string
 
 @description('Queue Event Grid delivers the instance blobs\' tier events to (DICOMWEB_BLOB_EVENTS_QUEUE); the host adds "-poison" for failed ones.')
 param blobEventsQueue string
+
+@description('Container scanner files are dropped in to be converted (DICOMWEB_INBOX_CONTAINER).')
+param inboxContainer string
+
+@description('Queue Event Grid delivers the inbox\'s BlobCreated events to (DICOMWEB_INBOX_QUEUE); the host adds "-poison" for failed ones.')
+param inboxQueue string
 
 @description('Container Event Grid writes the blob events it could not deliver to (dead-lettering).')
 param deadLetterContainer string
@@ -124,7 +130,7 @@ resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01'
 }
 
 resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = [
-  for container in [instanceContainer, sidecarContainer, stagingContainer, deploymentContainer, deadLetterContainer]: {
+  for container in [instanceContainer, sidecarContainer, stagingContainer, deploymentContainer, deadLetterContainer, inboxContainer]: {
     parent: blobService
     name: container
     properties: {
@@ -139,7 +145,7 @@ resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-0
 }
 
 resource queues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = [
-  for queue in [jobsQueue, '${jobsQueue}-poison', blobEventsQueue, '${blobEventsQueue}-poison']: {
+  for queue in [jobsQueue, '${jobsQueue}-poison', blobEventsQueue, '${blobEventsQueue}-poison', inboxQueue, '${inboxQueue}-poison']: {
     parent: queueService
     name: queue
   }
@@ -210,3 +216,5 @@ output sidecarContainer string = containers[1].name
 output stagingContainer string = containers[2].name
 output deploymentContainer string = containers[3].name
 output deadLetterContainer string = containers[4].name
+output inboxContainer string = containers[5].name
+output inboxQueue string = queues[4].name

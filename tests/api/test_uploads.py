@@ -299,7 +299,7 @@ def _frames_of(server: Server, slide: SlideFile) -> list[bytes]:
 
 
 def _record(path: Path) -> FrameIndex:
-    from dicomweb.uploader import frame_record
+    from dicomweb.dicom.part10 import frame_record
 
     raw = frame_record(path)
     assert raw is not None

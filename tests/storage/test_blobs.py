@@ -24,7 +24,7 @@ def _run(emulators: dict[str, str], scenario: Callable[[BlobStores], Awaitable[N
     async def main() -> None:
         suffix = uuid.uuid4().hex[:8]
         client = BlobServiceClient.from_connection_string(emulators["DICOMWEB_STORAGE_CONNECTION_STRING"])
-        store = BlobStores(client, f"i-{suffix}", f"s-{suffix}", f"t-{suffix}")
+        store = BlobStores(client, f"i-{suffix}", f"s-{suffix}", f"t-{suffix}", f"n-{suffix}")
         await store.provision()
         try:
             await scenario(store)

@@ -28,7 +28,7 @@ PRICES = dict(DEFAULT_PRICES)
 
 def _stores(emulators: dict[str, str], suffix: str) -> BlobStores:
     client = BlobServiceClient.from_connection_string(emulators["DICOMWEB_STORAGE_CONNECTION_STRING"])
-    return BlobStores(client, f"i-{suffix}", f"s-{suffix}", f"t-{suffix}")
+    return BlobStores(client, f"i-{suffix}", f"s-{suffix}", f"t-{suffix}", f"n-{suffix}")
 
 
 def test_the_inventory_lists_every_blob_with_size_and_billed_tier(emulators: dict[str, str]) -> None:

@@ -1,0 +1,94 @@
+"""The inbox (``dicomweb/inbox.py``) against the running service: a scanner file written to the inbox container
+is converted and stored with no client involved; a corrupt one ends ``failed`` with the reason and stores nothing."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Server, blob_service, fresh_settings, start_server
+from tests.scanner_files import make_svs
+
+
+def _drop(server: Server, name: str, data: bytes, **metadata: str) -> None:
+    """Write a file to the inbox as azcopy or Storage Explorer would (Put Blob, metadata as x-ms-meta-*)."""
+    container = blob_service(server.env).get_container_client(server.env.get("DICOMWEB_INBOX_CONTAINER",
+                                                                             "dicom-inbox"))
+    container.upload_blob(name, data, overwrite=True, metadata=metadata)
+
+
+def _inbox_names(server: Server) -> set[str]:
+    container = blob_service(server.env).get_container_client(server.env.get("DICOMWEB_INBOX_CONTAINER",
+                                                                             "dicom-inbox"))
+    return {blob.name for blob in container.list_blobs()}
+
+
+def _ended(server: Server, name: str, seconds: float = 90, after: str | None = None) -> dict:
+    """The file's status record once it is no longer ``converting`` (with ``after``: a record of a version with
+    another etag than that)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        answer = httpx.get(f"{server.base_url}/inbox", params={"file": name})
+        if answer.status_code == 200 and answer.json()["status"] != "converting" and answer.json()["etag"] != after:
+            return answer.json()
+        assert answer.status_code in (200, 404), answer.text
+        time.sleep(0.25)
+    raise AssertionError(f"{name} did not end: {answer.status_code} {answer.text}")
+
+
+def test_a_file_dropped_in_the_inbox_is_converted_and_stored_with_no_client(server: Server, tmp_path: Path) -> None:
+    make_svs(tmp_path / "slide.svs")
+    patient = f"P-INBOX-{uuid.uuid4().hex[:8]}"
+    name = f"scanner-1/{patient}.svs"
+    _drop(server, name, (tmp_path / "slide.svs").read_bytes(), PatientID=patient, AccessionNumber="A-7")
+    record = _ended(server, name)
+    assert record["status"] == "stored", record
+    assert (record["instances"], record["newlyStored"], len(record["series"])) == (6, 6, 1)
+    studies = httpx.get(f"{server.base_url}/studies", params={"PatientID": patient}).json()
+    assert [s["0020000D"]["Value"][0] for s in studies] == [record["study"]]
+    assert studies[0]["00080050"]["Value"] == ["A-7"], "metadata from the blob's own metadata"
+    instances = httpx.get(f"{server.base_url}/studies/{record['study']}/instances").json()
+    assert len(instances) == 6
+    names = _inbox_names(server)
+    assert f"done/{name}" in names and name not in names, "moved under done/"
+    assert any(r["file"] == name for r in httpx.get(f"{server.base_url}/inbox").json()), "listed"
+
+    # The same file dropped again: the same UIDs, so every instance is already stored, and nothing is duplicated.
+    _drop(server, name, (tmp_path / "slide.svs").read_bytes(), PatientID=patient, AccessionNumber="A-7")
+    again = _ended(server, name, after=record["etag"])
+    assert (again["status"], again["instances"], again["newlyStored"]) == ("stored", 6, 0), again
+    assert len(httpx.get(f"{server.base_url}/studies/{record['study']}/instances").json()) == 6
+
+
+def test_a_corrupt_file_ends_failed_with_the_reason_and_stores_nothing(server: Server, tmp_path: Path) -> None:
+    make_svs(tmp_path / "slide.svs")
+    data = (tmp_path / "slide.svs").read_bytes()
+    patient = f"P-INBOX-{uuid.uuid4().hex[:8]}"
+    name = f"{patient}-cut.svs"
+    _drop(server, name, data[: int(len(data) * 0.9)], PatientID=patient)
+    record = _ended(server, name)
+    assert record["status"] == "failed" and "cannot be converted: the file is cut short" in record["reason"], record
+    assert httpx.get(f"{server.base_url}/studies", params={"PatientID": patient}).json() == []
+    names = _inbox_names(server)
+    assert f"failed/{name}" in names and name not in names, "moved under failed/"
+    assert httpx.get(f"{server.base_url}/inbox", params={"file": "never-dropped.svs"}).status_code == 404
+
+
+@pytest.fixture
+def small_inbox_server(emulators: dict[str, str], tmp_path: Path):
+    running = start_server(fresh_settings(emulators), tmp_path, DICOMWEB_INBOX_MAX_GB="0",
+                           DICOMWEB_INBOX_SOURCES="delete")
+    yield running
+    running.stop()
+
+
+def test_a_file_beyond_the_inbox_limit_fails_with_the_reason(small_inbox_server: Server, tmp_path: Path) -> None:
+    make_svs(tmp_path / "slide.svs")
+    _drop(small_inbox_server, "big.svs", (tmp_path / "slide.svs").read_bytes())
+    record = _ended(small_inbox_server, "big.svs")
+    assert record["status"] == "failed" and "more than DICOMWEB_INBOX_MAX_GB (0)" in record["reason"], record
+    assert _inbox_names(small_inbox_server) == {"failed/big.svs"}, "a failed file is moved even when stored ones go"
