@@ -131,11 +131,12 @@ def load_metadata(path: Path) -> dict[str, SlideMetadata]:
     return {row["file"]: _checked({k: v for k, v in row.items() if k}, f"{path.name}: {row['file']}") for row in rows}
 
 
-def fingerprint(source: Path, metadata: SlideMetadata) -> str:
-    """What a slide's UIDs are derived from: the file's name, size, first and last MiB, and the metadata."""
+def fingerprint(source: Path, metadata: SlideMetadata, name: str | None = None) -> str:
+    """What a slide's UIDs are derived from: the file's name (``name``, else its own), size, first and last MiB,
+    and the metadata."""
     digest = hashlib.sha256()
     size = source.stat().st_size
-    digest.update(f"{source.name}\0{size}\0".encode())
+    digest.update(f"{name or source.name}\0{size}\0".encode())
     with source.open("rb") as file:
         digest.update(file.read(FINGERPRINT_BYTES))
         if size > FINGERPRINT_BYTES:
@@ -165,7 +166,8 @@ JPEG_TAIL = 16
 
 
 def check_source(source: Path) -> None:
-    """Refuse a TIFF-based scanner file that is cut short or has a damaged JPEG tile, before anything is converted.
+    """Refuse (:class:`InvalidDataset`, saying why) a TIFF-based scanner file that is cut short or has a damaged
+    JPEG tile, before anything is converted.
 
     The readers take a TIFF whose chain of images is cut for a slide with fewer images, and
     copy a tile without looking into it: a truncated SVS would otherwise become a slide
@@ -181,8 +183,8 @@ def check_source(source: Path) -> None:
         with tifffile.TiffFile(source) as tif, source.open("rb") as handle:
             pages = list(tif.pages)
             if pages and _next_image(tif, handle.fileno(), pages[-1].offset) != 0:
-                raise InvalidDataset(f"{source.name} cannot be converted: the file is cut short (its chain of images "
-                                     f"breaks off after image {len(pages) - 1})")
+                raise InvalidDataset(f"the file is cut short (its chain of images breaks off after image "
+                                     f"{len(pages) - 1})")
             for page in list(pages):
                 for offset in getattr(page, "subifds", None) or ():
                     tif.filehandle.seek(offset)
@@ -207,13 +209,13 @@ def _check_tiles(source: Path, fileno: int, size: int, number: int, page: Any) -
         if count == 0:  # a sparse tile (Philips): the reader fills it in
             continue
         if offset + count > size:
-            raise InvalidDataset(f"{source.name} cannot be converted: the file is cut short (image {number} needs "
-                                 f"{offset + count} bytes, the file has {size})")
+            raise InvalidDataset(f"the file is cut short (image {number} needs {offset + count} bytes, the file has "
+                                 f"{size})")
         if page.compression == TIFF_JPEG and (os.pread(fileno, 2, offset) != b"\xff\xd8"
                                               or b"\xff\xd9" not in os.pread(fileno, min(count, JPEG_TAIL),
                                                                             offset + count - min(count, JPEG_TAIL))):
-            raise InvalidDataset(f"{source.name} cannot be converted: the file is damaged (a JPEG tile of image "
-                                 f"{number} at byte {offset} does not run from SOI to EOI)")
+            raise InvalidDataset(f"the file is damaged (a JPEG tile of image {number} at byte {offset} does not run "
+                                 "from SOI to EOI)")
 
 
 class Progress:
@@ -281,7 +283,7 @@ class Progress:
 
 
 def convert_parts(source: Path, work: Path, metadata: SlideMetadata = SlideMetadata(), workers: int = 1,
-                  progress: Progress | None = None) -> Iterator[list[Path]]:
+                  progress: Progress | None = None, name: str | None = None) -> Iterator[list[Path]]:
     """Write the DICOM instances of scanner file ``source`` into ``work``, one part at a time: each pyramid level,
     base first, then the label, overview and thumbnail; yields each part's files as soon as they are written, so
     that they travel while the next part is written (:mod:`dicomweb.uploader`). The base level, most of the
@@ -290,7 +292,8 @@ def convert_parts(source: Path, work: Path, metadata: SlideMetadata = SlideMetad
     The parts are written in a fixed order and each asks for its instance UIDs in turn, so the
     same file and metadata always give the same UIDs. A file that cannot be converted raises
     :class:`InvalidDataset` naming why, possibly after some parts were yielded: a caller must
-    not publish any part before the last one is written.
+    not publish any part before the last one is written. ``name`` is the file's name where ``source`` is a copy
+    under another (the inbox's, which keeps blob names, possibly naming a patient, out of the libraries' logs).
     """
     from wsidicom.codec import JpegSettings
     from wsidicomizer import WsiDicomizer  # heavy: only conversion needs it
@@ -298,8 +301,12 @@ def convert_parts(source: Path, work: Path, metadata: SlideMetadata = SlideMetad
     from dicomweb import turbojpeg
 
     turbojpeg.locate()  # before opentile opens the file: the Function App's image has no system libturbojpeg
-    check_source(source)
-    seed = fingerprint(source, metadata)
+    label = name or source.name
+    try:
+        check_source(source)
+    except InvalidDataset as refused:
+        raise InvalidDataset(f"{label} cannot be converted: {refused.message}") from None
+    seed = fingerprint(source, metadata, label)
     uids = stable_uids(seed)
     post = metadata.dataset()
     post.StudyInstanceUID = metadata.study_uid or generate_uid(entropy_srcs=[seed, "study"])
@@ -320,7 +327,7 @@ def convert_parts(source: Path, work: Path, metadata: SlideMetadata = SlideMetad
                 progress.level(len(levels))
             yield [Path(str(p)) for p in wsi.save(work / "associated", include_levels=[], **common)]
     except Exception as exc:  # noqa: BLE001 - a library refusing a file: every reason is the file's
-        raise InvalidDataset(f"{source.name} cannot be converted: {_reason(exc)}") from exc
+        raise InvalidDataset(f"{label} cannot be converted: {_reason(exc)}") from exc
 
 
 def convert(source: Path, out: Path, metadata: SlideMetadata = SlideMetadata(), workers: int = 1,

@@ -194,12 +194,15 @@ async def _convert_and_store(service: Service, file: InboxFile) -> dict[str, Any
     work = Path(tempfile.mkdtemp(prefix="dicomweb-inbox-"))
     started = time.perf_counter()
     try:
-        source = work / (Path(file.name).name or "slide")
+        name = Path(file.name).name
+        # A neutral local name keeping the suffix the readers go by: blob names may name a patient, and the
+        # libraries log paths.
+        source = work / f"slide{name[name.index('.'):] if '.' in name else ''}"
         await service.blobs.inbox.download(file, source)
         downloaded = time.perf_counter()
         metadata = _metadata(file)
-        paths = await asyncio.to_thread(
-            lambda: [path for part in convert.convert_parts(source, work / "dicom", metadata) for path in part])
+        paths = await asyncio.to_thread(lambda: [
+            path for part in convert.convert_parts(source, work / "dicom", metadata, name=name) for path in part])
         source.unlink()
         converted = time.perf_counter()
         slots = asyncio.Semaphore(STORE_CONCURRENCY)

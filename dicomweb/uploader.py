@@ -381,10 +381,12 @@ class Uploader:
 
         def produce() -> None:
             bar = convert.Progress(slide.source.name, slide.source.stat().st_size, self._progress_enabled)
+            written = 0
             try:
                 for part in convert.convert_parts(slide.source, slide.work, slide.metadata, progress=bar):
+                    written += sum(path.stat().st_size for path in part)  # before the part's upload may remove it
                     loop.call_soon_threadsafe(parts.put_nowait, part)
-                bar.close(sum(p.stat().st_size for p in slide.work.rglob("*") if p.is_file()))
+                bar.close(written)
                 loop.call_soon_threadsafe(parts.put_nowait, None)
             except BaseException as exc:  # noqa: BLE001 - handed to the event loop, which decides
                 bar.close()

@@ -32,7 +32,7 @@ from tests.wsi_factory import SlideFile, copy_instance, make_slide
 
 #: Longest a client may wait for one answer while storage is paused (storage timeout 3 s, a few retries).
 ANSWER_BOUND = 40.0
-LOAD_SECONDS = 45
+LOAD_SECONDS = 30
 #: The fraction of Cosmos document requests answered 429 throughout.
 THROTTLE = 0.1
 STOW_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'

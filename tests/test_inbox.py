@@ -92,3 +92,21 @@ def test_a_file_beyond_the_inbox_limit_fails_with_the_reason(small_inbox_server:
     record = _ended(small_inbox_server, "big.svs")
     assert record["status"] == "failed" and "more than DICOMWEB_INBOX_MAX_GB (0)" in record["reason"], record
     assert _inbox_names(small_inbox_server) == {"failed/big.svs"}, "a failed file is moved even when stored ones go"
+
+
+@pytest.fixture
+def strict_server(emulators: dict[str, str], tmp_path: Path):
+    """A service refusing instances of more than 10 frames: a converted slide's base level (24 frames) among them."""
+    running = start_server(fresh_settings(emulators), tmp_path, DICOMWEB_MAX_FRAMES="10")
+    yield running
+    running.stop()
+
+
+def test_a_slide_with_an_instance_the_service_refuses_stores_nothing(strict_server: Server, tmp_path: Path) -> None:
+    make_svs(tmp_path / "slide.svs")
+    _drop(strict_server, "slide.svs", (tmp_path / "slide.svs").read_bytes(), PatientID="P-REFUSED")
+    record = _ended(strict_server, "slide.svs")
+    assert record["status"] == "failed" and "refused an instance" in record["reason"], record
+    assert httpx.get(f"{strict_server.base_url}/studies", params={"PatientID": "P-REFUSED"}).json() == [], \
+        "the levels and images stored before the refusal were deleted again"
+    assert _inbox_names(strict_server) == {"failed/slide.svs"}

@@ -3,7 +3,6 @@ export), converted to DICOM by :mod:`dicomweb.inbox`, then moved under ``done/``
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -13,8 +12,11 @@ from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, HttpResponseError
 from azure.storage.blob.aio import ContainerClient
 
-from dicomweb.storage.transfer import SasSigner, failure
+from dicomweb.errors import StorageFailure
+from dicomweb.storage.transfer import SasSigner, failure, server_copy
 
+#: How errors name an inbox file: its blob name may name a patient, and errors reach the logs.
+LABEL = "an inbox file"
 #: Parallel ranged reads of one download (each of DICOMWEB_BLOCK_SIZE_MB: 64 MiB in flight by default).
 DOWNLOAD_CONCURRENCY = 8
 
@@ -42,7 +44,7 @@ class InboxStore:
         try:
             properties = await self.container.get_blob_client(name).get_blob_properties()
         except AzureError as exc:
-            raise failure(exc, name) from exc
+            raise failure(exc, LABEL) from exc
         metadata = {key.lower(): value for key, value in (properties.metadata or {}).items()}
         return InboxFile(name, str(properties.etag), int(properties.size), metadata)
 
@@ -55,7 +57,7 @@ class InboxStore:
             with path.open("wb") as out:
                 await stream.readinto(out)
         except AzureError as exc:
-            raise failure(exc, file.name) from exc
+            raise failure(exc, LABEL) from exc
 
     async def move(self, file: InboxFile, to: str) -> None:
         """Move version ``file.etag`` of the file to ``to`` (a server-side copy, then the delete); a file already
@@ -66,19 +68,14 @@ class InboxStore:
             expiry = datetime.now(timezone.utc) + timedelta(hours=1)
             source += f"?{await self._signer.read_blob(self.container.container_name, file.name, expiry)}"
         try:
-            copy = await target.start_copy_from_url(source, source_etag=file.etag,
-                                                    source_match_condition=MatchConditions.IfNotModified)
-            status, wait = copy.get("copy_status"), 0.05
-            while status == "pending":
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, 2.0)
-                status = (await target.get_blob_properties()).copy.status
+            if await server_copy(target, source, file.etag) != "success":
+                raise StorageFailure(f"the copy of {LABEL} under done/ or failed/ did not succeed")
             await self.container.get_blob_client(file.name).delete_blob(
                 etag=file.etag, match_condition=MatchConditions.IfNotModified)
         except AzureError as exc:
             if isinstance(exc, HttpResponseError) and exc.status_code in (404, 412):
                 return  # moved by another delivery, or a newer version arrived: its own event handles it
-            raise failure(exc, file.name) from exc
+            raise failure(exc, LABEL) from exc
 
     async def delete(self, file: InboxFile) -> None:
         """Delete version ``file.etag`` of the file (``DICOMWEB_INBOX_SOURCES=delete``); a file gone or replaced
@@ -89,4 +86,4 @@ class InboxStore:
         except AzureError as exc:
             if isinstance(exc, HttpResponseError) and exc.status_code in (404, 412):
                 return
-            raise failure(exc, file.name) from exc
+            raise failure(exc, LABEL) from exc

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from typing import AsyncIterator
 
-from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 from azure.storage.blob import BlobProperties
 from azure.storage.blob.aio import ContainerClient
@@ -14,7 +12,7 @@ from azure.storage.blob.aio import ContainerClient
 from dicomweb.dicom.availability import NEARLINE, OFFLINE, ONLINE
 from dicomweb.errors import Archived, DicomWebError, NotFound, Rehydrating, StorageFailure
 from dicomweb.storage.naming import REHYDRATED, TIER_TAG, Location
-from dicomweb.storage.transfer import BlockUpload, RangeReader, StaleBlob, delete_names, failure, prefixes
+from dicomweb.storage.transfer import BlockUpload, RangeReader, StaleBlob, delete_names, failure, prefixes, server_copy
 
 
 #: What a client reading a blob being rehydrated is told to wait, by rehydration priority: Azure brings a blob
@@ -49,20 +47,11 @@ class InstanceStore:
             raise await self._unreadable(location) from None
 
     async def copy_from(self, location: Location, source_url: str, source_etag: str, tags: dict[str, str]) -> None:
-        """Make ``location``'s file a server-side copy of the blob at ``source_url`` as it was at ``source_etag``.
-
-        No byte passes through this process. Within one account the copy is done when the
-        call returns (Azurite, and Azure mostly); a pending one is waited for.
-        """
-        blob = self.container.get_blob_client(location.instance)
+        """Make ``location``'s file a server-side copy of the blob at ``source_url`` as it was at ``source_etag``
+        (no byte passes through this process)."""
         try:
-            copy = await blob.start_copy_from_url(source_url, tags=tags, source_etag=source_etag,
-                                                  source_match_condition=MatchConditions.IfNotModified)
-            status, wait = copy.get("copy_status"), 0.05
-            while status == "pending":
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, 2.0)
-                status = (await blob.get_blob_properties()).copy.status
+            status = await server_copy(self.container.get_blob_client(location.instance), source_url, source_etag,
+                                       tags)
         except AzureError as exc:
             if isinstance(exc, HttpResponseError) and exc.status_code == 412:
                 raise StaleBlob(f"the source of {location.instance} changed before it was copied") from exc

@@ -12,6 +12,7 @@ from typing import AsyncIterator
 from urllib.parse import quote
 
 import aiohttp
+from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import (
     BlobBlock,
@@ -256,6 +257,21 @@ class RangeReader:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def server_copy(target: BlobClient, source_url: str, source_etag: str, tags: dict[str, str] | None = None) -> str:
+    """Make ``target`` a server-side copy of the blob at ``source_url`` as it was at ``source_etag``; how the copy
+    ended (``success`` unless it failed or was aborted). No byte passes through this process: within one account
+    the copy is done when the call returns (Azurite, and Azure mostly), and a pending one is waited for. SDK
+    errors are the caller's to map (a 412: the source changed)."""
+    copy = await target.start_copy_from_url(source_url, tags=tags, source_etag=source_etag,
+                                            source_match_condition=MatchConditions.IfNotModified)
+    status, wait = copy.get("copy_status"), 0.05
+    while status == "pending":
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, 2.0)
+        status = (await target.get_blob_properties()).copy.status
+    return str(status)
 
 
 async def prefixes(container: ContainerClient, what: str) -> AsyncIterator[str]:
