@@ -38,7 +38,7 @@ from typing import Any
 
 import pydicom
 
-from dicomweb import audit, auth, blobevents, convert, delete, uploads
+from dicomweb import audit, auth, blobevents, convert, delete, jobs, uploads
 from dicomweb.dicom.part10 import frame_record
 from dicomweb.errors import REASON_DUPLICATE, REASON_PROCESSING_FAILURE, DicomWebError, InvalidDataset, NotFound
 from dicomweb.service import Service
@@ -54,6 +54,8 @@ CONVERTING, RETRYING, STORED, FAILURE = "converting", "retrying", "stored", "fai
 CREATED = {"Microsoft.Storage.BlobCreated"}
 #: A claim older than this lost its worker (the function timeout of host.json is 30 minutes).
 CLAIM_SECONDS = 35 * 60
+#: The job that looks at a file again once another delivery's claim on it would have lapsed.
+RECHECK = "inbox-recheck"
 #: Conversions one worker runs at once: each keeps a core busy and holds a slide on disk twice.
 CONVERSIONS = 1
 #: Instances of one slide stored at once, and blocks of one instance written at once (each block of
@@ -172,9 +174,13 @@ async def _claim(service: Service, file: InboxFile) -> dict[str, Any] | None:
     if record is not None and record.get("etag") == file.etag:
         if record["status"] in (STORED, FAILURE):
             return record
-        claimed = datetime.fromisoformat(record["updated"].replace("Z", "+00:00"))
-        if record["status"] == CONVERTING and claimed > datetime.now(timezone.utc) - timedelta(seconds=CLAIM_SECONDS):
-            return None  # another worker is on it; its own message comes back if it vanishes
+        age = (datetime.now(timezone.utc) - datetime.fromisoformat(record["updated"].replace("Z", "+00:00")))
+        if record["status"] == CONVERTING and age < timedelta(seconds=CLAIM_SECONDS):
+            # Another delivery is on it. If its worker vanished, nothing else would bring the file back (its
+            # message may have been settled already): look again once that claim would have lapsed.
+            wait = CLAIM_SECONDS - int(age.total_seconds()) + 5
+            await jobs.enqueue(service, RECHECK, delay_seconds=wait, file=file.name)
+            return None
     claim = {"file": file.name, "etag": file.etag, "size": file.size, "status": CONVERTING,
              "started": _now(), "updated": _now(),
              "attempts": (record or {}).get("attempts", 0) + 1 if (record or {}).get("etag") == file.etag else 1}
@@ -184,6 +190,12 @@ async def _claim(service: Service, file: InboxFile) -> dict[str, Any] | None:
     except StaleBlob:
         return None  # another delivery claimed it first
     return claim
+
+
+@jobs.handler(RECHECK)
+async def _recheck(service: Service, delivery: jobs.Delivery) -> None:
+    """A file another delivery had claimed: handled by now (moved away), or claimed again here."""
+    await _one(service, str(delivery.fields["file"]), delivery.last)
 
 
 async def _convert_and_store(service: Service, file: InboxFile) -> dict[str, Any]:

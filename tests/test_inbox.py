@@ -3,13 +3,19 @@ is converted and stored with no client involved; a corrupt one ends ``failed`` w
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
 import pytest
 
+from dicomweb import inbox, jobs
+from dicomweb.config import Settings
+from dicomweb.service import Service
 from tests.conftest import Server, blob_service, fresh_settings, start_server
 from tests.scanner_files import make_svs
 
@@ -110,3 +116,46 @@ def test_a_slide_with_an_instance_the_service_refuses_stores_nothing(strict_serv
     assert httpx.get(f"{strict_server.base_url}/studies", params={"PatientID": "P-REFUSED"}).json() == [], \
         "the levels and images stored before the refusal were deleted again"
     assert _inbox_names(strict_server) == {"failed/slide.svs"}
+
+
+def test_a_claim_held_elsewhere_is_looked_at_again_once_it_would_have_lapsed(
+        emulators: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delivery that finds another's fresh claim leaves the file to it, but sends itself a job for when that
+    claim would lapse (its worker may have vanished, its message settled); a lapsed claim is taken over."""
+    settings = fresh_settings(emulators)  # no service runs on these: the test is the only worker
+    make_svs(tmp_path / "slide.svs")
+    container = settings["DICOMWEB_INBOX_CONTAINER"]
+    blob_service(settings).get_container_client(container).upload_blob("slide.svs",
+                                                                       (tmp_path / "slide.svs").read_bytes())
+    event = json.dumps({"eventType": "Microsoft.Storage.BlobCreated",
+                        "subject": f"/blobServices/default/containers/{container}/blobs/slide.svs"})
+    sent: list[tuple[str, int, dict]] = []
+    enqueue = jobs.enqueue
+
+    async def spy(service: Service, kind: str, delay_seconds: int = 0, **fields: object) -> None:
+        sent.append((kind, delay_seconds, fields))
+        await enqueue(service, kind, delay_seconds, **fields)
+
+    monkeypatch.setattr(jobs, "enqueue", spy)
+
+    async def claimed(service: Service, minutes_ago: int) -> None:
+        file = await service.blobs.inbox.describe("slide.svs")
+        when = (datetime.now(timezone.utc) - timedelta(minutes=minutes_ago)).isoformat()
+        record = {"file": "slide.svs", "etag": file.etag, "status": "converting", "updated": when, "attempts": 1}
+        await service.blobs.staging.put_record(inbox.record_name("slide.svs"), json.dumps(record).encode())
+
+    async def main() -> None:
+        service = await Service.create(Settings.from_env(settings))
+        try:
+            await claimed(service, 34)
+            assert await inbox.handle(service, event, last=False) == 1
+            ((kind, delay, fields),) = sent
+            assert (kind, fields) == (inbox.RECHECK, {"file": "slide.svs"}) and 60 <= delay <= 70
+            assert (await inbox.status(service, "slide.svs"))["attempts"] == 1, "left to the other delivery"
+            await claimed(service, 36)
+            taken = await inbox._claim(service, await service.blobs.inbox.describe("slide.svs"))
+            assert taken is not None and (taken["status"], taken["attempts"]) == ("converting", 2)
+        finally:
+            await service.close()
+
+    asyncio.run(main())

@@ -12,7 +12,7 @@ import logging
 import azure.functions as func
 
 # The modules that own background work register their job handlers on import.
-from dicomweb import availability, generations, jobs, reindex, uploads  # noqa: F401
+from dicomweb import availability, generations, inbox, jobs, reindex, uploads  # noqa: F401
 from dicomweb.service import get_service
 
 blueprint = func.Blueprint()
