@@ -120,7 +120,7 @@ def test_a_stored_bomb_is_never_decoded(seeded: tuple[Server, dict[str, SlideFil
     message = response.json()["message"]
     assert ("does not decode" if bomb == "rle-runs" else "30000×30000 pixels" if bomb != "rle" else
             "15 segments") in message, message
-    assert seconds < 0.5, f"{seconds:.2f} s"
+    assert seconds < 1.0, f"{seconds:.2f} s"  # a decoded bomb takes many seconds; a loaded CI machine, 0.5 at times
     assert growth < 50, f"the service's resident set rose by {growth:.0f} MB"
 
 
