@@ -190,7 +190,7 @@ def check_source(source: Path) -> None:
                     tif.filehandle.seek(offset)
                     pages.append(tifffile.TiffPage(tif, index=(page.index, len(pages))))
             for number, page in enumerate(pages):
-                _check_tiles(source, handle.fileno(), size, number, page)
+                _check_tiles(handle.fileno(), size, number, page)
     except tifffile.TiffFileError:
         return
 
@@ -204,7 +204,8 @@ def _next_image(tif: Any, fileno: int, offset: int) -> int:
     return struct.unpack(header.offsetformat, raw)[0] if len(raw) == header.offsetsize else -1
 
 
-def _check_tiles(source: Path, fileno: int, size: int, number: int, page: Any) -> None:
+def _check_tiles(fileno: int, size: int, number: int, page: Any) -> None:
+    """Every tile of image ``number`` inside the file, every JPEG tile from SOI to EOI."""
     for offset, count in zip(page.dataoffsets, page.databytecounts):
         if count == 0:  # a sparse tile (Philips): the reader fills it in
             continue
