@@ -112,8 +112,6 @@ def find_files(paths: list[Path]) -> tuple[list[Path], list[Path], list[Result]]
     return files, scanner, skipped
 
 
-
-
 class _Transient(Exception):
     """The service failed to process the instance in a way that may pass (reason 272): send it again."""
 

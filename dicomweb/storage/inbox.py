@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from urllib.parse import quote
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, HttpResponseError
@@ -63,10 +62,8 @@ class InboxStore:
         """Move version ``file.etag`` of the file to ``to`` (a server-side copy, then the delete); a file already
         moved, or replaced by a newer version meanwhile, stays where it is."""
         target = self.container.get_blob_client(to)
-        source = f"{self.container.url}/{quote(file.name, safe='/')}"
-        if not self._signer.shared_key:
-            expiry = datetime.now(timezone.utc) + timedelta(hours=1)
-            source += f"?{await self._signer.read_blob(self.container.container_name, file.name, expiry)}"
+        source = await self._signer.copy_source(self.container, file.name,
+                                                datetime.now(timezone.utc) + timedelta(hours=1))
         try:
             if await server_copy(target, source, file.etag) != "success":
                 raise StorageFailure(f"the copy of {LABEL} under done/ or failed/ did not succeed")

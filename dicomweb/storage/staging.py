@@ -32,15 +32,8 @@ class StagingStore:
         return f"{self.container.url}/{quote(name, safe='/')}?{sas}"
 
     async def copy_source(self, name: str, expiry: datetime) -> str:
-        """URL of staging blob ``name`` as the source of a server-side copy within the account.
-
-        Under the account key the copy request's own signature authorizes the source; under
-        a managed identity the source carries a read-only user-delegation SAS for it alone.
-        """
-        url = f"{self.container.url}/{quote(name, safe='/')}"
-        if self._signer.shared_key:
-            return url
-        return f"{url}?{await self._signer.read_blob(self.container.container_name, name, expiry)}"
+        """URL of staging blob ``name`` as the source of a server-side copy within the account (the ingest's)."""
+        return await self._signer.copy_source(self.container, name, expiry)
 
     async def properties(self, name: str) -> tuple[str, int]:
         """(etag, size) of committed staging blob ``name``."""

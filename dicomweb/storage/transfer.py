@@ -174,6 +174,17 @@ class SasSigner:
             self._service.account_name or "", container, name, permission=BlobSasPermissions(read=True),
             expiry=expiry, start=datetime.now(timezone.utc) - timedelta(minutes=5), **await self._signing(expiry))
 
+    async def copy_source(self, container: ContainerClient, name: str, expiry: datetime) -> str:
+        """URL of blob ``name`` of ``container`` as the source of a server-side copy within the account.
+
+        Under the account key the copy request's own signature authorizes the source; under
+        a managed identity the source carries a read-only user-delegation SAS for it alone.
+        """
+        url = f"{container.url}/{quote(name, safe='/')}"
+        if self.shared_key:
+            return url
+        return f"{url}?{await self.read_blob(container.container_name, name, expiry)}"
+
     async def write_blob(self, container: str, name: str, expiry: datetime) -> str:
         """Write-only SAS for exactly one blob: stage blocks and commit them, nothing else."""
         return generate_blob_sas(
