@@ -7,8 +7,8 @@ One file, one conversion, on whichever worker gets the message:
 1. **Claimed** in its status record (``operations/inbox/<hash of its name>.json`` in the staging
    container), conditioned on the record's etag: a duplicate event finds it ``converting`` (or
    ended) and stops; a worker that vanished leaves a claim that lapses after the function timeout.
-2. **Downloaded** to local disk, streamed, and **converted** (:func:`dicomweb.convert.convert_parts`,
-   in a thread: it keeps a core busy), the metadata coming from the blob's own metadata
+2. **Downloaded** to local disk, streamed, and **converted** (:class:`dicomweb.convert.Converter`,
+   in a process of its own: it keeps a core busy), the metadata coming from the blob's own metadata
    (``x-ms-meta-PatientID``: azcopy ``--metadata``, Storage Explorer).
 3. **Stored** once the whole file is converted, each instance through an upload session
    (:mod:`dicomweb.uploads`, the path clients use: the same checks, the same generation owner).
@@ -213,8 +213,12 @@ async def _convert_and_store(service: Service, file: InboxFile) -> dict[str, Any
         await service.blobs.inbox.download(file, source)
         downloaded = time.perf_counter()
         metadata = _metadata(file)
-        paths = await asyncio.to_thread(lambda: [
-            path for part in convert.convert_parts(source, work / "dicom", metadata, name=name) for path in part])
+
+        def converted() -> list[Path]:  # in a process of its own: the worker's event loop goes on answering
+            with convert.Converter() as converter:
+                return [path for part in converter.parts(source, work / "dicom", metadata, name=name) for path in part]
+
+        paths = await asyncio.to_thread(converted)
         source.unlink()
         converted = time.perf_counter()
         slots = asyncio.Semaphore(STORE_CONCURRENCY)

@@ -12,14 +12,20 @@ but an optional bearer token for the service itself.
 Scanner files are converted (:mod:`dicomweb.convert`) a part at a time into a temporary
 folder, and each part travels while the next is written: its blocks are put, but nothing is
 committed (nor sent by STOW-RS) before the whole file is converted, so a file that turns out
-truncated or corrupt halfway stores nothing; its open sessions are dropped.
+truncated or corrupt halfway stores nothing; its open sessions are dropped. The base level,
+most of the bytes, travels even while it is written: through a session whose size its
+commit gives, its blocks are put as the file grows past them, all but those holding the
+header and the Basic Offset Table, which the converter fills in last and which go once the
+level is written.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
+import math
 import os
 import random
 import sys
@@ -27,13 +33,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, TextIO
+from typing import Any, AsyncIterator, BinaryIO, Callable, TextIO
 
 import aiohttp
 from tqdm import tqdm
 
 from dicomweb import convert
-from dicomweb.dicom.part10 import frame_record
+from dicomweb.dicom.part10 import frame_record, frames_start
 from dicomweb.errors import BadRequest, InvalidDataset
 
 MIB = 1024 * 1024
@@ -47,6 +53,10 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 ATTEMPTS = 6
 STOW_CHUNK = MIB
 POLL_SECONDS = 2.0
+#: How often the size of a file being written is looked at, to put the blocks it has grown past.
+FOLLOW_SECONDS = 0.02
+#: Where a file being written has no first frame within this many bytes, all its blocks wait for its end.
+FOLLOW_HEAD_BYTES = 128 * MIB
 
 
 class UploadError(Exception):
@@ -81,6 +91,12 @@ class Slide:
     metadata: convert.SlideMetadata
     #: Where its parts are written (removed as each is stored).
     work: Path
+
+
+def _block_id(index: int) -> str:
+    """The Put Block id of block ``index`` of a session opened without a size: the base64 of the index as six
+    digits (``dicomweb.uploads.wire_block_id``, the id every planned block has)."""
+    return base64.b64encode(f"{index:06d}".encode()).decode()
 
 
 class _Abandoned(Exception):
@@ -263,11 +279,74 @@ class Uploader:
                 session["uploadUrl"] = fresh["uploadUrl"]
             raise UploadError(f"Blob Storage refused block {block['index']} with a fresh SAS")
 
+    async def _follow(self, folder: Path, written: asyncio.Future[list[Path]]) -> dict | None:
+        """Put the blocks of the file being written into ``folder`` as it grows past them, through a session whose
+        commit gives the size; the session once the file is complete (``written``) and every block is put, with
+        the file's size and frame offset record (read while the last blocks travel).
+
+        Bytes before the first frame (the header and the offset tables, filled in once the last frame is
+        written: :func:`dicomweb.dicom.part10.frames_start`) go last. None, and the session dropped, for a part
+        that is not one file finished where it was written (a writer may replace a file instead of finishing it
+        in place), or when a block could not be put: the file then goes as any other.
+        """
+        status, session = await self._json("POST", f"{self._url}/uploads", {"size": None})
+        if status != 201:
+            return None
+        block, start, look_at = session["blockSize"], None, 0
+        puts: dict[int, tuple[asyncio.Task[None], int]] = {}
+        handle = None
+
+        def put(index: int, length: int) -> None:
+            assert handle is not None
+            task = asyncio.create_task(self._put_block(Path(handle.name), session, {
+                "index": index, "id": _block_id(index), "offset": index * block, "length": length}))
+            puts[index] = task, length
+
+        try:
+            while True:
+                finished = written.done()
+                if handle is None:
+                    handle = _open_only_file(folder)
+                if handle is not None:
+                    size = os.fstat(handle.fileno()).st_size
+                    if start is None and look_at <= size <= FOLLOW_HEAD_BYTES:
+                        start = await asyncio.to_thread(frames_start, handle.fileno(), size)
+                        look_at = 2 * size  # each look reads the header again: at most twice its bytes in all
+                    if start is not None:
+                        for index in range(math.ceil(start / block), size // block):
+                            if index not in puts:
+                                put(index, block)
+                if finished:
+                    break
+                await asyncio.sleep(FOLLOW_SECONDS)
+            files = written.result()
+            if handle is None or len(files) != 1 or os.stat(files[0]).st_ino != os.fstat(handle.fileno()).st_ino:
+                raise _NotFollowed
+            size = os.fstat(handle.fileno()).st_size
+            for index in range(math.ceil(size / block)):
+                if index not in puts:
+                    put(index, min(block, size - index * block))
+            *_, record = await asyncio.gather(*(task for task, _ in puts.values()),
+                                              asyncio.to_thread(frame_record, files[0]))
+            return {**session, "size": size, "record": record}
+        except (_NotFollowed, UploadError, OSError):
+            for task, _ in puts.values():
+                task.cancel()
+            await asyncio.gather(*(task for task, _ in puts.values()), return_exceptions=True)
+            self._advance(-sum(length for task, length in puts.values() if not task.cancelled() and not task.exception()))
+            await self._request("DELETE", session["statusUrl"], ok=(404,))
+            return None
+        finally:
+            if handle is not None:
+                handle.close()
+
     async def _upload_session(self, path: Path, size: int, timing: dict[str, float],
-                              gate: asyncio.Future[bool] | None) -> tuple[str, str, str]:
+                              gate: asyncio.Future[bool] | None, streamed: dict | None = None) -> tuple[str, str, str]:
+        """Store ``path`` through an upload session: a resumed one, a new one, or the ``streamed`` one whose blocks
+        :meth:`_follow` put while the file was written (its commit gives the size)."""
         key = self._key(path)
-        session = None
-        known = self._state().get(key)
+        session = streamed
+        known = self._state().get(key) if streamed is None else None
         if known:
             status, described = await self._json("GET", f"{self._url}/uploads/{known}")
             if status == 200:
@@ -278,18 +357,22 @@ class Uploader:
                 raise UploadError(f"HTTP {status}: {(session or {}).get('message', 'the session was refused')}")
             self._remember(key, session["id"])
         if session["status"] == "open":
-            missing = set(session["missing"])
-            self._advance(size - sum(b["length"] for b in session["blocks"] if b["index"] in missing))
-            record_task = asyncio.to_thread(frame_record, path)
-            *_, record = await asyncio.gather(*(self._put_block(path, session, b) for b in session["blocks"]
-                                                if b["index"] in missing), record_task)
+            if streamed is None:
+                missing = set(session["missing"])
+                blocks = [b for b in session["blocks"] if b["index"] in missing]
+                self._advance(size - sum(b["length"] for b in blocks))
+                *_, record = await asyncio.gather(*(self._put_block(path, session, b) for b in blocks),
+                                                  asyncio.to_thread(frame_record, path))
+            else:
+                record = streamed["record"]
             if gate is not None and not await gate:
                 self._remember(key, None)
                 await self._request("DELETE", session["statusUrl"], ok=(404,))
                 raise _Abandoned
             timing["commit"] = time.perf_counter()
+            commit_url = session["commitUrl"] + (f"?size={size}" if streamed is not None else "")
             status, _, content = await self._request(
-                "POST", session["commitUrl"], ok=(202,), body=lambda: record or b"",
+                "POST", commit_url, ok=(202,), body=lambda: record or b"",
                 headers={"content-type": "application/octet-stream"})
             if status != 202:
                 self._remember(key, None)
@@ -309,7 +392,9 @@ class Uploader:
             await asyncio.sleep(POLL_SECONDS)
 
     async def _store(self, path: Path, size: int, timing: dict[str, float],
-                     gate: asyncio.Future[bool] | None) -> tuple[str, str, str]:
+                     gate: asyncio.Future[bool] | None, streamed: dict | None) -> tuple[str, str, str]:
+        if streamed is not None:
+            return await self._upload_session(path, size, timing, gate, streamed)
         try:
             if size > self._stow_max:
                 raise _TooLarge
@@ -319,10 +404,13 @@ class Uploader:
         except _TooLarge:
             return await self._upload_session(path, size, timing, gate)
 
-    async def _one(self, path: Path, gate: asyncio.Future[bool] | None = None) -> Result:
+    async def _one(self, path: Path, gate: asyncio.Future[bool] | None = None,
+                   following: asyncio.Task[dict | None] | None = None) -> Result:
         """Store one file; with a ``gate``, nothing is committed before it resolves, and nothing at all when it
-        resolves False."""
-        if gate is not None and path.stat().st_size <= self._stow_max:
+        resolves False. ``following`` puts the blocks of a file being written (:meth:`_follow`): its session,
+        once the file is complete, is committed, unless it went wrong (None), and the file goes as any other."""
+        streamed = await following if following is not None else None
+        if gate is not None and streamed is None and path.stat().st_size <= self._stow_max:
             await asyncio.wait([gate])  # a STOW-RS part has nothing to do before then: it holds no slot meanwhile
         async with self._instances:
             size = path.stat().st_size
@@ -331,13 +419,14 @@ class Uploader:
             attempt = 1
             while True:
                 try:
-                    status, sop, detail = await self._store(path, size, timing, gate)
+                    status, sop, detail = await self._store(path, size, timing, gate, streamed)
                     break
                 except _Transient as transient:
                     if attempt == STORE_ATTEMPTS:
                         status, sop, detail = "failed", transient.sop, f"{transient.detail} after {attempt} tries"
                         break
                     self._advance(-size)
+                    streamed = None  # committed: another try opens a session of its own
                     await asyncio.sleep(STORE_BACKOFF * 2 ** (attempt - 1) * random.uniform(0.5, 1.0))
                     attempt += 1
                 except _Abandoned:
@@ -358,54 +447,74 @@ class Uploader:
         self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
                          disable=None if self._progress_enabled is None else not self._progress_enabled,
                          desc="upload", dynamic_ncols=True)
-        converting = asyncio.Lock()
+        conversions = _Conversions(convert.Converter(self._progress_enabled), len(slides))
         try:
             async with aiohttp.ClientSession(timeout=timeout, trust_env=False,
                                              connector=aiohttp.TCPConnector(limit=64)) as self._session:
                 done = await asyncio.gather(*(self._one(path) for path in files),
-                                            *(self._slide(slide, converting) for slide in slides))
+                                            *(self._slide(slide, conversions) for slide in slides))
         finally:
+            await conversions.close()
             self._bar.close()
             self._session = None
         return [result for item in done for result in (item if isinstance(item, list) else [item])]
 
-    async def _slide(self, slide: Slide, converting: asyncio.Lock) -> list[Result]:
-        """Convert one scanner file (one conversion at a time: it keeps a core busy) and upload each part as it is
-        written; commit them once the whole file is converted."""
+    async def _slide(self, slide: Slide, conversions: "_Conversions") -> list[Result]:
+        """Convert one scanner file in the converter's process (one conversion at a time: it keeps a core busy)
+        and upload each part as it is written; commit them once the whole file is converted."""
         loop = asyncio.get_running_loop()
         parts: asyncio.Queue[list[Path] | BaseException | None] = asyncio.Queue()
         gate: asyncio.Future[bool] = loop.create_future()
         started = time.perf_counter()
+        following: dict[Path, tuple[asyncio.Task[dict | None], asyncio.Future[list[Path]]]] = {}
+
+        def follow(folder: Path) -> None:
+            """The first part, the base level, travels while it is written (unless the slide is one for STOW-RS)."""
+            if not following and slide.source.stat().st_size > self._stow_max:
+                written: asyncio.Future[list[Path]] = loop.create_future()
+                following[folder] = (asyncio.create_task(self._follow(folder, written)), written)
 
         def produce() -> None:
-            bar = convert.Progress(slide.source.name, slide.source.stat().st_size, self._progress_enabled)
-            written = 0
             try:
-                for part in convert.convert_parts(slide.source, slide.work, slide.metadata, progress=bar):
-                    written += sum(path.stat().st_size for path in part)  # before the part's upload may remove it
+                for part in conversions.converter.parts(
+                        slide.source, slide.work, slide.metadata, check=False,
+                        starting=lambda folder: loop.call_soon_threadsafe(follow, folder)):
                     loop.call_soon_threadsafe(parts.put_nowait, part)
-                bar.close(written)
                 loop.call_soon_threadsafe(parts.put_nowait, None)
             except BaseException as exc:  # noqa: BLE001 - handed to the event loop, which decides
-                bar.close()
                 loop.call_soon_threadsafe(parts.put_nowait, exc)
 
-        async def upload(path: Path) -> Result:
-            result = await self._one(path, gate)
+        async def upload(path: Path, follower: asyncio.Task[dict | None] | None) -> Result:
+            result = await self._one(path, gate, follower)
             path.unlink(missing_ok=True)  # disk holds a part only until it is stored
             return result
 
         uploads: list[asyncio.Task[Result]] = []
-        async with converting:
+        async with conversions.one_at_a_time:
             self._bar.total -= slide.source.stat().st_size  # the estimate gives way to the parts' sizes
-            converter = asyncio.create_task(asyncio.to_thread(produce))
+            producing = asyncio.create_task(asyncio.to_thread(produce))
+            # The file is checked here while the converter's process starts and writes: the check, not the
+            # converter, decides a damaged file (it may convert into fewer levels), and nothing is committed before.
+            checked = asyncio.create_task(asyncio.to_thread(convert.check_source, slide.source, slide.source.name))
             while isinstance(part := await parts.get(), list):
                 self._bar.total += sum(path.stat().st_size for path in part)
                 self._bar.refresh()
-                uploads += [asyncio.create_task(upload(path)) for path in part]
-            await converter
+                follower, written = following.get(part[0].parent, (None, None)) if part else (None, None)
+                if written is not None:
+                    written.set_result(part)
+                uploads += [asyncio.create_task(upload(path, follower)) for path in part]
+            for _, written in following.values():
+                if not written.done():
+                    written.set_result([])  # never written: its follower drops its session
+            await producing
+        conversions.ended()
+        try:
+            await checked
+        except Exception as refused:  # noqa: BLE001 - the check decides, whatever the converter made
+            part = refused
         gate.set_result(part is None)
         results = list(await asyncio.gather(*uploads))
+        await asyncio.gather(*(follower for follower, _ in following.values()))
         if isinstance(part, BaseException):
             reason = part.message if isinstance(part, InvalidDataset) else f"{part.__class__.__name__}: {part}"
             return [Result(slide.source, slide.source.stat().st_size, "failed", detail=reason,
@@ -416,8 +525,41 @@ class Uploader:
         return results
 
 
+class _Conversions:
+    """The run's converter (its process started at once, to ready itself while the uploads start), one file at a
+    time, and ended as soon as the last file is converted."""
+
+    def __init__(self, converter: convert.Converter, files: int) -> None:
+        self.converter = converter.start() if files else converter
+        self.one_at_a_time = asyncio.Lock()
+        self._left = files
+        self._closing: asyncio.Task[None] | None = None
+
+    def ended(self) -> None:
+        """One file is converted: after the last, the process ends while the uploads go on."""
+        self._left -= 1
+        if self._left == 0:
+            self._closing = asyncio.create_task(asyncio.to_thread(self.converter.close))
+
+    async def close(self) -> None:
+        await (self._closing or asyncio.to_thread(self.converter.close))
+
+
 class _TooLarge(Exception):
     """The instance goes through an upload session instead of STOW-RS."""
+
+
+class _NotFollowed(Exception):
+    """A part's file was not finished where it was followed: its blocks may not be its bytes."""
+
+
+def _open_only_file(folder: Path) -> BinaryIO | None:
+    """The one file in ``folder``, open for reading; None while there is none (or there are several)."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return None
+    return (folder / names[0]).open("rb") if len(names) == 1 else None
 
 
 def _pread(path: Path, offset: int, length: int) -> bytes:

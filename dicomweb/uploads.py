@@ -4,7 +4,10 @@ A documented extension next to STOW-RS, for instances beyond what one Functions 
 carries (100 MB and 230 s by default). The protocol:
 
 1. ``create``: the client declares the size and gets a write-only SAS for one staging
-   blob plus a block plan.
+   blob plus a block plan. A client still writing the file (``dicomweb upload`` converting
+   a scanner file) declares no size: it numbers the blocks itself, block *i* at offset
+   *i* × ``blockSize``, and gives the size at the commit, so the blocks travel while the
+   file grows.
 2. It puts the blocks itself, in parallel, with any HTTP client, the Azure SDK or azcopy.
 3. ``commit``, optionally with the file's frame offset record (which ``dicomweb upload``
    computes with the service's own parser while it reads the file): the planned blocks
@@ -126,7 +129,8 @@ class Session:
     """One upload session, as its record in the staging container holds it."""
 
     id: str
-    size: int
+    #: None until the commit gives it (a session opened for a file still being written).
+    size: int | None
     block_size: int
     study: str | None
     created: str
@@ -160,10 +164,12 @@ class Session:
 
     @property
     def block_count(self) -> int:
+        assert self.size is not None
         return max(1, math.ceil(self.size / self.block_size))
 
     def block(self, index: int) -> tuple[int, int]:
         """(offset, length) of planned block ``index``."""
+        assert self.size is not None
         offset = index * self.block_size
         return offset, min(self.block_size, self.size - offset)
 
@@ -185,16 +191,25 @@ class Session:
 _FIELDS = {f.name for f in dataclasses.fields(Session)} - {"etag"}
 
 
+def _checked_size(size: object, most: int) -> int:
+    """A declared size; 400 unless it is a whole number of bytes from 1 to ``most``."""
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= most:
+        raise BadRequest(f"size must be the instance's size in bytes, from 1 to {most}")
+    return size
+
+
 async def create(service: Service, size: object, study: object | None, owner: str) -> Session:
-    """A new session of ``owner`` for an instance of ``size`` bytes (optionally bound to ``study``, as in STOW to a study)."""
-    if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_SIZE:
-        raise BadRequest(f"size must be the instance's size in bytes, from 1 to {MAX_SIZE}")
+    """A new session of ``owner`` for an instance of ``size`` bytes (optionally bound to ``study``, as in STOW to a
+    study); a ``size`` of None is given at the commit, and the blocks are the configured block size."""
+    settings = service.settings
+    if size is not None:
+        size = _checked_size(size, MAX_SIZE)
     if study is not None and (not isinstance(study, str) or not is_valid_uid(study)):
         raise BadRequest(f"studyInstanceUID {study!r} is not a valid UID")
     now = _now()
-    settings = service.settings
+    block_size = settings.block_size if size is None else plan_block_size(size, settings.block_size)
     session = Session(
-        id=uuid.uuid4().hex, size=size, block_size=plan_block_size(size, settings.block_size), study=study,
+        id=uuid.uuid4().hex, size=size, block_size=block_size, study=study,
         created=_text(now), expires=_text(now + timedelta(seconds=settings.upload_session_seconds)),
         generation=new_generation(), owner=owner,
     )
@@ -234,7 +249,8 @@ async def describe(service: Service, session: Session, base: str) -> JsonDict:
     url = f"{base}/uploads/{session.id}"
     out: JsonDict = {
         "id": session.id, "status": session.status, "size": session.size, "studyInstanceUID": session.study,
-        "expiresAt": session.expires, "blockSize": session.block_size, "blockCount": session.block_count,
+        "expiresAt": session.expires, "blockSize": session.block_size,
+        "blockCount": session.block_count if session.size is not None else None,
         "statusUrl": url, "commitUrl": f"{url}/commit",
     }
     if session.status == OPEN:
@@ -242,6 +258,10 @@ async def describe(service: Service, session: Session, base: str) -> JsonDict:
         out["uploadUrl"] = await service.blobs.staging.write_url(session.data, expiry)
         out["uploadUrlExpiresAt"] = _text(expiry)
         _, uncommitted = await service.blobs.staging.blocks(session.data)
+        if session.size is None:  # blocks numbered by the client: which of them arrived
+            out["maxSize"] = MAX_BLOCKS * session.block_size
+            out["received"] = sorted(int(b) for b in uncommitted if len(b) == len(block_id(0)) and b.isdecimal())
+            return out
         missing = session.missing(uncommitted)
         absent = set(missing)
         out["blocks"] = [{"index": i, "id": wire_block_id(i), "offset": session.block(i)[0],
@@ -293,11 +313,21 @@ async def _staged_size(service: Service, session: Session) -> int:
         return 0
 
 
-async def commit(service: Service, session_id: str, owner: str, base: str, record: bytes | None = None) -> Session:
+async def commit(service: Service, session_id: str, owner: str, base: str, record: bytes | None = None,
+                 size: object | None = None) -> Session:
     """Commit the blocks and have the ingest job store them; the session once stored or failed, or still
-    ingesting after the configured wait."""
+    ingesting after the configured wait. ``size`` is the file's, for a session opened without one (400 when
+    such a session's commit lacks it, or when it contradicts the size declared at the start)."""
+    if isinstance(size, str) and size.isdecimal() and len(size) < 20:  # from the query
+        size = int(size)
     session = await load(service, session_id, owner)
     if session.status == OPEN:
+        if session.size is None:
+            if size is None:
+                raise BadRequest("this session was opened without a size: its commit gives it (commit?size=N)")
+            session.size = _checked_size(size, MAX_BLOCKS * session.block_size)
+        elif size is not None and _checked_size(size, MAX_SIZE) != session.size:
+            raise BadRequest(f"size {size} is not the size declared at the start, {session.size}")
         await _seal(service, session)
         if record is not None:
             await service.blobs.staging.put_record(session.frames_name, record)

@@ -181,7 +181,8 @@ def test_the_deployed_app_stores_and_serves_through_the_local_host(
 #: Converts ``argv[1]`` into ``argv[2]`` as the deployed app does, with the system's TurboJPEG library hidden from
 #: opentile as the Function App's image lacks it: ``find_library`` finds no turbojpeg and PyTurboJPEG's default paths
 #: are gone (each of opentile's first two looks), and no ``TURBOJPEG`` is set. Prints whether opentile then finds a
-#: library by itself, what ``convert`` wrote, and the TurboJPEG files mapped into the process.
+#: library by itself, what ``convert`` wrote, the TurboJPEG files mapped into the process, and what the inbox's
+#: :class:`~dicomweb.convert.Converter` wrote in a process spawned from the deployed environment.
 HIDDEN_TURBOJPEG_SCRIPT = """
 import ctypes.util, json, os, sys
 from pathlib import Path
@@ -195,10 +196,12 @@ try:
     alone = str(find_turbojpeg_path())
 except FileNotFoundError:
     alone = None
-from dicomweb.convert import convert
+from dicomweb.convert import Converter, convert
 written = convert(Path(sys.argv[1]), Path(sys.argv[2]))
 mapped = sorted({line.split()[-1] for line in open("/proc/self/maps") if "turbojpeg" in line or "pylibjxl" in line})
-print(json.dumps({"alone": alone, "written": [str(p) for p in written], "mapped": mapped}))
+with Converter() as converter:  # the inbox's way: a process of its own, spawned from the deployed environment
+    apart = [str(p) for part in converter.parts(Path(sys.argv[1]), Path(sys.argv[2]) / "apart") for p in part]
+print(json.dumps({"alone": alone, "written": [str(p) for p in written], "mapped": mapped, "apart": apart}))
 """
 
 
@@ -217,6 +220,7 @@ def test_the_deployed_app_converts_an_svs_without_a_system_turbojpeg(deployed: D
     (mapped,) = result["mapped"]
     assert mapped.startswith(f"{deployed.python.parent.parent}/") and "/site-packages/pylibjxl/_pylibjxl" in mapped
     assert len(result["written"]) == 6  # three levels, the thumbnail, the label and the macro image
+    assert sorted(Path(p).name for p in result["apart"]) == sorted(Path(p).name for p in result["written"])
     with tifffile.TiffFile(source) as tif:
         expected = tif.series[0].levels[0].asarray()
     with WsiDicom.open(tmp_path / "out") as wsi:

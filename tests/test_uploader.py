@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -243,16 +245,16 @@ def test_nothing_of_a_slide_is_committed_before_the_whole_file_is_converted(serv
     """The parts of a scanner file travel while the next is written, but a file that fails after its first part
     (here: the converter's real first part, then a failure) stores nothing and drops its open session."""
     make_svs(tmp_path / "slide.svs", size=(2048, 1536))
-    real = uploader_module.convert.convert_parts
+    real = uploader_module.convert.Converter.parts
     written: list[list[Path]] = []
 
-    def fails_after_the_first_part(*args, **kwargs):
+    def fails_after_the_first_part(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         for part in real(*args, **kwargs):
             written.append(part)
             yield part
             raise InvalidDataset("slide.svs cannot be converted: the second level is damaged")
 
-    monkeypatch.setattr(uploader_module.convert, "convert_parts", fails_after_the_first_part)
+    monkeypatch.setattr(uploader_module.convert.Converter, "parts", fails_after_the_first_part)
     calls: list[tuple[str, str, int]] = []
     request = Uploader._request
 
@@ -274,3 +276,83 @@ def test_nothing_of_a_slide_is_committed_before_the_whole_file_is_converted(serv
     assert [status for m, _, status in calls if m == "DELETE"] == [204], "its session was dropped"
     assert not any(url.endswith("/commit") or url.endswith("/studies") for _, url, _ in calls), "nothing committed"
     assert httpx.get(f"{server.base_url}/studies", params={"PatientID": "P-GATE"}).json() == []
+
+
+@pytest.mark.parametrize("finish", ["in place", "replaced"])
+def test_the_base_level_travels_while_it_is_written_and_its_header_goes_last(server: Server, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch,
+                                                                            finish: str) -> None:
+    """A level written as wsidicom writes one (the header and a Basic Offset Table of zeros first, then the frames,
+    then the table filled in): the blocks past the table are put while the file grows, those holding the header and
+    the table once it is complete, and the stored instance is the finished file, byte for byte. A file finished by
+    replacing it (as wsidicom does when a Basic Offset Table overflows) drops what travelled and goes again."""
+    level = make_large_instance(tmp_path / "level.dcm", frames=1400, frame_bytes=50000)
+    final = level.path.read_bytes()
+    first_frame = final.index(struct.pack("<HHI", 0xFFFE, 0xE000, 50000))
+    table = final.rindex(b"\xfe\xff\x00\xe0", 0, first_frame)  # the table's item header
+    finished: list[float] = []
+
+    def writes_like_wsidicom(converter, source, work, metadata, name=None, check=True, starting=None):  # noqa: ANN001, ANN202, ARG001
+        folder = work / "level-0"
+        starting(folder)
+        folder.mkdir(parents=True)
+        target = folder / "written.dcm"
+        with target.open("wb") as out:
+            out.write(final[: table + 8] + bytes(first_frame - table - 8))
+            for at in range(first_frame, len(final), 4 * 2**20):
+                out.write(final[at : at + 4 * 2**20])
+                out.flush()
+                time.sleep(0.1)
+            out.seek(table + 8)
+            out.write(final[table + 8 : first_frame])
+        if finish == "replaced":
+            (folder / "written.tmp").write_bytes(final)
+            (folder / "written.tmp").replace(target)
+        finished.append(time.monotonic())
+        yield [target]
+
+    monkeypatch.setattr(uploader_module.convert.Converter, "parts", writes_like_wsidicom)
+    puts: list[tuple[int, float]] = []
+    deleted: list[int] = []
+    request = Uploader._request
+
+    async def spy(self, method, url, **kwargs):  # noqa: ANN001, ANN202
+        answer = await request(self, method, url, **kwargs)
+        if method == "DELETE":
+            deleted.append(answer[0])
+        if method == "PUT" and answer[0] == 201:
+            block = url.split("blockid=")[1]
+            puts.append((int(base64.b64decode(block)), time.monotonic()))
+        return answer
+
+    monkeypatch.setattr(Uploader, "_request", spy)
+    uploader = Uploader(server.base_url, stow_max_bytes=1, progress=False, state_path=tmp_path / "state.json")
+    slide = uploader_module.Slide(level.path, uploader_module.convert.SlideMetadata(), tmp_path / "work")
+    (result,) = asyncio.run(uploader.run([], [slide]))
+    assert result.status == "stored", result.detail
+    block = 8 * 2**20
+    count = -(-len(final) // block)
+    early = [index for index, at in puts if at < finished[0]]
+    assert len(early) >= count // 2, f"only blocks {early} of {count} travelled while the file was written"
+    assert 0 not in early and min(early) * block >= first_frame, "the header and the table went last"
+    if finish == "in place":
+        assert sorted(index for index, _ in puts) == list(range(count)) and deleted == [], "every block once"
+    else:
+        assert deleted == [204], "the followed session was dropped"
+        assert {index for index, at in puts if at > finished[0]} == set(range(count)), "all again"
+    stored = httpx.get(f"{server.base_url}/studies/{level.study_uid}/series/{level.series_uid}/instances/"
+                       f"{level.sop_uid}", headers={"accept": "application/dicom; transfer-syntax=*"}, timeout=60)
+    assert stored.content == final
+
+
+def test_a_cut_scanner_file_fails_the_upload_and_stores_nothing(server: Server, tmp_path: Path) -> None:
+    """The uploader checks the file while the converter's process writes it: a cut SVS, which the readers would
+    convert into a slide missing its lower levels, label and macro, fails with the reason and stores nothing."""
+    make_svs(tmp_path / "whole.svs", size=(4096, 3072))
+    data = (tmp_path / "whole.svs").read_bytes()
+    (tmp_path / "slide.svs").write_bytes(data[: int(len(data) * 0.9)])
+    run = _upload(server, str(tmp_path / "slide.svs"), "--patient-id", "P-CUT", "--stow-max-mb", "1", "--json")
+    assert run.returncode == 1
+    (row,) = _results(run).values()
+    assert row["status"] == "failed" and "slide.svs cannot be converted: the file is cut short" in row["detail"]
+    assert httpx.get(f"{server.base_url}/studies", params={"PatientID": "P-CUT"}).json() == []

@@ -1,8 +1,8 @@
 """Upload-session functions: the direct-to-Blob path for instances beyond one request (see ``dicomweb.uploads``).
 
-``POST /uploads`` {"size": N, "studyInstanceUID": optional} → 201 with the block plan and a
-write-only SAS URL; ``GET /uploads/{id}`` → progress (and a fresh SAS) for resuming;
-``POST /uploads/{id}/commit`` (body: the file's frame offset record, or nothing) → the
+``POST /uploads`` {"size": N or null, "studyInstanceUID": optional} → 201 with the block plan
+and a write-only SAS URL; ``GET /uploads/{id}`` → progress (and a fresh SAS) for resuming;
+``POST /uploads/{id}/commit[?size=N]`` (body: the file's frame offset record, or nothing) → the
 STOW-RS answer, or 202 while the ingest job goes on; ``DELETE /uploads/{id}`` → 204. A
 timer sends a removal job for each expired session.
 """
@@ -15,7 +15,7 @@ from azurefunctions.extensions.http.fastapi import Request, Response
 from dicomweb import auth, uploads
 from dicomweb.api.http import base_url, dicom_json, endpoint, json_response, small_json, warning_header
 from dicomweb.auth import Permission
-from dicomweb.errors import PayloadTooLarge
+from dicomweb.errors import BadRequest, PayloadTooLarge
 from dicomweb.service import Service, get_service
 
 blueprint = func.Blueprint()
@@ -32,9 +32,12 @@ RECORD_BYTES_PER_FRAME = 16
 
 @endpoint(blueprint, "upload_create", "uploads", ["POST"], Permission.WRITE)
 async def create(req: Request, service: Service) -> Response:
-    """Open a session for one instance of a declared size."""
-    request = await small_json(req, MAX_REQUEST_BYTES, '{"size": <bytes>, "studyInstanceUID": <optional UID>}')
-    session = await uploads.create(service, request.get("size"), request.get("studyInstanceUID"), auth.current().id)
+    """Open a session for one instance of a declared size (or of a size its commit gives)."""
+    request = await small_json(req, MAX_REQUEST_BYTES,
+                               '{"size": <bytes, or null to give it at the commit>, "studyInstanceUID": <optional UID>}')
+    if "size" not in request:
+        raise BadRequest("size is required: the instance's size in bytes, or null to give it at the commit")
+    session = await uploads.create(service, request["size"], request.get("studyInstanceUID"), auth.current().id)
     base = base_url(req, service.settings)
     description = await uploads.describe(service, session, base)
     return json_response(description, 201, {"location": description["statusUrl"]})
@@ -58,7 +61,8 @@ async def commit(req: Request, service: Service) -> Response:
         if len(body) > most:
             raise PayloadTooLarge(f"a frame offset record of DICOMWEB_MAX_FRAMES frames has at most {most} bytes")
     record = uploads.read_record(bytes(body), service.settings.max_frames)
-    session = await uploads.commit(service, req.path_params["id"], auth.current().id, base, record)
+    session = await uploads.commit(service, req.path_params["id"], auth.current().id, base, record,
+                                   req.query_params.get("size"))
     if session.result is None:
         description = await uploads.describe(service, session, base)
         return json_response(description, 202, {"location": description["statusUrl"], "retry-after": "5"})

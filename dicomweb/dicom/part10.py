@@ -590,6 +590,35 @@ _HEAD_READ = 1024 * 1024
 _ITEM_READ = 16
 
 
+def frames_start(descriptor: int, size: int) -> int | None:
+    """Where the frames begin in a Part 10 file still being written, of which ``size`` bytes are on disk.
+
+    The bytes before it (the header, and the offset tables that a writer such as wsidicom
+    reserves first and fills in once the last frame is written) may still change; those
+    after it are written once, in order (PS3.5 A.4: the first item after the Basic Offset
+    Table; for native Pixel Data, its value). None while the bytes on disk do not reach
+    that far, or for a file the service's parser does not read as one with a preamble.
+    """
+    parser = Part10Parser(Limits())
+    try:
+        while parser.header is None and parser.position < size:
+            parser.feed(os.pread(descriptor, min(_HEAD_READ, size - parser.position), parser.position))
+    except Exception:  # noqa: BLE001 - a partial header the parser refuses: not (yet) known
+        return None
+    header = parser.header
+    if header is None or parser.shift != 0 or header.pixel_value_offset is None:
+        return None
+    if header.pixel_value_length is not None:
+        return header.pixel_value_offset
+    table = header.pixel_value_offset  # the Basic Offset Table's item: its length is written with its header
+    item = os.pread(descriptor, 8, table) if table + 8 <= size else b""
+    if len(item) < 8:
+        return None
+    group, element, length = struct.unpack("<HHI", item)
+    start = table + 8 + length
+    return start if group << 16 | element == ITEM and start <= size else None
+
+
 def frame_record(path: Path) -> bytes | None:
     """The file's frame offset record as a commit sends it, or None when the service does better without one.
 

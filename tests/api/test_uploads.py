@@ -44,7 +44,7 @@ def uploads_server(emulators: dict[str, str], tmp_path_factory: pytest.TempPathF
     server.stop()
 
 
-def _open(server: Server, size: int, **extra: object) -> dict:
+def _open(server: Server, size: int | None, **extra: object) -> dict:
     response = httpx.post(f"{server.base_url}/uploads", json={"size": size, **extra})
     assert response.status_code == 201, response.text
     assert response.headers["location"] == response.json()["statusUrl"]
@@ -133,6 +133,44 @@ def test_an_interrupted_session_resumes_without_resending_blocks(uploads_server:
                      f"{volume.sop_uid}/metadata").status_code == 200
     again = _commit(resumed)
     assert again.status_code == 200 and again.json() == response.json(), "a repeated commit answers the same"
+
+
+def test_a_session_opened_without_a_size_takes_it_at_the_commit(uploads_server: Server, tmp_path: Path) -> None:
+    """A file still being written (a level the converter writes): blocks numbered by the client, the size last."""
+    volume = make_slide(tmp_path, levels=1, associated=False, base_size=(4000, 4000))[0]
+    data = volume.path.read_bytes()
+    session = _open(uploads_server, None)
+    block = session["blockSize"]
+    assert session["size"] is None and session["blockCount"] is None and "blocks" not in session
+    count = -(-len(data) // block)
+    assert count > 3
+    plan = [{"index": i, "id": uploads.wire_block_id(i), "offset": i * block,
+             "length": min(block, len(data) - i * block)} for i in range(count)]
+    _put({**session, "blocks": plan}, data, list(range(1, count)))  # the first block last, as the converter does
+    assert httpx.get(session["statusUrl"]).json()["received"] == list(range(1, count))
+    unsized = _commit(session)
+    assert unsized.status_code == 400 and "commit?size=N" in unsized.json()["message"]
+    _put({**session, "blocks": plan}, data, [0])
+    early = httpx.post(f"{session['commitUrl']}?size={len(data) + block}", timeout=300)
+    assert early.status_code == 409 and "have not arrived" in early.json()["message"], "a size beyond the blocks"
+    assert httpx.post(f"{session['commitUrl']}?size=-5").status_code == 400
+    response = httpx.post(f"{session['commitUrl']}?size={len(data)}", timeout=300)
+    assert response.status_code == 200, response.text
+    instance = f"{uploads_server.base_url}/studies/{volume.study_uid}/series/{volume.series_uid}/instances/{volume.sop_uid}"
+    stored = httpx.get(instance, headers={"accept": "application/dicom; transfer-syntax=*"}, timeout=60).content
+    assert stored == data
+    assert httpx.get(session["statusUrl"]).json()["size"] == len(data)
+
+
+def test_a_commit_contradicting_the_declared_size_is_refused(uploads_server: Server, tmp_path: Path) -> None:
+    volume = make_slide(tmp_path, levels=1, associated=False, base_size=(600, 600))[0]
+    data = volume.path.read_bytes()
+    session = _open(uploads_server, len(data))
+    _put(session, data)
+    wrong = httpx.post(f"{session['commitUrl']}?size={len(data) - 1}")
+    assert wrong.status_code == 400 and str(len(data)) in wrong.json()["message"]
+    assert httpx.get(session["statusUrl"]).json()["status"] == "open"
+    assert httpx.post(f"{session['commitUrl']}?size={len(data)}", timeout=120).status_code == 200
 
 
 def test_the_sas_writes_only_its_own_blob(uploads_server: Server) -> None:

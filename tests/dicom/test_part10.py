@@ -19,7 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBase
 
 from dicomweb.dicom.dicomjson import dataset_to_json
 from dicomweb.dicom.frames import join_fragments
-from dicomweb.dicom.part10 import FRAME_HEAD, Limits, Part10Parser
+from dicomweb.dicom.part10 import FRAME_HEAD, Limits, Part10Parser, frames_start
 from dicomweb.errors import InvalidDataset
 from tests.wsi_factory import make_slide
 
@@ -163,6 +163,37 @@ def test_a_walk_that_skips_payloads_keeps_no_partial_head(tmp_path) -> None:  # 
     for item, head in parser.frame_heads.items():  # the first fragment came whole with the header's read
         assert head == data[item + 8 : item + 8 + FRAME_HEAD]
     assert index.item_start(len(index)) not in parser.frame_heads, "its payload was skipped"
+
+
+@pytest.mark.parametrize(("syntax", "offset_table"), [(JPEGBaseline8Bit, "bot"), (JPEGBaseline8Bit, "eot"),
+                                                     (JPEGBaseline8Bit, "empty"), (ExplicitVRLittleEndian, "native")])
+def test_frames_start_where_a_writer_stops_going_back(tmp_path, syntax: str, offset_table: str) -> None:  # noqa: ANN001
+    """What a file still being written may still change ends where its first frame starts (after the Basic
+    Offset Table, even one still all zeros; native: where the value starts), and it is not known before."""
+    (file,) = make_slide(tmp_path, levels=1, base_size=(768, 512), associated=False, transfer_syntax=syntax,
+                         offset_table=offset_table)
+    data = bytearray(file.path.read_bytes())
+    parser = Part10Parser(Limits())
+    parser.feed(bytes(data))
+    header = parser.header
+    assert header is not None and header.pixel_value_offset is not None
+    if offset_table == "native":
+        expected = header.pixel_value_offset
+    else:
+        index = parser.frame_index("g")
+        assert index is not None
+        expected = index.item_start(1)
+        table = struct.unpack_from("<I", data, header.pixel_value_offset + 4)[0]
+        data[header.pixel_value_offset + 8 : header.pixel_value_offset + 8 + table] = bytes(table)  # not filled in yet
+        assert (table > 0) == (offset_table == "bot")
+    path = tmp_path / "growing.dcm"
+    path.write_bytes(data)
+    with path.open("rb") as handle:
+        seen = {size: frames_start(handle.fileno(), size) for size in (0, 132, expected - 1, expected, len(data))}
+    assert seen == {0: None, 132: None, expected - 1: None, expected: expected, len(data): expected}
+    (tmp_path / "not.dcm").write_bytes(b"\0" * 4096)
+    with (tmp_path / "not.dcm").open("rb") as handle:
+        assert frames_start(handle.fileno(), 4096) is None
 
 
 @pytest.mark.parametrize("undefined", [False, True], ids=["defined-length", "undefined-length"])
