@@ -13,9 +13,12 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dicomweb.config import Settings
-from dicomweb.convert import SlideMetadata
+
+if TYPE_CHECKING:
+    from dicomweb.convert import SlideMetadata
 
 #: A reindex whose jobs nobody takes for this long says so (the service is not running).
 NO_WORKER_SECONDS = 30
@@ -223,10 +226,16 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if args.command == "upload":
+        from dicomweb.converter import Converter
+
+        # A file named on the command line that is not DICOM is converted: the converter's process starts now,
+        # importing the converter (a second) while this one imports the uploader.
+        converter = Converter(args.progress).start() if any(map(_named_non_dicom, args.paths)) else None
         from dicomweb import uploader
 
         return uploader.main(args.paths, args.url, args.token, args.parallel, args.blocks, args.stow_max_mb,
-                             args.state, args.progress, args.json, args.verbose, _slide_options(args), args.metadata)
+                             args.state, args.progress, args.json, args.verbose, _slide_options(args), args.metadata,
+                             converter)
     if args.command == "convert":
         from dicomweb import convert
 
@@ -318,8 +327,21 @@ async def _reindex(here: bool, offline: bool) -> int:
     return 0
 
 
+def _named_non_dicom(path: Path) -> bool:
+    """Whether ``path`` is a file without the DICM of a Part 10 file (``dicomweb.uploader.find_files`` converts
+    every such file named)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) != b"DICM"
+    except OSError:  # a folder, or no such file: find_files says
+        return False
+
+
 def _slide_options(args: argparse.Namespace) -> SlideMetadata:
     """The metadata options of ``convert`` and ``upload`` for scanner files."""
+    from dicomweb.convert import SlideMetadata
+
     return SlideMetadata(args.patient_id, args.patient_name, args.accession_number, args.study_uid, args.container_id,
                          args.specimen_description)
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-from dicomweb.dicom.part10 import Limits
+if TYPE_CHECKING:
+    from dicomweb.dicom.part10 import Limits
 
 MIB = 1024 * 1024
 #: Blob storage list prices per GB and month (Azure, LRS, East US, pay as you go), by access tier.
@@ -174,6 +175,8 @@ class Settings:
     @property
     def limits(self) -> Limits:
         """What the Part 10 parser lets one instance hold."""
+        from dicomweb.dicom.part10 import Limits  # the parser's module brings pydicom: not for every command
+
         return Limits(self.max_header_bytes, self.max_elements, self.max_sequence_depth, self.max_frames)
 
     @property

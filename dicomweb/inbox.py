@@ -7,7 +7,7 @@ One file, one conversion, on whichever worker gets the message:
 1. **Claimed** in its status record (``operations/inbox/<hash of its name>.json`` in the staging
    container), conditioned on the record's etag: a duplicate event finds it ``converting`` (or
    ended) and stops; a worker that vanished leaves a claim that lapses after the function timeout.
-2. **Downloaded** to local disk, streamed, and **converted** (:class:`dicomweb.convert.Converter`,
+2. **Downloaded** to local disk, streamed, and **converted** (:class:`dicomweb.converter.Converter`,
    in a process of its own: it keeps a core busy), the metadata coming from the blob's own metadata
    (``x-ms-meta-PatientID``: azcopy ``--metadata``, Storage Explorer).
 3. **Stored** once the whole file is converted, each instance through an upload session
@@ -39,6 +39,7 @@ from typing import Any
 import pydicom
 
 from dicomweb import audit, auth, blobevents, convert, delete, jobs, uploads
+from dicomweb.converter import Converter
 from dicomweb.dicom.part10 import frame_record
 from dicomweb.errors import REASON_DUPLICATE, REASON_PROCESSING_FAILURE, DicomWebError, InvalidDataset, NotFound
 from dicomweb.service import Service
@@ -215,7 +216,7 @@ async def _convert_and_store(service: Service, file: InboxFile) -> dict[str, Any
         metadata = _metadata(file)
 
         def converted() -> list[Path]:  # in a process of its own: the worker's event loop goes on answering
-            with convert.Converter() as converter:
+            with Converter() as converter:
                 return [path for part in converter.parts(source, work / "dicom", metadata, name=name) for path in part]
 
         paths = await asyncio.to_thread(converted)

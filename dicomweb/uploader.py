@@ -39,6 +39,7 @@ import aiohttp
 from tqdm import tqdm
 
 from dicomweb import convert
+from dicomweb.converter import Converter
 from dicomweb.dicom.part10 import frame_record, frames_start
 from dicomweb.errors import BadRequest, InvalidDataset
 
@@ -439,15 +440,17 @@ class Uploader:
             return Result(path, size, status, sop, detail, ended - started, ended - timing.get("commit", ended),
                           attempt)
 
-    async def run(self, files: list[Path], slides: list[Slide] = ()) -> list[Result]:
-        """Upload ``files`` and convert and upload ``slides``: a result per file, then per converted instance
-        (or one per slide that could not be converted)."""
+    async def run(self, files: list[Path], slides: list[Slide] = (), converter: Converter | None = None
+                  ) -> list[Result]:
+        """Upload ``files`` and convert and upload ``slides`` (in ``converter``'s process, started or not): a result
+        per file, then per converted instance (or one per slide that could not be converted). The converter's
+        process is ended at the end."""
         total = sum(path.stat().st_size for path in files) + sum(slide.source.stat().st_size for slide in slides)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=600)
         self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
                          disable=None if self._progress_enabled is None else not self._progress_enabled,
                          desc="upload", dynamic_ncols=True)
-        conversions = _Conversions(convert.Converter(self._progress_enabled), len(slides))
+        conversions = _Conversions(converter or Converter(self._progress_enabled), len(slides))
         try:
             async with aiohttp.ClientSession(timeout=timeout, trust_env=False,
                                              connector=aiohttp.TCPConnector(limit=64)) as self._session:
@@ -529,7 +532,7 @@ class _Conversions:
     """The run's converter (its process started at once, to ready itself while the uploads start), one file at a
     time, and ended as soon as the last file is converted."""
 
-    def __init__(self, converter: convert.Converter, files: int) -> None:
+    def __init__(self, converter: Converter, files: int) -> None:
         self.converter = converter.start() if files else converter
         self.one_at_a_time = asyncio.Lock()
         self._left = files
@@ -599,13 +602,16 @@ def report(results: list[Result], seconds: float, out: TextIO, as_json: bool = F
 
 def main(paths: list[Path], url: str, token: str | None, parallel: int, block_concurrency: int, stow_max_mb: int,
          state: Path | None, progress: bool | None, as_json: bool = False, verbose: bool = False,
-         options: convert.SlideMetadata = convert.SlideMetadata(), metadata_file: Path | None = None) -> int:
+         options: convert.SlideMetadata = convert.SlideMetadata(), metadata_file: Path | None = None,
+         converter: Converter | None = None) -> int:
     """Run an upload from the command line; exit code 1 when anything failed.
 
     Scanner files are converted (:mod:`dicomweb.convert`) into a temporary folder (disk, never
     memory, holds the converted levels, each until it is stored) while the parts already
-    written travel; a converted instance's result names its scanner file.
+    written travel; a converted instance's result names its scanner file. ``converter`` is one
+    started already (or None: one starts if there are scanner files).
     """
+    converter = converter or Converter(progress)
     files, scanner, results = find_files(paths)
     try:
         per_file = convert.load_metadata(metadata_file) if metadata_file is not None else {}
@@ -618,6 +624,6 @@ def main(paths: list[Path], url: str, token: str | None, parallel: int, block_co
                         Path(work) / str(number)) for number, source in enumerate(scanner)]
         uploader = Uploader(url, token=token, parallel=parallel, block_concurrency=block_concurrency,
                             stow_max_bytes=stow_max_mb * MIB, state_path=state, progress=progress)
-        results = asyncio.run(uploader.run(files, slides)) + results
+        results = asyncio.run(uploader.run(files, slides, converter)) + results
     report(results, time.perf_counter() - started, sys.stdout, as_json, verbose)
     return 0 if results and all(r.ok for r in results) else 1

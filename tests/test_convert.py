@@ -20,7 +20,7 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import JPEGBaseline8Bit
 from wsidicom import WsiDicom
 
-from dicomweb.convert import Converter, SlideMetadata, convert, convert_parts, load_metadata
+from dicomweb.convert import SlideMetadata, convert, load_metadata
 from dicomweb.errors import BadRequest, InvalidDataset
 from tests.conftest import ROOT, Server
 from tests.scanner_files import TILE, make_ome_tiff, make_pyramidal_tiff, make_svs, source_tiles
@@ -140,40 +140,6 @@ def test_files_that_cannot_be_converted_are_refused_and_leave_nothing(tmp_path: 
         with pytest.raises(InvalidDataset, match=f"{name} cannot be converted: "):
             convert(tmp_path / name, out)
         assert list(out.iterdir()) == [], name
-
-
-def test_the_converter_s_process_gives_the_parts_of_an_in_process_conversion(tmp_path: Path) -> None:
-    """One process serves a run's files; what it writes, the order, the folders announced and the refusals are
-    those of :func:`convert_parts`; a file left halfway, or a process that dies, ends it and the next file
-    starts another."""
-    make_svs(tmp_path / "a.svs")
-    make_ome_tiff(tmp_path / "b.ome.tiff")
-    (tmp_path / "bad.svs").write_bytes(b"II*\x00" + bytes(100))
-    metadata = SlideMetadata(patient_id="P-APART")
-    here = [[pydicom.dcmread(p).SOPInstanceUID for p in part]
-            for part in convert_parts(tmp_path / "a.svs", tmp_path / "here", metadata)]
-    with Converter() as converter:
-        folders: list[Path] = []
-        apart = [[pydicom.dcmread(p).SOPInstanceUID for p in part]
-                 for part in converter.parts(tmp_path / "a.svs", tmp_path / "apart", metadata, starting=folders.append)]
-        assert apart == here and len(apart) == 4, "the same parts, in the same order, with the same UIDs"
-        assert folders == [tmp_path / "apart" / f"level-{i}" for i in range(3)] + [tmp_path / "apart" / "associated"]
-        first = converter._process.pid
-        with pytest.raises(InvalidDataset, match="bad.svs cannot be converted: "):
-            list(converter.parts(tmp_path / "bad.svs", tmp_path / "bad", metadata))
-        assert sum(map(len, converter.parts(tmp_path / "b.ome.tiff", tmp_path / "b", metadata))) == 3
-        assert converter._process.pid == first, "one process for every file, refused ones included"
-        halfway = converter.parts(tmp_path / "a.svs", tmp_path / "halfway", metadata)
-        next(halfway)
-        halfway.close()
-        assert converter._process is None, "a file left halfway ends the process"
-        assert sum(map(len, converter.parts(tmp_path / "b.ome.tiff", tmp_path / "b2", metadata))) == 3
-        killed = converter.parts(tmp_path / "a.svs", tmp_path / "killed", metadata)
-        next(killed)
-        converter._process.kill()
-        with pytest.raises(RuntimeError, match="process ended with exit code -9"):
-            list(killed)
-        assert sum(map(len, converter.parts(tmp_path / "a.svs", tmp_path / "after", metadata))) == 6
 
 
 def test_the_scanner_s_icc_profile_is_kept(tmp_path: Path) -> None:

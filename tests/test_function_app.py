@@ -182,7 +182,7 @@ def test_the_deployed_app_stores_and_serves_through_the_local_host(
 #: opentile as the Function App's image lacks it: ``find_library`` finds no turbojpeg and PyTurboJPEG's default paths
 #: are gone (each of opentile's first two looks), and no ``TURBOJPEG`` is set. Prints whether opentile then finds a
 #: library by itself, what ``convert`` wrote, the TurboJPEG files mapped into the process, and what the inbox's
-#: :class:`~dicomweb.convert.Converter` wrote in a process spawned from the deployed environment.
+#: :class:`~dicomweb.converter.Converter` wrote in a process spawned from the deployed environment.
 HIDDEN_TURBOJPEG_SCRIPT = """
 import ctypes.util, json, os, sys
 from pathlib import Path
@@ -196,7 +196,8 @@ try:
     alone = str(find_turbojpeg_path())
 except FileNotFoundError:
     alone = None
-from dicomweb.convert import Converter, convert
+from dicomweb.convert import convert
+from dicomweb.converter import Converter
 written = convert(Path(sys.argv[1]), Path(sys.argv[2]))
 mapped = sorted({line.split()[-1] for line in open("/proc/self/maps") if "turbojpeg" in line or "pylibjxl" in line})
 with Converter() as converter:  # the inbox's way: a process of its own, spawned from the deployed environment

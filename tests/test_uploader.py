@@ -245,7 +245,7 @@ def test_nothing_of_a_slide_is_committed_before_the_whole_file_is_converted(serv
     """The parts of a scanner file travel while the next is written, but a file that fails after its first part
     (here: the converter's real first part, then a failure) stores nothing and drops its open session."""
     make_svs(tmp_path / "slide.svs", size=(2048, 1536))
-    real = uploader_module.convert.Converter.parts
+    real = uploader_module.Converter.parts
     written: list[list[Path]] = []
 
     def fails_after_the_first_part(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -254,7 +254,7 @@ def test_nothing_of_a_slide_is_committed_before_the_whole_file_is_converted(serv
             yield part
             raise InvalidDataset("slide.svs cannot be converted: the second level is damaged")
 
-    monkeypatch.setattr(uploader_module.convert.Converter, "parts", fails_after_the_first_part)
+    monkeypatch.setattr(uploader_module.Converter, "parts", fails_after_the_first_part)
     calls: list[tuple[str, str, int]] = []
     request = Uploader._request
 
@@ -311,7 +311,7 @@ def test_the_base_level_travels_while_it_is_written_and_its_header_goes_last(ser
         finished.append(time.monotonic())
         yield [target]
 
-    monkeypatch.setattr(uploader_module.convert.Converter, "parts", writes_like_wsidicom)
+    monkeypatch.setattr(uploader_module.Converter, "parts", writes_like_wsidicom)
     puts: list[tuple[int, float]] = []
     deleted: list[int] = []
     request = Uploader._request
