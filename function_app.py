@@ -2,7 +2,8 @@
 
 import azure.functions as func
 
-from dicomweb.api import availability, http, inbox, jobs, manage, qido, rehydration, rendered, retrieve, stow, uploads
+from dicomweb.api import (availability, http, inbox, jobs, manage, qido, rehydration, rendered, retrieve, stow, unknown,
+                          uploads)
 
 http.start_up()
 
@@ -17,3 +18,4 @@ app.register_blueprint(jobs.blueprint)
 app.register_blueprint(availability.blueprint)
 app.register_blueprint(rehydration.blueprint)
 app.register_blueprint(inbox.blueprint)
+app.register_blueprint(unknown.blueprint)  # last: it takes what no other route does

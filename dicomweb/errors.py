@@ -83,6 +83,16 @@ class NotFound(DicomWebError):
     status = 404
 
 
+class MethodNotAllowed(DicomWebError):
+    """The resource exists, but not with this method (RFC 9110 §15.5.6: 405, with the methods it allows)."""
+
+    status = 405
+
+    def __init__(self, message: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+
 class NotAcceptable(DicomWebError):
     """No representation the client accepts can be produced (PS3.18 §8.3.3.1: 406)."""
 

@@ -21,8 +21,8 @@ from dicomweb import audit, auth
 from dicomweb.auth import Permission
 from dicomweb.config import Settings
 from dicomweb.dicom.syntax import is_valid_uid
-from dicomweb.errors import (Archived, BadRequest, DicomWebError, Forbidden, NotConfigured, Rehydrating, StorageFailure,
-                             Unauthorized)
+from dicomweb.errors import (Archived, BadRequest, DicomWebError, Forbidden, MethodNotAllowed, NotConfigured, Rehydrating,
+                             StorageFailure, Unauthorized)
 from dicomweb.service import Service, get_service
 from dicomweb.storage import monitor
 
@@ -32,8 +32,11 @@ DICOM_JSON = "application/dicom+json"
 #: Response headers a browser client may read.
 EXPOSED = "Content-Type, Warning, Location, WWW-Authenticate, Retry-After, ETag, Link"
 Handler = Callable[[Request, Service], Awaitable[Response]]
-#: The permission each HTTP function needs, by function name: declared by :func:`endpoint`, where it is registered.
-REQUIREMENTS: dict[str, Permission] = {}
+#: The permission each HTTP function needs, by function name: declared by :func:`endpoint`, where it is registered
+#: (None: any authenticated caller).
+REQUIREMENTS: dict[str, Permission | None] = {}
+#: The route template and methods of each HTTP function, by function name (the service's own route table).
+ROUTES: dict[str, tuple[str, tuple[str, ...]]] = {}
 
 
 def _route_prefix() -> str:
@@ -207,6 +210,8 @@ def error_response(error: DicomWebError, rehydrate: str | None = None) -> Respon
         headers["www-authenticate"] = 'Bearer error="insufficient_scope"'
     if isinstance(error, StorageFailure):
         headers["retry-after"] = str(error.retry_after)
+    if isinstance(error, MethodNotAllowed):
+        headers["allow"] = ", ".join(error.allowed)
     return dicom_json(body, error.status, headers)
 
 
@@ -273,7 +278,7 @@ def rehydration_url(req: Request, settings: Settings | None) -> str | None:
 _AUDITED = {"study": "study", "series": "series", "instance": "instance", "id": "session"}
 
 
-async def _answer(req: Request, handler: Handler, name: str, needs: Permission) -> Response:
+async def _answer(req: Request, handler: Handler, name: str, needs: Permission | None) -> Response:
     settings = None
     try:
         try:
@@ -285,7 +290,8 @@ async def _answer(req: Request, handler: Handler, name: str, needs: Permission) 
             return _preflight(req, settings)
         principal = await service.auth.authenticate(req.headers.get("authorization"))
         auth.act_as(principal)
-        service.auth.authorize(principal, needs)
+        if needs is not None:
+            service.auth.authorize(principal, needs)
         _check_path(req)
         response = await handler(req, service)
     except DicomWebError as error:
@@ -305,14 +311,16 @@ async def _answer(req: Request, handler: Handler, name: str, needs: Permission) 
 
 
 def endpoint(
-    blueprint: func.Blueprint, name: str, route: str, methods: list[str], needs: Permission
+    blueprint: func.Blueprint, name: str, route: str, methods: list[str], needs: Permission | None
 ) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
-    """Register ``handler(req, service)`` for ``route``, open to principals holding ``needs``.
+    """Register ``handler(req, service)`` for ``route``, open to principals holding ``needs`` (None: to any
+    authenticated one).
 
     Authentication, the permission check, path checks, errors, CORS and preflights are
     handled here, before the handler reads any of the body; every write and delete is audited.
     """
     REQUIREMENTS[name] = needs
+    ROUTES[name] = route, tuple(methods)
 
     def register(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         @functools.wraps(handler)

@@ -227,7 +227,9 @@ def build_app(app: func.FunctionApp, concurrency: int) -> PerInstanceConcurrency
     routes = []
     timers: list[tuple[int, str, Callable[[TimerRequest], Awaitable[None]]]] = []
     queues: list[tuple[str, str, Callable[[func.QueueMessage], Awaitable[None]]]] = []
-    for function in registered(app):
+    # The Functions host tries routes in the alphabetical order of their functions' names (not by how specific
+    # they are: azure-functions-host issue 9876), so the catch-all of dicomweb/api/unknown.py comes last.
+    for function in sorted(registered(app), key=lambda function: function.get_function_name()):
         trigger = function.get_trigger()
         if isinstance(trigger, TimerTrigger):
             timers.append((interval_seconds(trigger.schedule), function.get_function_name(),
@@ -236,9 +238,13 @@ def build_app(app: func.FunctionApp, concurrency: int) -> PerInstanceConcurrency
             queues.append((trigger.queue_name, function.get_function_name(), function.get_user_function()))
         if not isinstance(trigger, HttpTrigger):
             continue
-        path = "/" + "/".join(part for part in (ROUTE_PREFIX, trigger.route) if part)
+        template = re.sub(r"\{\*(\w+)\}", r"{\1:path}", trigger.route)  # Azure's catch-all, in Starlette's words
+        path = "/" + "/".join(part for part in (ROUTE_PREFIX, template) if part)
         methods = [str(getattr(m, "value", m)) for m in trigger.methods or ["GET", "POST"]]
-        routes.append(Route(path, _endpoint(function.get_user_function()), methods=methods))
+        route = Route(path, _endpoint(function.get_user_function()), methods=methods)
+        if "HEAD" not in methods:
+            route.methods.discard("HEAD")  # Starlette adds it to GET; the Functions host does not
+        routes.append(route)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
