@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dicomweb.config import Settings
+from dicomweb.dicom.syntax import is_part10_file
 
 if TYPE_CHECKING:
     from dicomweb.convert import SlideMetadata
@@ -328,12 +329,10 @@ async def _reindex(here: bool, offline: bool) -> int:
 
 
 def _named_non_dicom(path: Path) -> bool:
-    """Whether ``path`` is a file without the DICM of a Part 10 file (``dicomweb.uploader.find_files`` converts
-    every such file named)."""
+    """Whether ``path`` is a file but not a Part 10 file (``dicomweb.uploader.find_files`` converts every such file
+    named)."""
     try:
-        with path.open("rb") as handle:
-            handle.seek(128)
-            return handle.read(4) != b"DICM"
+        return not is_part10_file(path)
     except OSError:  # a folder, or no such file: find_files says
         return False
 

@@ -22,6 +22,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from dicomweb.errors import InvalidDataset
+
 if TYPE_CHECKING:
     from dicomweb.convert import SlideMetadata
 
@@ -77,8 +79,6 @@ class Converter:
         """:func:`dicomweb.convert.convert_parts` of ``source`` in the process: the same parts in the same order,
         ``starting`` called alike, a file refused with :class:`~dicomweb.errors.InvalidDataset` and the same
         reason."""
-        from dicomweb.errors import InvalidDataset
-
         self.start()
         process, connection = self._process, self._connection
         assert connection is not None
@@ -122,7 +122,6 @@ def _serve(connection: Connection, progress: bool | None) -> None:
     from wsidicomizer import WsiDicomizer  # noqa: F401 - imported while the caller starts
 
     from dicomweb import convert
-    from dicomweb.errors import InvalidDataset
 
     while True:
         try:

@@ -215,11 +215,11 @@ async def _convert_and_store(service: Service, file: InboxFile) -> dict[str, Any
         downloaded = time.perf_counter()
         metadata = _metadata(file)
 
-        def converted() -> list[Path]:  # in a process of its own: the worker's event loop goes on answering
+        def convert_file() -> list[Path]:  # in a process of its own: the worker's event loop goes on answering
             with Converter() as converter:
                 return [path for part in converter.parts(source, work / "dicom", metadata, name=name) for path in part]
 
-        paths = await asyncio.to_thread(converted)
+        paths = await asyncio.to_thread(convert_file)
         source.unlink()
         converted = time.perf_counter()
         slots = asyncio.Semaphore(STORE_CONCURRENCY)

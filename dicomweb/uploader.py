@@ -41,6 +41,7 @@ from tqdm import tqdm
 from dicomweb import convert
 from dicomweb.converter import Converter
 from dicomweb.dicom.part10 import frame_record, frames_start
+from dicomweb.dicom.syntax import is_part10_file
 from dicomweb.errors import BadRequest, InvalidDataset
 
 MIB = 1024 * 1024
@@ -116,10 +117,7 @@ def find_files(paths: list[Path]) -> tuple[list[Path], list[Path], list[Result]]
             if not candidate.is_file():
                 skipped.append(Result(candidate, 0, "failed", detail="no such file"))
                 continue
-            with candidate.open("rb") as handle:
-                handle.seek(128)
-                magic = handle.read(4)
-            if magic == b"DICM":
+            if is_part10_file(candidate):
                 files.append(candidate)
             elif named or convert.is_scanner_file(candidate):
                 scanner.append(candidate)

@@ -7,6 +7,7 @@ PS3.5 §9.1 (UID encoding), PS3.5 §10 (transfer syntaxes) and PS3.18 §8.7.3.5
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -71,3 +72,11 @@ def frame_media_type(transfer_syntax: str) -> str:
 def is_encapsulated(transfer_syntax: str) -> bool:
     """True when pixel data of this syntax is stored as fragments (PS3.5 §A.4)."""
     return transfer_syntax not in NATIVE_SYNTAXES and transfer_syntax != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+
+
+def is_part10_file(path: Path) -> bool:
+    """Whether the file at ``path`` starts as a DICOM Part 10 file does: a 128-byte preamble, then ``DICM``
+    (PS3.10 §7.1). OSError for a file that cannot be read."""
+    with path.open("rb") as handle:
+        handle.seek(128)
+        return handle.read(4) == b"DICM"
