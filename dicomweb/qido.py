@@ -4,7 +4,8 @@ Each match returns the default attributes of its level (PS3.18 §10.6.3.3, plus 
 pathology attributes of :mod:`dicomweb.dicom.attributes`), the ones asked for with
 ``includefield`` (or every one the document holds for ``all``), and the computed ones: RetrieveURL,
 InstanceAvailability (at every level: an instance's from its tier, a study's or series' the least available
-of its instances, from the counts of its summary), ModalitiesInStudy and the related-series/instance counts.
+of its instances, from the counts of its summary), ModalitiesInStudy, the related-series/instance counts and, asked
+for at the instance level, the stored Transfer Syntax UID.
 Searches not limited to one study also return the study's defaults, and instance
 searches not limited to one series the series' (PS3.18 §10.6.3.3.2-3).
 """
@@ -22,6 +23,9 @@ from dicomweb.storage.cosmos import Document
 
 RETRIEVE_URL = "00081190"
 INSTANCE_AVAILABILITY = "00080056"
+#: Transfer Syntax UID, a File Meta attribute (PS3.10 §7.1) that is no part of the dataset QIDO searches, returned
+#: only when asked for: Google's Healthcare API does, and EZ-WSI refuses an instance without it.
+TRANSFER_SYNTAX = "00020010"
 
 
 def _defaults(query: Query, scope: dict[str, str]) -> set[str]:
@@ -66,6 +70,7 @@ def _computed(doc: Document, base: str) -> JsonDict:
         out["00201209"] = {"vr": "IS", "Value": [doc.get("numberOfInstances", 0)]}
     else:
         url = f"{base}/studies/{study}/series/{doc['seriesInstanceUID']}/instances/{doc['sopInstanceUID']}"
+        out[TRANSFER_SYNTAX] = {"vr": "UI", "Value": [doc["transferSyntaxUID"]]}
     out[RETRIEVE_URL] = {"vr": "UR", "Value": [url]}
     return out
 

@@ -1,18 +1,26 @@
-"""Third-party DICOMweb clients against the running service: dicomweb-client and wsidicom."""
+"""Third-party DICOMweb clients against the running service: dicomweb-client, wsidicom and Google's EZ-WSI."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+import tifffile
 from dicomweb_client import DICOMwebClient
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit
 from wsidicom import WsiDicom, WsiDicomWebClient
 
-from tests.conftest import Server, source_frames
+from dicomweb.convert import convert
+from tests.conftest import ROOT, Server, source_frames
+from tests.scanner_files import make_svs
 from tests.wsi_factory import SlideFile, make_slide, wide_gamut_profile
+
+#: EZ-WSI's own environment (see tests/ezwsi_client.py), which `.ci/run` makes.
+EZWSI = ROOT / ".venv" / "ezwsi" / "bin" / "python"
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +100,31 @@ def test_wsidicom_opens_the_slide_over_dicomweb(client: DICOMwebClient, server: 
         # wsidicom builds datasets from the metadata alone: the profile reaches it inline (it would
         # otherwise put its own sRGB default in place).
         assert remote.metadata.pyramid.optical_paths[0].icc_profile == wide_gamut_profile()
+
+
+def test_ezwsi_reads_every_level_of_a_converted_slide_as_the_scanner_wrote_it(client: DICOMwebClient, server: Server,
+                                                                             tmp_path: Path) -> None:
+    """Google's EZ-WSI finds the levels by QIDO (naming Transfer Syntax UID among the tags it needs), then reads
+    frames untranscoded and decodes them itself: its patches of every level are the scanner file's pixels."""
+    assert EZWSI.exists(), f"{EZWSI} is missing: bash .ci/run installs ez-wsi-dicomweb into its own environment"
+    make_svs(tmp_path / "slide.svs", size=(1536, 1024), count=3)
+    paths = convert(tmp_path / "slide.svs", tmp_path / "dicom")
+    response = client.store_instances([pydicom.dcmread(path) for path in paths])
+    assert len(response.ReferencedSOPSequence) == len(paths) and "FailedSOPSequence" not in response
+    header = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    out = tmp_path / "patches.npz"
+    run = subprocess.run([str(EZWSI), str(ROOT / "tests" / "ezwsi_client.py"), server.base_url,
+                          header.StudyInstanceUID, header.SeriesInstanceUID, str(out)],
+                         check=False, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    levels = json.loads(run.stdout.splitlines()[-1])
+    with tifffile.TiffFile(tmp_path / "slide.svs") as svs:
+        source = [page.asarray() for page in svs.pages if page.is_tiled]
+    assert [(level["width"], level["height"]) for level in levels] == [(s.shape[1], s.shape[0]) for s in source]
+    assert {level["transferSyntaxUID"] for level in levels} == {JPEGBaseline8Bit}
+    with np.load(out) as patches:
+        for level, pixels in zip(levels, source):
+            name = f"level{level['index']}"
+            assert np.array_equal(patches[name], pixels), f"{name} differs"
+            x, y, width, height = level["inner"]
+            assert np.array_equal(patches[f"{name}-inner"], pixels[y : y + height, x : x + width]), name

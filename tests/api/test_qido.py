@@ -201,13 +201,20 @@ def test_instance_defaults_and_includefield(qido_server: Server, corpus: Corpus)
         assert tag in item, tag
     assert "00100010" not in item, "study attributes only when the search spans studies"
     assert "00480001" not in item
+    assert "00020010" not in item, "File Meta only when asked for"
     (extra,) = httpx.get(f"{url}?SOPInstanceUID={volume.sop_uid}&includefield=00100010,StudyDate"
                          "&includefield=ImagedVolumeWidth").json()
     assert extra["00100010"]["Value"] == [{"Alphabetic": "Smith^John"}]
     assert extra["00080020"]["Value"] == ["20260110"]
     assert extra["00480001"]["Value"] == [pytest.approx(float(pydicom.dcmread(volume.path).ImagedVolumeWidth))]
+    # EZ-WSI asks for the stored Transfer Syntax UID by tag; by keyword it is the same.
+    stored = pydicom.dcmread(volume.path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+    for name in ("00020010", "TransferSyntaxUID"):
+        (meta,) = httpx.get(f"{url}?SOPInstanceUID={volume.sop_uid}&includefield={name}").json()
+        assert meta["00020010"] == {"vr": "UI", "Value": [stored]}
     (everything,) = httpx.get(f"{url}?SOPInstanceUID={volume.sop_uid}&includefield=all").json()
     assert set(item) <= set(everything) and "00400560" in everything and "00100010" in everything
+    assert everything["00020010"] == {"vr": "UI", "Value": [stored]}
     assert "52009229" in everything, "SharedFunctionalGroupsSequence (PixelSpacing) is small enough to return"
     assert "00480105" not in everything, "OpticalPathSequence carries the ICC profile (binary): metadata only"
     assert "7FE00010" not in everything
