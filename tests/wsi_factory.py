@@ -568,3 +568,46 @@ def make_bomb(directory: Path, transfer_syntax: str, frame: bytes | None = None)
     ds.PixelData = encapsulate([frame if frame is not None else bomb_frame(real, transfer_syntax)])
     ds.save_as(file.path, enforce_file_format=True)
     return file
+
+
+def make_annotations(volume: SlideFile, path: Path, *, points: int, polygons: int, seed: int = 0) -> SlideFile:
+    """A Microscopy Bulk Simple Annotations instance (PS3.3 §A.87, written by highdicom) over ``volume``'s slide:
+    a group of ``points`` nuclei (POINT) and one of ``polygons`` tumour regions (POLYGON, circles of 24 vertices),
+    in the slide's 3D frame of reference, in the central quarter of the slide, the nuclei in its first half (of
+    the columns) and the tumour regions in its second (so a viewer draws them there, however the slide is
+    oriented). Its coordinates (32-bit floats, as highdicom writes them) and polygon indices
+    are the bulk data a viewer reads by BulkDataURI."""
+    import highdicom
+    import pydicom
+    from highdicom.ann import AnnotationGroup, MicroscopyBulkSimpleAnnotations
+    from pydicom.sr.codedict import codes
+
+    source = pydicom.dcmread(volume.path, stop_before_pixels=True)
+    transform = highdicom.spatial.PixelToReferenceTransformer.for_image(source, for_total_pixel_matrix=True)
+    width, height = source.TotalPixelMatrixColumns, source.TotalPixelMatrixRows
+    top, bottom, middle = height // 4 + 12, 3 * height // 4 - 12, width // 2
+    rng = np.random.default_rng(seed)
+    # Pixel indices (column, row) inside the matrix, as highdicom's transformer takes them.
+    nuclei = rng.integers((width // 4 + 12, top), (middle, bottom), size=(points, 2))
+    centres = rng.integers((middle + 12, top), (3 * width // 4 - 12, bottom), size=(polygons, 2))
+    angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    ring = np.rint(np.stack([np.cos(angles), np.sin(angles)], axis=1) * 10).astype(int)
+    regions = [transform(centre + ring).astype(np.float32) for centre in centres]
+    category = codes.SCT.MorphologicallyAbnormalStructure
+    groups = [
+        AnnotationGroup(number=1, uid=generate_uid(), label="nuclei", annotated_property_category=category,
+                        annotated_property_type=codes.SCT.Nucleus, graphic_type="POINT",
+                        graphic_data=list(transform(nuclei).astype(np.float32)[:, np.newaxis, :]),
+                        algorithm_type="MANUAL"),
+        AnnotationGroup(number=2, uid=generate_uid(), label="tumour", annotated_property_category=category,
+                        annotated_property_type=codes.SCT.Neoplasm, graphic_type="POLYGON",
+                        graphic_data=regions, algorithm_type="MANUAL"),
+    ]
+    annotations = MicroscopyBulkSimpleAnnotations(
+        source_images=[source], annotation_coordinate_type="3D", annotation_groups=groups,
+        series_instance_uid=generate_uid(), series_number=90, sop_instance_uid=generate_uid(), instance_number=1,
+        manufacturer="dicomweb tests", manufacturer_model_name="wsi_factory", software_versions="1",
+        device_serial_number="1")
+    annotations.save_as(path, enforce_file_format=True)
+    return SlideFile(path, volume.study_uid, annotations.SeriesInstanceUID, annotations.SOPInstanceUID, (),
+                     ExplicitVRLittleEndian, 0, "native", 0)

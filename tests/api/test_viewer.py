@@ -22,36 +22,49 @@ import pydicom
 import pytest
 from aiohttp import web
 from PIL import Image
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, Page, Response, sync_playwright
 from pydicom.uid import HTJ2KLossless, JPEG2000Lossless, JPEGBaseline8Bit
 
 from dicomweb.convert import convert
 from dicomweb.local.emulators import Emulators
 from tests.conftest import ROOT, Server, ThreadedHttpServer, blob_service, instance_blob, start_server
 from tests.scanner_files import make_svs
-from tests.wsi_factory import make_slide, srgb_profile
+from tests.wsi_factory import make_annotations, make_slide, srgb_profile
 
 VIEWER = ROOT / "node_modules" / "dicom-microscopy-viewer" / "dist" / "dynamic-import"
 CLIENT = ROOT / "node_modules" / "dicomweb-client" / "build"
+DCMJS = ROOT / "node_modules" / "dcmjs" / "build"
+SLIM = Path(__file__).with_name("slim.js")
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>slide</title>
 <style>html, body { margin: 0 } #viewport { width: 1024px; height: 768px }</style>
 <script src="/dicomweb-client/dicomweb-client.js"></script>
+<script src="/dcmjs/dcmjs.js"></script>
 <script src="/static/js/dicomMicroscopyViewer.min.js"></script>
 </head><body><div id="viewport"></div>
 <script type="module">
+import * as slim from "/slim.js";
 const params = new URLSearchParams(location.search);
 window.viewerState = { status: "loading" };
 try {
   const DMV = window.dicomMicroscopyViewer;
   const client = new DICOMwebClient.api.DICOMwebClient({ url: params.get("url") });
-  const metadata = await client.retrieveSeriesMetadata({
-    studyInstanceUID: params.get("study"), seriesInstanceUID: params.get("series") });
+  const study = params.get("study");
+  const metadata = await client.retrieveSeriesMetadata({ studyInstanceUID: study,
+                                                         seriesInstanceUID: params.get("series") });
   const images = metadata.map((m) => new DMV.metadata.VLWholeSlideMicroscopyImage({ metadata: m }))
     .filter((image) => ["VOLUME", "THUMBNAIL"].includes(image.ImageType[2]));
   window.viewer = new DMV.viewer.VolumeImageViewer({ client, metadata: images });
   window.viewer.render({ container: "viewport" });
   window.viewerState = { status: "rendered", images: images.length };
+  if (params.has("annotations")) {  // what Slim loads next: the study's reports and bulk annotations
+    window.slim = { ...slim, client };
+    document.body.addEventListener("dicommicroscopyviewer_roi_drawn",
+                                   (event) => slim.addFinding(window.viewer, event.detail.payload));
+    const rois = await slim.loadReports(client, window.viewer, study, images[0].FrameOfReferenceUID);
+    const groups = await slim.loadAnnotationGroups(client, window.viewer, study);
+    window.viewerState = { ...window.viewerState, rois, groups };
+  }
 } catch (error) {
   window.viewerState = { status: "error", message: String((error && error.stack) || error) };
 }
@@ -78,6 +91,8 @@ def site() -> Iterator[str]:
     app.router.add_get("/", page)
     app.router.add_static("/static/js", VIEWER)
     app.router.add_static("/dicomweb-client", CLIENT)
+    app.router.add_static("/dcmjs", DCMJS)
+    app.router.add_get("/slim.js", lambda _: web.FileResponse(SLIM, headers={"content-type": "text/javascript"}))
     server = ThreadedHttpServer(app).start()
     yield server.url
     server.stop()
@@ -223,3 +238,159 @@ def test_the_viewer_draws_a_slide_converted_from_a_scanner_file(server: Server, 
     state, gets, problems = _open(browser, site, server, ds.StudyInstanceUID, ds.SeriesInstanceUID)
     assert state == {"status": "rendered", "images": 4 + 1}, state  # the levels and the thumbnail
     assert not problems and all(status == 200 for status, _ in gets), (problems, gets)
+
+
+GREEN = np.array([0, 255, 0])  # slim.js STYLE: a drawn ROI's stroke
+CYAN = np.array([0, 255, 255])  # slim.js GROUP_COLOURS: points
+
+
+def _near(shot: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """Where a screenshot's pixels are near ``colour`` (the synthetic tissue has none so pure)."""
+    return np.abs(shot.astype(int) - colour).max(axis=2) < 60
+
+
+def _share(shot: np.ndarray, colour: np.ndarray) -> float:
+    return float(_near(shot, colour).mean())
+
+
+def _screen(page: Page) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(page.screenshot(clip={"x": 0, "y": 0, "width": 1024,
+                                                                  "height": 768}))).convert("RGB"))
+
+
+def _annotating(browser: Browser, site: str, server: Server, study: str, series: str
+                ) -> tuple[Page, list[tuple[str, int, str, int]], list[str]]:
+    """The slide open as Slim opens it with its annotations; the wire (method, status, path, body bytes) and any
+    failure, as they come."""
+    origin = server.base_url.removesuffix("/v1")
+    page = browser.new_page(viewport={"width": 1024, "height": 768})
+    wire: list[tuple[str, int, str, int]] = []
+    problems: list[str] = []
+
+    def seen(response: Response) -> None:
+        if response.url.startswith(origin):
+            size = len(response.body()) if response.request.method == "GET" and response.ok else 0
+            wire.append((response.request.method, response.status, response.url.removeprefix(server.base_url), size))
+
+    page.on("response", seen)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("requestfailed", lambda r: problems.append(f"{r.url}: {r.failure}"))
+    page.goto(f"{site}/?url={server.base_url}&study={study}&series={series}&annotations")
+    deadline = time.monotonic() + 60
+    while page.evaluate("window.viewerState.status") == "rendered" and page.evaluate("window.viewerState.rois") is None \
+            or sum("/frames/" in path and status == 200 for _, status, path, _ in wire) < 4:
+        state = page.evaluate("window.viewerState")
+        assert state["status"] != "error", state
+        assert time.monotonic() < deadline, f"the slide did not open: {state} {wire} {problems}"
+        page.wait_for_timeout(250)
+    return page, wire, problems
+
+
+def test_slim_saves_a_drawn_annotation_and_shows_it_again_after_a_reload(server: Server, site: str, browser: Browser,
+                                                                         tmp_path: Path) -> None:
+    """A pathologist draws a polygon and saves: Slim stores a Comprehensive 3D SR (TID 1500) by STOW-RS. On the next
+    visit Slim finds it by QIDO, retrieves the whole instance, and the same polygon is drawn over the slide."""
+    files = make_slide(tmp_path, levels=3, base_size=(2000, 1500))
+    for file in files:
+        assert httpx.post(f"{server.base_url}/studies", content=file.path.read_bytes(),
+                          headers={"content-type": "application/dicom"}, timeout=60).status_code == 200
+    study, series = files[0].study_uid, files[0].series_uid
+    page, wire, problems = _annotating(browser, site, server, study, series)
+    try:
+        assert page.evaluate("window.viewerState.rois") == 0
+        page.wait_for_timeout(1500)
+        before = _share(_screen(page), GREEN)
+        page.evaluate("window.viewer.activateDrawInteraction({ geometryType: 'polygon' })")
+        corners = [(380, 260), (640, 250), (660, 520), (400, 540)]
+        for x, y in corners:
+            page.mouse.click(x, y)
+            page.wait_for_timeout(150)
+        page.mouse.click(*corners[0])  # closes the ring
+        page.wait_for_function("window.viewer.getAllROIs().length === 1", timeout=10_000)
+        drawn = page.evaluate("window.viewer.getAllROIs()[0].scoord3d.graphicData")
+        saved = page.evaluate("window.slim.saveReport(window.slim.client, window.viewer)")
+    finally:
+        page.close()
+    assert before < 0.0005, before
+    assert saved["rois"] == 1
+    assert not problems, problems
+    assert [(m, s) for m, s, p, _ in wire if m == "POST"] == [("POST", 200)], wire
+
+    report = pydicom.dcmread(io.BytesIO(httpx.get(
+        f"{server.base_url}/studies/{study}/series/{saved['seriesInstanceUID']}/instances/{saved['sopInstanceUID']}",
+        headers={"accept": "application/dicom; transfer-syntax=*"}).content))
+    assert report.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34" and report.Modality == "SR"
+    assert report.PertinentOtherEvidenceSequence[0].ReferencedSeriesSequence[0].SeriesInstanceUID == series
+    (measurements,) = [item for item in report.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "126010"]
+    (group,) = measurements.ContentSequence
+    (region,) = [item for item in group.ContentSequence if item.ValueType == "SCOORD3D"]
+    assert region.GraphicType == "POLYGON" and np.allclose(np.reshape(region.GraphicData, (-1, 3)), drawn, atol=1e-6)
+
+    page, wire, problems = _annotating(browser, site, server, study, series)
+    try:
+        assert page.evaluate("window.viewerState.rois") == 1
+        page.wait_for_timeout(1500)
+        shown = page.evaluate("window.viewer.getAllROIs().map((roi) => roi.scoord3d.graphicData)")
+        shot = _screen(page)
+    finally:
+        page.close()
+    assert not problems, problems
+    assert all(200 <= status < 300 for _, status, _, _ in wire), wire
+    assert len(shown) == 1 and np.allclose(shown[0], drawn, atol=1e-6), (shown, drawn)
+    after = _share(shot, GREEN)
+    assert after > 0.002, f"the polygon is drawn again ({after:.4f} of the screen)"
+    rows, columns = np.nonzero(_near(shot, GREEN))
+    xs, ys = [x for x, _ in corners], [y for _, y in corners]
+    assert abs(columns.min() - min(xs)) < 8 and abs(columns.max() - max(xs)) < 8, "where it was drawn"
+    assert abs(rows.min() - min(ys)) < 8 and abs(rows.max() - max(ys)) < 8, "where it was drawn"
+    sr_gets = [path for m, _, path, _ in wire if m == "GET" and saved["sopInstanceUID"] in path]
+    assert sr_gets == [f"/studies/{study}/series/{saved['seriesInstanceUID']}/instances/{saved['sopInstanceUID']}"]
+
+
+def test_a_bulk_annotation_series_is_listed_and_drawn_from_its_bulk_data(server: Server, site: str, browser: Browser,
+                                                                         tmp_path: Path) -> None:
+    """AI results as Microscopy Bulk Simple Annotations (highdicom: 100,000 nuclei and 2,000 tumour polygons):
+    Slim finds the ANN series by QIDO and reads its series metadata, in which coordinates larger than
+    DICOMWEB_MAX_INLINE_BINARY_KB (256 KB) are BulkDataURIs and smaller ones inline; the viewer fetches the
+    former, whole, and draws every group over the slide."""
+    files = make_slide(tmp_path, levels=3, base_size=(2000, 1500))
+    annotations = make_annotations(files[0], tmp_path / "ann.dcm", points=100_000, polygons=2_000)
+    for file in [*files, annotations]:
+        assert httpx.post(f"{server.base_url}/studies", content=file.path.read_bytes(),
+                          headers={"content-type": "application/dicom"}, timeout=60).status_code == 200
+    items = pydicom.dcmread(annotations.path).AnnotationGroupSequence
+    values = {"006A0002.0.00660016": items[0].PointCoordinatesData, "006A0002.1.00660016": items[1].PointCoordinatesData,
+              "006A0002.1.00660040": items[1].LongPrimitivePointIndexList}
+    by_uri = {path for path, value in values.items() if len(value) > 256 * 1024}
+    assert by_uri == {"006A0002.0.00660016", "006A0002.1.00660016"}, "both kinds are exercised"
+    page, wire, problems = _annotating(browser, site, server, files[0].study_uid, files[0].series_uid)
+    try:
+        groups = page.evaluate("window.viewerState.groups")
+        deadline = time.monotonic() + 60
+        while sum("/bulkdata/" in path for _, _, path, _ in wire) < len(by_uri):
+            assert time.monotonic() < deadline, f"the viewer did not fetch the bulk data: {wire} {problems}"
+            page.wait_for_timeout(250)
+        page.wait_for_timeout(3000)
+        shot = _screen(page)
+    finally:
+        page.close()
+    assert not problems, problems
+    assert all(200 <= status < 300 for _, status, _, _ in wire), wire
+    assert [(g["label"], g["graphicType"], g["count"]) for g in groups] == [("nuclei", "POINT", 100_000),
+                                                                         ("tumour", "POLYGON", 2_000)]
+    series = f"/studies/{annotations.study_uid}/series/{annotations.series_uid}"
+    (metadata_size,) = [size for m, _, path, size in wire if path == f"{series}/metadata"]
+    assert metadata_size < 60_000, "only the index list (8 KB) is inline"
+    fetched = {path.rsplit("/bulkdata/", 1)[1]: size for _, _, path, size in wire if "/bulkdata/" in path}
+    assert set(fetched) == by_uri, fetched
+    assert all(len(values[path]) < fetched[path] < len(values[path]) + 400 for path in by_uri), fetched  # whole
+    # The slide fills the viewport, centred; the nuclei lie in one half of its central quarter, the tumour
+    # regions in the other.
+    middles = []
+    for colour, what in ((CYAN, "nuclei"), (GREEN, "tumour regions")):
+        near = _near(shot, colour)
+        assert 0.02 < near.mean() < 0.2, f"the {what} are drawn ({near.mean():.4f} of the screen)"
+        rows, columns = np.nonzero(near)
+        assert abs(np.median(rows) - 384) < 60, f"the {what} are in the middle of the slide"
+        middles.append(np.median(columns))
+    assert abs(middles[0] - middles[1]) > 150 and abs(np.mean(middles) - 512) < 60, middles
