@@ -93,6 +93,16 @@ class MethodNotAllowed(DicomWebError):
         self.allowed = allowed
 
 
+class RangeNotSatisfiable(DicomWebError):
+    """A byte range that starts beyond the value (RFC 9110 §15.5.17: 416, with the value's length)."""
+
+    status = 416
+
+    def __init__(self, message: str, length: int) -> None:
+        super().__init__(message)
+        self.length = length
+
+
 class NotAcceptable(DicomWebError):
     """No representation the client accepts can be produced (PS3.18 §8.3.3.1: 406)."""
 

@@ -35,6 +35,13 @@ def headers(tag: str, cache_control: str, vary: str = "Accept") -> dict[str, str
     return {"etag": tag, "cache-control": cache_control, "vary": vary}
 
 
+def range_applies(req: Request, tag: str) -> bool:
+    """Whether a ``Range`` header is to be honoured: with no ``If-Range``, or one naming ``tag`` (RFC 9110
+    §13.1.5; an answer's tag names its bytes for good, so any other validator is stale)."""
+    header = req.headers.get("if-range")
+    return header is None or header.strip() == tag
+
+
 def not_modified(req: Request, tag: str, cache_control: str, vary: str = "Accept") -> Response | None:
     """``304 Not Modified`` (no body) when ``If-None-Match`` names ``tag`` or is ``*``; None otherwise."""
     header = req.headers.get("if-none-match")

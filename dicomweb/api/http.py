@@ -21,8 +21,8 @@ from dicomweb import audit, auth
 from dicomweb.auth import Permission
 from dicomweb.config import Settings
 from dicomweb.dicom.syntax import is_valid_uid
-from dicomweb.errors import (Archived, BadRequest, DicomWebError, Forbidden, MethodNotAllowed, NotConfigured, Rehydrating,
-                             StorageFailure, Unauthorized)
+from dicomweb.errors import (Archived, BadRequest, DicomWebError, Forbidden, MethodNotAllowed, NotConfigured,
+                             RangeNotSatisfiable, Rehydrating, StorageFailure, Unauthorized)
 from dicomweb.service import Service, get_service
 from dicomweb.storage import monitor
 
@@ -126,12 +126,11 @@ def base_url(req: Request, settings: Settings) -> str:
     return f"{proto}://{host}{prefix}{route}"
 
 
-async def streaming(body: AsyncIterator[bytes], media_type: str, headers: dict[str, str] | None = None
-                    ) -> StreamingResponse:
-    """A streamed answer whose first bytes already exist.
+async def primed(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``body`` with its first chunk already produced.
 
     Once a 200 and its headers are out, a failure can only cut the body short. Producing
-    the first chunk here, before answering, turns the failures of opening the source (an
+    the first chunk before answering turns the failures of opening the source (an
     archived or vanished blob, storage down) into a status with a reason instead.
     """
     first = await anext(body, None)
@@ -142,7 +141,13 @@ async def streaming(body: AsyncIterator[bytes], media_type: str, headers: dict[s
         async for chunk in body:
             yield chunk
 
-    return StreamingResponse(rest(), media_type=media_type, headers=headers)
+    return rest()
+
+
+async def streaming(body: AsyncIterator[bytes], media_type: str, headers: dict[str, str] | None = None
+                    ) -> StreamingResponse:
+    """A streamed answer whose first bytes already exist (see :func:`primed`)."""
+    return StreamingResponse(await primed(body), media_type=media_type, headers=headers)
 
 
 async def small_json(req: Request, most: int, shape: str) -> dict[str, Any]:
@@ -212,6 +217,8 @@ def error_response(error: DicomWebError, rehydrate: str | None = None) -> Respon
         headers["retry-after"] = str(error.retry_after)
     if isinstance(error, MethodNotAllowed):
         headers["allow"] = ", ".join(error.allowed)
+    if isinstance(error, RangeNotSatisfiable):
+        headers["content-range"] = f"bytes */{error.length}"
     return dicom_json(body, error.status, headers)
 
 

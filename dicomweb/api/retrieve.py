@@ -3,11 +3,11 @@
 from typing import AsyncIterator
 
 import azure.functions as func
-from azurefunctions.extensions.http.fastapi import Request, Response
+from azurefunctions.extensions.http.fastapi import Request, Response, StreamingResponse
 
 from dicomweb import availability, records, retrieve, transcode
 from dicomweb.api import conditional
-from dicomweb.api.http import DICOM_JSON, base_url, endpoint, rehydration_url, streaming, warning_header
+from dicomweb.api.http import DICOM_JSON, base_url, endpoint, primed, rehydration_url, streaming, warning_header
 from dicomweb.auth import Permission
 from dicomweb.dicom import media
 from dicomweb.dicom.availability import ONLINE
@@ -21,7 +21,8 @@ blueprint = func.Blueprint()
 STUDY = "studies/{study}"
 SERIES = STUDY + "/series/{series}"
 INSTANCE = SERIES + "/instances/{instance}"
-#: Frame answers up to this size go out in one piece (one write, a Content-Length); larger ones stream.
+#: Frame and bulk data answers up to this size go out in one piece (one write, a Content-Length); larger ones
+#: stream.
 WHOLE_ANSWER_BYTES = 8 * 1024 * 1024
 
 
@@ -222,7 +223,8 @@ async def _frames(
 
 @endpoint(blueprint, "retrieve_bulkdata", INSTANCE + "/bulkdata/{path}", ["GET"], Permission.READ)
 async def retrieve_bulkdata(req: Request, service: Service) -> Response:
-    """A bulk value named by the metadata's BulkDataURI; Pixel Data goes out frame by frame."""
+    """A bulk value named by the metadata's BulkDataURI, or the byte range of it a ``Range`` header asks (206);
+    Pixel Data goes out frame by frame. A large value streams from one ranged read of the stored file."""
     study, series, instance = _uids(req)
     assert series is not None and instance is not None
     path = req.path_params["path"]
@@ -233,11 +235,25 @@ async def retrieve_bulkdata(req: Request, service: Service) -> Response:
     tag = conditional.etag(doc["generation"], "bulkdata", path, multipart)
     if (unchanged := conditional.not_modified(req, tag, conditional.IMMUTABLE)) is not None:
         return unchanged
-    cache = conditional.headers(tag, conditional.IMMUTABLE)
+    headers = {**conditional.headers(tag, conditional.IMMUTABLE), "accept-ranges": "bytes"}
     offset, length = retrieve.bulk_span(await retrieve.load_sidecar(service, doc), path)
-    data = await service.blobs.instances.read_range(retrieve.location(doc), offset, length)
-    if not multipart:
-        return Response(data, media_type=media.OCTET_STREAM, headers=cache)
+    status = 200
+    if conditional.range_applies(req, tag) and (
+            asked := media.byte_range(req.headers.get("range"), length)) is not None:
+        first, last = asked
+        headers["content-range"] = f"bytes {first}-{last}/{length}"
+        offset, length, status = offset + first, last - first + 1, 206
+    location = retrieve.location(doc)
     boundary = conditional.boundary(tag)
-    body = multipart_body([({"Content-Type": media.OCTET_STREAM}, data)], boundary)
-    return Response(body, media_type=_multipart_type(media.OCTET_STREAM, boundary), headers=cache)
+    media_type = _multipart_type(media.OCTET_STREAM, boundary) if multipart else media.OCTET_STREAM
+    if length <= WHOLE_ANSWER_BYTES:
+        data = await service.blobs.instances.read_range(location, offset, length)
+        whole = multipart_body([({"Content-Type": media.OCTET_STREAM}, data)], boundary) if multipart else data
+        return Response(whole, status_code=status, media_type=media_type, headers=headers)
+    value = await primed(service.blobs.instances.stream(location, offset, length))
+
+    async def part() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
+        yield {"Content-Type": media.OCTET_STREAM}, value
+
+    body = write_multipart(part(), boundary) if multipart else value
+    return StreamingResponse(body, status_code=status, media_type=media_type, headers=headers)

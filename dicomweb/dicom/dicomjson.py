@@ -21,6 +21,12 @@ from dicomweb.errors import InvalidDataset
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 BULKDATA = "bulkdata/"
 PIXEL_DATA_KEY = "7FE00010"
+#: ICC Profile (0028,2000), PS3.3 §C.11.15: the binary value clients that build datasets from the metadata alone
+#: (wsidicom) need, so it goes inline up to the configured size.
+ICC_PROFILE = 0x00282000
+#: Any other binary value goes inline only this small (less than the request its BulkDataURI would cost): an
+#: annotation's coordinates (PS3.3 §C.37.1.2, megabytes) stay out of every metadata answer that lists them.
+SMALL_BINARY = 1024
 
 JsonDict = dict[str, Any]
 
@@ -28,10 +34,11 @@ JsonDict = dict[str, Any]
 def dataset_to_json(dataset: Dataset, base: int, inline_bytes: int = 0) -> tuple[JsonDict, dict[str, tuple[int, int]]]:
     """DICOM JSON of ``dataset`` and the stored (offset, length) of each bulk value by tag path.
 
-    ``base`` is the stored-file offset pydicom's ``value_tell`` positions count from. Binary
-    values of at most ``inline_bytes`` go in as ``InlineBinary`` (PS3.18 §F.2.7), so clients
-    that build datasets from the metadata alone (wsidicom) get the ICC profile; their byte
-    ranges are kept all the same, so the bulkdata resource serves them too.
+    ``base`` is the stored-file offset pydicom's ``value_tell`` positions count from. An ICC
+    profile of at most ``inline_bytes`` goes in as ``InlineBinary`` (PS3.18 §F.2.7), so clients
+    that build datasets from the metadata alone (wsidicom) get it; other binary values only up to
+    :data:`SMALL_BINARY` (and ``inline_bytes``). Inline values' byte ranges are kept all the same,
+    so the bulkdata resource serves them too.
     """
     bulk: dict[str, tuple[int, int]] = {}
     return _convert(dataset, "", base, bulk, inline_bytes), bulk
@@ -58,7 +65,8 @@ def _convert(dataset: Dataset, prefix: str, base: int, bulk: dict[str, tuple[int
         elif element.VR in BULK_VRS and isinstance(raw, RawDataElement) and raw.length:
             path = prefix + key
             bulk[path] = (base + raw.value_tell, raw.length)
-            if raw.length <= inline and isinstance(raw.value, bytes):
+            limit = inline if tag == ICC_PROFILE else min(inline, SMALL_BINARY)
+            if raw.length <= limit and isinstance(raw.value, bytes):
                 out[key] = {"vr": element.VR, "InlineBinary": base64.b64encode(raw.value).decode()}
             else:
                 out[key] = {"vr": element.VR, "BulkDataURI": BULKDATA + path}

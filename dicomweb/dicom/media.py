@@ -15,7 +15,7 @@ from dicomweb.dicom.syntax import (
     NATIVE_SYNTAXES,
     frame_media_type,
 )
-from dicomweb.errors import NotAcceptable
+from dicomweb.errors import NotAcceptable, RangeNotSatisfiable
 
 MULTIPART = "multipart/related"
 DICOM = "application/dicom"
@@ -158,6 +158,30 @@ def negotiate_bulkdata(header: str | None) -> bool:
         if _matches(entry.media_type, OCTET_STREAM):
             return entry.multipart is not False
     raise NotAcceptable("bulk data is served as application/octet-stream")
+
+
+def byte_range(header: str | None, length: int) -> tuple[int, int] | None:
+    """The first and last byte a ``Range`` header (RFC 9110 §14.2) asks of a value of ``length`` bytes, or None
+    for the whole value: no header, another unit, a malformed one, or several ranges (which a server may answer
+    whole, §14.2). A range that starts beyond the value is a 416; one that ends beyond it ends with it."""
+    if header is None or length == 0:
+        return None
+    unit, _, spec = header.strip().partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if unit.strip().lower() != "bytes" or "," in spec or not dash:
+        return None
+    first, last = first.strip(), last.strip()
+    if not (first.isdigit() or not first) or not (last.isdigit() or not last) or not (first or last):
+        return None
+    if not first:  # the last N bytes
+        if int(last) == 0:
+            raise RangeNotSatisfiable("an empty suffix range asks for no byte", length)
+        return max(length - int(last), 0), length - 1
+    start = int(first)
+    end = min(int(last), length - 1) if last else length - 1
+    if start >= length:
+        raise RangeNotSatisfiable(f"the range starts at byte {start} of a {length}-byte value", length)
+    return (start, end) if end >= start else None
 
 
 def accepts_json(header: str | None) -> bool:

@@ -59,10 +59,10 @@ class InstanceStore:
         if status != "success":
             raise StorageFailure(f"the copy to {location.instance} ended {status}")
 
-    async def stream(self, location: Location) -> AsyncIterator[bytes]:
-        """The bytes of a stored file, chunk by chunk."""
+    async def stream(self, location: Location, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """The bytes of a stored file (or of ``length`` bytes of it from ``offset``), chunk by chunk."""
         try:
-            downloader = await self.container.download_blob(location.instance)
+            downloader = await self.container.download_blob(location.instance, offset=offset, length=length)
             async for chunk in downloader.chunks():
                 yield chunk
         except AzureError as exc:

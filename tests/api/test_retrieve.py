@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
+from dicomweb_client import DICOMwebClient
 from PIL import Image
 from pydicom.uid import (
     JPEG2000,
@@ -21,7 +22,7 @@ from pydicom.uid import (
 )
 
 from tests.conftest import Server, blob_service, instance_blob, parse_multipart, source_frames
-from tests.wsi_factory import SlideFile, make_large_instance, make_slide
+from tests.wsi_factory import SlideFile, make_annotations, make_large_instance, make_slide
 
 SLIM_ACCEPT = (
     'multipart/related; type="image/jls"; transfer-syntax=1.2.840.10008.1.2.4.80, '
@@ -204,6 +205,69 @@ def test_pixel_data_bulk_data_is_every_frame(server: Server, slide: Stored) -> N
     response = httpx.get(f"{slide.url(server, file)}/bulkdata/7FE00010")
     assert response.status_code == 200
     assert [body for _, body in parse_multipart(response)] == slide.frames[file.sop_uid]
+
+
+@pytest.fixture(scope="module")
+def annotations(server: Server, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, bytes]]:
+    """A stored bulk annotation (of a slide of its own): its instance URL and two bulk values, 8.8 MB of nuclei (an
+    answer that streams) and 1.9 KB of polygon coordinates (one in one piece)."""
+    work = tmp_path_factory.mktemp("ann")
+    (volume,) = make_slide(work, levels=1, base_size=(512, 512), associated=False)
+    ann = make_annotations(volume, work / "ann.dcm", points=1_100_000, polygons=10)
+    assert httpx.post(f"{server.base_url}/studies", content=ann.path.read_bytes(),
+                      headers={"content-type": "application/dicom"}, timeout=60).status_code == 200
+    groups = pydicom.dcmread(ann.path).AnnotationGroupSequence
+    values = {"006A0002.0.00660016": groups[0].PointCoordinatesData,
+              "006A0002.1.00660016": groups[1].PointCoordinatesData}
+    assert len(values["006A0002.0.00660016"]) > 8 * 1024 * 1024 > 2000 > len(values["006A0002.1.00660016"])
+    return f"{server.base_url}/studies/{ann.study_uid}/series/{ann.series_uid}/instances/{ann.sop_uid}", values
+
+
+@pytest.mark.parametrize("multipart", [False, True], ids=["single", "multipart"])
+@pytest.mark.parametrize("path", ["006A0002.0.00660016", "006A0002.1.00660016"], ids=["streamed", "whole"])
+def test_bulk_data_answers_one_byte_range_with_206(annotations: tuple[str, dict[str, bytes]], path: str,
+                                                   multipart: bool) -> None:
+    url, values = annotations
+    value = values[path]
+    accept = 'multipart/related; type="application/octet-stream"' if multipart else "application/octet-stream"
+    whole = httpx.get(f"{url}/bulkdata/{path}", headers={"accept": accept}, timeout=60)
+    assert whole.status_code == 200 and whole.headers["accept-ranges"] == "bytes"
+    assert (parse_multipart(whole)[0][1] if multipart else whole.content) == value
+    n = len(value)
+    for asked, (first, last) in (("bytes=100-1099", (100, 1099)), (f"bytes={n - 10}-", (n - 10, n - 1)),
+                                 ("bytes=-1000", (n - 1000, n - 1)), (f"bytes=1-{n + 50}", (1, n - 1))):
+        response = httpx.get(f"{url}/bulkdata/{path}", headers={"accept": accept, "range": asked}, timeout=60)
+        assert response.status_code == 206, asked
+        assert response.headers["content-range"] == f"bytes {first}-{last}/{n}"
+        assert response.headers["etag"] == whole.headers["etag"]
+        body = parse_multipart(response)[0][1] if multipart else response.content
+        assert body == value[first : last + 1], asked
+
+
+def test_a_byte_range_beyond_the_value_is_416_and_others_get_it_whole(annotations: tuple[str, dict[str, bytes]]
+                                                                     ) -> None:
+    url, values = annotations
+    path, value = "006A0002.1.00660016", values["006A0002.1.00660016"]
+    octets = {"accept": "application/octet-stream"}
+    beyond = httpx.get(f"{url}/bulkdata/{path}", headers={**octets, "range": f"bytes={len(value)}-"})
+    assert beyond.status_code == 416 and beyond.headers["content-type"] == "application/dicom+json"
+    assert beyond.headers["content-range"] == f"bytes */{len(value)}"
+    etag = httpx.get(f"{url}/bulkdata/{path}", headers=octets).headers["etag"]
+    for headers in ({"range": "bytes=0-1,5-6"}, {"range": "pages=1-2"}, {"range": "bytes=0-9", "if-range": '"old"'}):
+        response = httpx.get(f"{url}/bulkdata/{path}", headers={**octets, **headers})
+        assert response.status_code == 200 and response.content == value, headers
+    fresh = httpx.get(f"{url}/bulkdata/{path}", headers={**octets, "range": "bytes=0-9", "if-range": etag})
+    assert fresh.status_code == 206 and fresh.content == value[:10]
+
+
+def test_dicomweb_client_reads_a_byte_range_of_annotation_coordinates(annotations: tuple[str, dict[str, bytes]]
+                                                                      ) -> None:
+    url, values = annotations
+    client = DICOMwebClient(url.split("/studies/")[0])
+    value = values["006A0002.0.00660016"]
+    (part,) = client.retrieve_bulkdata(f"{url}/bulkdata/006A0002.0.00660016", byte_range=(800, 8799))
+    assert part == value[800:8800]
+    assert client.retrieve_bulkdata(f"{url}/bulkdata/006A0002.0.00660016") == [value]
 
 
 def test_unknown_bulk_data_path(server: Server, slide: Stored) -> None:

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from dicomweb.dicom.media import Choice, accepts_json, frame_choices, instance_choices, negotiate_bulkdata
-from dicomweb.errors import NotAcceptable
+from dicomweb.dicom.media import (
+    Choice,
+    accepts_json,
+    byte_range,
+    frame_choices,
+    instance_choices,
+    negotiate_bulkdata,
+)
+from dicomweb.errors import NotAcceptable, RangeNotSatisfiable
 
 JPEG = "1.2.840.10008.1.2.4.50"
 J2K = "1.2.840.10008.1.2.4.90"
@@ -88,3 +95,20 @@ def test_bulkdata_and_json() -> None:
     assert accepts_json("application/dicom+json, application/json")
     assert accepts_json(None)
     assert not accepts_json("application/xml")
+
+
+@pytest.mark.parametrize(("header", "span"), [
+    (None, None), ("bytes=0-99", (0, 99)), ("bytes=10-", (10, 999)), ("bytes=-100", (900, 999)),
+    ("bytes=990-5000", (990, 999)), ("bytes=-5000", (0, 999)), ("BYTES = 5 - 6", (5, 6)),
+    ("bytes=0-1,5-6", None), ("items=0-1", None), ("bytes=5-3", None), ("bytes=a-b", None), ("bytes=-", None),
+    ("bytes=5", None), ("bytes=+1-2", None),
+])
+def test_byte_range_is_one_range_of_the_value_or_the_whole(header: str | None, span: tuple[int, int] | None) -> None:
+    assert byte_range(header, 1000) == span
+
+
+@pytest.mark.parametrize("header", ["bytes=1000-", "bytes=5000-6000", "bytes=-0"])
+def test_a_range_beyond_the_value_is_416_naming_its_length(header: str) -> None:
+    with pytest.raises(RangeNotSatisfiable) as refused:
+        byte_range(header, 1000)
+    assert refused.value.status == 416 and refused.value.length == 1000
