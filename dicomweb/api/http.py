@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
 #: Response headers a browser client may read.
-EXPOSED = "Content-Type, Warning, Location, WWW-Authenticate, Retry-After, ETag, Link"
+EXPOSED = "Content-Type, Warning, Location, WWW-Authenticate, Retry-After, ETag, Link, Content-Range, Accept-Ranges"
 Handler = Callable[[Request, Service], Awaitable[Response]]
 #: The permission each HTTP function needs, by function name: declared by :func:`endpoint`, where it is registered
 #: (None: any authenticated caller).

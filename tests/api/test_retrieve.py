@@ -339,6 +339,8 @@ def test_cors_preflight_and_exposed_headers(server: Server, slide: Stored) -> No
     response = httpx.get(url, headers={"origin": "https://slim.example", "accept": SLIM_ACCEPT})
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == "*"
+    exposed = {name.strip().lower() for name in response.headers["access-control-expose-headers"].split(",")}
+    assert {"etag", "warning", "retry-after", "content-range", "accept-ranges"} <= exposed, "a page reads them"
 
 
 def test_concurrent_viewer_bursts_get_their_own_frames(server: Server, tmp_path: Path) -> None:
