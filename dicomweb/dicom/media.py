@@ -1,4 +1,5 @@
-"""Accept-header negotiation for WADO-RS (PS3.18 §8.7: media types and transfer syntaxes).
+"""Accept-header negotiation for WADO-RS (PS3.18 §8.7: media types and transfer syntaxes), and the byte range
+a bulk data request asks for.
 
 Negotiation lists what the client accepts, stored representation first where the client's
 preferences allow it; :mod:`dicomweb.transcode` decides which of those it can produce.

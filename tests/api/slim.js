@@ -8,7 +8,8 @@
 //   annotation groups and shown: the viewer then fetches each group's coordinates by BulkDataURI.
 // - addFinding: what Slim does when a drawn ROI arrives (the finding is added as an evaluation).
 // - saveReport: the report Slim generates for the visible ROIs, encoded as Part 10 and stored with STOW-RS.
-//   Two defects upstream stop Slim's own save today, and are mended here as Slim's releases before them behaved:
+//   Two defects upstream stop Slim's own save today; they are worked around here, so that what reaches the
+//   service is the document Slim means to send:
 //   - Slim since July 2025 (c633796) calls write() on the dcmjs document, which has none: the encoding here is
 //     the one it used before (a DicomDict with its File Meta);
 //   - dcmjs (0.35 as Slim pins it, and 0.41) passes TrackingIdentifier's options to Array's constructor, so the
@@ -19,9 +20,9 @@ const DMV = window.dicomMicroscopyViewer
 const { sr, data } = window.dcmjs
 
 const FINDING = new sr.coding.CodedConcept({ value: '121071', schemeDesignator: 'DCM', meaning: 'Finding' })
-export const TISSUE = new sr.coding.CodedConcept({ value: '85756007', schemeDesignator: 'SCT', meaning: 'Tissue' })
-export const STYLE = { stroke: { color: [0, 255, 0, 1], width: 4 }, fill: { color: [0, 255, 0, 0.2] } }
-export const GROUP_COLOURS = { POINT: [0, 255, 255], POLYGON: [0, 255, 0] }
+const TISSUE = new sr.coding.CodedConcept({ value: '85756007', schemeDesignator: 'SCT', meaning: 'Tissue' })
+const STYLE = { stroke: { color: [0, 255, 0, 1], width: 4 }, fill: { color: [0, 255, 0, 0.2] } }
+const GROUP_COLOURS = { POINT: [0, 255, 255], POLYGON: [0, 255, 0] }
 const COMPREHENSIVE_3D_SR = '1.2.840.10008.5.1.4.1.1.88.34'
 
 function named(content, value, scheme) {
