@@ -75,13 +75,28 @@ def _computed(doc: Document, base: str) -> JsonDict:
     return out
 
 
+def _absolute(element: JsonDict, instance_url: str) -> JsonDict:
+    """``element`` with the relative BulkDataURIs the index keeps (an optical path's ICC profile) made absolute."""
+    if "BulkDataURI" in element:
+        return {**element, "BulkDataURI": f"{instance_url}/{element['BulkDataURI']}"}
+    if element.get("vr") != "SQ" or not element.get("Value"):
+        return element
+    return {"vr": "SQ", "Value": [{key: _absolute(child, instance_url) for key, child in item.items()}
+                                  for item in element["Value"]]}
+
+
 def render(doc: Document, query: Query, scope: dict[str, str], base: str) -> JsonDict:
     """One match as DICOM JSON with the attributes the query returns."""
     available = {**doc["attributes"], **_computed(doc, base)}
     if query.include_all:
-        return dict(sorted(available.items()))
-    wanted = {_tag(k) for k in _defaults(query, scope) | query.include} | {RETRIEVE_URL, INSTANCE_AVAILABILITY}
-    return {tag: available[tag] for tag in sorted(wanted - {None}) if tag in available}  # type: ignore[operator]
+        found = dict(sorted(available.items()))
+    else:
+        wanted = {_tag(k) for k in _defaults(query, scope) | query.include} | {RETRIEVE_URL, INSTANCE_AVAILABILITY}
+        found = {tag: available[tag] for tag in sorted(wanted - {None}) if tag in available}  # type: ignore[operator]
+    if doc["type"] != "instance":
+        return found
+    url = available[RETRIEVE_URL]["Value"][0]
+    return {tag: _absolute(element, url) for tag, element in found.items()}
 
 
 async def search(service: Service, query: Query, scope: dict[str, str], base: str) -> list[JsonDict]:

@@ -8,11 +8,13 @@ ez-wsi-dicomweb needs marshmallow < 4 (through dataclasses-json) and wsidicom ne
 It opens the series as EZ-WSI does for an ML pipeline (QIDO for the instances with the tags it
 needs, then frames untranscoded, decoded in the client), reads every pyramid level whole as one
 patch and a patch that starts inside a tile, saves them (``level1``, ``level1-inner`` …) in ``OUT.npz`` and
-prints the levels it found (and where the inner patch is) as JSON.
+prints as JSON the levels it found (and where the inner patch is), where it found the ICC profile and the
+profile's SHA-256.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 
@@ -39,7 +41,9 @@ def main(base_url: str, study: str, series: str, out: str) -> None:
                        "frames": level.number_of_frames, "transferSyntaxUID": level.transfer_syntax_uid,
                        "inner": [x, y, width, height]})
     np.savez(out, **patches)
-    print(json.dumps(levels))
+    icc_uri = next((uri for level in slide.levels if (uri := level.icc_profile_bulkdata_uri())), "")
+    print(json.dumps({"levels": levels, "iccUri": icc_uri,
+                      "icc": hashlib.sha256(slide.get_icc_profile_bytes()).hexdigest()}))
 
 
 if __name__ == "__main__":

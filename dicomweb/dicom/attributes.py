@@ -20,7 +20,7 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
-from dicomweb.dicom.dicomjson import JsonDict
+from dicomweb.dicom.dicomjson import BULKDATA, PIXEL_DATA_KEY, JsonDict
 
 LEVELS = ("study", "series", "instance")
 #: Largest DICOM JSON of one attribute an instance document holds beyond the catalog's, and of all of them.
@@ -221,21 +221,26 @@ def match_fields(dataset: JsonDict, level: str) -> tuple[dict[str, list[Any]], d
     return values, words
 
 
-def _has_bulk(element: JsonDict) -> bool:
-    """Whether an element holds a binary value, by URI or inline (those stay in the metadata, out of QIDO)."""
+def _by_reference(element: JsonDict, path: str) -> JsonDict:
+    """``element`` (at tag ``path``) with each binary value in it, inline or not, as a relative BulkDataURI, which
+    the bulkdata resource serves either way: what QIDO can return of it (PS3.18 §10.6.3.3 lets a search return any
+    attribute, and clients such as EZ-WSI find the ICC profile there)."""
     if "BulkDataURI" in element or "InlineBinary" in element:
-        return True
-    return element.get("vr") == "SQ" and any(
-        _has_bulk(child) for item in element.get("Value", []) for child in item.values())
+        return {"vr": element["vr"], "BulkDataURI": BULKDATA + path}
+    if element.get("vr") != "SQ" or not element.get("Value"):
+        return element
+    return {"vr": "SQ", "Value": [{key: _by_reference(child, f"{path}.{i}.{key}") for key, child in item.items()}
+                                  for i, item in enumerate(element["Value"])]}
 
 
 def level_attributes(dataset: JsonDict, level: str) -> JsonDict:
     """The stored (not computed) attributes a ``level`` document returns, as DICOM JSON.
 
     Study and series documents hold the catalog's attributes of their level. Instance
-    documents also hold every other top-level attribute whose DICOM JSON is small and
-    carries no bulk data, so ``includefield`` can name any of them (PS3.18 §8.3.4.3);
-    large ones (per-frame functional groups of a sparse slide) are read from the metadata.
+    documents also hold every other top-level attribute whose DICOM JSON is small, binary
+    values by relative BulkDataURI (an optical path's ICC profile), so ``includefield`` can name
+    any of them (PS3.18 §8.3.4.3); large ones (per-frame functional groups of a sparse slide) and
+    Pixel Data are read from the metadata.
     """
     out = {}
     for attribute in at_level(level):
@@ -246,8 +251,9 @@ def level_attributes(dataset: JsonDict, level: str) -> JsonDict:
     if level == "instance":
         budget = MAX_INSTANCE_EXTRA_BYTES
         for tag, element in dataset.items():
-            if tag in out or _has_bulk(element):
+            if tag in out or tag == PIXEL_DATA_KEY:
                 continue
+            element = _by_reference(element, tag)
             size = len(json.dumps(element))
             if size <= MAX_ELEMENT_BYTES and size <= budget:
                 out[tag] = element

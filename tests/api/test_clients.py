@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -104,10 +105,11 @@ def test_wsidicom_opens_the_slide_over_dicomweb(client: DICOMwebClient, server: 
 
 def test_ezwsi_reads_every_level_of_a_converted_slide_as_the_scanner_wrote_it(client: DICOMwebClient, server: Server,
                                                                              tmp_path: Path) -> None:
-    """Google's EZ-WSI finds the levels by QIDO (naming Transfer Syntax UID among the tags it needs), then reads
-    frames untranscoded and decodes them itself: its patches of every level are the scanner file's pixels."""
+    """Google's EZ-WSI finds the levels by QIDO (naming Transfer Syntax UID among the tags it needs, and the optical
+    path for the ICC profile's BulkDataURI), then reads frames untranscoded and decodes them itself: its patches of
+    every level are the scanner file's pixels."""
     assert EZWSI.exists(), f"{EZWSI} is missing: bash .ci/run installs ez-wsi-dicomweb into its own environment"
-    make_svs(tmp_path / "slide.svs", size=(1536, 1024), count=3)
+    make_svs(tmp_path / "slide.svs", size=(1536, 1024), count=3, icc=wide_gamut_profile())
     paths = convert(tmp_path / "slide.svs", tmp_path / "dicom")
     response = client.store_instances([pydicom.dcmread(path) for path in paths])
     assert len(response.ReferencedSOPSequence) == len(paths) and "FailedSOPSequence" not in response
@@ -117,7 +119,11 @@ def test_ezwsi_reads_every_level_of_a_converted_slide_as_the_scanner_wrote_it(cl
                           header.StudyInstanceUID, header.SeriesInstanceUID, str(out)],
                          check=False, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    levels = json.loads(run.stdout.splitlines()[-1])
+    found = json.loads(run.stdout.splitlines()[-1])
+    levels = found["levels"]
+    assert found["icc"] == hashlib.sha256(wide_gamut_profile()).hexdigest(), "the scanner's profile"
+    assert found["iccUri"].startswith(server.base_url) and found["iccUri"].endswith("/bulkdata/00480105.0.00282000"), \
+        "found in the QIDO answer (else EZ-WSI reads the smallest level whole for it)"
     with tifffile.TiffFile(tmp_path / "slide.svs") as svs:
         source = [page.asarray() for page in svs.pages if page.is_tiled]
     assert [(level["width"], level["height"]) for level in levels] == [(s.shape[1], s.shape[0]) for s in source]

@@ -216,8 +216,14 @@ def test_instance_defaults_and_includefield(qido_server: Server, corpus: Corpus)
     assert set(item) <= set(everything) and "00400560" in everything and "00100010" in everything
     assert everything["00020010"] == {"vr": "UI", "Value": [stored]}
     assert "52009229" in everything, "SharedFunctionalGroupsSequence (PixelSpacing) is small enough to return"
-    assert "00480105" not in everything, "OpticalPathSequence carries the ICC profile (binary): metadata only"
     assert "7FE00010" not in everything
+    # The optical path's ICC profile (inline in the metadata) comes by BulkDataURI, as EZ-WSI looks for it.
+    (path,) = everything["00480105"]["Value"]
+    assert path["00282000"] == {"vr": "OB", "BulkDataURI": f"{url}/{volume.sop_uid}/bulkdata/00480105.0.00282000"}
+    icc = httpx.get(path["00282000"]["BulkDataURI"], headers={"accept": "application/octet-stream"})
+    assert icc.content == pydicom.dcmread(volume.path).OpticalPathSequence[0].ICCProfile
+    (asked,) = httpx.get(f"{url}?SOPInstanceUID={volume.sop_uid}&includefield=OpticalPathSequence").json()
+    assert asked["00480105"] == everything["00480105"]
 
 
 def test_paging_returns_every_match_exactly_once(qido_server: Server, corpus: Corpus) -> None:

@@ -277,10 +277,11 @@ def _annotating(browser: Browser, site: str, server: Server, study: str, series:
     page.on("requestfailed", lambda r: problems.append(f"{r.url}: {r.failure}"))
     page.goto(f"{site}/?url={server.base_url}&study={study}&series={series}&annotations")
     deadline = time.monotonic() + 60
-    while page.evaluate("window.viewerState.status") == "rendered" and page.evaluate("window.viewerState.rois") is None \
-            or sum("/frames/" in path and status == 200 for _, status, path, _ in wire) < 4:
+    while True:
         state = page.evaluate("window.viewerState")
         assert state["status"] != "error", state
+        if "rois" in state and sum("/frames/" in path and status == 200 for _, status, path, _ in wire) >= 4:
+            break  # the annotations are loaded and the slide drawn
         assert time.monotonic() < deadline, f"the slide did not open: {state} {wire} {problems}"
         page.wait_for_timeout(250)
     return page, wire, problems
@@ -358,7 +359,8 @@ def test_a_bulk_annotation_series_is_listed_and_drawn_from_its_bulk_data(server:
         assert httpx.post(f"{server.base_url}/studies", content=file.path.read_bytes(),
                           headers={"content-type": "application/dicom"}, timeout=60).status_code == 200
     items = pydicom.dcmread(annotations.path).AnnotationGroupSequence
-    values = {"006A0002.0.00660016": items[0].PointCoordinatesData, "006A0002.1.00660016": items[1].PointCoordinatesData,
+    values = {"006A0002.0.00660016": items[0].PointCoordinatesData,
+              "006A0002.1.00660016": items[1].PointCoordinatesData,
               "006A0002.1.00660040": items[1].LongPrimitivePointIndexList}
     page, wire, problems = _annotating(browser, site, server, files[0].study_uid, files[0].series_uid)
     try:
