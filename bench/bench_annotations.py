@@ -30,20 +30,13 @@ from pydicom.uid import generate_uid
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_summaries import store  # noqa: E402
 from dicomweb.local.emulators import Emulators  # noqa: E402
 from tests.conftest import fresh_settings, start_server  # noqa: E402
 from tests.wsi_factory import SlideFile, copy_instance, make_annotations, make_slide  # noqa: E402
 
 JSON = {"accept": "application/dicom+json", "accept-encoding": "identity"}
 OCTETS = {"accept": "application/octet-stream"}
-
-
-def store(base: str, files: list[SlideFile]) -> None:
-    with httpx.Client(timeout=300) as http:
-        for file in files:
-            response = http.post(f"{base}/studies", content=file.path.read_bytes(),
-                                 headers={"content-type": "application/dicom"})
-            assert response.status_code == 200, response.text
 
 
 def timed(http: httpx.Client, url: str, headers: dict[str, str]) -> tuple[float, int]:
