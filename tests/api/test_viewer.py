@@ -245,7 +245,7 @@ CYAN = np.array([0, 255, 255])  # slim.js GROUP_COLOURS: points
 
 
 def _near(shot: np.ndarray, colour: np.ndarray) -> np.ndarray:
-    """Where a screenshot's pixels are near ``colour`` (the synthetic tissue has none so pure)."""
+    """Where a screenshot's pixels are near ``colour`` (a pure colour the synthetic tissue never shows)."""
     return np.abs(shot.astype(int) - colour).max(axis=2) < 60
 
 
@@ -277,13 +277,17 @@ def _annotating(browser: Browser, site: str, server: Server, study: str, series:
     page.on("requestfailed", lambda r: problems.append(f"{r.url}: {r.failure}"))
     page.goto(f"{site}/?url={server.base_url}&study={study}&series={series}&annotations")
     deadline = time.monotonic() + 60
-    while True:
-        state = page.evaluate("window.viewerState")
-        assert state["status"] != "error", state
-        if "rois" in state and sum("/frames/" in path and status == 200 for _, status, path, _ in wire) >= 4:
-            break  # the annotations are loaded and the slide drawn
-        assert time.monotonic() < deadline, f"the slide did not open: {state} {wire} {problems}"
-        page.wait_for_timeout(250)
+    try:
+        while True:
+            state = page.evaluate("window.viewerState")
+            assert state["status"] != "error", state
+            if "rois" in state and sum("/frames/" in path and status == 200 for _, status, path, _ in wire) >= 4:
+                break  # the annotations are loaded and the slide drawn
+            assert time.monotonic() < deadline, f"the slide did not open: {state} {wire} {problems}"
+            page.wait_for_timeout(250)
+    except BaseException:
+        page.close()
+        raise
     return page, wire, problems
 
 
@@ -315,6 +319,7 @@ def test_slim_saves_a_drawn_annotation_and_shows_it_again_after_a_reload(server:
     assert before < 0.0005, before
     assert saved["rois"] == 1
     assert not problems, problems
+    assert all(200 <= status < 300 for _, status, _, _ in wire), wire
     assert [(m, s) for m, s, p, _ in wire if m == "POST"] == [("POST", 200)], wire
 
     report = pydicom.dcmread(io.BytesIO(httpx.get(
@@ -326,6 +331,8 @@ def test_slim_saves_a_drawn_annotation_and_shows_it_again_after_a_reload(server:
     (group,) = measurements.ContentSequence
     (region,) = [item for item in group.ContentSequence if item.ValueType == "SCOORD3D"]
     assert region.GraphicType == "POLYGON" and np.allclose(np.reshape(region.GraphicData, (-1, 3)), drawn, atol=1e-6)
+    (finding,) = [item for item in group.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "121071"]
+    assert finding.ConceptCodeSequence[0].CodeValue == "85756007", "the finding chosen before drawing"
 
     page, wire, problems = _annotating(browser, site, server, study, series)
     try:
