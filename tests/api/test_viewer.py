@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import shutil
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import httpx
 import numpy as np
@@ -106,6 +106,58 @@ def browser() -> Iterator[Browser]:
         running.close()
 
 
+class Exchange(NamedTuple):
+    """One answer the page got from the service."""
+
+    method: str
+    status: int
+    path: str  # after the service's base URL
+    accept: str
+    size: int  # body bytes of a successful GET, else 0
+
+
+def _visit(browser: Browser, site: str, server: Server, study: str, series: str, *, frames: int,
+           annotations: bool = False) -> tuple[Page, list[Exchange], list[str]]:
+    """The slide open in a new page once ``frames`` frames came (and, with ``annotations``, once the study's
+    annotations are loaded as Slim loads them); the page, the answers from the service and any failure, as they
+    come. The caller closes the page."""
+    origin = server.base_url.removesuffix("/v1")
+    page = browser.new_page(viewport={"width": 1024, "height": 768})
+    wire: list[Exchange] = []
+    problems: list[str] = []
+
+    def seen(response: Response) -> None:
+        if response.url.startswith(origin):
+            method = response.request.method
+            wire.append(Exchange(method, response.status, response.url.removeprefix(server.base_url),
+                                 response.request.headers.get("accept", ""),
+                                 len(response.body()) if method == "GET" and response.ok else 0))
+
+    page.on("response", seen)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("requestfailed", lambda r: problems.append(f"{r.url}: {r.failure}"))
+    deadline = time.monotonic() + 60
+    try:
+        page.goto(f"{site}/?url={server.base_url}&study={study}&series={series}" + ("&annotations" * annotations))
+        while True:
+            state = page.evaluate("window.viewerState")
+            assert state["status"] != "error", state
+            drawn = sum("/frames/" in e.path and e.status == 200 for e in wire)
+            if drawn >= frames and (not annotations or "rois" in state):
+                break
+            assert time.monotonic() < deadline, f"the slide did not open: {state} {wire} {problems}"
+            page.wait_for_timeout(250)
+    except BaseException:
+        page.close()
+        raise
+    return page, wire, problems
+
+
+def _screen(page: Page) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(page.screenshot(clip={"x": 0, "y": 0, "width": 1024,
+                                                                  "height": 768}))).convert("RGB"))
+
+
 @pytest.mark.parametrize(("syntax", "levels"), [(JPEGBaseline8Bit, 4), (JPEG2000Lossless, 3), (HTJ2KLossless, 3)],
                          ids=["jpeg-4-levels", "jpeg2000", "htj2k"])
 def test_the_viewer_draws_the_slide_from_another_origin(server: Server, site: str, browser: Browser,
@@ -117,29 +169,17 @@ def test_the_viewer_draws_the_slide_from_another_origin(server: Server, site: st
                               headers={"content-type": "application/dicom"}, timeout=60)
         assert response.status_code == 200, response.text
     origin = server.base_url.removesuffix("/v1")
-    page = browser.new_page(viewport={"width": 1024, "height": 768})
-    wire: list[tuple[str, int, str, str]] = []
-    problems: list[str] = []
-    page.on("response", lambda r: wire.append((r.request.method, r.status, r.url.removeprefix(server.base_url),
-                                               r.request.headers.get("accept", ""))) if r.url.startswith(origin) else None)
-    page.on("pageerror", lambda error: problems.append(str(error)))
-    page.on("requestfailed", lambda r: problems.append(f"{r.url}: {r.failure}"))
+    page, wire, problems = _visit(browser, site, server, files[0].study_uid, files[0].series_uid, frames=8)
     try:
-        page.goto(f"{site}/?url={server.base_url}&study={files[0].study_uid}&series={files[0].series_uid}")
-        deadline = time.monotonic() + 60
-        while sum("/frames/" in url and status == 200 for _, status, url, _ in wire) < 8:
-            assert time.monotonic() < deadline, f"too few frames drawn: {wire} {problems}"
-            page.wait_for_timeout(250)
         page.wait_for_timeout(3000)
         state = page.evaluate("window.viewerState")
         profiles = page.evaluate("window.viewer.getICCProfiles().map((p) => p.byteLength || p.length)")
-        shot = np.asarray(Image.open(io.BytesIO(page.screenshot(clip={"x": 0, "y": 0, "width": 1024,
-                                                                        "height": 768}))).convert("RGB"))
+        shot = _screen(page)
     finally:
         page.close()
     assert state == {"status": "rendered", "images": levels + 1}, state
     assert not problems, problems
-    gets = [(status, url, accept) for method, status, url, accept in wire if method == "GET"]
+    gets = [(e.status, e.path, e.accept) for e in wire if e.method == "GET"]
     assert all(status == 200 for status, _, _ in gets), gets
     assert len(profiles) >= levels and set(profiles) == {len(srgb_profile())}, "colour-managed with the inline profiles"
     assert not any("/bulkdata/" in url for _, url, _ in gets), "the profiles came inline with the metadata"
@@ -166,25 +206,13 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def _open(browser: Browser, site: str, server: Server, study: str, series: str) -> tuple[dict, list, list]:
     """Open the slide; its state, the GETs the page sent to the service, and any failure."""
-    origin = server.base_url.removesuffix("/v1")
-    page = browser.new_page(viewport={"width": 1024, "height": 768})
-    wire: list[tuple[str, int, str]] = []
-    problems: list[str] = []
-    page.on("response", lambda r: wire.append((r.request.method, r.status, r.url.removeprefix(server.base_url)))
-            if r.url.startswith(origin) else None)
-    page.on("pageerror", lambda error: problems.append(str(error)))
-    page.on("requestfailed", lambda r: problems.append(f"{r.url}: {r.failure}"))
+    page, wire, problems = _visit(browser, site, server, study, series, frames=4)
     try:
-        page.goto(f"{site}/?url={server.base_url}&study={study}&series={series}")
-        deadline = time.monotonic() + 60
-        while sum("/frames/" in url and status == 200 for _, status, url in wire) < 4:
-            assert time.monotonic() < deadline, f"too few frames drawn: {wire} {problems}"
-            page.wait_for_timeout(250)
         page.wait_for_timeout(2000)
         state = page.evaluate("window.viewerState")
     finally:
         page.close()
-    return state, [(status, url) for method, status, url in wire if method == "GET"], problems
+    return state, [(e.status, e.path) for e in wire if e.method == "GET"], problems
 
 
 def test_an_archived_slide_opens_from_its_online_levels_and_whole_once_rehydrated(
@@ -253,44 +281,6 @@ def _share(shot: np.ndarray, colour: np.ndarray) -> float:
     return float(_near(shot, colour).mean())
 
 
-def _screen(page: Page) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(page.screenshot(clip={"x": 0, "y": 0, "width": 1024,
-                                                                  "height": 768}))).convert("RGB"))
-
-
-def _annotating(browser: Browser, site: str, server: Server, study: str, series: str
-                ) -> tuple[Page, list[tuple[str, int, str, int]], list[str]]:
-    """The slide open as Slim opens it with its annotations; the wire (method, status, path, body bytes) and any
-    failure, as they come."""
-    origin = server.base_url.removesuffix("/v1")
-    page = browser.new_page(viewport={"width": 1024, "height": 768})
-    wire: list[tuple[str, int, str, int]] = []
-    problems: list[str] = []
-
-    def seen(response: Response) -> None:
-        if response.url.startswith(origin):
-            size = len(response.body()) if response.request.method == "GET" and response.ok else 0
-            wire.append((response.request.method, response.status, response.url.removeprefix(server.base_url), size))
-
-    page.on("response", seen)
-    page.on("pageerror", lambda error: problems.append(str(error)))
-    page.on("requestfailed", lambda r: problems.append(f"{r.url}: {r.failure}"))
-    page.goto(f"{site}/?url={server.base_url}&study={study}&series={series}&annotations")
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            state = page.evaluate("window.viewerState")
-            assert state["status"] != "error", state
-            if "rois" in state and sum("/frames/" in path and status == 200 for _, status, path, _ in wire) >= 4:
-                break  # the annotations are loaded and the slide drawn
-            assert time.monotonic() < deadline, f"the slide did not open: {state} {wire} {problems}"
-            page.wait_for_timeout(250)
-    except BaseException:
-        page.close()
-        raise
-    return page, wire, problems
-
-
 def test_slim_saves_a_drawn_annotation_and_shows_it_again_after_a_reload(server: Server, site: str, browser: Browser,
                                                                          tmp_path: Path) -> None:
     """A pathologist draws a polygon and saves: Slim stores a Comprehensive 3D SR (TID 1500) by STOW-RS. On the next
@@ -300,7 +290,7 @@ def test_slim_saves_a_drawn_annotation_and_shows_it_again_after_a_reload(server:
         assert httpx.post(f"{server.base_url}/studies", content=file.path.read_bytes(),
                           headers={"content-type": "application/dicom"}, timeout=60).status_code == 200
     study, series = files[0].study_uid, files[0].series_uid
-    page, wire, problems = _annotating(browser, site, server, study, series)
+    page, wire, problems = _visit(browser, site, server, study, series, frames=4, annotations=True)
     try:
         assert page.evaluate("window.viewerState.rois") == 0
         page.wait_for_timeout(1500)
@@ -319,8 +309,8 @@ def test_slim_saves_a_drawn_annotation_and_shows_it_again_after_a_reload(server:
     assert before < 0.0005, before
     assert saved["rois"] == 1
     assert not problems, problems
-    assert all(200 <= status < 300 for _, status, _, _ in wire), wire
-    assert [(m, s) for m, s, p, _ in wire if m == "POST"] == [("POST", 200)], wire
+    assert all(200 <= e.status < 300 for e in wire), wire
+    assert [(e.method, e.status) for e in wire if e.method == "POST"] == [("POST", 200)], wire
 
     report = pydicom.dcmread(io.BytesIO(httpx.get(
         f"{server.base_url}/studies/{study}/series/{saved['seriesInstanceUID']}/instances/{saved['sopInstanceUID']}",
@@ -334,7 +324,7 @@ def test_slim_saves_a_drawn_annotation_and_shows_it_again_after_a_reload(server:
     (finding,) = [item for item in group.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "121071"]
     assert finding.ConceptCodeSequence[0].CodeValue == "85756007", "the finding chosen before drawing"
 
-    page, wire, problems = _annotating(browser, site, server, study, series)
+    page, wire, problems = _visit(browser, site, server, study, series, frames=4, annotations=True)
     try:
         assert page.evaluate("window.viewerState.rois") == 1
         page.wait_for_timeout(1500)
@@ -343,7 +333,7 @@ def test_slim_saves_a_drawn_annotation_and_shows_it_again_after_a_reload(server:
     finally:
         page.close()
     assert not problems, problems
-    assert all(200 <= status < 300 for _, status, _, _ in wire), wire
+    assert all(200 <= e.status < 300 for e in wire), wire
     assert len(shown) == 1 and np.allclose(shown[0], drawn, atol=1e-6), (shown, drawn)
     after = _share(shot, GREEN)
     assert after > 0.002, f"the polygon is drawn again ({after:.4f} of the screen)"
@@ -351,7 +341,7 @@ def test_slim_saves_a_drawn_annotation_and_shows_it_again_after_a_reload(server:
     xs, ys = [x for x, _ in corners], [y for _, y in corners]
     assert abs(columns.min() - min(xs)) < 8 and abs(columns.max() - max(xs)) < 8, "where it was drawn"
     assert abs(rows.min() - min(ys)) < 8 and abs(rows.max() - max(ys)) < 8, "where it was drawn"
-    sr_gets = [path for m, _, path, _ in wire if m == "GET" and saved["sopInstanceUID"] in path]
+    sr_gets = [e.path for e in wire if e.method == "GET" and saved["sopInstanceUID"] in e.path]
     assert sr_gets == [f"/studies/{study}/series/{saved['seriesInstanceUID']}/instances/{saved['sopInstanceUID']}"]
 
 
@@ -369,11 +359,12 @@ def test_a_bulk_annotation_series_is_listed_and_drawn_from_its_bulk_data(server:
     values = {"006A0002.0.00660016": items[0].PointCoordinatesData,
               "006A0002.1.00660016": items[1].PointCoordinatesData,
               "006A0002.1.00660040": items[1].LongPrimitivePointIndexList}
-    page, wire, problems = _annotating(browser, site, server, files[0].study_uid, files[0].series_uid)
+    page, wire, problems = _visit(browser, site, server, files[0].study_uid, files[0].series_uid, frames=4,
+                                   annotations=True)
     try:
         groups = page.evaluate("window.viewerState.groups")
         deadline = time.monotonic() + 60
-        while sum("/bulkdata/" in path for _, _, path, _ in wire) < len(values):
+        while sum("/bulkdata/" in e.path for e in wire) < len(values):
             assert time.monotonic() < deadline, f"the viewer did not fetch the bulk data: {wire} {problems}"
             page.wait_for_timeout(250)
         page.wait_for_timeout(3000)
@@ -381,13 +372,13 @@ def test_a_bulk_annotation_series_is_listed_and_drawn_from_its_bulk_data(server:
     finally:
         page.close()
     assert not problems, problems
-    assert all(200 <= status < 300 for _, status, _, _ in wire), wire
+    assert all(200 <= e.status < 300 for e in wire), wire
     assert [(g["label"], g["graphicType"], g["count"]) for g in groups] == [("nuclei", "POINT", 100_000),
                                                                          ("tumour", "POLYGON", 2_000)]
     series = f"/studies/{annotations.study_uid}/series/{annotations.series_uid}"
-    (metadata_size,) = [size for m, _, path, size in wire if path == f"{series}/metadata"]
+    (metadata_size,) = [e.size for e in wire if e.path == f"{series}/metadata"]
     assert metadata_size < 8_000, f"{metadata_size} bytes: nothing of the 1.2 MB of bulk data is inline"
-    fetched = {path.rsplit("/bulkdata/", 1)[1]: size for _, _, path, size in wire if "/bulkdata/" in path}
+    fetched = {e.path.rsplit("/bulkdata/", 1)[1]: e.size for e in wire if "/bulkdata/" in e.path}
     assert set(fetched) == set(values), fetched
     assert all(len(values[path]) < fetched[path] < len(values[path]) + 400 for path in values), fetched  # whole
     # The slide fills the viewport, centred; the nuclei lie in one half of its central quarter, the tumour
