@@ -7,6 +7,7 @@ preferences allow it; :mod:`dicomweb.transcode` decides which of those it can pr
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from dicomweb.dicom.multipart import parse_media_type, split_list
@@ -161,19 +162,18 @@ def negotiate_bulkdata(header: str | None) -> bool:
     raise NotAcceptable("bulk data is served as application/octet-stream")
 
 
+#: One byte range (RFC 9110 §14.1.2): ``bytes=first-last``, ``first-`` or ``-suffix``; a list of ranges does not match.
+_BYTE_RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.IGNORECASE)
+
+
 def byte_range(header: str | None, length: int) -> tuple[int, int] | None:
     """The first and last byte a ``Range`` header (RFC 9110 §14.2) asks of a value of ``length`` bytes, or None
     for the whole value: no header, another unit, a malformed one, or several ranges (which a server may answer
     whole, §14.2). A range that starts beyond the value is a 416; one that ends beyond it ends with it."""
-    if header is None or length == 0:
+    found = _BYTE_RANGE.fullmatch(header) if header is not None and length else None
+    if found is None or not any(found.groups()):
         return None
-    unit, _, spec = header.strip().partition("=")
-    first, dash, last = spec.strip().partition("-")
-    if unit.strip().lower() != "bytes" or "," in spec or not dash:
-        return None
-    first, last = first.strip(), last.strip()
-    if not (first.isdigit() or not first) or not (last.isdigit() or not last) or not (first or last):
-        return None
+    first, last = found.groups()
     if not first:  # the last N bytes
         if int(last) == 0:
             raise RangeNotSatisfiable("an empty suffix range asks for no byte", length)
