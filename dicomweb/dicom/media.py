@@ -164,6 +164,13 @@ def negotiate_bulkdata(header: str | None) -> bool:
 
 #: One byte range (RFC 9110 §14.1.2): ``bytes=first-last``, ``first-`` or ``-suffix``; a list of ranges does not match.
 _BYTE_RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.IGNORECASE)
+#: Beyond every value: a position with more digits is read as this, as Python refuses to read a number of
+#: more than 4,300 digits (and a header may carry one).
+_BEYOND = 10**18
+
+
+def _position(digits: str) -> int:
+    return int(digits) if len(digits) < 19 else _BEYOND
 
 
 def byte_range(header: str | None, length: int) -> tuple[int, int] | None:
@@ -175,11 +182,11 @@ def byte_range(header: str | None, length: int) -> tuple[int, int] | None:
         return None
     first, last = found.groups()
     if not first:  # the last N bytes
-        if int(last) == 0:
+        if _position(last) == 0:
             raise RangeNotSatisfiable("an empty suffix range asks for no byte", length)
-        return max(length - int(last), 0), length - 1
-    start = int(first)
-    end = min(int(last), length - 1) if last else length - 1
+        return max(length - _position(last), 0), length - 1
+    start = _position(first)
+    end = min(_position(last), length - 1) if last else length - 1
     if start >= length:
         raise RangeNotSatisfiable(f"the range starts at byte {start} of a {length}-byte value", length)
     return (start, end) if end >= start else None
